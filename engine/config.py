@@ -1,0 +1,140 @@
+"""Typed, validated configuration of the engine: the model's shape and the training recipe.
+
+Knows nothing of files or the daemon. Both dataclasses are frozen; `validate()` runs once at the
+edge and names what is allowed, so nothing downstream re-checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of its allowed range; the message names the allowed values."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # 256 byte values plus one end-of-document separator: the default byte-level tokenizer.
+    vocab_size: int = 257
+    # the longest window the model sees; learned position embeddings exist for each position.
+    context_length: int = 128
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    # hidden width of the MLP as a multiple of d_model (GPT-2 uses 4).
+    mlp_ratio: int = 4
+    # seeds the parameter initialisation only; the data order has its own seed in TrainConfig.
+    seed: int = 1337
+
+    # Shape-defining fields: a checkpoint is only compatible with a config that matches on these.
+    SHAPE_FIELDS = ("vocab_size", "context_length", "d_model", "n_layer", "n_head", "mlp_ratio")
+
+    def validate(self) -> "ModelConfig":
+        for name in self.SHAPE_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} ({value!r}) must be a positive integer")
+        if self.vocab_size < 2:
+            raise ConfigError(f"vocab_size ({self.vocab_size}) must be at least 2")
+        if self.d_model % self.n_head:
+            raise ConfigError(
+                f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})"
+            )
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed ({self.seed}) must be in [0, 2**63)")
+        return self
+
+    @property
+    def head_size(self) -> int:
+        return self.d_model // self.n_head
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**data).validate()
+
+
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # sequences per optimizer step, split across the worker threads (and micro-steps).
+    batch_size: int = 16
+    # sequences one worker processes per forward/backward; 0 means batch_size / threads
+    # (one micro-step). Smaller values trade speed for activation memory.
+    micro_batch_size: int = 0
+    # window length used for training; must not exceed ModelConfig.context_length.
+    seq_len: int = 128
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    # "cosine" decays to min_lr_ratio * learning_rate at total_steps; "constant" holds the rate
+    # after warmup, the schedule for continuous training.
+    schedule: str = "cosine"
+    total_steps: int = 2000
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    # global-norm gradient clipping; 0 disables it.
+    grad_clip: float = 1.0
+    # weight of the differentiable crystalline term added to the cross-entropy (see crossentropy.py).
+    crystalline_weight: float = 0.0
+    # worker threads; 0 means every core this process may use.
+    threads: int = 0
+    seed: int = 1337
+
+    def validate(self, model: ModelConfig | None = None) -> "TrainConfig":
+        positive = ("batch_size", "seq_len", "total_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be at least 1")
+        for name in ("micro_batch_size", "warmup_steps", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be 0 or more")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule ({self.schedule!r}) must be one of {', '.join(SCHEDULES)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate ({self.learning_rate}) must be positive")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"min_lr_ratio ({self.min_lr_ratio}) must be in [0, 1]")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ConfigError(f"beta1 ({self.beta1}) and beta2 ({self.beta2}) must be in [0, 1)")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.eps <= 0:
+            raise ConfigError("weight_decay and grad_clip must be >= 0 and eps > 0")
+        if self.crystalline_weight < 0:
+            raise ConfigError(f"crystalline_weight ({self.crystalline_weight}) must be >= 0")
+        if model is not None and self.seq_len > model.context_length:
+            raise ConfigError(
+                f"seq_len ({self.seq_len}) must not exceed context_length ({model.context_length})"
+            )
+        if self.threads > 4096:
+            raise ConfigError(f"threads ({self.threads}) must be at most 4096")
+        return self
+
+    def resolved_threads(self) -> int:
+        """The number of worker threads this config asks for, with 0 meaning all usable cores."""
+        if self.threads:
+            return self.threads
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - platforms without affinity
+            return max(1, os.cpu_count() or 1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
