@@ -1,0 +1,26 @@
+# Two entry points that work on a fresh machine with Python >= 3.11 and pip:
+#   make run    set up .venv and train the engine on the bundled sample text
+#   make test   set up .venv and run the whole test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/crystalline train examples/sample.txt --steps 300 --state-dir crystalline-state
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/.installed
+	$(BIN)/crystalline bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache
