@@ -164,7 +164,8 @@ class ActivationViews(NamedTuple):
     lnf_mean: np.ndarray  # (B, T)
     lnf_rstd: np.ndarray  # (B, T)
     probs: np.ndarray  # (B, T, V) softmax of the logits; backward turns it into dlogits in place
-    losses: np.ndarray  # (B, T) per-position training loss
+    losses: np.ndarray  # (B, T) per-position cross-entropy
+    expected: np.ndarray  # (B, T) per-position expected crystalline cost (the differentiable term)
     crystal: np.ndarray  # (B, T) per-position crystalline metric -log s(x_t, y_t)
 
 
@@ -193,6 +194,7 @@ def activation_table(config: ModelConfig, B: int, T: int) -> Table:
         ("lnf_rstd", (B, T)),
         ("probs", (B, T, V)),
         ("losses", (B, T)),
+        ("expected", (B, T)),
         ("crystal", (B, T)),
     ]
     return Table(entries, ActivationViews)

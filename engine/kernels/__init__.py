@@ -1,0 +1,12 @@
+"""numba kernels, one file per layer: `<layer>_forward` / `<layer>_backward` pairs with a slow,
+obvious numpy reference (`<layer>_forward_reference`, ...) beside each, used by the tests.
+
+Conventions (llm.c): outputs first, then inputs and weights, then integer dims. Forward writes
+with `=`. Parameter gradients (dweight, dbias, dwte...) accumulate with `+=`, so micro-steps add
+up; each kernel's docstring says whether its activation gradient is overwritten or accumulated.
+Every kernel is single-threaded and releases the GIL: the parallelism is the worker pool's.
+"""
+
+# LLVM fast-math flags that allow vectorised reductions but keep NaN and inf semantics, so a
+# diverging loss is still detected.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}

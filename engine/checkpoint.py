@@ -1,0 +1,271 @@
+"""Checkpoint files: the flat parameter buffer, AdamW moments and metadata in one safetensors file.
+
+Format (version 1): tensors "params", "adam_m", "adam_v" (flat float32, laid out by
+`parameter_table`), and the safetensors header's `__metadata__` holding string values:
+format_version, model_config (JSON), step, train_state (JSON), extra (JSON) and sha256, a digest
+over the three tensors' raw bytes followed by every other metadata entry, so a flipped byte anywhere
+in the data or the metadata is caught on load. Files are named `ckpt-{step:09d}.safetensors`.
+
+Writes are atomic: a temporary `.ckpt-*.tmp` in the same directory is fsynced, renamed over the
+final name, and the directory is fsynced, so a kill mid-write never leaves a broken checkpoint.
+Knows nothing of training, threads or storage; never uses pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+
+from .config import ModelConfig
+from .errors import CheckpointError, ShapeMismatch
+from .layout import parameter_table
+
+FORMAT_VERSION = 1
+TENSORS = ("params", "adam_m", "adam_v")
+METADATA = ("format_version", "model_config", "step", "train_state", "extra", "sha256")
+NAME_PATTERN = re.compile(r"ckpt-(\d+)\.safetensors")
+TEMP_PREFIX, TEMP_SUFFIX = ".ckpt-", ".tmp"
+
+
+@dataclass
+class Checkpoint:
+    """One loaded checkpoint; the arrays are flat float32 in the parameter table's layout."""
+
+    path: Path
+    step: int
+    model_config: ModelConfig
+    params: np.ndarray
+    m: np.ndarray
+    v: np.ndarray
+    train_state: dict
+    extra: dict
+
+
+class _Incompatible(CheckpointError):
+    """The file is intact but this program cannot use it (newer format, other model shape)."""
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of the checkpoint at `step`."""
+    return f"ckpt-{step:09d}.safetensors"
+
+
+def _digest(tensors: list[np.ndarray], metadata: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for array in tensors:
+        h.update(np.ascontiguousarray(array))  # the raw bytes, no copy
+    for key in sorted(k for k in metadata if k != "sha256"):
+        h.update(f"{key}\0{metadata[key]}\0".encode())
+    return h.hexdigest()
+
+
+def _fsync_directory(directory: Path) -> None:
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    fd = os.open(directory, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# save
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    step: int,
+    model_config: ModelConfig,
+    params: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    train_state: dict | None = None,
+    extra: dict | None = None,
+    keep_last: int = 3,
+) -> Path:
+    """Atomically write the checkpoint for `step` into `directory` and return its path.
+
+    Then deletes the oldest checkpoints so `keep_last` remain (the one just written is always
+    kept) and removes `.ckpt-*.tmp` leftovers older than this save. Raises ValueError for a bad
+    keep_last or step, ShapeMismatch for arrays that are not flat float32 of the table's size,
+    TypeError for non-JSON-able dicts, and CheckpointError when the file cannot be written.
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last ({keep_last}) must be at least 1")
+    if step < 0:
+        raise ValueError(f"step ({step}) must be 0 or more")
+    size = parameter_table(model_config).size
+    for name, array in zip(TENSORS, (params, m, v)):
+        array = np.asanyarray(array)
+        if array.dtype != np.float32 or array.shape != (size,):
+            got = f"{array.dtype}{list(array.shape)}"
+            raise ShapeMismatch(f"{name} must be flat float32 of {size} elements, got {got}")
+    try:
+        metadata = {
+            "format_version": str(FORMAT_VERSION),
+            "model_config": json.dumps(model_config.to_dict(), sort_keys=True),
+            "step": str(int(step)),
+            "train_state": json.dumps(train_state or {}, sort_keys=True),
+            "extra": json.dumps(extra or {}, sort_keys=True),
+        }
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"train_state and extra must be JSON-able: {exc}") from exc
+    tensors = {name: np.ascontiguousarray(a) for name, a in zip(TENSORS, (params, m, v))}
+    metadata["sha256"] = _digest(list(tensors.values()), metadata)
+    data = safetensors.numpy.save(tensors, metadata=metadata)
+
+    directory = Path(directory)
+    final = directory / checkpoint_name(step)
+    started = time.time()
+    temp = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, final)
+        temp = None
+        _fsync_directory(directory)
+    except OSError as exc:
+        raise CheckpointError(final, f"cannot write checkpoint: {exc}") from exc
+    finally:
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
+    _prune(directory, final, keep_last, started)
+    return final
+
+
+def _prune(directory: Path, keep: Path, keep_last: int, started: float) -> None:
+    others = [p for p in list_checkpoints(directory) if p != keep]
+    for path in others[: max(0, len(others) - (keep_last - 1))]:
+        path.unlink(missing_ok=True)
+    for path in directory.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
+        try:
+            if path.stat().st_mtime < started:
+                path.unlink()
+        except OSError:
+            pass  # another writer's temp file came and went; it is theirs to clean up
+
+
+# ---------------------------------------------------------------------------------------------
+# load
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Checkpoint files in `directory`, oldest first by step; [] if the directory is missing."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = NAME_PATTERN.fullmatch(path.name)
+        if match and path.is_file():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read: {exc.strerror or exc}") from exc
+    if len(data) < 8:
+        raise CheckpointError(path, f"truncated: {len(data)} bytes")
+    n = int.from_bytes(data[:8], "little")
+    if 8 + n > len(data):
+        raise CheckpointError(path, f"truncated: header of {n} bytes, file of {len(data)}")
+    try:
+        header = json.loads(data[8 : 8 + n])
+        ends = [e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"]
+        if 8 + n + max(ends, default=0) > len(data):
+            described = 8 + n + max(ends)
+            raise CheckpointError(path, f"truncated: {len(data)} bytes, header describes {described}")
+        tensors = safetensors.numpy.load(data)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError,
+            safetensors.SafetensorError) as exc:  # any malformed header or data layout
+        raise CheckpointError(path, f"not a valid safetensors file: {exc}") from exc
+    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(path, "header has no __metadata__ map of strings")
+    return metadata, tensors
+
+
+def load_checkpoint(path: str | os.PathLike, expect: ModelConfig | None = None) -> Checkpoint:
+    """Read and verify one checkpoint; every failure raises CheckpointError naming the file.
+
+    With `expect`, the checkpoint's shape-defining fields must equal expect's.
+    """
+    path = Path(path)
+    metadata, tensors = _read(path)
+    version = metadata.get("format_version", "")
+    if not version.isdigit():
+        raise CheckpointError(path, f"bad format_version {version!r}")
+    if int(version) > FORMAT_VERSION:
+        reason = f"format_version {version} is newer than this program reads ({FORMAT_VERSION})"
+        raise _Incompatible(path, reason)
+    if int(version) != FORMAT_VERSION:
+        raise CheckpointError(path, f"unknown format_version {version}")
+    missing = [k for k in METADATA if k not in metadata] + [k for k in TENSORS if k not in tensors]
+    if missing:
+        raise CheckpointError(path, f"missing entries: {', '.join(missing)}")
+    arrays = [tensors[name] for name in TENSORS]
+    bad = [
+        f"{name} is {a.dtype}{list(a.shape)}"
+        for name, a in zip(TENSORS, arrays)
+        if a.dtype != np.float32 or a.ndim != 1
+    ]
+    if bad:
+        raise CheckpointError(path, f"tensors must be flat float32: {'; '.join(bad)}")
+    if _digest(arrays, metadata) != metadata["sha256"]:
+        raise CheckpointError(path, "checksum mismatch: the file is corrupt")
+    try:
+        config = ModelConfig.from_dict(json.loads(metadata["model_config"]))
+        step = int(metadata["step"])
+        train_state = json.loads(metadata["train_state"])
+        extra = json.loads(metadata["extra"])
+    except (ValueError, TypeError) as exc:  # ConfigError is a ValueError
+        raise CheckpointError(path, f"bad metadata: {exc}") from exc
+    size = parameter_table(config).size
+    wrong = [f"{name} has {a.size}" for name, a in zip(TENSORS, arrays) if a.size != size]
+    if wrong:
+        reason = f"tensor sizes do not fit the model config ({size}): {', '.join(wrong)}"
+        raise CheckpointError(path, reason)
+    if expect is not None:
+        pairs = [(n, getattr(config, n), getattr(expect, n)) for n in ModelConfig.SHAPE_FIELDS]
+        mismatched = [f"{n}: checkpoint={a} expected={b}" for n, a, b in pairs if a != b]
+        if mismatched:
+            raise _Incompatible(path, "model config mismatch: " + "; ".join(mismatched))
+    return Checkpoint(path, step, config, *arrays, train_state=train_state, extra=extra)
+
+
+def load_latest_checkpoint(
+    directory: str | os.PathLike, expect: ModelConfig | None = None
+) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
+    """The newest valid checkpoint in `directory` (None if there is none) and the
+    (path, reason) of each newer corrupt one it skipped.
+
+    An intact but incompatible checkpoint (newer format_version, or shape fields differing from
+    `expect`) raises CheckpointError instead of being skipped: falling back to an older file or
+    starting afresh would silently abandon that run, and retention would then delete it.
+    """
+    skipped: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            return load_checkpoint(path, expect), skipped
+        except _Incompatible:
+            raise
+        except CheckpointError as exc:
+            skipped.append((path, exc.reason))
+    return None, skipped
