@@ -1,0 +1,207 @@
+"""The trainer: a model's parameters, AdamW state and a worker pool, stepped on token batches.
+
+One training system for the daemon and the offline commands. Takes and returns token ids
+(np.ndarray) and numbers; knows nothing of files beyond writing its checkpoint where told.
+Threads: `Trainer` starts its worker pool once and ends it in `close()`; `step` and `evaluate`
+block the calling thread until the workers are done and must not be called concurrently.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .adamw import adamw_update
+from .config import ModelConfig, TrainConfig
+from .errors import NonFiniteLoss, ShapeMismatch
+from .kernels.crossentropy import crystalline_cost_table
+from .layout import decay_mask, init_parameters, parameter_table
+from .model import Workspace, backward, forward
+from .parallel import WorkerPool
+from .schedule import learning_rate
+
+_blas_limited = False
+
+
+def limit_blas_threads() -> None:
+    """Hold every BLAS library in the process to one thread. numba's np.dot calls SciPy's
+    OpenBLAS, so it is loaded first: a limit set before a library loads does not apply to it."""
+    global _blas_limited
+    if _blas_limited:
+        return
+    import scipy.linalg.cython_blas  # noqa: F401 - loads SciPy's BLAS before limiting it
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+    _blas_limited = True
+
+
+@dataclass(frozen=True)
+class StepStats:
+    step: int  # optimizer steps taken so far, this one included
+    loss: float  # mean cross-entropy (nats per token) over the global batch, before the update
+    crystalline_loss: float  # mean c(x_t, y_t), the seed's crystalline metric
+    objective: float  # loss + crystalline_weight * mean expected crystalline cost
+    lr: float
+    grad_norm: float  # global norm before clipping
+    tokens: int
+    seconds: float
+
+
+class Trainer:
+    """Data-parallel trainer over `train_config.threads` worker threads."""
+
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig,
+                 params: np.ndarray | None = None, m: np.ndarray | None = None,
+                 v: np.ndarray | None = None, step: int = 0, tokens_trained: int = 0):
+        self.model_config = model_config.validate()
+        self.train_config = train_config.validate(model_config)
+        limit_blas_threads()
+        self.table = parameter_table(model_config)
+        P = self.table.size
+        self.params = init_parameters(model_config, self.table) if params is None else self._check(params, "params")
+        self.m = self.table.allocate() if m is None else self._check(m, "adam_m")
+        self.v = self.table.allocate() if v is None else self._check(v, "adam_v")
+        self.decay = decay_mask(self.table)
+        self.step_count = step
+        self.tokens_trained = tokens_trained
+        self.threads = train_config.resolved_threads()
+        B, T = train_config.batch_size, train_config.seq_len
+        self.rows = [(B * w // self.threads, B * (w + 1) // self.threads) for w in range(self.threads)]
+        widest = max(b - a for a, b in self.rows)
+        self.micro_batch = min(train_config.micro_batch_size or widest, widest) or 1
+        weight = train_config.crystalline_weight
+        self.cost = crystalline_cost_table(model_config.vocab_size) if weight > 0 else np.zeros((1, 1), np.float32)
+        self.workspaces = [Workspace(model_config, self.micro_batch, T) for _ in range(self.threads)]
+        self.G = np.zeros((self.threads, P), dtype=np.float32)  # row w: worker w's own gradient
+        self.p_views = self.table.views(self.params)
+        self.g_views = [self.table.views(self.G[w]) for w in range(self.threads)]
+        self._sums = np.zeros((self.threads, 3), dtype=np.float64)  # loss, expected, crystal
+        self.pool = WorkerPool(self.threads, P)
+
+    def _check(self, array: np.ndarray, name: str) -> np.ndarray:
+        if array.shape != (self.table.size,):
+            raise ShapeMismatch(f"{name} has shape {array.shape}, the model needs ({self.table.size},)")
+        return np.array(array, dtype=np.float32, copy=True)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, train_config: TrainConfig) -> "Trainer":
+        """Resume parameters, AdamW moments and counters from a loaded `Checkpoint`."""
+        state = checkpoint.train_state or {}
+        return cls(checkpoint.model_config, train_config, checkpoint.params, checkpoint.m,
+                   checkpoint.v, step=checkpoint.step, tokens_trained=int(state.get("tokens_trained", 0)))
+
+    @property
+    def memory_per_thread_mb(self) -> float:
+        """Activation, activation-gradient and gradient buffers of one worker, in MB."""
+        return (self.workspaces[0].nbytes + self.G[0].nbytes) / 1e6
+
+    # -----------------------------------------------------------------------------------------
+
+    def _batch(self, inputs, targets, T_max: int) -> tuple[np.ndarray, np.ndarray]:
+        inputs = np.ascontiguousarray(inputs, dtype=np.int32)
+        targets = np.ascontiguousarray(targets, dtype=np.int32)
+        if inputs.ndim != 2 or inputs.shape != targets.shape:
+            raise ShapeMismatch(f"inputs {inputs.shape} and targets {targets.shape} must be equal (B, T)")
+        if inputs.shape[1] > T_max:
+            raise ShapeMismatch(f"sequence length {inputs.shape[1]} exceeds {T_max}")
+        V = self.model_config.vocab_size
+        for name, a in (("inputs", inputs), ("targets", targets)):
+            if a.size and (a.min() < 0 or a.max() >= V):
+                raise ShapeMismatch(f"{name} hold token ids outside [0, {V})")
+        return inputs, targets
+
+    def step(self, inputs: np.ndarray, targets: np.ndarray) -> StepStats:
+        """One optimizer step on a global batch (batch_size, seq_len). Raises NonFiniteLoss (and
+        leaves the parameters unchanged) when the gradient norm is not finite."""
+        tc = self.train_config
+        inputs, targets = self._batch(inputs, targets, tc.seq_len)
+        if inputs.shape != (tc.batch_size, tc.seq_len):
+            raise ShapeMismatch(f"batch is {inputs.shape}, the trainer expects ({tc.batch_size}, {tc.seq_len})")
+        t0 = time.perf_counter()
+        lr = learning_rate(tc, self.step_count)
+        t = self.step_count + 1
+        dloss = 1.0 / inputs.size
+        weight = tc.crystalline_weight
+        cfg, p, cost = self.model_config, self.p_views, self.cost
+        sums = self._sums
+        sums[:] = 0.0
+
+        def compute(w: int) -> None:
+            ws, g = self.workspaces[w], self.g_views[w]
+            start, stop = self.rows[w]
+            for a in range(start, stop, self.micro_batch):
+                x, y = inputs[a : min(stop, a + self.micro_batch)], targets[a : min(stop, a + self.micro_batch)]
+                acts = forward(cfg, p, ws, x, y, cost, weight)
+                sums[w, 0] += acts.losses.sum(dtype=np.float64)
+                sums[w, 1] += acts.expected.sum(dtype=np.float64)
+                sums[w, 2] += acts.crystal.sum(dtype=np.float64)
+                backward(cfg, p, g, ws, x, y, cost, weight, dloss)
+
+        clip = tc.grad_clip
+        grads = self.G[0]
+
+        def update(w: int, a: int, b: int, norm: float) -> None:
+            if not math.isfinite(norm):
+                grads[a:b] = 0.0
+                return
+            scale = clip / (norm + 1e-6) if clip and norm > clip else 1.0
+            adamw_update(self.params, grads, self.m, self.v, self.decay, a, b, lr,
+                         tc.beta1, tc.beta2, tc.eps, tc.weight_decay, t, scale)
+
+        norm = self.pool.run(compute, self.G, update)
+        totals = sums.sum(axis=0) / inputs.size
+        if not math.isfinite(norm) or not math.isfinite(totals[0]):
+            raise NonFiniteLoss(f"step {t}: loss {totals[0]}, gradient norm {norm}; update skipped")
+        self.step_count = t
+        self.tokens_trained += inputs.size
+        return StepStats(step=t, loss=float(totals[0]), crystalline_loss=float(totals[2]),
+                         objective=float(totals[0] + weight * totals[1]), lr=lr, grad_norm=norm,
+                         tokens=int(inputs.size), seconds=time.perf_counter() - t0)
+
+    def evaluate(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+        """Forward only: summed cross-entropy in nats over all positions, and their count. Any
+        number of rows; the length must not exceed seq_len."""
+        inputs, targets = self._batch(inputs, targets, self.train_config.seq_len)
+        B = inputs.shape[0]
+        rows = [(B * w // self.threads, B * (w + 1) // self.threads) for w in range(self.threads)]
+        cfg, p, cost = self.model_config, self.p_views, self.cost
+        sums = self._sums
+        sums[:] = 0.0
+
+        def compute(w: int) -> None:
+            start, stop = rows[w]
+            for a in range(start, stop, self.micro_batch):
+                b = min(stop, a + self.micro_batch)
+                acts = forward(cfg, p, self.workspaces[w], inputs[a:b], targets[a:b], cost, 0.0)
+                sums[w, 0] += acts.losses.sum(dtype=np.float64)
+
+        self.pool.run(compute)
+        return float(sums[:, 0].sum()), int(inputs.size)
+
+    # -----------------------------------------------------------------------------------------
+
+    def train_state(self) -> dict:
+        return {"tokens_trained": self.tokens_trained, "train_config": self.train_config.to_dict()}
+
+    def save_checkpoint(self, directory, extra: dict | None = None, keep_last: int = 3) -> Path:
+        """Write a checkpoint of the current state atomically into `directory`."""
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(directory, step=self.step_count, model_config=self.model_config,
+                               params=self.params, m=self.m, v=self.v,
+                               train_state=self.train_state(), extra=extra, keep_last=keep_last)
+
+    def close(self) -> None:
+        """Join the worker threads; idempotent."""
+        self.pool.close()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
