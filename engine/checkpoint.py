@@ -190,11 +190,10 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
         header = json.loads(data[8 : 8 + n])
         ends = [e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"]
         if 8 + n + max(ends, default=0) > len(data):
-            described = 8 + n + max(ends)
-            raise CheckpointError(path, f"truncated: {len(data)} bytes, header describes {described}")
+            reason = f"truncated: {len(data)} bytes, header describes {8 + n + max(ends)}"
+            raise CheckpointError(path, reason)
         tensors = safetensors.numpy.load(data)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError,
-            safetensors.SafetensorError) as exc:  # any malformed header or data layout
+    except (ValueError, TypeError, LookupError, AttributeError, safetensors.SafetensorError) as exc:
         raise CheckpointError(path, f"not a valid safetensors file: {exc}") from exc
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
