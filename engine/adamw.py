@@ -11,10 +11,10 @@ import math
 import numpy as np
 from numba import njit
 
-from .kernels import FASTMATH
+from .kernels import KERNEL
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def adamw_update(params, grads, m, v, decay, start, stop, lr, beta1, beta2, eps, weight_decay, t, grad_scale):
     """Update params[start:stop] in place from grads (scaled by grad_scale), m and v; zero the
     gradient segment. t is the 1-based step number used for bias correction."""

@@ -10,3 +10,7 @@ Every kernel is single-threaded and releases the GIL: the parallelism is the wor
 # LLVM fast-math flags that allow vectorised reductions but keep NaN and inf semantics, so a
 # diverging loss is still detected.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+# Options of every kernel. error_model="numpy" drops Python's ZeroDivisionError check on each
+# division, a branch that stops LLVM from vectorising a loop (GELU: 6.1 -> 0.7 ns per element).
+KERNEL = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")

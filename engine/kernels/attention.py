@@ -13,10 +13,11 @@ import math
 import numpy as np
 from numba import njit
 
-from . import FASTMATH
+from . import KERNEL
+from .fastmath import fast_exp
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def attention_forward(out, att, qkv, NH):
     """out (B, T, C) and att (B, NH, T, T) are written; qkv (B, T, 3C)."""
     B, T, C3 = qkv.shape
@@ -49,7 +50,7 @@ def attention_forward(out, att, qkv, NH):
                         maxval = v
                 total = np.float32(0.0)
                 for t2 in range(t + 1):
-                    e = np.exp(row[t2] - maxval)
+                    e = fast_exp(row[t2] - maxval)
                     row[t2] = e
                     total += e
                 inv = np.float32(1.0) / total
@@ -64,7 +65,7 @@ def attention_forward(out, att, qkv, NH):
                     out[b, t, h * hs + i] = Y[t, i]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def attention_backward(dqkv, dout, qkv, att, NH):
     """dqkv (B, T, 3C) is overwritten (one producer); dout (B, T, C); qkv and att as forward."""
     B, T, C3 = qkv.shape

@@ -22,7 +22,8 @@ import math
 import numpy as np
 from numba import njit
 
-from . import FASTMATH
+from . import KERNEL
+from .fastmath import fast_exp
 
 # A (V, V) cost table is 4*V^2 bytes; above this vocabulary the differentiable term is refused.
 MAX_CRYSTALLINE_VOCAB = 4096
@@ -88,7 +89,7 @@ def crystalline_cost_table(V: int) -> np.ndarray:
     return _cost_table(V)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def crossentropy_forward(losses, expected, crystal, probs, inp, targets, cost, weight):
     """losses (N,) cross-entropy, expected (N,) E_p[c(x_t, .)] (0 when weight == 0) and crystal
     (N,) the metric c(x_t, y_t) are written; probs (N, V) holds logits on entry and probabilities
@@ -105,7 +106,7 @@ def crossentropy_forward(losses, expected, crystal, probs, inp, targets, cost, w
         # pass 2: exponentials and their sum
         total = np.float32(0.0)
         for j in range(V):
-            e = np.exp(row[j] - maxval)
+            e = fast_exp(row[j] - maxval)
             row[j] = e
             total += e
         y = targets[i]
@@ -126,7 +127,7 @@ def crossentropy_forward(losses, expected, crystal, probs, inp, targets, cost, w
         crystal[i] = crystalline_cost(inp[i], y)
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def crossentropy_backward(probs, dloss, inp, targets, cost, weight):
     """probs (N, V) holds probabilities on entry and dlogits on exit (overwritten); dloss is the
     scalar d(total loss)/d(loss_i), the same for every position (1 / tokens in the step)."""

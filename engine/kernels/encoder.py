@@ -3,10 +3,10 @@
 import numpy as np
 from numba import njit
 
-from . import FASTMATH
+from . import KERNEL
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def encoder_forward(out, inp, wte, wpe):
     """out (B, T, C) = wte[inp] + wpe[:T]; inp (B, T) int token ids; wte (V, C); wpe (maxT, C)."""
     B, T, C = out.shape
@@ -17,7 +17,7 @@ def encoder_forward(out, inp, wte, wpe):
                 out[b, t, c] = wte[ix, c] + wpe[t, c]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def encoder_backward(dwte, dwpe, dout, inp):
     """dwte (V, C) and dwpe (maxT, C) accumulate; dout (B, T, C); inp (B, T)."""
     B, T, C = dout.shape

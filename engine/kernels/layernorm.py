@@ -7,12 +7,12 @@ Forward caches mean and rstd for the backward, so the backward never recomputes 
 import numpy as np
 from numba import njit
 
-from . import FASTMATH
+from . import KERNEL
 
 EPS = 1e-5
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def layernorm_forward(out, mean, rstd, inp, weight, bias):
     """out (N, C), mean (N,), rstd (N,) are written; inp (N, C); weight, bias (C,)."""
     N, C = inp.shape
@@ -38,7 +38,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias):
         rstd[i] = s
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     """dinp (N, C), dweight and dbias (C,) all accumulate (+=); dout, inp (N, C)."""
     N, C = inp.shape

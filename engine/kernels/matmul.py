@@ -5,10 +5,10 @@ calls SciPy's sgemm). The caller holds BLAS to one thread: the worker pool is th
 import numpy as np
 from numba import njit
 
-from . import FASTMATH
+from . import KERNEL
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def matmul_forward(out, inp, weight, bias):
     """out (N, OC) is written; inp (N, C); weight (OC, C); bias (OC,)."""
     np.dot(inp, weight.T, out)
@@ -19,7 +19,7 @@ def matmul_forward(out, inp, weight, bias):
             o[j] += bias[j]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def matmul_backward(dinp, dweight, dbias, scratch, dout, inp, weight):
     """dinp (N, C) is overwritten (each activation gradient has one producer); dweight (OC, C)
     and dbias (OC,) accumulate; scratch is (OC, C) working memory; dout (N, OC)."""

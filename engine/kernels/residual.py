@@ -7,10 +7,10 @@ In the model's backward the residual stream's gradient buffer serves both branch
 
 from numba import njit
 
-from . import FASTMATH
+from . import KERNEL
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def residual_forward(out, inp1, inp2):
     """out, inp1, inp2 (N, C); out is written."""
     N, C = out.shape
@@ -19,7 +19,7 @@ def residual_forward(out, inp1, inp2):
             out[i, c] = inp1[i, c] + inp2[i, c]
 
 
-@njit(cache=True, nogil=True, fastmath=FASTMATH)
+@njit(**KERNEL)
 def residual_backward(dinp1, dinp2, dout):
     """dinp1, dinp2 (N, C) accumulate dout."""
     N, C = dout.shape

@@ -199,3 +199,21 @@ def test_crossentropy(weight):
         return dloss * (loss + weight * exp_cost).sum()
 
     close(rd, numeric_grad(objective, logits), atol=1e-6)
+
+
+def test_fast_exp_and_tanh():
+    from engine.kernels.fastmath import fast_exp_array, fast_tanh_array
+
+    x = np.linspace(-87, 88, 200_001, dtype=np.float32)
+    out = np.empty_like(x)
+    fast_exp_array(out, x)
+    np.testing.assert_allclose(out, np.exp(x.astype(np.float64)), rtol=2e-7)
+    x = np.linspace(-12, 12, 200_001, dtype=np.float32)
+    fast_tanh_array(out, x)
+    np.testing.assert_allclose(out, np.tanh(x.astype(np.float64)), atol=4e-7)
+    special = np.array([np.nan, 1e30, -1e30, 0.0], np.float32)
+    res = np.empty_like(special)
+    fast_exp_array(res, special)
+    assert np.isnan(res[0]) and np.isfinite(res[1]) and 0 <= res[2] < 1e-37 and res[3] == 1.0
+    fast_tanh_array(res, special)
+    assert np.isnan(res[0]) and res[1] == 1.0 and res[2] == -1.0 and res[3] == 0.0

@@ -1,0 +1,423 @@
+"""`crystalline bench`: training throughput of the engine, its thread scaling, and its cost.
+
+For each benchmark config and thread count it reports training tokens/s (median step time after
+warm-up steps, on random token data), parallel efficiency, achieved GFLOP/s, MFU against this
+machine's measured single-precision matmul peak at that thread count, and memory per worker.
+Once per run it times numba's cold compile and warm (cached) start in a subprocess. With
+--compare-torch it trains the same model in PyTorch eager mode on the same batches and reports
+the engine/torch ratio measured side by side.
+
+Not a test: nothing here asserts a speed. The helpers (`flops_per_token`, `measure_matmul_peak`,
+`time_steps`, `measure_start_time`) are small and tested in tests/unit/crawler/test_bench.py.
+Relies on the engine, numpy and threadpoolctl; on torch only with --compare-torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from engine import ConfigError, ModelConfig, TrainConfig, count_parameters
+
+BYTE_VOCAB = 257  # the byte tokenizer: 256 byte values and the end-of-document separator
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One row group of the report: a model shape and the batch it trains on."""
+
+    name: str
+    d_model: int
+    n_layer: int
+    n_head: int
+    seq_len: int
+    batch_size: int
+
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=BYTE_VOCAB,
+            context_length=self.seq_len,
+            d_model=self.d_model,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+        ).validate()
+
+    def train_config(self, threads: int) -> TrainConfig:
+        # constant rate, no warm-up: the schedule costs nothing and the torch twin matches it.
+        return TrainConfig(
+            batch_size=self.batch_size,
+            seq_len=self.seq_len,
+            threads=threads,
+            schedule="constant",
+            warmup_steps=0,
+        ).validate(self.model_config())
+
+
+CONFIGS = {
+    "S": BenchConfig("S", d_model=128, n_layer=4, n_head=4, seq_len=128, batch_size=16),
+    "M": BenchConfig("M", d_model=256, n_layer=6, n_head=8, seq_len=256, batch_size=8),
+    "L": BenchConfig("L", d_model=512, n_layer=8, n_head=8, seq_len=256, batch_size=8),
+}
+# not offered in --help: a config small enough for the test suite.
+HIDDEN_CONFIGS = {
+    "tiny": BenchConfig("tiny", d_model=16, n_layer=1, n_head=2, seq_len=16, batch_size=4),
+}
+
+# Run in a subprocess to time numba's start: import, build a tiny Trainer, one step.
+START_SNIPPET = """
+import numpy as np
+from engine import ModelConfig, TrainConfig, Trainer
+model = ModelConfig(vocab_size=257, context_length=16, d_model=16, n_layer=1, n_head=2).validate()
+train = TrainConfig(batch_size=2, seq_len=16, threads=1).validate(model)
+tokens = np.zeros((2, 16), dtype=np.int32)
+with Trainer(model, train) as trainer:
+    trainer.step(tokens, tokens)
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def flops_per_token(config: ModelConfig, T: int) -> float:
+    """Training FLOPs per token (forward + backward), the estimate of nanoGPT's estimate_mfu.
+
+    6 * N + 12 * L * T * C, where N counts the weights that take part in a matmul: per layer
+    qkvw (3C*C), attprojw (C*C), fcw and fcprojw (H*C each), plus the tied head wte (V*C). The
+    token and position lookups are not matmuls and are left out. 6 = 2 FLOPs per multiply-add
+    times 3 (the forward, and the backward's two matmuls). The attention term counts q @ k^T and
+    att @ v over the full T x T square (2 * 2 * T * C per token per layer, times 3): causal
+    masking would halve it, and this convention (PaLM's, nanoGPT's, llm.c's) does not. Biases,
+    LayerNorm, GELU, softmax and AdamW are not counted.
+    """
+    V, C, L = config.vocab_size, config.d_model, config.n_layer
+    H = config.mlp_ratio * C
+    matmul_weights = L * (3 * C * C + C * C + 2 * H * C) + V * C
+    return 6.0 * matmul_weights + 12.0 * L * T * C
+
+
+def measure_matmul_peak(threads: int, size: int = 2048, repeats: int = 3, rounds: int = 2) -> float:
+    """The machine's float32 matmul rate in GFLOP/s with `threads` workers, the best of `rounds`.
+
+    Each worker is a Python thread multiplying its own (size, size) float32 matrices with numpy
+    (sgemm releases the GIL), BLAS held to one thread, the way the engine runs one single-threaded
+    BLAS per worker. A round is timed from a shared barrier until the last worker finishes.
+    Blocks for about rounds * repeats sgemm calls; joins every thread it starts.
+    """
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    operands = [
+        (rng.standard_normal((size, size), dtype=np.float32), rng.standard_normal((size, size), dtype=np.float32))
+        for _ in range(threads)
+    ]
+    flops = threads * repeats * 2.0 * size**3
+    best = 0.0
+    with threadpool_limits(limits=1, user_api="blas"):
+        for a, b in operands:  # warm up each thread's operands and BLAS's buffers
+            np.matmul(a, b)
+        for _ in range(rounds):
+            barrier = threading.Barrier(threads + 1)
+
+            def work(a, b):
+                out = np.empty_like(a)
+                barrier.wait()
+                for _ in range(repeats):
+                    np.matmul(a, b, out=out)
+
+            workers = [threading.Thread(target=work, args=ab, name=f"peak-{i}") for i, ab in enumerate(operands)]
+            for worker in workers:
+                worker.start()
+            barrier.wait()
+            start = time.perf_counter()
+            for worker in workers:
+                worker.join()
+            best = max(best, flops / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def time_steps(
+    step: Callable[[int], object], steps: int, warmup: int, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
+    """Call step(i) `warmup` times untimed, then `steps` times; returns each timed call's seconds."""
+    for i in range(warmup):
+        step(i)
+    durations = []
+    for i in range(warmup, warmup + steps):
+        start = clock()
+        step(i)
+        durations.append(clock() - start)
+    return durations
+
+
+def random_batches(vocab_size: int, B: int, T: int, count: int, seed: int = 0) -> list[tuple]:
+    """`count` (inputs, targets) pairs of int32 (B, T) ids, targets shifted by one position."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(count):
+        tokens = rng.integers(0, vocab_size, size=(B, T + 1), dtype=np.int32)
+        batches.append((np.ascontiguousarray(tokens[:, :-1]), np.ascontiguousarray(tokens[:, 1:])))
+    return batches
+
+
+def measure_start_time(cache_dir: str, snippet: str = START_SNIPPET, timeout: float = 900.0) -> float:
+    """Wall seconds of a fresh interpreter running `snippet` with NUMBA_CACHE_DIR=cache_dir.
+
+    Includes the interpreter's own start-up. Raises RuntimeError with the child's stderr when it
+    fails, subprocess.TimeoutExpired after `timeout` seconds.
+    """
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", snippet], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"start-time subprocess failed ({done.returncode}): {done.stderr.strip()}")
+    return seconds
+
+
+def parse_list(text: str, allowed: dict | None = None, what: str = "value") -> list:
+    """Split "S,M" into names (checked against `allowed`) or "1,2" into positive ints."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"no {what} given")
+    if allowed is not None:
+        unknown = [item for item in items if item not in allowed]
+        if unknown:
+            public = ", ".join(name for name in allowed if name not in HIDDEN_CONFIGS)
+            raise ValueError(f"unknown {what} {', '.join(unknown)}: choose from {public}")
+        return items
+    values = [int(item) for item in items]
+    if any(value < 1 for value in values):
+        raise ValueError(f"{what} ({text}) must be positive integers")
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# the two trainers
+
+
+def measure_engine(bench: BenchConfig, threads: int, batches: list, steps: int, warmup: int) -> dict:
+    """Engine tokens/s (median step) and memory per worker for one config and thread count."""
+    from engine import Trainer
+
+    with Trainer(bench.model_config(), bench.train_config(threads)) as trainer:
+        durations = time_steps(lambda i: trainer.step(*batches[i % len(batches)]), steps, warmup)
+        memory = trainer.memory_per_thread_mb
+    median = statistics.median(durations)
+    return {
+        "tokens_per_s": bench.batch_size * bench.seq_len / median,
+        "step_ms_median": median * 1e3,
+        "memory_per_thread_mb": memory,
+    }
+
+
+def measure_torch(bench: BenchConfig, threads: int, batches: list, steps: int, warmup: int) -> dict:
+    """PyTorch eager tokens/s (median step) for the same model, AdamW and clipping recipe."""
+    from engine import init_parameters
+
+    from .torch_reference import TorchGPT, require_torch
+
+    torch = require_torch()
+    model_config, train = bench.model_config(), bench.train_config(threads)
+    model = TorchGPT.from_flat(model_config, init_parameters(model_config))
+    optimizer = torch.optim.AdamW(
+        model.parameter_groups(train.weight_decay),
+        lr=train.learning_rate,
+        betas=(train.beta1, train.beta2),
+        eps=train.eps,
+    )
+
+    def step(i):
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.loss(*batches[i % len(batches)])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        optimizer.step()
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        durations = time_steps(step, steps, warmup)
+    finally:
+        torch.set_num_threads(previous)
+    median = statistics.median(durations)
+    return {"tokens_per_s": bench.batch_size * bench.seq_len / median, "step_ms_median": median * 1e3}
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def run_config(bench: BenchConfig, threads: list[int], peaks: dict, args) -> dict:
+    """Every measurement for one config, one entry per thread count."""
+    model_config = bench.model_config()
+    per_token = flops_per_token(model_config, bench.seq_len)
+    batches = random_batches(BYTE_VOCAB, bench.batch_size, bench.seq_len, count=args.steps + args.warmup)
+    results = []
+    for n in threads:
+        entry: dict = {"threads": n}
+        try:
+            entry.update(measure_engine(bench, n, batches, args.steps, args.warmup))
+        except ConfigError as exc:  # a thread count the train config rejects
+            entry["skipped"] = str(exc)
+            results.append(entry)
+            continue
+        entry["gflops"] = per_token * entry["tokens_per_s"] / 1e9
+        entry["mfu"] = entry["gflops"] / peaks[n]
+        if args.compare_torch:
+            theirs = measure_torch(bench, n, batches, args.steps, args.warmup)
+            entry["torch_tokens_per_s"] = theirs["tokens_per_s"]
+            entry["torch_step_ms_median"] = theirs["step_ms_median"]
+            entry["engine_vs_torch"] = entry["tokens_per_s"] / theirs["tokens_per_s"]
+        results.append(entry)
+    single = next((r["tokens_per_s"] for r in results if r["threads"] == 1 and "tokens_per_s" in r), None)
+    for entry in results:
+        # efficiency needs the 1-thread rate measured in this run; without it, None.
+        if single and "tokens_per_s" in entry:
+            entry["parallel_efficiency"] = entry["tokens_per_s"] / (entry["threads"] * single)
+        else:
+            entry["parallel_efficiency"] = None
+    return {
+        "name": bench.name,
+        "d_model": bench.d_model,
+        "n_layer": bench.n_layer,
+        "n_head": bench.n_head,
+        "seq_len": bench.seq_len,
+        "batch_size": bench.batch_size,
+        "parameters": count_parameters(model_config),
+        "flops_per_token": per_token,
+        "results": results,
+    }
+
+
+def machine_info() -> dict:
+    import numba
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def measure_start_times() -> dict:
+    """numba cold compile (empty cache dir) and warm start (the same dir again), in seconds."""
+    with tempfile.TemporaryDirectory(prefix="crystalline-numba-cache-") as cache_dir:
+        cold = measure_start_time(cache_dir)
+        warm = measure_start_time(cache_dir)
+    return {"cold_s": cold, "warm_s": warm}
+
+
+def format_table(report: dict) -> str:
+    """The report as aligned text, one row per config and thread count."""
+    peaks = ", ".join(f"{p['threads']} thr {p['gflops']:.1f}" for p in report["peak_gflops"])
+    lines = [f"float32 matmul peak (numpy sgemm, GFLOP/s): {peaks}"]
+    start = report["start_time"]
+    if start:
+        lines.append(f"numba start: cold compile {start['cold_s']:.1f} s, warm (cached) {start['warm_s']:.1f} s")
+    header = ["config", "params", "threads", "tok/s", "eff", "GFLOP/s", "MFU", "MB/thread"]
+    if report["compare_torch"]:
+        header += ["torch tok/s", "engine/torch"]
+    rows = [header]
+    for config in report["configs"]:
+        for r in config["results"]:
+            row = [config["name"], f"{config['parameters'] / 1e6:.2f}M", str(r["threads"])]
+            if "skipped" in r:
+                rows.append(row + [f"skipped: {r['skipped']}"])
+                continue
+            eff = r["parallel_efficiency"]
+            row += [
+                f"{r['tokens_per_s']:.0f}",
+                "-" if eff is None else f"{eff:.2f}",
+                f"{r['gflops']:.2f}",
+                f"{100 * r['mfu']:.1f}%",
+                f"{r['memory_per_thread_mb']:.1f}",
+            ]
+            if report["compare_torch"]:
+                row += [f"{r['torch_tokens_per_s']:.0f}", f"{r['engine_vs_torch']:.2f}x"]
+            rows.append(row)
+    full = [row for row in rows if len(row) == len(header)]
+    widths = [max(len(row[i]) for row in full) for i in range(len(header))]
+    for row in rows:
+        cells = zip(row, widths) if len(row) == len(header) else zip(row, widths[: len(row) - 1] + [0])
+        lines.append("  ".join(cell.rjust(width) for cell, width in cells))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the bench flags on `parser` (a subparser of the crystalline CLI)."""
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--compare-torch", action="store_true", help="also train with PyTorch eager and report the ratio"
+    )
+    parser.add_argument("--configs", default="S,M,L", help="comma-separated configs from S, M, L (default S,M,L)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated worker thread counts (default 1,2)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (default 2)")
+    parser.add_argument(
+        "--skip-start-time", action="store_true", help="skip timing numba's cold compile and warm start"
+    )
+    # matrix size of the peak measurement; tests shrink it.
+    parser.add_argument("--peak-size", type=int, default=2048, help=argparse.SUPPRESS)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the report; returns the process exit status."""
+    peak_size = getattr(args, "peak_size", 2048)
+    skip_start = getattr(args, "skip_start_time", False)
+    try:
+        names = parse_list(args.configs, {**CONFIGS, **HIDDEN_CONFIGS}, "config")
+        threads = parse_list(args.threads, what="threads")
+        if args.steps < 1 or args.warmup < 0:
+            raise ValueError(f"steps ({args.steps}) must be >= 1 and warmup ({args.warmup}) >= 0")
+        if args.compare_torch:
+            from .torch_reference import require_torch
+
+            require_torch()
+    except (ValueError, ImportError) as exc:
+        print(f"crystalline bench: {exc}", file=sys.stderr)
+        return 2
+
+    peaks = {n: measure_matmul_peak(n, size=peak_size) for n in threads}
+    report = {
+        "machine": machine_info(),
+        "compare_torch": bool(args.compare_torch),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "peak_gflops": [{"threads": n, "gflops": peaks[n]} for n in threads],
+        "start_time": None if skip_start else measure_start_times(),
+        "configs": [],
+    }
+    for name in names:
+        bench = CONFIGS.get(name) or HIDDEN_CONFIGS[name]
+        report["configs"].append(run_config(bench, threads, peaks, args))
+    print(json.dumps(report, indent=2) if args.json else format_table(report))
+    return 0

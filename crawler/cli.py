@@ -1,0 +1,465 @@
+"""The `crystalline` command line: train, generate, eval and bench (also `python -m crawler`).
+
+This is the edge where flags become validated `ModelConfig` / `TrainConfig` objects and where
+the offline commands wire the data reader, the tokenizer and the engine together. It is not the
+daemon and it does not touch storage. Every expected failure (a missing file, no or an
+incompatible checkpoint, a bad flag value) ends as ONE line `crystalline: error: ...` on stderr
+and a non-zero exit status, never a traceback; a traceback means a bug.
+
+State layout: STATE_DIR/checkpoints/ckpt-*.safetensors, each with
+extra = {"tokenizer": identity, "data": {"seed", "paths"}, "train": {the recipe}}.
+A `train` run on a state dir that holds a checkpoint resumes it: the model shape, the data seed
+and (unless given again) the recipe come from the checkpoint, and the data order continues as if
+never interrupted, because batch s depends only on (seed, s).
+Exit status: 0 done, 1 error, 2 bad usage, 130 interrupted by Ctrl-C (143 by SIGTERM); `train`
+finishes its step and saves a checkpoint first, and a second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from engine import CheckpointError, ConfigError, ModelConfig, TrainConfig, Trainer, load_latest_checkpoint
+from engine.errors import EngineError
+
+from .data import DataError, WindowSampler, eval_windows, load_corpus
+from .logging import configure_logging, get_logger
+from .tokenizer import EOD, ByteTokenizer, TokenizerError, tokenizer_from_identity
+
+PROG = "crystalline"
+DEFAULT_STATE_DIR = "crystalline-state"
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+LN2 = math.log(2.0)
+
+
+class CliError(Exception):
+    """An expected failure reported as one line; `status` is the exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_ERROR):
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so main prints one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{message} (see '{self.prog} --help')", EXIT_USAGE)
+
+
+# ---------------------------------------------------------------------------------------------
+# flag value types: each names what is allowed
+
+
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _real(low: float, high: float = math.inf, low_open: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or too_low or value > high:
+            if math.isinf(high):
+                allowed = f"a finite number {'>' if low_open else '>='} {low:g}"
+            else:
+                allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+
+    return parse
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of every subcommand."""
+    parser = _Parser(prog=PROG, description="A continuous-learning crawler daemon and its trainer.")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+    state = {"default": DEFAULT_STATE_DIR, "metavar": "DIR", "help": "checkpoints live in DIR/checkpoints"}
+
+    train = commands.add_parser("train", help="train on files offline (resumes the state dir)")
+    train.add_argument("paths", nargs="+", metavar="PATH", help="text files or folders (recursive)")
+    train.add_argument("--steps", type=_integer(1), default=1000, help="total step count to reach")
+    train.add_argument("--threads", type=_integer(0), default=0, help="worker threads; 0 = all cores")
+    train.add_argument("--context", type=_integer(2), default=None, metavar="T", help="window length")
+    train.add_argument("--d-model", type=_integer(1), default=None, metavar="C")
+    train.add_argument("--layers", type=_integer(1), default=None, metavar="L")
+    train.add_argument("--heads", type=_integer(1), default=None, metavar="H")
+    train.add_argument("--batch-size", type=_integer(1), default=None, metavar="B")
+    train.add_argument("--lr", type=_real(0.0, low_open=True), default=None, metavar="X")
+    train.add_argument("--seed", type=_integer(0), default=None, metavar="S", help="init and data order")
+    train.add_argument("--schedule", choices=("cosine", "constant"), default=None)
+    train.add_argument("--warmup", type=_integer(0), default=None, metavar="N",
+                       help="warmup steps (default: min(100, steps // 10))")
+    train.add_argument("--crystalline-weight", type=_real(0.0), default=None, metavar="W")
+    train.add_argument("--checkpoint-every", type=_integer(0), default=500, metavar="N",
+                       help="also checkpoint every N steps; 0 = only at the end")
+    train.add_argument("--keep-last", type=_integer(1), default=3, metavar="N")
+    train.add_argument("--log-every", type=_integer(1), default=10, metavar="N")
+    train.add_argument("--state-dir", **state)
+    train.set_defaults(handler=command_train)
+
+    generate = commands.add_parser("generate", help="continue a prompt with the latest checkpoint")
+    generate.add_argument("prompt", nargs="?", default="", metavar="PROMPT")
+    generate.add_argument("--max-new-tokens", type=_integer(0), default=256, metavar="N")
+    generate.add_argument("--temperature", type=_real(0.0), default=1.0, metavar="X", help="0 = greedy")
+    generate.add_argument("--top-k", type=_integer(0), default=0, metavar="K", help="0 = off")
+    generate.add_argument("--top-p", type=_real(0.0, 1.0, low_open=True), default=1.0, metavar="P")
+    generate.add_argument("--seed", type=_integer(0), default=0, metavar="S")
+    generate.add_argument("--state-dir", **state)
+    generate.set_defaults(handler=command_generate)
+
+    evaluate = commands.add_parser("eval", help="bits per byte of the latest checkpoint on files")
+    evaluate.add_argument("paths", nargs="+", metavar="PATH")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    evaluate.add_argument("--batch-size", type=_integer(1), default=16, metavar="B")
+    evaluate.add_argument("--threads", type=_integer(0), default=0)
+    evaluate.add_argument("--state-dir", **state)
+    evaluate.set_defaults(handler=command_eval)
+
+    # bench's flags belong to crawler.bench (add_arguments), parsed only when bench runs
+    bench = commands.add_parser("bench", help="time the engine (crystalline bench --help)", add_help=False)
+    bench.set_defaults(handler=command_bench)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse argv; bench's own flags are registered by crawler.bench, imported only for bench.
+
+    Raises CliError (status 2) for bad usage, SystemExit(0) for --help.
+    """
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "bench":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return args
+    from . import bench
+
+    bench_parser = _Parser(prog=f"{PROG} bench", description=(bench.__doc__ or "").split("\n")[0])
+    bench.add_arguments(bench_parser)
+    return bench_parser.parse_args(rest, namespace=args)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _checkpoint_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) / "checkpoints"
+
+
+def _latest_checkpoint(directory: Path, log: Any, required: bool):
+    checkpoint, skipped = load_latest_checkpoint(directory)
+    for path, reason in skipped:
+        log.warning("checkpoint_skipped", path=str(path), reason=reason)
+    if checkpoint is None and required:
+        hint = "run 'crystalline train PATH...' first"
+        raise CliError(f"no checkpoint in {directory} ({hint} or pass --state-dir)")
+    return checkpoint
+
+
+def _checkpoint_tokenizer(checkpoint) -> ByteTokenizer:
+    identity = checkpoint.extra.get("tokenizer")
+    if identity is None:
+        raise CliError(f"{checkpoint.path}: checkpoint records no tokenizer")
+    tokenizer = tokenizer_from_identity(identity)
+    if tokenizer.vocab_size != checkpoint.model_config.vocab_size:
+        raise CliError(
+            f"{checkpoint.path}: tokenizer vocab_size {tokenizer.vocab_size} does not match "
+            f"the model's {checkpoint.model_config.vocab_size}"
+        )
+    return tokenizer
+
+
+def _load_corpus(paths: Sequence[str], tokenizer: ByteTokenizer, log: Any):
+    corpus = load_corpus(paths, tokenizer)
+    for skipped in corpus.skipped:
+        log.warning("file_skipped", path=str(skipped.path), reason=skipped.reason, detail=skipped.message)
+    return corpus
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM handlers that only set a flag; a second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        for sig in self.SIGNALS:  # the next signal takes the default path: stop now
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals reach only the main thread; a caller elsewhere stops by Ctrl-C there
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+# (flag dest, config field): the flags that fix the model's shape, which a resume must not change
+SHAPE_FLAGS = (
+    ("context", "context_length"), ("d_model", "d_model"), ("layers", "n_layer"), ("heads", "n_head")
+)
+# the recipe recorded in a checkpoint's extra["train"]; a resume reuses each unless given again
+RECIPE_FLAGS = (
+    ("batch_size", "batch_size"),
+    ("lr", "learning_rate"),
+    ("schedule", "schedule"),
+    ("warmup", "warmup_steps"),
+    ("crystalline_weight", "crystalline_weight"),
+)
+
+
+def _resolve_model(args: argparse.Namespace, checkpoint, tokenizer: ByteTokenizer) -> ModelConfig:
+    if checkpoint is None:
+        defaults = ModelConfig()
+        return ModelConfig(
+            vocab_size=tokenizer.vocab_size,
+            context_length=args.context or defaults.context_length,
+            d_model=args.d_model or defaults.d_model,
+            n_layer=args.layers or defaults.n_layer,
+            n_head=args.heads or defaults.n_head,
+            seed=defaults.seed if args.seed is None else args.seed,
+        ).validate()
+    config = checkpoint.model_config
+    for flag, field in SHAPE_FLAGS:
+        given = getattr(args, flag)
+        if given is not None and given != getattr(config, field):
+            raise CliError(
+                f"--{flag.replace('_', '-')} {given} conflicts with the checkpoint {checkpoint.path} "
+                f"({field}={getattr(config, field)}); drop the flag or use another --state-dir"
+            )
+    seed = checkpoint.extra.get("data", {}).get("seed")
+    if args.seed is not None and seed is not None and args.seed != seed:
+        raise CliError(
+            f"--seed {args.seed} conflicts with the checkpoint {checkpoint.path} (seed={seed}); "
+            "drop the flag or use another --state-dir"
+        )
+    return config
+
+
+def _resolve_recipe(args: argparse.Namespace, checkpoint, model: ModelConfig) -> TrainConfig:
+    before = checkpoint.extra.get("train", {}) if checkpoint is not None else {}
+    recipe = {field: before[field] for _, field in RECIPE_FLAGS if field in before}
+    given = {field: getattr(args, flag) for flag, field in RECIPE_FLAGS if getattr(args, flag) is not None}
+    recipe.update(given)
+    recipe.setdefault("warmup_steps", min(100, args.steps // 10))
+    seed = checkpoint.extra.get("data", {}).get("seed") if checkpoint is not None else None
+    seed = seed if seed is not None else (model.seed if args.seed is None else args.seed)
+    return TrainConfig(
+        seq_len=model.context_length, total_steps=args.steps, threads=args.threads, seed=seed, **recipe
+    ).validate(model)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    """Train to --steps total steps, checkpointing on schedule, at the end, and on Ctrl-C."""
+    log = get_logger("cli")
+    tokenizer = ByteTokenizer()
+    corpus = _load_corpus(args.paths, tokenizer, log)
+    directory = _checkpoint_dir(args)
+    checkpoint = _latest_checkpoint(directory, log, required=False)
+    if checkpoint is not None:
+        _checkpoint_tokenizer(checkpoint)  # refuses a checkpoint trained with another tokenizer
+    model = _resolve_model(args, checkpoint, tokenizer)
+    recipe = _resolve_recipe(args, checkpoint, model)
+    sampler = WindowSampler(corpus.tokens, recipe.seq_len, recipe.batch_size, recipe.seed)
+    extra = {
+        "tokenizer": tokenizer.identity(),
+        "data": {"seed": recipe.seed, "paths": [str(p) for p in args.paths]},
+        "train": {field: getattr(recipe, field) for _, field in RECIPE_FLAGS},
+    }
+    if checkpoint is not None and checkpoint.step >= recipe.total_steps:
+        log.info("train_skipped", reason="already_done", step=checkpoint.step, steps=recipe.total_steps)
+        return 0
+
+    trainer = Trainer(model, recipe) if checkpoint is None else Trainer.from_checkpoint(checkpoint, recipe)
+    with trainer, _StopFlag() as stop:
+        log.info(
+            "train_started", step=trainer.step_count, steps=recipe.total_steps,
+            resumed=checkpoint is not None, files=len(corpus.files), bytes=corpus.n_bytes,
+            tokens=int(corpus.tokens.size),
+            parameters=int(trainer.params.size), threads=trainer.threads,
+            memory_per_thread_mb=round(float(trainer.memory_per_thread_mb), 1),
+            model=model.to_dict(), batch_size=recipe.batch_size, lr=recipe.learning_rate,
+        )
+        started, window_tokens, window_seconds = time.perf_counter(), 0, 0.0
+        first_step = trainer.step_count
+        saved_at = -1
+        while trainer.step_count < recipe.total_steps and stop.signum is None:
+            inputs, targets = sampler.batch(trainer.step_count)
+            stats = trainer.step(inputs, targets)
+            window_tokens += stats.tokens
+            window_seconds += stats.seconds
+            step = trainer.step_count
+            if step % args.log_every == 0 or step == recipe.total_steps:
+                elapsed = time.perf_counter() - started
+                eta = elapsed / (step - first_step) * (recipe.total_steps - step)
+                # bits per byte as the training loss sees it: one byte per token, EOD aside
+                log.info(
+                    "train_step", step=step, steps=recipe.total_steps, loss=round(float(stats.loss), 4),
+                    bits_per_byte=round(float(stats.loss) / LN2, 4), lr=float(f"{stats.lr:.3g}"),
+                    grad_norm=round(float(stats.grad_norm), 4),
+                    tokens_per_s=round(window_tokens / max(window_seconds, 1e-9)),
+                    dt_ms=round(1000 * stats.seconds, 1), eta_s=round(eta, 1),
+                )
+                window_tokens, window_seconds = 0, 0.0
+            if args.checkpoint_every and step % args.checkpoint_every == 0:
+                _save(trainer, directory, extra, args.keep_last, log)
+                saved_at = step
+        if saved_at != trainer.step_count:
+            _save(trainer, directory, extra, args.keep_last, log)
+        if stop.signum is not None:
+            log.info("train_stopped", step=trainer.step_count, signal=signal.Signals(stop.signum).name)
+            return 128 + stop.signum
+    log.info("train_finished", step=trainer.step_count, seconds=round(time.perf_counter() - started, 1))
+    return 0
+
+
+def _save(trainer: Trainer, directory: Path, extra: dict, keep_last: int, log: Any) -> None:
+    path = trainer.save_checkpoint(directory, extra=extra, keep_last=keep_last)
+    log.info("checkpoint_saved", step=trainer.step_count, path=str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# generate, eval, bench
+
+
+def command_generate(args: argparse.Namespace) -> int:
+    """Print PROMPT followed by its continuation (raw bytes, then a newline) on stdout."""
+    from engine.sample import sample
+
+    log = get_logger("cli")
+    checkpoint = _latest_checkpoint(_checkpoint_dir(args), log, required=True)
+    tokenizer = _checkpoint_tokenizer(checkpoint)
+    prompt = args.prompt.encode("utf-8", "surrogateescape")  # the bytes the shell passed
+    # a document starts after EOD in training, so a prompt does too
+    prompt_ids = [EOD] + tokenizer.encode(prompt).tolist()
+    new_ids = sample(
+        checkpoint.model_config, checkpoint.params, prompt_ids, args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_token=EOD,
+    )
+    _write_stdout(prompt + tokenizer.decode(new_ids) + b"\n")
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    """Bits per byte of the latest checkpoint on PATH...: summed nats / ln 2 / source bytes."""
+    log = get_logger("cli")
+    checkpoint = _latest_checkpoint(_checkpoint_dir(args), log, required=True)
+    tokenizer = _checkpoint_tokenizer(checkpoint)
+    corpus = _load_corpus(args.paths, tokenizer, log)
+    model = checkpoint.model_config
+    recipe = TrainConfig(batch_size=args.batch_size, seq_len=model.context_length, threads=args.threads)
+    loss_sum, n_tokens = 0.0, 0
+    with Trainer.from_checkpoint(checkpoint, recipe.validate(model)) as trainer:
+        for inputs, targets in eval_windows(corpus.tokens, model.context_length, args.batch_size):
+            batch_loss, batch_tokens = trainer.evaluate(inputs, targets)
+            loss_sum += float(batch_loss)
+            n_tokens += int(batch_tokens)
+    result = {
+        "bits_per_byte": loss_sum / LN2 / corpus.n_bytes,
+        "loss_nats": loss_sum / n_tokens,
+        "bytes": corpus.n_bytes,
+        "tokens": n_tokens,
+        "step": checkpoint.step,
+        "files": len(corpus.files),
+    }
+    if args.json:
+        _write_stdout(json.dumps(result).encode() + b"\n")
+    else:
+        line = (
+            f"bits/byte {result['bits_per_byte']:.4f} over {corpus.n_bytes:,} bytes in {len(corpus.files)} "
+            f"files ({n_tokens:,} tokens, {result['loss_nats']:.4f} nats/token) at step {checkpoint.step}\n"
+        )
+        _write_stdout(line.encode())
+    return 0
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    """Hand the parsed flags to crawler.bench, imported only when asked for."""
+    from . import bench
+
+    status = bench.main(args)
+    return 0 if status is None else int(status)
+
+
+def _write_stdout(data: bytes) -> None:
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is not None:
+        sys.stdout.flush()
+        buffer.write(data)
+        buffer.flush()
+    else:  # a text-only stream (some test harnesses)
+        sys.stdout.write(data.decode("utf-8", "replace"))
+        sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+
+EXPECTED = (CliError, DataError, CheckpointError, ConfigError, TokenizerError, EngineError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status instead of raising for every expected failure."""
+    try:
+        args = parse_args(argv)
+    except CliError as exc:
+        return _fail(exc, exc.status)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    try:
+        # stdout carries the result of generate and eval, so events go to stderr
+        configure_logging(args.log_level, stream=sys.stderr)
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except EXPECTED as exc:
+        return _fail(exc, getattr(exc, "status", EXIT_ERROR))
+
+
+def _fail(exc: BaseException, status: int) -> int:
+    message = " ".join(str(exc).split()) or type(exc).__name__  # always one line
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+        message = f"{exc.filename}: {message}"
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return status

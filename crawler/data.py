@@ -1,0 +1,214 @@
+"""Offline training data: files on disk -> one token array -> reproducible batches of windows.
+
+This module serves the `train` and `eval` commands, which read the files named on the command
+line. It is not the daemon's ingest path (that one watches a folder and goes through storage).
+
+Corpus layout: every document is preceded by the EOD separator, so the array reads
+``EOD doc1 EOD doc2 ... EOD docN``. The model thus always sees EOD before a document starts
+(generation prompts begin with EOD for the same reason), and the targets of the array, every
+token after the first, are exactly the source bytes plus the separators between documents.
+
+Sampling is stateless: the batch of step s is drawn from ``np.random.default_rng([seed, s])``,
+so any step's batch can be rebuilt from (seed, step) alone; that is what makes a resumed run
+see exactly the batches an uninterrupted run would have seen.
+Relies on numpy and the tokenizer; knows nothing of the engine or storage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .tokenizer import EOD, ByteTokenizer
+
+# A NUL byte in the first BINARY_PROBE bytes marks a file as binary (git's heuristic).
+BINARY_PROBE = 8192
+
+
+class DataError(Exception):
+    """The training data cannot be used; the message names the path or the numbers involved."""
+
+
+class CorpusTooShort(DataError):
+    """The corpus has fewer tokens than one training window needs."""
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file left out of the corpus; `reason` is one of: binary, empty, unreadable."""
+
+    path: Path
+    reason: str
+    message: str
+
+
+@dataclass
+class Corpus:
+    """The token array of the files read, in order, with what was read and what was skipped."""
+
+    tokens: np.ndarray  # (N,) uint16, "EOD doc1 EOD doc2 ..."
+    files: list[Path] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    n_bytes: int = 0  # source bytes in the corpus: the denominator of bits per byte
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files
+
+
+def find_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[SkippedFile]]:
+    """The files named by `paths`, in command-line order, each directory walked recursively in
+    sorted path order; hidden entries (names starting with ".") inside directories are ignored.
+
+    A file named twice is read once. Raises DataError for a path that does not exist; an
+    unreadable directory below a named one is reported as skipped instead.
+    """
+    files: list[Path] = []
+    skipped: list[SkippedFile] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append(path)
+
+    for raw in paths:
+        root = Path(raw)
+        if root.is_dir():
+            found: list[Path] = []
+
+            def on_error(exc: OSError) -> None:
+                where = Path(exc.filename) if exc.filename else root
+                skipped.append(SkippedFile(where, "unreadable", f"{where}: {exc.strerror or exc}"))
+
+            for directory, dirnames, filenames in os.walk(root, onerror=on_error):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                found.extend(Path(directory) / name for name in filenames if not name.startswith("."))
+            for path in sorted(found):
+                add(path)
+        elif root.exists():
+            add(root)
+        else:
+            raise DataError(f"{root}: no such file or directory")
+    return files, skipped
+
+
+def read_document(path: Path) -> bytes | SkippedFile:
+    """The bytes of a text file, or a SkippedFile saying why it is not one."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return SkippedFile(path, "unreadable", f"{path}: {exc.strerror or exc}")
+    if not data:
+        return SkippedFile(path, "empty", f"{path}: empty file")
+    if b"\0" in data[:BINARY_PROBE]:
+        message = f"{path}: binary file (NUL byte in the first {BINARY_PROBE} bytes)"
+        return SkippedFile(path, "binary", message)
+    return data
+
+
+def load_corpus(paths: Sequence[str | os.PathLike], tokenizer: ByteTokenizer | None = None) -> Corpus:
+    """Read and tokenize every text file under `paths` into one "EOD doc1 EOD doc2 ..." array.
+
+    Binary, empty and unreadable files are skipped and listed in `Corpus.skipped` for the caller
+    to report. Raises DataError for a missing path, or when no text file remains.
+    """
+    tokenizer = tokenizer or ByteTokenizer()
+    files, skipped = find_files(paths)
+    documents: list[np.ndarray] = []
+    used: list[Path] = []
+    for path in files:
+        data = read_document(path)
+        if isinstance(data, SkippedFile):
+            skipped.append(data)
+            continue
+        documents.append(tokenizer.encode(data))
+        used.append(path)
+    if not documents:
+        named = ", ".join(str(p) for p in paths) or "(no paths)"
+        raise DataError(f"no readable text files in {named}")
+    n_bytes = sum(doc.size for doc in documents)
+    tokens = np.empty(n_bytes + len(documents), dtype=np.uint16)  # (N,)
+    at = 0
+    for doc in documents:
+        tokens[at] = EOD
+        tokens[at + 1 : at + 1 + doc.size] = doc
+        at += 1 + doc.size
+    return Corpus(tokens=tokens, files=used, skipped=skipped, n_bytes=n_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+
+
+class WindowSampler:
+    """Random training windows: batch(step) is a pure function of (tokens, seed, step)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int):
+        if seq_len < 1 or batch_size < 1:
+            raise ValueError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be at least 1")
+        if seed < 0:
+            raise ValueError(f"seed ({seed}) must be 0 or more")
+        tokens = np.asarray(tokens).reshape(-1)
+        if tokens.size < seq_len + 1:
+            raise CorpusTooShort(
+                f"corpus has {tokens.size} tokens; a training window of seq_len {seq_len} "
+                f"needs at least {seq_len + 1} (add text or lower --context)"
+            )
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.seed = seed
+        self._offsets = np.arange(seq_len + 1)  # (T+1,)
+
+    @property
+    def n_windows(self) -> int:
+        """How many distinct window start positions there are."""
+        return self.tokens.size - self.seq_len
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (inputs, targets) of `step`: int32 (B, T) each, targets = inputs shifted by one.
+
+        Window starts are uniform over every position that leaves room for T + 1 tokens, drawn
+        from np.random.default_rng([seed, step]); the same step always gives the same batch.
+        """
+        if step < 0:
+            raise ValueError(f"step ({step}) must be 0 or more")
+        rng = np.random.default_rng([self.seed, step])
+        starts = rng.integers(0, self.n_windows, size=self.batch_size)  # (B,)
+        windows = self.tokens[starts[:, None] + self._offsets].astype(np.int32)  # (B, T+1)
+        return np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
+
+
+def eval_windows(
+    tokens: np.ndarray, seq_len: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Non-overlapping (inputs, targets) int32 batches in which every target, tokens[1:], occurs
+    exactly once.
+
+    Window k reads inputs tokens[k*T : k*T + T] and targets one further on. Full windows come in
+    batches of `batch_size` rows (the last such batch may have fewer rows). When N - 1 is not a
+    multiple of T, the r = (N - 1) % T targets left over come last as one (1, r) batch: a shorter
+    window starting at position 0, which a causal model evaluates exactly like a longer one
+    truncated. Raises CorpusTooShort for fewer than two tokens.
+    """
+    if seq_len < 1 or batch_size < 1:
+        raise ValueError(f"seq_len ({seq_len}) and batch_size ({batch_size}) must be at least 1")
+    tokens = np.asarray(tokens).reshape(-1)
+    if tokens.size < 2:
+        raise CorpusTooShort(f"corpus has {tokens.size} tokens; evaluation needs at least 2")
+    n_targets = tokens.size - 1
+    n_full, tail = divmod(n_targets, seq_len)
+    offsets = np.arange(seq_len + 1)  # (T+1,)
+    for first in range(0, n_full, batch_size):
+        starts = np.arange(first, min(first + batch_size, n_full)) * seq_len  # (b,)
+        windows = tokens[starts[:, None] + offsets].astype(np.int32)  # (b, T+1)
+        yield np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
+    if tail:
+        window = tokens[n_full * seq_len :].astype(np.int32)[None, :]  # (1, r+1)
+        yield np.ascontiguousarray(window[:, :-1]), np.ascontiguousarray(window[:, 1:])

@@ -1,0 +1,96 @@
+"""Structured logging setup: the only module that calls `structlog.configure`.
+
+Every event carries `timestamp` (ISO-8601, UTC), `level` and `event` (a snake_case noun and
+past-tense verb, such as `checkpoint_saved`); variable data goes in fields. Off a TTY each event
+is one JSON line (orjson when installed, else the standard json module); on a TTY it is rendered
+for people by structlog's console renderer. Events go to stdout by default; commands whose stdout
+is their result (`generate`, `eval --json`) pass stderr instead.
+It is not an event catalogue: the modules that log choose their own events.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import logging as _stdlib_logging
+import sys
+from pathlib import PurePath
+from typing import IO, Any
+
+import structlog
+
+try:  # optional: faster, and serializes numpy scalars natively
+    import orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    orjson = None
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _default(value: Any) -> Any:
+    """JSON fallback for values the serializer does not know: numpy scalars and arrays, paths."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, PurePath):
+        return str(value)
+    return repr(value)
+
+
+def _lead_with_event(logger: Any, method: str, event_dict: dict) -> dict:
+    """Put timestamp, level and event first, so a JSON line reads like a console line."""
+    lead = {key: event_dict.pop(key) for key in ("timestamp", "level", "event") if key in event_dict}
+    return {**lead, **event_dict}
+
+
+def _serialize(event_dict: dict, **_: Any) -> str:
+    if orjson is not None:
+        option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+        return orjson.dumps(event_dict, default=_default, option=option).decode()
+    return _json.dumps(event_dict, default=_default, ensure_ascii=False)
+
+
+def configure_logging(
+    level: str = "info", json: bool | None = None, stream: IO[str] | None = None
+) -> None:
+    """Configure structlog for the whole process; safe to call again (the last call wins).
+
+    `json=None` picks JSON lines when `stream` (default stdout) is not a TTY, console output when
+    it is. Raises ValueError for a level not in LEVELS.
+    """
+    if level.lower() not in LEVELS:
+        raise ValueError(f"log level ({level!r}) must be one of {', '.join(LEVELS)}")
+    stream = stream if stream is not None else sys.stdout
+    isatty = getattr(stream, "isatty", None)
+    on_tty = bool(isatty is not None and isatty())
+    if json is None:
+        json = not on_tty
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    if json:
+        processors += [
+            structlog.processors.format_exc_info,
+            _lead_with_event,
+            structlog.processors.JSONRenderer(serializer=_serialize),
+        ]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=on_tty))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            _stdlib_logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        # not cached, so a later configure_logging (or structlog.testing.capture_logs) applies
+        # to loggers that already exist
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(component: str) -> Any:
+    """A structlog logger with `component=` bound (watcher, ingest, trainer, storage, cli...)."""
+    return structlog.get_logger().bind(component=component)

@@ -1,0 +1,136 @@
+"""A PyTorch eager GPT-2 over the engine's flat parameter layout: the reference the engine is
+checked against, and the baseline `crystalline bench --compare-torch` races.
+
+Built from standard torch ops only (`layer_norm`, `linear`, `scaled_dot_product_attention`,
+`gelu(approximate="tanh")`, `cross_entropy`), so it is the textbook model, not a port of the
+engine's kernels. Each tensor of `engine.layout.parameter_table` becomes one torch leaf tensor
+with the same name and shape; parameters are loaded from and gradients exported to one flat
+numpy array in that layout, so tests compare tensor by tensor through the table.
+
+Not part of the engine and not used by the daemon. Relies on PyTorch, imported lazily: without
+it, everything here raises an ImportError that says how to install it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from engine import ModelConfig
+from engine.layout import DECAYED, parameter_table
+
+LAYERNORM_EPS = 1e-5  # GPT-2's and torch.nn.LayerNorm's default
+INSTALL_HINT = "PyTorch is needed for the reference model: pip install -e '.[bench]'"
+
+
+def require_torch():
+    """The torch module; raises ImportError with the install command when it is missing."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(INSTALL_HINT) from exc
+    return torch
+
+
+class TorchGPT:
+    """GPT-2 in torch eager mode, one leaf tensor per entry of the engine's parameter table."""
+
+    def __init__(self, config: ModelConfig, tensors: dict):
+        self.config = config
+        self.table = parameter_table(config)
+        self.tensors = tensors  # name -> leaf tensor with requires_grad, in table order
+
+    @classmethod
+    def from_flat(cls, config: ModelConfig, params: np.ndarray, dtype=None) -> "TorchGPT":
+        """Copy a flat float32 parameter buffer (engine layout) into fresh torch leaf tensors.
+
+        dtype defaults to torch.float32; tests pass torch.float64 for a reference whose own
+        rounding error is negligible next to the engine's.
+        """
+        torch = require_torch()
+        dtype = dtype or torch.float32
+        table = parameter_table(config)
+        views = table.views(np.asarray(params, dtype=np.float32))
+        tensors = {
+            name: torch.tensor(getattr(views, name), dtype=dtype).requires_grad_(True)
+            for name, _ in table.entries
+        }
+        return cls(config, tensors)
+
+    # -----------------------------------------------------------------------------------------
+    # forward
+
+    def logits(self, inputs):
+        """inputs is (B, T) token ids; returns the (B, T, V) logits."""
+        torch = require_torch()
+        F = torch.nn.functional
+        p = self.tensors
+        C, NH, L = self.config.d_model, self.config.n_head, self.config.n_layer
+        hs = C // NH
+        idx = torch.as_tensor(np.asarray(inputs), dtype=torch.long)
+        B, T = idx.shape
+        x = p["wte"][idx] + p["wpe"][:T]  # (B, T, C)
+        for l in range(L):
+            h = F.layer_norm(x, (C,), p["ln1w"][l], p["ln1b"][l], LAYERNORM_EPS)
+            qkv = F.linear(h, p["qkvw"][l], p["qkvb"][l])  # (B, T, 3*C)
+            q, k, v = (t.view(B, T, NH, hs).transpose(1, 2) for t in qkv.split(C, dim=2))
+            # (B, NH, T, hs): softmax(q k^T / sqrt(hs)) v over the causal prefix
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(hs))
+            y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+            x = x + F.linear(y, p["attprojw"][l], p["attprojb"][l])
+            h = F.layer_norm(x, (C,), p["ln2w"][l], p["ln2b"][l], LAYERNORM_EPS)
+            h = F.gelu(F.linear(h, p["fcw"][l], p["fcb"][l]), approximate="tanh")  # (B, T, H)
+            x = x + F.linear(h, p["fcprojw"][l], p["fcprojb"][l])
+        x = F.layer_norm(x, (C,), p["lnfw"], p["lnfb"], LAYERNORM_EPS)
+        return F.linear(x, p["wte"])  # (B, T, V): the head is tied to the token embedding
+
+    def loss(self, inputs, targets):
+        """Mean cross-entropy over all (B, T) positions, as a scalar tensor ready for backward()."""
+        torch = require_torch()
+        logits = self.logits(inputs)
+        tgt = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+
+    def loss_and_grad(self, inputs, targets) -> tuple[float, np.ndarray]:
+        """The loss and its gradient in the flat engine layout (engine.model.loss_and_grad's twin)."""
+        self.zero_grad()
+        loss = self.loss(inputs, targets)
+        loss.backward()
+        return float(loss.detach()), self.flat_grads()
+
+    # -----------------------------------------------------------------------------------------
+    # the flat layout and the optimizer
+
+    def parameters(self) -> list:
+        """The leaf tensors in table order (for clip_grad_norm_)."""
+        return list(self.tensors.values())
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """torch.optim param groups: weight decay on the engine's DECAYED tensors only."""
+        decayed = [t for name, t in self.tensors.items() if name in DECAYED]
+        other = [t for name, t in self.tensors.items() if name not in DECAYED]
+        return [
+            {"params": decayed, "weight_decay": weight_decay},
+            {"params": other, "weight_decay": 0.0},
+        ]
+
+    def zero_grad(self) -> None:
+        for tensor in self.tensors.values():
+            tensor.grad = None
+
+    def flat_params(self) -> np.ndarray:
+        """The parameters as one float32 array in the engine layout."""
+        return self._flatten({name: t.detach() for name, t in self.tensors.items()})
+
+    def flat_grads(self) -> np.ndarray:
+        """The accumulated gradients as one float32 array in the engine layout (zeros where none)."""
+        return self._flatten({name: t.grad for name, t in self.tensors.items()})
+
+    def _flatten(self, tensors: dict) -> np.ndarray:
+        out = self.table.allocate()
+        for name, tensor in tensors.items():
+            if tensor is not None:
+                seg = self.table.offsets[name]
+                out[seg.offset : seg.stop] = tensor.reshape(-1).cpu().numpy()
+        return out

@@ -1,0 +1,233 @@
+"""The `crystalline` command line: one-line errors, and tiny train / resume / eval / generate runs.
+
+The runs call `main(argv)` in-process on generated text in tmp_path; stdout and stderr are
+captured, and stderr's events are JSON lines (it is not a TTY under pytest).
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import structlog
+
+from crawler.cli import main
+from engine import ModelConfig, init_parameters, load_latest_checkpoint, save_checkpoint
+
+TINY = ["--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16", "--batch-size", "4", "--threads", "1"]
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog():
+    """main() points structlog at the captured stderr; leave no stale stream to later tests."""
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    words = ["crystal", "lattice", "grows", "slowly", "in", "the", "cold", "dark", "cave", "and"]
+    for name in ("a.txt", "b.txt"):
+        text = " ".join(rng.choice(words, size=300)) + "\n"
+        (folder / name).write_text(text)
+    return folder
+
+
+def run(capture, *argv) -> tuple[int, str, str]:
+    """main(argv) under capsys or capsysbinary (decoded: generate writes raw bytes)."""
+    status = main([str(a) for a in argv])
+    out, err = capture.readouterr()
+    if isinstance(out, bytes):
+        out, err = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    return status, out, err
+
+
+def events(stderr: str) -> list[dict]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def assert_one_error_line(stderr: str, *fragments: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("crystalline: error: "), stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# errors: one line, non-zero, no traceback
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "x.txt", "--steps", "0"], "--steps: must be at least 1"),
+        (["train", "x.txt", "--lr", "abc"], "--lr: expected a number"),
+        (["train", "x.txt", "--schedule", "linear"], "--schedule"),
+        (["train", "x.txt", "--bogus"], "unrecognized arguments: --bogus"),
+        (["generate", "--top-p", "0"], "--top-p"),
+        (["train"], "PATH"),
+        ([], "COMMAND"),
+    ],
+)
+def test_bad_usage_is_one_line_and_status_2(capsys, argv, fragment):
+    status, out, err = run(capsys, *argv)
+    assert status == 2
+    assert out == ""
+    assert_one_error_line(err, fragment)
+
+
+def test_help_exits_zero(capsys):
+    status, out, _ = run(capsys, "train", "--help")
+    assert status == 0
+    assert "--steps" in out
+
+
+def test_missing_file_is_one_line(capsys, tmp_path):
+    status, _, err = run(capsys, "train", tmp_path / "nope.txt", "--state-dir", tmp_path / "state")
+    assert status == 1
+    assert_one_error_line(err, "nope.txt", "no such file")
+
+
+@pytest.mark.parametrize("command", [["generate", "hello"], ["eval", "__corpus__"]])
+def test_no_checkpoint_is_one_line(capsys, tmp_path, corpus, command):
+    argv = [corpus if a == "__corpus__" else a for a in command]
+    status, _, err = run(capsys, *argv, "--state-dir", tmp_path / "empty-state")
+    assert status == 1
+    assert_one_error_line(err, "no checkpoint in", "empty-state")
+
+
+def _write_checkpoint(directory: Path, extra: dict) -> None:
+    config = ModelConfig(d_model=8, n_layer=1, n_head=2, context_length=8).validate()
+    params = init_parameters(config)
+    zeros = np.zeros_like(params)
+    save_checkpoint(directory, step=1, model_config=config, params=params, m=zeros, v=zeros, extra=extra)
+
+
+def test_checkpoint_of_an_unknown_tokenizer_is_one_line(capsys, tmp_path):
+    _write_checkpoint(tmp_path / "checkpoints", {"tokenizer": {"kind": "bpe", "vocab_size": 257, "version": 1}})
+    status, out, err = run(capsys, "generate", "hi", "--state-dir", tmp_path)
+    assert status == 1 and out == ""
+    assert_one_error_line(err, "unknown tokenizer kind 'bpe'")
+
+
+def test_corrupt_checkpoints_are_reported_then_missing(capsys, tmp_path):
+    directory = tmp_path / "checkpoints"
+    directory.mkdir()
+    (directory / "ckpt-000000005.safetensors").write_bytes(b"\x01\x02")
+    status, _, err = run(capsys, "generate", "--state-dir", tmp_path)
+    assert status == 1
+    warning, error = err.strip().splitlines()
+    assert json.loads(warning)["event"] == "checkpoint_skipped"
+    assert_one_error_line(error, "no checkpoint in")
+
+
+def test_console_script_module_gives_one_line_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "crawler", "eval", tmp_path / "missing.txt", "--state-dir", tmp_path],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert result.returncode == 1
+    assert_one_error_line(result.stderr, "no checkpoint in")
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny end-to-end runs
+
+
+def test_train_resume_eval_generate(capsysbinary, tmp_path, corpus):
+    capsys = capsysbinary  # generate prints the model's raw bytes, which need not be UTF-8
+    state = tmp_path / "state"
+    status, out, err = run(capsys, "train", corpus, *TINY, "--steps", "6", "--log-every", "2", "--state-dir", state)
+    assert status == 0, err
+    assert out == ""  # stdout stays free for results; events go to stderr
+    logged = events(err)
+    steps = [e for e in logged if e["event"] == "train_step"]
+    assert [e["step"] for e in steps] == [2, 4, 6]
+    assert all(math.isfinite(e["loss"]) and e["tokens_per_s"] > 0 for e in steps)
+    assert all({"timestamp", "level", "component"} <= e.keys() for e in logged)
+    checkpoint, _ = load_latest_checkpoint(state / "checkpoints")
+    assert checkpoint.step == 6
+    assert checkpoint.extra["tokenizer"] == {"kind": "byte", "vocab_size": 257, "version": 1}
+    assert checkpoint.extra["data"] == {"seed": 1337, "paths": [str(corpus)]}
+    assert checkpoint.model_config.d_model == 16
+
+    # a second run on the same state dir resumes and continues to the new total
+    status, _, err = run(capsys, "train", corpus, "--steps", "9", "--threads", "1", "--state-dir", state)
+    assert status == 0, err
+    started = next(e for e in events(err) if e["event"] == "train_started")
+    assert started["resumed"] is True and started["step"] == 6
+    checkpoint, _ = load_latest_checkpoint(state / "checkpoints")
+    assert checkpoint.step == 9
+    assert checkpoint.model_config.d_model == 16  # the shape came from the checkpoint
+
+    # a conflicting shape flag is refused in one line
+    status, _, err = run(capsys, "train", corpus, "--steps", "12", "--d-model", "32", "--state-dir", state)
+    assert status == 1
+    assert_one_error_line(err, "--d-model 32 conflicts", "d_model=16")
+
+    status, out, err = run(capsys, "eval", corpus, "--json", "--batch-size", "3", "--threads", "1", "--state-dir", state)
+    assert status == 0, err
+    result = json.loads(out)  # exactly one JSON object
+    n_bytes = sum(p.stat().st_size for p in corpus.iterdir())
+    assert result["bytes"] == n_bytes
+    assert result["tokens"] == n_bytes + 1  # every byte, plus the EOD between the two documents
+    assert result["step"] == 9
+    assert math.isfinite(result["bits_per_byte"]) and 0 < result["bits_per_byte"] < 12
+    assert result["bits_per_byte"] == pytest.approx(result["loss_nats"] * result["tokens"] / math.log(2) / n_bytes)
+
+    status, out, err = run(capsys, "generate", "crystal", "--max-new-tokens", "20", "--seed", "3", "--state-dir", state)
+    assert status == 0, err
+    assert out.startswith("crystal")
+    assert len(out) > len("crystal")
+
+
+def test_resume_is_exact(capsys, tmp_path, corpus):
+    # a constant schedule makes the learning rate independent of --steps, so 3 steps, then a
+    # resume to 6, must land on exactly the parameters of 6 uninterrupted steps
+    flags = [*TINY, "--schedule", "constant", "--warmup", "0"]
+    assert run(capsys, "train", corpus, *flags, "--steps", "6", "--state-dir", tmp_path / "straight")[0] == 0
+    assert run(capsys, "train", corpus, *flags, "--steps", "3", "--state-dir", tmp_path / "split")[0] == 0
+    assert run(capsys, "train", corpus, "--threads", "1", "--steps", "6", "--state-dir", tmp_path / "split")[0] == 0
+    straight, _ = load_latest_checkpoint(tmp_path / "straight" / "checkpoints")
+    split, _ = load_latest_checkpoint(tmp_path / "split" / "checkpoints")
+    assert straight.step == split.step == 6
+    np.testing.assert_array_equal(straight.params, split.params)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, corpus):
+    state = tmp_path / "state"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "crawler", "train", corpus, *TINY, "--steps", "100000",
+         "--log-every", "1", "--checkpoint-every", "0", "--state-dir", state],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        for line in process.stderr:
+            if '"train_step"' in line:
+                break
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        status = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert status == 130, rest
+    assert "Traceback" not in rest
+    assert any(json.loads(line)["event"] == "train_stopped" for line in rest.splitlines() if line.startswith("{"))
+    checkpoint, _ = load_latest_checkpoint(state / "checkpoints")
+    assert 1 <= checkpoint.step < 100000

@@ -1,0 +1,164 @@
+"""The engine against PyTorch eager on the same weights and batch: the loss, every gradient
+tensor, and three full Trainer steps (AdamW, global-norm clipping, 1 and 2 worker threads)
+against torch.optim.AdamW with clip_grad_norm_.
+
+The torch side runs in float64, so the differences measured are the engine's float32 error.
+Criterion per named tensor of the parameter table: ||engine - torch|| <= rtol * ||torch||.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="needs PyTorch: pip install -e '.[bench]'")
+
+from crawler.torch_reference import TorchGPT  # noqa: E402
+from engine import ModelConfig, TrainConfig  # noqa: E402
+from engine.layout import init_parameters, parameter_table  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+LOSS_RTOL = 1e-5
+GRAD_RTOL = 1e-4
+# Updates are compared as (weights after - weights before) in float32: near the LayerNorm gains
+# (about 1) float32's spacing is 1.2e-7, some 4e-5 of a 3e-3 step, so updates get a looser bound
+# than gradients. (Measured: at most 3.4e-5, on the gains; 2e-6 elsewhere.)
+UPDATE_RTOL = 2e-4
+
+# Small, but with every dimension distinct, several heads and layers, and T < context_length,
+# so a transposed view or a wrong head split cannot pass by symmetry.
+CONFIG = ModelConfig(vocab_size=37, context_length=12, d_model=24, n_layer=2, n_head=3, seed=7).validate()
+B, T = 3, 10
+
+
+def require_engine(name: str):
+    try:
+        if name == "loss_and_grad":
+            from engine.model import loss_and_grad
+
+            return loss_and_grad
+        from engine import Trainer
+
+        return Trainer
+    except ImportError as exc:
+        pytest.skip(f"the engine's {name} is not importable yet: {exc}")
+
+
+def random_params(config: ModelConfig) -> np.ndarray:
+    """GPT-2 init plus noise on every tensor, so zero biases and unit gains hide nothing."""
+    params = init_parameters(config)
+    rng = np.random.default_rng(1)
+    params += rng.standard_normal(params.size).astype(np.float32) * np.float32(0.05)
+    return params
+
+
+def random_batch(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.random.default_rng(seed).integers(0, CONFIG.vocab_size, (B, T + 1), dtype=np.int32)
+    return np.ascontiguousarray(tokens[:, :-1]), np.ascontiguousarray(tokens[:, 1:])
+
+
+def relative_errors(ours: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """||ours - reference|| / ||reference|| for each named tensor of the parameter table."""
+    table = parameter_table(CONFIG)
+    errors = {}
+    for name, seg in table.offsets.items():
+        a = ours[seg.offset : seg.stop].astype(np.float64)
+        b = reference[seg.offset : seg.stop].astype(np.float64)
+        errors[name] = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+    return errors
+
+
+def key_bias_indices(config: ModelConfig) -> np.ndarray:
+    """Flat indices of the key slice of qkvb. Its gradient is exactly zero: adding q . b_k to
+    every score of a query leaves the softmax unchanged. Both sides hold pure rounding noise
+    there (float32 about 1e-10, float64 about 1e-19), which Adam's update divides by
+    sqrt(v) + eps, so the two updates of these weights are not comparable."""
+    C, seg = config.d_model, parameter_table(config).offsets["qkvb"]
+    rows = seg.offset + 3 * C * np.arange(config.n_layer)[:, None]  # start of each layer's row
+    return (rows + C + np.arange(C)).reshape(-1)  # (L*C,) the k slice: q, k, v are C wide each
+
+
+def assert_close_per_tensor(ours, reference, rtol, what):
+    errors = relative_errors(ours, reference)
+    bad = {name: f"{err:.3g}" for name, err in errors.items() if not err <= rtol}
+    assert not bad, f"{what}: relative error above {rtol} in {bad}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference on its own
+
+
+def test_zero_parameters_give_the_uniform_loss_ln_V():
+    # all-zero weights: every LayerNorm outputs 0 * gain + bias = 0, so the logits are all 0.
+    model = TorchGPT.from_flat(CONFIG, parameter_table(CONFIG).allocate())
+    loss = model.loss(*random_batch(0)).item()
+    assert loss == pytest.approx(math.log(CONFIG.vocab_size), rel=1e-6)
+
+
+def test_reference_logits_match_the_engine_numpy_reference():
+    reference = pytest.importorskip("engine.reference")
+    params = random_params(CONFIG)
+    inputs, _ = random_batch(0)
+    ours = TorchGPT.from_flat(CONFIG, params, dtype=torch.float64).logits(inputs).detach().numpy()
+    np.testing.assert_allclose(ours, reference.reference_forward(CONFIG, params, inputs), rtol=1e-9, atol=1e-9)
+
+
+def test_flat_round_trip_is_exact():
+    params = random_params(CONFIG)
+    assert np.array_equal(TorchGPT.from_flat(CONFIG, params).flat_params(), params)
+
+
+# ---------------------------------------------------------------------------------------------
+# the engine against the reference
+
+
+def test_loss_and_every_gradient_tensor_match_torch():
+    loss_and_grad = require_engine("loss_and_grad")
+    params = random_params(CONFIG)
+    inputs, targets = random_batch(0)
+    loss, grads = loss_and_grad(CONFIG, params.copy(), inputs, targets)
+    ref_loss, ref_grads = TorchGPT.from_flat(CONFIG, params, dtype=torch.float64).loss_and_grad(inputs, targets)
+    assert loss == pytest.approx(ref_loss, rel=LOSS_RTOL)
+    assert grads.shape == ref_grads.shape == params.shape
+    assert_close_per_tensor(grads, ref_grads, GRAD_RTOL, "gradient")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_trainer_steps_match_torch_adamw_with_clipping(threads):
+    Trainer = require_engine("Trainer")
+    params = random_params(CONFIG)
+    batches = [random_batch(seed) for seed in range(3)]
+    model = TorchGPT.from_flat(CONFIG, params, dtype=torch.float64)
+    # clip at half the first gradient's norm, so clipping is certainly active on step 1
+    _, first_grads = model.loss_and_grad(*batches[0])
+    clip = 0.5 * float(np.linalg.norm(first_grads.astype(np.float64)))
+    train = TrainConfig(
+        batch_size=B, seq_len=T, learning_rate=3e-3, warmup_steps=0, schedule="constant",
+        weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=clip, threads=threads,
+    ).validate(CONFIG)
+    optimizer = torch.optim.AdamW(
+        model.parameter_groups(train.weight_decay),
+        lr=train.learning_rate, betas=(train.beta1, train.beta2), eps=train.eps,
+    )
+    key_bias = key_bias_indices(CONFIG)
+    with Trainer(CONFIG, train, params=params.copy()) as trainer:
+        before = ref_before = params.copy()
+        for step, (inputs, targets) in enumerate(batches):
+            stats = trainer.step(inputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss = model.loss(inputs, targets)
+            loss.backward()
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip))
+            optimizer.step()
+            assert stats.lr == pytest.approx(train.learning_rate)
+            assert stats.loss == pytest.approx(loss.item(), rel=LOSS_RTOL), f"step {step}"
+            # the norm before clipping, as clip_grad_norm_ returns it
+            assert stats.grad_norm == pytest.approx(norm, rel=GRAD_RTOL), f"step {step}"
+            after, ref_after = np.array(trainer.params, dtype=np.float32), model.flat_params()
+            # compare the step each side made, not the weights, which would hide the update's error
+            update, ref_update = after - before, ref_after - ref_before
+            assert np.abs(update[key_bias]).max() <= 2 * train.learning_rate
+            update[key_bias] = ref_update[key_bias]
+            assert_close_per_tensor(update, ref_update, UPDATE_RTOL, f"update at step {step}")
+            before, ref_before = after, ref_after
