@@ -46,8 +46,7 @@ def attention_forward(out, att, qkv, NH):
                 for t2 in range(t + 1):
                     v = row[t2] * scale
                     row[t2] = v
-                    if v > maxval:
-                        maxval = v
+                    maxval = v if v > maxval else maxval  # a select, so the loop vectorises
                 total = np.float32(0.0)
                 for t2 in range(t + 1):
                     e = fast_exp(row[t2] - maxval)

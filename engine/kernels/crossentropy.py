@@ -101,8 +101,7 @@ def crossentropy_forward(losses, expected, crystal, probs, inp, targets, cost, w
         # pass 1: running max for a stable softmax
         maxval = np.float32(-np.inf)
         for j in range(V):
-            if row[j] > maxval:
-                maxval = row[j]
+            maxval = row[j] if row[j] > maxval else maxval  # a select, so the loop vectorises
         # pass 2: exponentials and their sum
         total = np.float32(0.0)
         for j in range(V):
