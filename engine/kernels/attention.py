@@ -17,6 +17,22 @@ from . import KERNEL
 from .fastmath import fast_exp
 
 
+@njit(inline="always", **KERNEL)
+def gather_head(dst, src, b, offset, hs):
+    """dst (T, hs) = src[b, :, offset:offset + hs]: one head's slice as a contiguous block."""
+    for t in range(dst.shape[0]):
+        for i in range(hs):
+            dst[t, i] = src[b, t, offset + i]
+
+
+@njit(inline="always", **KERNEL)
+def scatter_head(dst, src, b, offset, hs):
+    """dst[b, :, offset:offset + hs] = src (T, hs): the inverse of gather_head."""
+    for t in range(src.shape[0]):
+        for i in range(hs):
+            dst[b, t, offset + i] = src[t, i]
+
+
 @njit(**KERNEL)
 def attention_forward(out, att, qkv, NH):
     """out (B, T, C) and att (B, NH, T, T) are written; qkv (B, T, 3C)."""
@@ -31,11 +47,9 @@ def attention_forward(out, att, qkv, NH):
     for b in range(B):
         for h in range(NH):
             # pass 1: gather this head's q, k, v into contiguous blocks
-            for t in range(T):
-                for i in range(hs):
-                    Q[t, i] = qkv[b, t, h * hs + i]
-                    K[t, i] = qkv[b, t, C + h * hs + i]
-                    Vv[t, i] = qkv[b, t, 2 * C + h * hs + i]
+            gather_head(Q, qkv, b, h * hs, hs)
+            gather_head(K, qkv, b, C + h * hs, hs)
+            gather_head(Vv, qkv, b, 2 * C + h * hs, hs)
             # pass 2: scores = Q K^T
             A = att[b, h]
             np.dot(Q, K.T, A)
@@ -59,9 +73,7 @@ def attention_forward(out, att, qkv, NH):
                     row[t2] = np.float32(0.0)
             # pass 4: Y = P V, scattered back to this head's slice
             np.dot(A, Vv, Y)
-            for t in range(T):
-                for i in range(hs):
-                    out[b, t, h * hs + i] = Y[t, i]
+            scatter_head(out, Y, b, h * hs, hs)
 
 
 @njit(**KERNEL)
@@ -79,18 +91,14 @@ def attention_backward(dqkv, dout, qkv, att, NH):
     dX = np.empty((T, hs), dtype=np.float32)
     for b in range(B):
         for h in range(NH):
-            for t in range(T):
-                for i in range(hs):
-                    Q[t, i] = qkv[b, t, h * hs + i]
-                    K[t, i] = qkv[b, t, C + h * hs + i]
-                    Vv[t, i] = qkv[b, t, 2 * C + h * hs + i]
-                    dY[t, i] = dout[b, t, h * hs + i]
+            gather_head(Q, qkv, b, h * hs, hs)
+            gather_head(K, qkv, b, C + h * hs, hs)
+            gather_head(Vv, qkv, b, 2 * C + h * hs, hs)
+            gather_head(dY, dout, b, h * hs, hs)
             P = att[b, h]
             # forward: Y = P V  ->  dV = P^T dY, dP = dY V^T
             np.dot(P.T, dY, dX)
-            for t in range(T):
-                for i in range(hs):
-                    dqkv[b, t, 2 * C + h * hs + i] = dX[t, i]
+            scatter_head(dqkv, dX, b, 2 * C + h * hs, hs)
             np.dot(dY, Vv.T, dP)
             # forward: P = softmax(S * scale) row-wise  ->  dS = scale * P * (dP - sum(P * dP))
             for t in range(T):
@@ -105,13 +113,9 @@ def attention_backward(dqkv, dout, qkv, att, NH):
                     d[t2] = np.float32(0.0)
             # forward: S = Q K^T  ->  dQ = dS K, dK = dS^T Q
             np.dot(dP, K, dX)
-            for t in range(T):
-                for i in range(hs):
-                    dqkv[b, t, h * hs + i] = dX[t, i]
+            scatter_head(dqkv, dX, b, h * hs, hs)
             np.dot(dP.T, Q, dX)
-            for t in range(T):
-                for i in range(hs):
-                    dqkv[b, t, C + h * hs + i] = dX[t, i]
+            scatter_head(dqkv, dX, b, C + h * hs, hs)
 
 
 # ---------------------------------------------------------------------------------------------
