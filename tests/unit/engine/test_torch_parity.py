@@ -14,8 +14,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs PyTorch: pip install -e '.[bench]'")
 
 from crawler.torch_reference import TorchGPT  # noqa: E402
-from engine import ModelConfig, TrainConfig  # noqa: E402
+from engine import ModelConfig, TrainConfig, Trainer  # noqa: E402
 from engine.layout import init_parameters, parameter_table  # noqa: E402
+from engine.model import loss_and_grad  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -30,19 +31,6 @@ UPDATE_RTOL = 2e-4
 # so a transposed view or a wrong head split cannot pass by symmetry.
 CONFIG = ModelConfig(vocab_size=37, context_length=12, d_model=24, n_layer=2, n_head=3, seed=7).validate()
 B, T = 3, 10
-
-
-def require_engine(name: str):
-    try:
-        if name == "loss_and_grad":
-            from engine.model import loss_and_grad
-
-            return loss_and_grad
-        from engine import Trainer
-
-        return Trainer
-    except ImportError as exc:
-        pytest.skip(f"the engine's {name} is not importable yet: {exc}")
 
 
 def random_params(config: ModelConfig) -> np.ndarray:
@@ -114,7 +102,6 @@ def test_flat_round_trip_is_exact():
 
 
 def test_loss_and_every_gradient_tensor_match_torch():
-    loss_and_grad = require_engine("loss_and_grad")
     params = random_params(CONFIG)
     inputs, targets = random_batch(0)
     loss, grads = loss_and_grad(CONFIG, params.copy(), inputs, targets)
@@ -126,7 +113,6 @@ def test_loss_and_every_gradient_tensor_match_torch():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_trainer_steps_match_torch_adamw_with_clipping(threads):
-    Trainer = require_engine("Trainer")
     params = random_params(CONFIG)
     batches = [random_batch(seed) for seed in range(3)]
     model = TorchGPT.from_flat(CONFIG, params, dtype=torch.float64)
