@@ -111,9 +111,9 @@ def backward(config: ModelConfig, p: ParameterViews, g: ParameterViews, ws: Work
     N = B * T
     a = ws.views(B, T)
     dres, dln, datty = ws.dres[:N], ws.dln[:N], ws.datty[:N]
-    dqkv, dfch_gelu, dfch = ws.dqkv[:B, :T], ws.dfch_gelu[:N], ws.dfch[:N]
-    if T != ws.T:  # a shorter batch: use contiguous prefixes of the buffers
-        dqkv = ws.dqkv.reshape(-1)[: N * 3 * C].reshape(B, T, 3 * C)
+    dfch_gelu, dfch = ws.dfch_gelu[:N], ws.dfch[:N]
+    # a contiguous prefix, so a batch shorter than the workspace still has (B, T, 3C) rows
+    dqkv = ws.dqkv.reshape(-1)[: N * 3 * C].reshape(B, T, 3 * C)
 
     probs = a.probs.reshape(N, V)
     crossentropy_backward(probs, dloss, inputs.reshape(N), targets.reshape(N), cost, crystalline_weight)

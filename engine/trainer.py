@@ -71,7 +71,7 @@ class Trainer:
         self.tokens_trained = tokens_trained
         self.threads = train_config.resolved_threads()
         B, T = train_config.batch_size, train_config.seq_len
-        self.rows = [(B * w // self.threads, B * (w + 1) // self.threads) for w in range(self.threads)]
+        self.rows = self._split_rows(B)
         widest = max(b - a for a, b in self.rows)
         self.micro_batch = min(train_config.micro_batch_size or widest, widest) or 1
         weight = train_config.crystalline_weight
@@ -82,6 +82,10 @@ class Trainer:
         self.g_views = [self.table.views(self.G[w]) for w in range(self.threads)]
         self._sums = np.zeros((self.threads, 3), dtype=np.float64)  # loss, expected, crystal
         self.pool = WorkerPool(self.threads, P)
+
+    def _split_rows(self, B: int) -> list[tuple[int, int]]:
+        """Each worker's (start, stop) rows of a B-row batch, as even as integers allow."""
+        return [(B * w // self.threads, B * (w + 1) // self.threads) for w in range(self.threads)]
 
     def _check(self, array: np.ndarray, name: str) -> np.ndarray:
         if array.shape != (self.table.size,):
@@ -168,7 +172,7 @@ class Trainer:
         number of rows; the length must not exceed seq_len."""
         inputs, targets = self._batch(inputs, targets, self.train_config.seq_len)
         B = inputs.shape[0]
-        rows = [(B * w // self.threads, B * (w + 1) // self.threads) for w in range(self.threads)]
+        rows = self._split_rows(B)
         cfg, p, cost = self.model_config, self.p_views, self.cost
         sums = self._sums
         sums[:] = 0.0
