@@ -64,6 +64,8 @@ class ModelConfig:
 
 
 SCHEDULES = ("cosine", "constant")
+# The crystalline term needs a (V, V) float32 cost table: 4 * V^2 bytes, 64 MiB at this bound.
+MAX_CRYSTALLINE_VOCAB = 4096
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,11 @@ class TrainConfig:
             raise ConfigError("weight_decay and grad_clip must be >= 0 and eps > 0")
         if self.crystalline_weight < 0:
             raise ConfigError(f"crystalline_weight ({self.crystalline_weight}) must be >= 0")
+        if model is not None and self.crystalline_weight > 0 and model.vocab_size > MAX_CRYSTALLINE_VOCAB:
+            raise ConfigError(
+                f"crystalline_weight > 0 needs vocab_size <= {MAX_CRYSTALLINE_VOCAB} (a V x V cost table), "
+                f"got {model.vocab_size}"
+            )
         if model is not None and self.seq_len > model.context_length:
             raise ConfigError(
                 f"seq_len ({self.seq_len}) must not exceed context_length ({model.context_length})"

@@ -22,11 +22,10 @@ import math
 import numpy as np
 from numba import njit
 
+from ..config import MAX_CRYSTALLINE_VOCAB
 from . import KERNEL
 from .fastmath import fast_exp
 
-# A (V, V) cost table is 4*V^2 bytes; above this vocabulary the differentiable term is refused.
-MAX_CRYSTALLINE_VOCAB = 4096
 
 
 @njit(cache=True, nogil=True)

@@ -250,3 +250,10 @@ def test_resume_in_a_new_process_continues_the_exact_trajectory(tmp_path):
     b, _ = load_latest_checkpoint(tmp_path / "b")
     assert a.step == b.step == 10
     assert np.array_equal(a.params, b.params) and np.array_equal(a.v, b.v)
+
+
+def test_crystalline_weight_with_a_large_vocabulary_is_a_config_error():
+    from engine import ConfigError
+
+    with pytest.raises(ConfigError, match="vocab_size <= 4096"):
+        TrainConfig(crystalline_weight=0.1).validate(ModelConfig(vocab_size=8192))
