@@ -1,4 +1,4 @@
-"""The `crystalline` command line: train, generate, eval and bench (also `python -m crawler`).
+"""The `crystalline` command line: train, generate, eval, bench and tokenizer (also `python -m crawler`).
 
 This is the edge where flags become validated `ModelConfig` / `TrainConfig` objects and where
 the offline commands wire the data reader, the tokenizer and the engine together. It is not the
@@ -7,7 +7,11 @@ incompatible checkpoint, a bad flag value) ends as ONE line `crystalline: error:
 and a non-zero exit status, never a traceback; a traceback means a bug.
 
 State layout: STATE_DIR/checkpoints/ckpt-*.safetensors, each with
-extra = {"tokenizer": identity, "data": {"seed", "paths"}, "train": {the recipe}}.
+extra = {"tokenizer": identity, "data": {"seed", "paths"}, "train": {the recipe}}, and an optional
+STATE_DIR/tokenizer.json (a BPE from `crystalline tokenizer train`; without it, bytes). A fresh
+model takes the state dir's tokenizer; a checkpoint's recorded one must still be the state dir's,
+because the tokenizer is fixed for the life of a model (`tokenizer train` refuses to replace it
+once checkpoints or a corpus database exist).
 A `train` run on a state dir that holds a checkpoint resumes it: the model shape, the data seed
 and (unless given again) the recipe come from the checkpoint, and the data order continues as if
 never interrupted, because batch s depends only on (seed, s).
@@ -24,21 +28,27 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from engine import CheckpointError, ConfigError, ModelConfig, TrainConfig, Trainer, load_latest_checkpoint
+from engine import (
+    CheckpointError, ConfigError, ModelConfig, TrainConfig, Trainer, list_checkpoints, load_latest_checkpoint,
+)
 from engine.errors import EngineError
 
-from .data import DataError, WindowSampler, eval_windows, load_corpus
+from .data import DataError, SkippedFile, WindowSampler, eval_windows, find_files, load_corpus, read_text
 from .logging import configure_logging, get_logger
-from .tokenizer import EOD, ByteTokenizer, TokenizerError, tokenizer_from_identity
+from .tokenizer import (
+    FIXED, MAX_BPE_VOCAB, MIN_BPE_VOCAB, TOKENIZER_FILE, Tokenizer, TokenizerError,
+    load_state_tokenizer, tokenizer_from_identity, train_bpe,
+)
 
 PROG = "crystalline"
 DEFAULT_STATE_DIR = "crystalline-state"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 LN2 = math.log(2.0)
+CORPUS_DB_FILE = "corpus.db"  # the daemon's corpus database, tokenized with the state dir's tokenizer
 
 
 class CliError(Exception):
@@ -60,7 +70,7 @@ class _Parser(argparse.ArgumentParser):
 # flag value types: each names what is allowed
 
 
-def _integer(minimum: int) -> Callable[[str], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -68,6 +78,8 @@ def _integer(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
         return value
 
     return parse
@@ -146,6 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
     # bench's flags belong to crawler.bench (add_arguments), parsed only when bench runs
     bench = commands.add_parser("bench", help="time the engine (crystalline bench --help)", add_help=False)
     bench.set_defaults(handler=command_bench)
+
+    tokenizer = commands.add_parser("tokenizer", help="train the state dir's BPE tokenizer")
+    tokenizer_commands = tokenizer.add_subparsers(
+        dest="tokenizer_command", metavar="COMMAND", parser_class=_Parser
+    )
+    tokenizer_commands.required = True
+    tokenizer_train = tokenizer_commands.add_parser(
+        "train", help=f"train a byte-level BPE on files and write STATE_DIR/{TOKENIZER_FILE}"
+    )
+    tokenizer_train.add_argument("paths", nargs="+", metavar="PATH", help="UTF-8 text files or folders")
+    tokenizer_train.add_argument("--vocab-size", type=_integer(MIN_BPE_VOCAB, MAX_BPE_VOCAB), required=True,
+                                 metavar="N", help="ids, EOD included (at most the training text allows)")
+    tokenizer_train.add_argument("--force", action="store_true",
+                                 help=f"replace the tokenizer of a state dir that has a {CORPUS_DB_FILE} "
+                                 "(never one with checkpoints)")
+    tokenizer_train.add_argument("--state-dir", **state)
+    tokenizer_train.set_defaults(handler=command_tokenizer_train)
     return parser
 
 
@@ -185,11 +214,12 @@ def _latest_checkpoint(directory: Path, log: Any, required: bool):
     return checkpoint
 
 
-def _checkpoint_tokenizer(checkpoint) -> ByteTokenizer:
+def _checkpoint_tokenizer(checkpoint, state_dir: str) -> Tokenizer:
+    """The checkpoint's tokenizer, which must be the state dir's (TokenizerError otherwise)."""
     identity = checkpoint.extra.get("tokenizer")
     if identity is None:
         raise CliError(f"{checkpoint.path}: checkpoint records no tokenizer")
-    tokenizer = tokenizer_from_identity(identity)
+    tokenizer = tokenizer_from_identity(identity, state_dir)
     if tokenizer.vocab_size != checkpoint.model_config.vocab_size:
         raise CliError(
             f"{checkpoint.path}: tokenizer vocab_size {tokenizer.vocab_size} does not match "
@@ -198,7 +228,7 @@ def _checkpoint_tokenizer(checkpoint) -> ByteTokenizer:
     return tokenizer
 
 
-def _load_corpus(paths: Sequence[str], tokenizer: ByteTokenizer, log: Any):
+def _load_corpus(paths: Sequence[str], tokenizer: Tokenizer, log: Any):
     corpus = load_corpus(paths, tokenizer)
     for skipped in corpus.skipped:
         log.warning("file_skipped", path=str(skipped.path), reason=skipped.reason, detail=skipped.message)
@@ -248,7 +278,7 @@ RECIPE_FLAGS = (
 )
 
 
-def _resolve_model(args: argparse.Namespace, checkpoint, tokenizer: ByteTokenizer) -> ModelConfig:
+def _resolve_model(args: argparse.Namespace, checkpoint, tokenizer: Tokenizer) -> ModelConfig:
     if checkpoint is None:
         defaults = ModelConfig()
         return ModelConfig(
@@ -292,12 +322,13 @@ def _resolve_recipe(args: argparse.Namespace, checkpoint, model: ModelConfig) ->
 def command_train(args: argparse.Namespace) -> int:
     """Train to --steps total steps, checkpointing on schedule, at the end, and on Ctrl-C."""
     log = get_logger("cli")
-    tokenizer = ByteTokenizer()
-    corpus = _load_corpus(args.paths, tokenizer, log)
     directory = _checkpoint_dir(args)
     checkpoint = _latest_checkpoint(directory, log, required=False)
-    if checkpoint is not None:
-        _checkpoint_tokenizer(checkpoint)  # refuses a checkpoint trained with another tokenizer
+    if checkpoint is None:
+        tokenizer = load_state_tokenizer(args.state_dir)
+    else:  # refuses a checkpoint trained with another tokenizer than the state dir's
+        tokenizer = _checkpoint_tokenizer(checkpoint, args.state_dir)
+    corpus = _load_corpus(args.paths, tokenizer, log)
     model = _resolve_model(args, checkpoint, tokenizer)
     recipe = _resolve_recipe(args, checkpoint, model)
     sampler = WindowSampler(corpus.tokens, recipe.seq_len, recipe.batch_size, recipe.seed)
@@ -315,7 +346,7 @@ def command_train(args: argparse.Namespace) -> int:
         log.info(
             "train_started", step=trainer.step_count, steps=recipe.total_steps,
             resumed=checkpoint is not None, files=len(corpus.files), bytes=corpus.n_bytes,
-            tokens=int(corpus.tokens.size),
+            tokens=int(corpus.tokens.size), tokenizer=tokenizer.identity(),
             parameters=int(trainer.params.size), threads=trainer.threads,
             memory_per_thread_mb=round(float(trainer.memory_per_thread_mb), 1),
             model=model.to_dict(), batch_size=recipe.batch_size, lr=recipe.learning_rate,
@@ -332,10 +363,12 @@ def command_train(args: argparse.Namespace) -> int:
             if step % args.log_every == 0 or step == recipe.total_steps:
                 elapsed = time.perf_counter() - started
                 eta = elapsed / (step - first_step) * (recipe.total_steps - step)
-                # bits per byte as the training loss sees it: one byte per token, EOD aside
+                # bits per byte of this batch: summed nats over the bytes its targets stand for
+                n_bytes = max(tokenizer.token_bytes(targets), 1)
+                bits_per_byte = float(stats.loss) * targets.size / LN2 / n_bytes
                 log.info(
                     "train_step", step=step, steps=recipe.total_steps, loss=round(float(stats.loss), 4),
-                    bits_per_byte=round(float(stats.loss) / LN2, 4), lr=float(f"{stats.lr:.3g}"),
+                    bits_per_byte=round(bits_per_byte, 4), lr=float(f"{stats.lr:.3g}"),
                     grad_norm=round(float(stats.grad_norm), 4),
                     tokens_per_s=round(window_tokens / max(window_seconds, 1e-9)),
                     dt_ms=round(1000 * stats.seconds, 1), eta_s=round(eta, 1),
@@ -368,13 +401,17 @@ def command_generate(args: argparse.Namespace) -> int:
 
     log = get_logger("cli")
     checkpoint = _latest_checkpoint(_checkpoint_dir(args), log, required=True)
-    tokenizer = _checkpoint_tokenizer(checkpoint)
+    tokenizer = _checkpoint_tokenizer(checkpoint, args.state_dir)
     prompt = args.prompt.encode("utf-8", "surrogateescape")  # the bytes the shell passed
     # a document starts after EOD in training, so a prompt does too
-    prompt_ids = [EOD] + tokenizer.encode(prompt).tolist()
+    try:
+        prompt_ids = [tokenizer.eod_id] + tokenizer.encode(prompt).tolist()
+    except TokenizerError as exc:  # a BPE takes UTF-8 only
+        raise CliError(f"prompt: {exc}") from None
     new_ids = sample(
         checkpoint.model_config, checkpoint.params, prompt_ids, args.max_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_token=EOD,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        stop_token=tokenizer.eod_id,
     )
     _write_stdout(prompt + tokenizer.decode(new_ids) + b"\n")
     return 0
@@ -384,20 +421,21 @@ def command_eval(args: argparse.Namespace) -> int:
     """Bits per byte of the latest checkpoint on PATH...: summed nats / ln 2 / source bytes."""
     log = get_logger("cli")
     checkpoint = _latest_checkpoint(_checkpoint_dir(args), log, required=True)
-    tokenizer = _checkpoint_tokenizer(checkpoint)
+    tokenizer = _checkpoint_tokenizer(checkpoint, args.state_dir)
     corpus = _load_corpus(args.paths, tokenizer, log)
     model = checkpoint.model_config
     recipe = TrainConfig(batch_size=args.batch_size, seq_len=model.context_length, threads=args.threads)
-    loss_sum, n_tokens = 0.0, 0
+    loss_sum, n_tokens, n_bytes = 0.0, 0, 0
     with Trainer.from_checkpoint(checkpoint, recipe.validate(model)) as trainer:
         for inputs, targets in eval_windows(corpus.tokens, model.context_length, args.batch_size):
             batch_loss, batch_tokens = trainer.evaluate(inputs, targets)
             loss_sum += float(batch_loss)
             n_tokens += int(batch_tokens)
+            n_bytes += tokenizer.token_bytes(targets)  # every target once: the source bytes
     result = {
-        "bits_per_byte": loss_sum / LN2 / corpus.n_bytes,
+        "bits_per_byte": loss_sum / LN2 / n_bytes,
         "loss_nats": loss_sum / n_tokens,
-        "bytes": corpus.n_bytes,
+        "bytes": n_bytes,
         "tokens": n_tokens,
         "step": checkpoint.step,
         "files": len(corpus.files),
@@ -406,7 +444,7 @@ def command_eval(args: argparse.Namespace) -> int:
         _write_stdout(json.dumps(result).encode() + b"\n")
     else:
         line = (
-            f"bits/byte {result['bits_per_byte']:.4f} over {corpus.n_bytes:,} bytes in {len(corpus.files)} "
+            f"bits/byte {result['bits_per_byte']:.4f} over {n_bytes:,} bytes in {len(corpus.files)} "
             f"files ({n_tokens:,} tokens, {result['loss_nats']:.4f} nats/token) at step {checkpoint.step}\n"
         )
         _write_stdout(line.encode())
@@ -419,6 +457,60 @@ def command_bench(args: argparse.Namespace) -> int:
 
     status = bench.main(args)
     return 0 if status is None else int(status)
+
+
+def command_tokenizer_train(args: argparse.Namespace) -> int:
+    """Train a byte-level BPE on PATH... and write it to STATE_DIR/tokenizer.json; one summary line."""
+    log = get_logger("cli")
+    state = Path(args.state_dir)
+    checkpoints = list_checkpoints(state / "checkpoints")
+    if checkpoints:
+        raise CliError(f"{state} holds {len(checkpoints)} checkpoint(s) in {state / 'checkpoints'}: {FIXED}; "
+                       "use a new --state-dir")
+    if (state / CORPUS_DB_FILE).exists() and not args.force:
+        raise CliError(f"{state} holds a corpus database {CORPUS_DB_FILE} tokenized with its tokenizer: "
+                       f"{FIXED}; use a new --state-dir (or --force to replace it anyway)")
+    files, skipped = find_files(args.paths)
+    for item in skipped:
+        log.warning("file_skipped", path=str(item.path), reason=item.reason, detail=item.message)
+    used: list[Path] = []
+
+    def texts(paths: Sequence[Path], first_pass: bool) -> Iterator[str]:
+        for path in paths:
+            text = read_text(path)
+            if isinstance(text, SkippedFile):
+                if first_pass:
+                    log.warning("file_skipped", path=str(path), reason=text.reason, detail=text.message)
+                continue
+            if first_pass:
+                used.append(path)
+            yield text
+
+    started = time.perf_counter()
+    tokenizer = train_bpe(texts(files, first_pass=True), args.vocab_size)
+    seconds = time.perf_counter() - started
+    if not used:
+        named = ", ".join(str(p) for p in args.paths)
+        raise DataError(f"no readable UTF-8 text files in {named}")
+    # compression on the training text: a second read, so no file is held in memory twice
+    n_bytes = n_tokens = 0
+    for text in texts(used, first_pass=False):
+        ids = tokenizer.encode_text(text)
+        n_tokens += int(ids.size)
+        n_bytes += tokenizer.token_bytes(ids)
+    path = tokenizer.save(state / TOKENIZER_FILE)
+    log.info("tokenizer_trained", path=str(path), vocab_size=tokenizer.vocab_size, files=len(used),
+             bytes=n_bytes, tokens=n_tokens, seconds=round(seconds, 2), sha256=tokenizer.sha256)
+    short = ""
+    if tokenizer.vocab_size < args.vocab_size:
+        short = f" (asked {args.vocab_size:,}: the text has no more merges)"
+    line = (
+        f"tokenizer: vocab {tokenizer.vocab_size:,}{short} from {len(used)} files, {n_bytes:,} bytes, "
+        f"in {seconds:.2f}s; {n_bytes / max(n_tokens, 1):.2f} bytes/token on the training text; "
+        f"wrote {path}\n"
+    )
+    _write_stdout(line.encode())
+    return 0
 
 
 def _write_stdout(data: bytes) -> None:

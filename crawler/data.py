@@ -6,7 +6,9 @@ line. It is not the daemon's ingest path (that one watches a folder and goes thr
 Corpus layout: every document is preceded by the EOD separator, so the array reads
 ``EOD doc1 EOD doc2 ... EOD docN``. The model thus always sees EOD before a document starts
 (generation prompts begin with EOD for the same reason), and the targets of the array, every
-token after the first, are exactly the source bytes plus the separators between documents.
+token after the first, are exactly the tokens of the source text plus the separators between
+documents (with the byte tokenizer, one token per source byte). With a BPE tokenizer a document
+must be UTF-8 text; other files are skipped (reason "not_utf8").
 
 Sampling is stateless: the batch of step s is drawn from ``np.random.default_rng([seed, s])``,
 so any step's batch can be rebuilt from (seed, step) alone; that is what makes a resumed run
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tokenizer import EOD, ByteTokenizer
+from .tokenizer import ByteTokenizer, Tokenizer, TokenizerError
 
 # A NUL byte in the first BINARY_PROBE bytes marks a file as binary (git's heuristic).
 BINARY_PROBE = 8192
@@ -39,7 +41,7 @@ class CorpusTooShort(DataError):
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file left out of the corpus; `reason` is one of: binary, empty, unreadable."""
+    """A file left out of the corpus; `reason` is one of: binary, empty, unreadable, not_utf8."""
 
     path: Path
     reason: str
@@ -50,7 +52,7 @@ class SkippedFile:
 class Corpus:
     """The token array of the files read, in order, with what was read and what was skipped."""
 
-    tokens: np.ndarray  # (N,) uint16, "EOD doc1 EOD doc2 ..."
+    tokens: np.ndarray  # (N,) the tokenizer's dtype, "EOD doc1 EOD doc2 ..."
     files: list[Path] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
     n_bytes: int = 0  # source bytes in the corpus: the denominator of bits per byte
@@ -112,31 +114,48 @@ def read_document(path: Path) -> bytes | SkippedFile:
     return data
 
 
-def load_corpus(paths: Sequence[str | os.PathLike], tokenizer: ByteTokenizer | None = None) -> Corpus:
+def read_text(path: Path) -> str | SkippedFile:
+    """The text of a UTF-8 file, or a SkippedFile saying why it is not one."""
+    data = read_document(path)
+    if isinstance(data, SkippedFile):
+        return data
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return SkippedFile(path, "not_utf8", f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
+def load_corpus(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer | None = None) -> Corpus:
     """Read and tokenize every text file under `paths` into one "EOD doc1 EOD doc2 ..." array.
 
-    Binary, empty and unreadable files are skipped and listed in `Corpus.skipped` for the caller
-    to report. Raises DataError for a missing path, or when no text file remains.
+    Binary, empty and unreadable files (and, for a BPE, files that are not UTF-8) are skipped and
+    listed in `Corpus.skipped` for the caller to report. Raises DataError for a missing path, or
+    when no text file remains.
     """
     tokenizer = tokenizer or ByteTokenizer()
     files, skipped = find_files(paths)
     documents: list[np.ndarray] = []
     used: list[Path] = []
+    n_bytes = 0
     for path in files:
         data = read_document(path)
         if isinstance(data, SkippedFile):
             skipped.append(data)
             continue
-        documents.append(tokenizer.encode(data))
+        try:
+            documents.append(tokenizer.encode(data))  # the byte tokenizer takes any bytes
+        except TokenizerError as exc:
+            skipped.append(SkippedFile(path, "not_utf8", f"{path}: {exc}"))
+            continue
         used.append(path)
+        n_bytes += len(data)
     if not documents:
         named = ", ".join(str(p) for p in paths) or "(no paths)"
         raise DataError(f"no readable text files in {named}")
-    n_bytes = sum(doc.size for doc in documents)
-    tokens = np.empty(n_bytes + len(documents), dtype=np.uint16)  # (N,)
+    tokens = np.empty(sum(doc.size for doc in documents) + len(documents), dtype=tokenizer.dtype)  # (N,)
     at = 0
     for doc in documents:
-        tokens[at] = EOD
+        tokens[at] = tokenizer.eod_id
         tokens[at + 1 : at + 1 + doc.size] = doc
         at += 1 + doc.size
     return Corpus(tokens=tokens, files=used, skipped=skipped, n_bytes=n_bytes)

@@ -17,6 +17,7 @@ import pytest
 import structlog
 
 from crawler.cli import main
+from crawler.tokenizer import TOKENIZER_FILE, BPETokenizer, train_bpe
 from engine import ModelConfig, init_parameters, load_latest_checkpoint, save_checkpoint
 
 TINY = ["--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16", "--batch-size", "4", "--threads", "1"]
@@ -76,6 +77,10 @@ def assert_one_error_line(stderr: str, *fragments: str) -> None:
         (["train", "x.txt", "--schedule", "linear"], "--schedule"),
         (["train", "x.txt", "--bogus"], "unrecognized arguments: --bogus"),
         (["generate", "--top-p", "0"], "--top-p"),
+        (["tokenizer", "train", "x.txt", "--vocab-size", "259"], "--vocab-size: must be at least 260"),
+        (["tokenizer", "train", "x.txt", "--vocab-size", "1048577"], "--vocab-size: must be at most 1048576"),
+        (["tokenizer", "train", "x.txt"], "--vocab-size"),
+        (["tokenizer"], "COMMAND"),
         (["train"], "PATH"),
         ([], "COMMAND"),
     ],
@@ -115,10 +120,10 @@ def _write_checkpoint(directory: Path, extra: dict) -> None:
 
 
 def test_checkpoint_of_an_unknown_tokenizer_is_one_line(capsys, tmp_path):
-    _write_checkpoint(tmp_path / "checkpoints", {"tokenizer": {"kind": "bpe", "vocab_size": 257, "version": 1}})
+    _write_checkpoint(tmp_path / "checkpoints", {"tokenizer": {"kind": "wordpiece", "vocab_size": 257, "version": 1}})
     status, out, err = run(capsys, "generate", "hi", "--state-dir", tmp_path)
     assert status == 1 and out == ""
-    assert_one_error_line(err, "unknown tokenizer kind 'bpe'")
+    assert_one_error_line(err, "unknown tokenizer kind 'wordpiece'")
 
 
 def test_corrupt_checkpoints_are_reported_then_missing(capsys, tmp_path):
@@ -231,3 +236,96 @@ def test_ctrl_c_finishes_the_step_saves_and_exits_130(tmp_path, corpus):
     assert any(json.loads(line)["event"] == "train_stopped" for line in rest.splitlines() if line.startswith("{"))
     checkpoint, _ = load_latest_checkpoint(state / "checkpoints")
     assert 1 <= checkpoint.step < 100000
+
+
+# ---------------------------------------------------------------------------------------------
+# the BPE tokenizer of a state directory
+
+
+def train_tokenizer(capture, path, state, *flags, vocab_size=280) -> tuple[int, str, str]:
+    return run(capture, "tokenizer", "train", path, "--vocab-size", vocab_size, "--state-dir", state, *flags)
+
+
+def test_bpe_tokenizer_train_then_train_eval_generate(capsysbinary, tmp_path, corpus):
+    capsys = capsysbinary
+    state = tmp_path / "state"
+    status, out, err = train_tokenizer(capsys, corpus, state, vocab_size=300)
+    assert status == 0, err
+    tokenizer = BPETokenizer.load(state / TOKENIZER_FILE)
+    n_bytes = sum(p.stat().st_size for p in corpus.iterdir())
+    summary = out.strip().splitlines()
+    assert len(summary) == 1
+    assert f"vocab {tokenizer.vocab_size}" in summary[0] and "from 2 files" in summary[0]
+    assert f"{n_bytes:,} bytes" in summary[0] and "bytes/token" in summary[0]
+    trained = next(e for e in events(err) if e["event"] == "tokenizer_trained")
+    assert trained["sha256"] == tokenizer.sha256 and trained["bytes"] == n_bytes
+    assert trained["tokens"] < n_bytes / 2  # ten distinct words: most become single tokens
+
+    status, _, err = run(capsys, "train", corpus, *TINY, "--steps", "3", "--state-dir", state)
+    assert status == 0, err
+    checkpoint, _ = load_latest_checkpoint(state / "checkpoints")
+    assert checkpoint.extra["tokenizer"] == tokenizer.identity()
+    assert checkpoint.model_config.vocab_size == tokenizer.vocab_size
+    steps = [e for e in events(err) if e["event"] == "train_step"]
+    assert steps and all(e["bits_per_byte"] < e["loss"] / math.log(2) for e in steps)  # > 1 byte a token
+
+    status, out, err = run(capsys, "eval", corpus, "--json", "--threads", "1", "--state-dir", state)
+    assert status == 0, err
+    result = json.loads(out)
+    assert result["bytes"] == n_bytes  # bytes come from the tokens, not from counting tokens
+    assert result["tokens"] == trained["tokens"] + 1  # every token, plus the EOD between the documents
+    bits = result["loss_nats"] * result["tokens"] / math.log(2)
+    assert result["bits_per_byte"] == pytest.approx(bits / n_bytes)
+
+    status, out, err = run(capsys, "generate", "crystal", "--max-new-tokens", "8", "--state-dir", state)
+    assert status == 0, err
+    assert out.startswith("crystal") and len(out) > len("crystal\n")
+
+    # once a model exists, its tokenizer stays: with or without --force
+    for force in ([], ["--force"]):
+        status, out, err = train_tokenizer(capsys, corpus, state, *force)
+        assert status == 1 and out == ""
+        assert_one_error_line(err, "holds 1 checkpoint", "fixed for the life of a model", "new --state-dir")
+    assert BPETokenizer.load(state / TOKENIZER_FILE).identity() == tokenizer.identity()
+
+
+def test_tokenizer_train_refuses_a_corpus_database_unless_forced(capsys, tmp_path, corpus):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "corpus.db").write_bytes(b"")
+    status, out, err = train_tokenizer(capsys, corpus, state)
+    assert status == 1 and out == ""
+    assert_one_error_line(err, "corpus.db", "the tokenizer is fixed for the life of a model", "--force")
+    assert not (state / TOKENIZER_FILE).exists()
+    status, out, err = train_tokenizer(capsys, corpus, state, "--force")
+    assert status == 0, err
+    assert (state / TOKENIZER_FILE).exists()
+
+
+def test_tokenizer_train_skips_files_that_are_not_utf8(capsys, tmp_path, corpus):
+    (corpus / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me".encode("latin-1"))
+    status, _, err = train_tokenizer(capsys, corpus, tmp_path / "s")
+    assert status == 0, err
+    skipped = [e for e in events(err) if e["event"] == "file_skipped"]
+    assert [(Path(e["path"]).name, e["reason"]) for e in skipped] == [("latin1.txt", "not_utf8")]
+
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "latin1.txt").write_bytes(b"caf\xe9")
+    status, _, err = train_tokenizer(capsys, only, tmp_path / "t")
+    assert status == 1
+    assert_one_error_line(err.splitlines()[-1], "no readable UTF-8 text files")
+    assert not (tmp_path / "t" / TOKENIZER_FILE).exists()
+
+
+def test_a_tokenizer_that_appears_after_a_byte_model_is_refused(capsys, tmp_path, corpus):
+    state = tmp_path / "state"
+    assert run(capsys, "train", corpus, *TINY, "--steps", "2", "--state-dir", state)[0] == 0
+    train_bpe([(corpus / "a.txt").read_text()], vocab_size=280).save(state / TOKENIZER_FILE)
+    for command in (["generate", "crystal"], ["train", corpus, "--steps", "4", "--threads", "1"]):
+        status, out, err = run(capsys, *command, "--state-dir", state)
+        assert status == 1 and out == ""
+        assert_one_error_line(
+            err, "checkpoint was trained with tokenizer byte", "holds bpe sha256:",
+            "the tokenizer is fixed for the life of a model",
+        )
