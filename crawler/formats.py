@@ -1,0 +1,436 @@
+"""Format parsers for the extractor: the bytes or decoded text of one file in, readable text out.
+
+This module is the back half of `crawler.extract`. It turns HTML, JSON, JSON Lines, CSV/TSV, PDF,
+DOCX and EPUB into text, and it owns the vocabulary those parsers report in: `Skipped` with a
+reason from SKIP_REASONS, `ExtractionFailed`, and the `ExtractLimits` they obey. Callers import
+all of these from `crawler.extract`, which re-exports them; this module does not open files,
+detect kinds or decode plain text, and it logs nothing.
+
+Zipped formats (DOCX, EPUB) go through `GuardedZip`, which enforces the member count, the
+declared and the actually inflated sizes, and the compression ratios before and while reading.
+XML is parsed with expat with any DTD refused, so entity expansion and external entities cannot
+happen (the defusedxml rule). Time is cooperative: parsers call `check_time()` between PDF pages
+and EPUB chapters; nothing interrupts a single slow page.
+Relies on the standard library and pypdf.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from urllib.parse import unquote
+from xml.etree.ElementTree import Element, TreeBuilder
+from xml.parsers import expat
+
+from pypdf import PdfReader
+from pypdf.errors import DependencyError, LimitReachedError
+
+from engine import ConfigError
+
+SKIP_REASONS = ("empty", "binary", "too_large", "unsupported", "unreadable", "vanished",
+                "decompression_bomb", "timeout", "undecodable")
+
+CheckTime = Callable[[], None]  # raises Skipped("timeout") once the file's time budget is spent
+
+
+class Skipped(Exception):
+    """The file is deliberately not extracted. `reason` is one of SKIP_REASONS (a log field);
+    `detail` says why in words, for people."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; allowed: {', '.join(SKIP_REASONS)}")
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+class ExtractionFailed(Exception):
+    """A parser rejected a file that looked valid (bad JSON, a broken PDF or zip); `detail` says how."""
+
+    def __init__(self, detail: str):
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """What one file may cost the extractor; the [extract] section of the configuration."""
+
+    # larger files are skipped as too_large (checked by fstat before reading, and while reading)
+    max_file_bytes: int = 64 * 2**20
+    # zipped formats: the sum of the member sizes read (a zip bomb inflates far past its file size)
+    max_uncompressed_bytes: int = 256 * 2**20
+    # zipped formats, per member and overall; real DOCX/EPUB XML compresses 5-30x, zeros ~1000x
+    max_compression_ratio: float = 200.0
+    max_zip_members: int = 10_000
+    # per file, for the slow parsers; cooperative: checked between pages and members
+    time_budget_seconds: float = 30.0
+
+    def validate(self) -> "ExtractLimits":
+        """Return self, or raise ConfigError naming the first bad limit."""
+        for name in ("max_file_bytes", "max_uncompressed_bytes", "max_zip_members"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"[extract] {name} ({getattr(self, name)}) must be >= 1")
+        if not self.max_compression_ratio >= 1.0:
+            raise ConfigError(f"[extract] max_compression_ratio ({self.max_compression_ratio}) must be >= 1")
+        if not self.time_budget_seconds > 0:
+            raise ConfigError(f"[extract] time_budget_seconds ({self.time_budget_seconds}) must be > 0")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# HTML: visible text, block structure as newlines
+
+_INVISIBLE = frozenset({"script", "style", "head", "template", "noscript"})
+_HEAD_CONTENT = frozenset({"title", "meta", "link", "base", "style", "script", "noscript", "template"})
+# blocks set off by a blank line, and blocks that only start a new line
+_PARAGRAPHS = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "ul", "ol", "dl",
+                         "table", "hr", "figure", "section", "article", "header", "footer", "main",
+                         "nav", "aside", "address", "details", "form", "fieldset"})
+_LINES = frozenset({"div", "li", "dt", "dd", "tr", "caption", "figcaption", "summary", "body", "legend"})
+
+
+class _HTMLText(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)  # entities arrive unescaped in handle_data
+        self.lines: list[str] = []  # finished lines; "" is a blank line
+        self.line: list[str] = []  # pieces of the line being built
+        self.space = False  # collapsed whitespace is pending before the next word
+        self.hidden: list[str] = []  # open invisible elements
+        self.pre = 0  # depth of <pre>, inside which whitespace is kept
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if "head" in self.hidden and tag not in _HEAD_CONTENT:
+            self.hidden.clear()  # <head> ends implicitly where the body content starts
+        if tag in _INVISIBLE:
+            self.hidden.append(tag)
+        elif self.hidden:
+            return  # invisible content shapes no lines either
+        elif tag == "br":
+            self._end_line(force=True)
+        elif tag in ("td", "th") and self.line:
+            self.line.append("\t")
+            self.space = False
+        else:
+            self._block(tag)
+            if tag == "pre":
+                self.pre += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _INVISIBLE:
+            if tag in self.hidden:
+                del self.hidden[len(self.hidden) - 1 - self.hidden[::-1].index(tag):]
+        elif tag != "br" and not self.hidden:
+            if tag == "pre" and self.pre:
+                self.pre -= 1
+            self._block(tag)
+
+    def handle_data(self, data: str) -> None:
+        if self.hidden:
+            return
+        if self.pre:
+            first, *rest = data.split("\n")
+            self.line.append(first)
+            for piece in rest:
+                self._end_line(force=True)
+                self.line.append(piece)
+            return
+        words = data.split()
+        if not words:
+            self.space = self.space or bool(data)
+            return
+        if (self.space or data[0].isspace()) and self.line:
+            self.line.append(" ")
+        self.line.append(" ".join(words))
+        self.space = data[-1].isspace()
+
+    def _block(self, tag: str) -> None:
+        if tag in _PARAGRAPHS:
+            self._end_line()
+            if self.lines and self.lines[-1]:
+                self.lines.append("")
+        elif tag in _LINES:
+            self._end_line()
+
+    def _end_line(self, force: bool = False) -> None:
+        text = "".join(self.line).rstrip(" ")
+        if text or force:
+            self.lines.append(text)
+        self.line = []
+        self.space = False
+
+
+def html_text(text: str) -> str:
+    """Visible text of an HTML or XHTML document: no script, style, head, template or noscript;
+    whitespace collapsed as a browser would (kept inside <pre>); blocks on their own lines and
+    paragraphs separated by a blank line; table cells joined by tabs; entities unescaped."""
+    parser = _HTMLText()
+    parser.feed(text)
+    parser.close()
+    parser._end_line()
+    return "\n".join(parser.lines).strip("\n")
+
+
+# --------------------------------------------------------------------------------------------
+# JSON, JSON Lines, CSV/TSV
+
+def _strings(value: object) -> list[str]:
+    """Every string value (not key) in document order; iterative, so depth cannot overflow."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, dict):
+            stack.extend(reversed(item.values()))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return found
+
+
+def json_text(text: str) -> str:
+    """The string values of a JSON document, in order, one per line. Raises ExtractionFailed."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, deep nesting
+        raise ExtractionFailed(f"invalid JSON: {exc}") from None
+    return "\n".join(_strings(value))
+
+
+def jsonl_text(text: str) -> str:
+    """The string values of every valid line of a JSON Lines file; invalid lines are passed
+    over, but a file with no valid line raises ExtractionFailed."""
+    found: list[str] = []
+    good = bad = 0
+    for line in text.split("\n"):  # not splitlines(): U+2028 may stand unescaped in a JSON string
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except (ValueError, RecursionError):
+            bad += 1
+            continue
+        good += 1
+        found.extend(_strings(value))
+    if bad and not good:
+        raise ExtractionFailed(f"none of the {bad} lines is valid JSON")
+    return "\n".join(found)
+
+
+def csv_text(text: str, dialect: type[csv.Dialect] | None = None) -> str:
+    """Rows on lines, cells joined by tabs. Without a dialect it is sniffed from the start of
+    the file, falling back to Excel's comma dialect. Raises ExtractionFailed on a malformed row."""
+    if dialect is None:
+        try:
+            dialect = csv.Sniffer().sniff(text[:32768], delimiters=",;\t|")
+        except csv.Error:
+            dialect = csv.excel
+    try:
+        return "\n".join("\t".join(row) for row in csv.reader(io.StringIO(text, newline=""), dialect))
+    except csv.Error as exc:
+        raise ExtractionFailed(f"malformed CSV: {exc}") from None
+
+
+def tsv_text(text: str) -> str:
+    """`csv_text` with the tab-separated dialect."""
+    return csv_text(text, csv.excel_tab)
+
+
+# --------------------------------------------------------------------------------------------
+# PDF
+
+def pdf_text(data: bytes, limits: ExtractLimits, check_time: CheckTime) -> str:
+    """Page texts joined by blank lines. An encrypted PDF that the empty password does not open
+    is Skipped("unsupported"); pypdf's own inflate limit is Skipped("decompression_bomb")."""
+    pages: list[str] = []
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise Skipped("unsupported", "encrypted pdf")
+        for number, page in enumerate(reader.pages):
+            if number:
+                check_time()
+            pages.append(page.extract_text() or "")
+    except Skipped:
+        raise
+    except DependencyError as exc:  # AES needs the optional cryptography package
+        raise Skipped("unsupported", f"encrypted pdf: {exc}") from None
+    except LimitReachedError as exc:
+        raise Skipped("decompression_bomb", f"pdf stream: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a malformed PDF can raise almost any type in pypdf
+        raise ExtractionFailed(f"pdf: {type(exc).__name__}: {exc}") from None
+    return "\n\n".join(pages)
+
+
+# --------------------------------------------------------------------------------------------
+# Zip containers and XML
+
+_RATIO_FLOOR = 2**20  # below 1 MiB inflated, a high ratio is just a small repetitive XML part
+
+
+class GuardedZip:
+    """A zip archive in memory whose members are read within ExtractLimits, else
+    Skipped("decompression_bomb"). Sizes read accumulate across `read` calls."""
+
+    def __init__(self, data: bytes, limits: ExtractLimits):
+        self.limits = limits
+        try:
+            self.archive = zipfile.ZipFile(io.BytesIO(data))
+        except (zipfile.BadZipFile, zlib.error, ValueError, EOFError) as exc:
+            raise ExtractionFailed(f"bad zip: {exc}") from None
+        members = self.archive.infolist()
+        if len(members) > limits.max_zip_members:
+            raise Skipped("decompression_bomb",
+                          f"{len(members)} zip members, over max_zip_members ({limits.max_zip_members})")
+        declared = sum(member.file_size for member in members)
+        if declared > _RATIO_FLOOR and declared > limits.max_compression_ratio * len(data):
+            raise Skipped("decompression_bomb", f"{declared} bytes declared in a {len(data)}-byte zip, "
+                          f"over max_compression_ratio ({limits.max_compression_ratio:g})")
+        self.read_total = 0
+
+    def has(self, name: str) -> bool:
+        return name in self.archive.NameToInfo
+
+    def read(self, name: str) -> bytes:
+        """The inflated member; a missing one is ExtractionFailed."""
+        try:
+            member = self.archive.getinfo(name)
+        except KeyError:
+            raise ExtractionFailed(f"zip has no member {name!r}") from None
+        if member.flag_bits & 0x1:
+            raise Skipped("unsupported", f"encrypted zip member {name!r}")
+        allowance = self.limits.max_uncompressed_bytes - self.read_total
+        if member.file_size > allowance:
+            raise Skipped("decompression_bomb", f"{name!r} declares {member.file_size} bytes, over the "
+                          f"{allowance} left of max_uncompressed_bytes")
+        ratio = member.file_size / max(member.compress_size, 1)
+        if member.file_size > _RATIO_FLOOR and ratio > self.limits.max_compression_ratio:
+            raise Skipped("decompression_bomb", f"{name!r} inflates {ratio:.0f}x, over "
+                          f"max_compression_ratio ({self.limits.max_compression_ratio:g})")
+        try:
+            with self.archive.open(member) as stream:
+                blob = stream.read(allowance + 1)  # bounded even if the header lies
+        except NotImplementedError as exc:  # compression methods zipfile lacks (deflate64, ...)
+            raise Skipped("unsupported", f"{name!r}: {exc}") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as exc:
+            raise ExtractionFailed(f"zip member {name!r}: {exc}") from None
+        if len(blob) > allowance:
+            raise Skipped("decompression_bomb", f"{name!r} inflates past max_uncompressed_bytes")
+        self.read_total += len(blob)
+        return blob
+
+
+def _refuse_dtd(*args: object) -> None:
+    raise ExtractionFailed("XML with a document type declaration (DTD) is refused")
+
+
+def _clark(name: str) -> str:
+    return "{" + name if "}" in name else name  # expat's "uri}local" -> ElementTree's "{uri}local"
+
+
+def parse_xml(data: bytes) -> Element:
+    """An ElementTree element built by expat with every DTD refused, so no entity is ever
+    declared, expanded or fetched. Raises ExtractionFailed on malformed XML."""
+    builder = TreeBuilder()
+    parser = expat.ParserCreate(namespace_separator="}")
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = _refuse_dtd
+    parser.EntityDeclHandler = _refuse_dtd
+    parser.ExternalEntityRefHandler = _refuse_dtd
+    parser.buffer_text = True
+    parser.StartElementHandler = lambda tag, attrs: builder.start(
+        _clark(tag), {_clark(key): value for key, value in attrs.items()})
+    parser.EndElementHandler = lambda tag: builder.end(_clark(tag))
+    parser.CharacterDataHandler = builder.data
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as exc:
+        raise ExtractionFailed(f"malformed XML: {exc}") from None
+    return builder.close()
+
+
+# --------------------------------------------------------------------------------------------
+# DOCX and EPUB
+
+_WORD = ("{http://schemas.openxmlformats.org/wordprocessingml/2006/main}",
+         "{http://purl.oclc.org/ooxml/wordprocessingml/main}")  # transitional and strict OOXML
+_W_TEXT = {ns + "t" for ns in _WORD}
+_W_TAB = {ns + "tab" for ns in _WORD}
+_W_BREAK = {ns + name for ns in _WORD for name in ("br", "cr")}
+_W_PARAGRAPH = {ns + "p" for ns in _WORD}
+_W_PROPERTIES = {ns + name for ns in _WORD for name in ("pPr", "rPr")}  # tab stops live in pPr
+_PARAGRAPH_END = Element("paragraph-end")
+
+
+def docx_text(data: bytes, limits: ExtractLimits, check_time: CheckTime) -> str:
+    """The body of word/document.xml: the text of w:t runs, w:tab as a tab, w:br as a newline,
+    one line per paragraph."""
+    root = parse_xml(GuardedZip(data, limits).read("word/document.xml"))
+    out: list[str] = []
+    stack = [root]
+    while stack:  # a depth-first walk without recursion; paragraph ends are pushed as markers
+        element = stack.pop()
+        tag = element.tag
+        if element is _PARAGRAPH_END:
+            out.append("\n")
+            continue
+        if tag in _W_PROPERTIES:
+            continue
+        if tag in _W_TEXT:
+            out.append(element.text or "")
+        elif tag in _W_TAB:
+            out.append("\t")
+        elif tag in _W_BREAK:
+            out.append("\n")
+        elif tag in _W_PARAGRAPH:
+            stack.append(_PARAGRAPH_END)
+        stack.extend(reversed(element))
+    return "".join(out)
+
+
+_CONTAINER = "{urn:oasis:names:tc:opendocument:xmlns:container}"
+_OPF = "{http://www.idpf.org/2007/opf}"
+_CHAPTER_TYPES = ("application/xhtml+xml", "text/html")
+
+
+def _decode_markup(blob: bytes) -> str:
+    # EPUB content documents are UTF-8 or UTF-16 by the specification
+    if blob.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return blob.decode("utf-16", errors="replace")
+    return blob.decode("utf-8-sig", errors="replace")
+
+
+def epub_text(data: bytes, limits: ExtractLimits, check_time: CheckTime) -> str:
+    """Chapters in spine order (container.xml -> OPF -> spine -> manifest), each through
+    `html_text`, joined by blank lines. Spine items missing from the zip are passed over."""
+    archive = GuardedZip(data, limits)
+    rootfile = parse_xml(archive.read("META-INF/container.xml")).find(f".//{_CONTAINER}rootfile")
+    if rootfile is None or not rootfile.get("full-path"):
+        raise ExtractionFailed("epub container.xml names no rootfile")
+    opf_path = rootfile.get("full-path", "")
+    package = parse_xml(archive.read(opf_path))
+    manifest = {item.get("id"): item for item in package.iter(f"{_OPF}item")}
+    chapters: list[str] = []
+    for number, itemref in enumerate(package.iter(f"{_OPF}itemref")):
+        if number:
+            check_time()
+        item = manifest.get(itemref.get("idref"))
+        if item is None or item.get("media-type") not in _CHAPTER_TYPES:
+            continue
+        href = unquote(item.get("href", "").split("#", 1)[0])
+        name = posixpath.normpath(posixpath.join(posixpath.dirname(opf_path), href))
+        if archive.has(name):
+            chapters.append(html_text(_decode_markup(archive.read(name))))
+    return "\n\n".join(chapter for chapter in chapters if chapter)
