@@ -36,7 +36,11 @@ from engine import (
     CheckpointError, ConfigError, ModelConfig, TrainConfig, Trainer, list_checkpoints, load_latest_checkpoint,
 )
 from engine.errors import EngineError
+from storage import ConfigError as StorageConfigError
+from storage import StorageError
 
+from .config import DATABASE_FILE
+from .corpus_commands import add_commands as add_corpus_commands
 from .data import DataError, SkippedFile, WindowSampler, eval_windows, find_files, load_corpus, read_text
 from .logging import configure_logging, get_logger
 from .tokenizer import (
@@ -48,7 +52,6 @@ PROG = "crystalline"
 DEFAULT_STATE_DIR = "crystalline-state"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 LN2 = math.log(2.0)
-CORPUS_DB_FILE = "corpus.db"  # the daemon's corpus database, tokenized with the state dir's tokenizer
 
 
 class CliError(Exception):
@@ -171,10 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_train.add_argument("--vocab-size", type=_integer(MIN_BPE_VOCAB, MAX_BPE_VOCAB), required=True,
                                  metavar="N", help="ids, EOD included (at most the training text allows)")
     tokenizer_train.add_argument("--force", action="store_true",
-                                 help=f"replace the tokenizer of a state dir that has a {CORPUS_DB_FILE} "
+                                 help=f"replace the tokenizer of a state dir that has a {DATABASE_FILE} "
                                  "(never one with checkpoints)")
     tokenizer_train.add_argument("--state-dir", **state)
     tokenizer_train.set_defaults(handler=command_tokenizer_train)
+    add_corpus_commands(commands, state)
     return parser
 
 
@@ -467,8 +471,8 @@ def command_tokenizer_train(args: argparse.Namespace) -> int:
     if checkpoints:
         raise CliError(f"{state} holds {len(checkpoints)} checkpoint(s) in {state / 'checkpoints'}: {FIXED}; "
                        "use a new --state-dir")
-    if (state / CORPUS_DB_FILE).exists() and not args.force:
-        raise CliError(f"{state} holds a corpus database {CORPUS_DB_FILE} tokenized with its tokenizer: "
+    if (state / DATABASE_FILE).exists() and not args.force:
+        raise CliError(f"{state} holds a corpus database {DATABASE_FILE} tokenized with its tokenizer: "
                        f"{FIXED}; use a new --state-dir (or --force to replace it anyway)")
     files, skipped = find_files(args.paths)
     for item in skipped:
@@ -527,7 +531,8 @@ def _write_stdout(data: bytes) -> None:
 # ---------------------------------------------------------------------------------------------
 # entry point
 
-EXPECTED = (CliError, DataError, CheckpointError, ConfigError, TokenizerError, EngineError, OSError)
+EXPECTED = (CliError, DataError, CheckpointError, ConfigError, TokenizerError, EngineError, StorageError,
+            StorageConfigError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

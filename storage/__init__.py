@@ -1,0 +1,27 @@
+"""The corpus store: documents, their tokens as one stream, and the training cursor, in SQL.
+
+SQLite (one machine, WAL) or PostgreSQL (shared), through SQLAlchemy Core, with the schema kept
+by Alembic migrations that run on open. Knows nothing of the engine or the crawler: it takes and
+returns rows, token arrays and paths. Callers import from here.
+"""
+
+from .config import ConfigError, StorageConfig
+from .db import Database, open_database
+from .errors import SchemaTooNew, StorageError, TokenizerMismatch
+from .queue import CorpusQueue
+from .records import AddResult, CheckpointRecord, Cursor, QueueStats
+
+__all__ = [
+    "AddResult",
+    "CheckpointRecord",
+    "ConfigError",
+    "CorpusQueue",
+    "Cursor",
+    "Database",
+    "QueueStats",
+    "SchemaTooNew",
+    "StorageConfig",
+    "StorageError",
+    "TokenizerMismatch",
+    "open_database",
+]

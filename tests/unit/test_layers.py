@@ -19,7 +19,7 @@ STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
 # None means any (the crawler is where third-party glue lives)
 ALLOWED_THIRD_PARTY = {
     "engine": {"numpy", "numba", "llvmlite", "scipy", "threadpoolctl", "safetensors"},
-    "storage": {"sqlalchemy", "alembic"},
+    "storage": {"sqlalchemy", "alembic", "numpy"},
     "crawler": None,
 }
 ALLOWED_PACKAGES = {"engine": {"engine"}, "storage": {"storage"}, "crawler": set(PACKAGES)}

@@ -1,0 +1,179 @@
+"""`crystalline ingest` and `crystalline status`: the corpus store from the command line.
+
+Both resolve the same configuration as the daemon (`--state-dir`, `--config`, CRYSTALLINE_*
+variables) and open the same database. `ingest` exits non-zero only on a hard error (bad
+configuration, a database that cannot be opened or written); a file that cannot be ingested is
+counted and reported with its reason, never fatal. Wired into the parser by crawler/cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import ConfigError
+
+from .config import DATABASE_FILE, Config, load_config
+from .ingest import IngestSummary, Ingestor, iter_files
+from .logging import get_logger
+
+
+def add_commands(commands: Any, state: dict) -> None:
+    """Register `ingest` and `status` on the CLI's subparsers."""
+    common = {"--state-dir": dict(state, default=None), "--config": dict(default=None, metavar="FILE",
+              help="TOML configuration (default: STATE_DIR/crystalline.toml when present)")}
+    ingest = commands.add_parser("ingest", help="add files and folders to the corpus queue")
+    ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
+    ingest.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    for flag, kw in common.items():
+        ingest.add_argument(flag, **kw)
+    ingest.set_defaults(handler=command_ingest)
+
+    status = commands.add_parser("status", help="what the corpus queue holds")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    for flag, kw in common.items():
+        status.add_argument(flag, **kw)
+    status.set_defaults(handler=command_status)
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, state_dir=args.state_dir)
+
+
+def open_queue(config: Config):
+    """Open (creating or upgrading) the database and its queue."""
+    from storage import CorpusQueue, open_database
+
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    database = open_database(config.storage_config())
+    return database, CorpusQueue(database)
+
+
+def _state_tokenizer(config: Config):
+    from .tokenizer import load_state_tokenizer
+
+    return load_state_tokenizer(config.state_dir)
+
+
+class Progress:
+    """One self-rewriting line on a terminal; silent otherwise."""
+
+    def __init__(self, stream=sys.stderr, every: float = 0.2, clock=time.monotonic):
+        self.stream, self.every, self.clock = stream, every, clock
+        self.enabled = stream.isatty()
+        self.start = self.last = clock()
+
+    def update(self, summary: IngestSummary, force: bool = False) -> None:
+        now = self.clock()
+        if not self.enabled or (not force and now - self.last < self.every):
+            return
+        self.last = now
+        c = summary.counts
+        mb = summary.bytes / 1e6
+        rate = mb / max(now - self.start, 1e-9)
+        line = (f"\r{sum(c.values())} files  {mb:.1f} MB  {rate:.1f} MB/s  ingested {c['ingested']}  "
+                f"duplicate {c['duplicate']}  unchanged {c['unchanged']}  skipped {c['skipped']}  failed {c['failed']}")
+        self.stream.write(line[:160])
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def command_ingest(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    log = get_logger("ingest")
+    missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
+    if missing:
+        raise ConfigError(f"no such file or folder: {missing[0]}")
+    database, queue = open_queue(config)
+    summary = IngestSummary()
+    progress = Progress()
+    t0 = time.perf_counter()
+    try:
+        ingestor = Ingestor(queue, _state_tokenizer(config), config.extract)
+        for path, root in iter_files(args.paths):
+            outcome = ingestor.ingest_file(path, root)
+            summary.add(outcome)
+            if outcome.status == "skipped":
+                log.info("file_skipped", path=outcome.path, reason=outcome.reason, detail=outcome.detail)
+            elif outcome.status == "failed":
+                log.warning("file_failed", path=outcome.path, error=outcome.detail)
+            elif outcome.status in ("ingested", "duplicate"):
+                log.debug("file_ingested", path=outcome.path, doc_id=outcome.document_id, bytes=outcome.bytes,
+                          tokens=outcome.tokens, ms=round(outcome.ms, 2), duplicate=outcome.status == "duplicate")
+            progress.update(summary)
+        progress.update(summary, force=True)
+    finally:
+        progress.close()
+        database.close()
+    seconds = time.perf_counter() - t0
+    report = summary.to_dict() | {"seconds": round(seconds, 3),
+                                  "mb_per_s": round(summary.bytes / 1e6 / max(seconds, 1e-9), 2)}
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        files = summary.counts
+        print(f"ingested {files['ingested']}, duplicate {files['duplicate']}, unchanged {files['unchanged']}, "
+              f"skipped {files['skipped']}, failed {files['failed']}; {summary.bytes / 1e6:.1f} MB, "
+              f"{summary.tokens} tokens in {seconds:.1f} s")
+        for (status, reason), count in sorted(summary.reasons.items()):
+            print(f"  {status} {reason}: {count}")
+    return 0
+
+
+def status_report(config: Config) -> dict:
+    """The corpus queue's figures as a JSON-able dict; does not create a database."""
+    report: dict[str, Any] = {"state_dir": str(config.state_dir), "database": _display_url(config.database_url)}
+    if not config.store.url and not (config.state_dir / DATABASE_FILE).exists():
+        return report | {"exists": False}
+    database, queue = open_queue(config)
+    try:
+        stats = queue.stats()
+        last = stats.last_checkpoint
+        report |= {
+            "exists": True,
+            "documents": dict(stats.documents),
+            "tokens_total": stats.tokens_total,
+            "tokens_queued": stats.tokens_queued,
+            "tokens_trained": stats.tokens_trained,
+            "database_bytes": stats.database_bytes,
+            "tokenizer": queue.tokenizer(),
+            "last_checkpoint": None if last is None else {
+                "step": last.step, "path": last.path, "tokens_trained": last.tokens_trained,
+                "loss": last.loss, "created_at": str(last.created_at)},
+        }
+    finally:
+        database.close()
+    return report
+
+
+def _display_url(url: str) -> str:
+    """The URL without a password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def command_status(args: argparse.Namespace) -> int:
+    report = status_report(resolve_config(args))
+    if args.json:
+        print(json.dumps(report, sort_keys=True, default=str))
+        return 0
+    print(f"state dir  {report['state_dir']}")
+    print(f"database   {report['database']}" + ("" if report.get("exists") else "  (not created yet)"))
+    if report.get("exists"):
+        docs = ", ".join(f"{k} {v}" for k, v in sorted(report["documents"].items())) or "none"
+        print(f"documents  {docs}")
+        print(f"tokens     {report['tokens_queued']} queued, {report['tokens_trained']} trained, "
+              f"{report['tokens_total']} in all")
+        print(f"size       {report['database_bytes'] / 1e6:.1f} MB")
+        last = report["last_checkpoint"]
+        print("checkpoint " + ("none" if last is None else f"step {last['step']} at {last['created_at']} ({last['path']})"))
+    return 0

@@ -1,0 +1,338 @@
+"""CorpusQueue: documents in, token windows out, and the training cursor with its checkpoints.
+
+The corpus is one token stream, the concatenation of every queued or trained document's tokens
+in arrival order (the caller puts a separator at each document's start; storage does not care).
+Training reads the stream in order from the cursor, and samples replay windows from the part
+already trained. Reads touch only the chunks that overlap the requested range (stream.py), so
+memory follows the request, never the corpus.
+
+Concurrency: every write that allocates stream offsets or document versions first locks the
+`meta["stream_end"]` row (stream.lock_stream), so concurrent writers, in threads or processes,
+get disjoint, contiguous offsets and the committed stream never has a gap. Each public method is
+one transaction through db.Database; this module knows nothing of the engine or the crawler.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import sqlalchemy as sa
+
+from .db import Database
+from .errors import TokenizerMismatch
+from .models import IN_STREAM, STATUSES, checkpoints, chunks, documents, meta, training_cursor
+from .records import AddResult, CheckpointRecord, Cursor, QueueStats
+from .stream import (
+    advance_stream,
+    check_tokens,
+    chunk_batches,
+    lock_stream,
+    read_range,
+    stream_end,
+)
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class CorpusQueue:
+    """The corpus store's interface; each method is one transaction unless it says otherwise."""
+
+    def __init__(self, database: Database):
+        self.database = database
+        self.chunk_tokens = database.config.chunk_tokens
+
+    # --- the tokenizer ----------------------------------------------------------------------------
+
+    def set_tokenizer(self, identity: str) -> None:
+        """Records the corpus tokenizer on first call. Atomic.
+
+        Raises TokenizerMismatch, naming both, when a different identity is already recorded.
+        """
+        with self.database.write() as connection:
+            lock_stream(connection)
+            _check_tokenizer(connection, identity)
+
+    def tokenizer(self) -> str | None:
+        """The recorded tokenizer identity, or None before set_tokenizer or the first document."""
+        with self.database.read() as connection:
+            return _get_meta(connection, "tokenizer")
+
+    # --- documents in -----------------------------------------------------------------------------
+
+    def add_document(
+        self,
+        *,
+        source_path: str,
+        content_hash: str,
+        size: int,
+        mtime: float,
+        kind: str,
+        tokens: np.ndarray,
+        tokenizer: str,
+    ) -> AddResult:
+        """Stores a file version's tokens, or a 'duplicate' row if its content is in the stream.
+
+        Atomic and durable: one transaction, committed at synchronous=FULL on SQLite, holds the
+        document row, all its chunks and the advanced stream end; once this returns, the caller
+        may delete or move the source file. May block up to busy_timeout_ms for another writer.
+        Raises ValueError for empty or out-of-range tokens or a malformed hash, and
+        TokenizerMismatch when `tokenizer` is not the corpus tokenizer (the first one is recorded).
+        """
+        tokens = check_tokens(tokens)  # (N,)
+        if not isinstance(content_hash, str) or not SHA256_HEX.fullmatch(content_hash):
+            raise ValueError(f"content_hash ({content_hash!r}) must be 64 lowercase hex digits")
+        with self.database.write(durable=True) as connection:
+            start = lock_stream(connection)
+            _check_tokenizer(connection, tokenizer)
+            version = _next_version(connection, source_path)
+            row = {
+                "source_path": source_path,
+                "content_hash": content_hash,
+                "size": size,
+                "mtime": mtime,
+                "kind": kind,
+                "version": version,
+                "tokenizer": tokenizer,
+            }
+            original = connection.execute(
+                sa.select(documents.c.id)
+                .where(documents.c.content_hash == content_hash, documents.c.status.in_(IN_STREAM))
+                .order_by(documents.c.id)
+                .limit(1)
+            ).scalar()
+            if original is not None:
+                row |= {"status": "duplicate", "duplicate_of": original, "token_count": 0}
+                document_id = _insert(connection, documents, row)
+                return AddResult(document_id, "duplicate", original, version, 0, 0, None, None)
+
+            end = start + len(tokens)
+            row |= {"status": "queued", "token_count": len(tokens)}
+            row |= {"stream_start": start, "stream_end": end}
+            document_id = _insert(connection, documents, row)
+            count = 0
+            for rows in chunk_batches(document_id, start, tokens, self.chunk_tokens):
+                connection.execute(chunks.insert(), rows)  # Core executemany
+                count += len(rows)
+            advance_stream(connection, end)
+        return AddResult(document_id, "queued", None, version, len(tokens), count, start, end)
+
+    def record_skip(
+        self,
+        *,
+        source_path: str,
+        reason: str,
+        detail: str | None = None,
+        status: str = "skipped",
+        kind: str | None = None,
+        size: int | None = None,
+        mtime: float | None = None,
+        content_hash: str | None = None,
+    ) -> int:
+        """Records a file version that put nothing in the stream; returns its row id. Atomic.
+
+        `status` is "skipped" (not for training: `reason` is a code such as "binary") or "failed"
+        (reading it went wrong: `detail` holds the error). Raises ValueError for another status.
+        """
+        if status not in ("skipped", "failed"):
+            raise ValueError(f"status ({status!r}) must be 'skipped' or 'failed'")
+        with self.database.write() as connection:
+            lock_stream(connection)  # versions per path are allocated under the same lock
+            row = {
+                "source_path": source_path,
+                "content_hash": content_hash,
+                "size": size,
+                "mtime": mtime,
+                "kind": kind,
+                "status": status,
+                "reason": reason,
+                "detail": detail,
+                "token_count": 0,
+                "version": _next_version(connection, source_path),
+            }
+            return _insert(connection, documents, row)
+
+    def seen(self, source_path: str, size: int, mtime: float) -> bool:
+        """Whether this exact file version (path, size, mtime) already has a row of any status."""
+        query = sa.select(documents.c.id).where(
+            documents.c.source_path == source_path,
+            documents.c.size == size,
+            documents.c.mtime == mtime,
+        )
+        with self.database.read() as connection:
+            return connection.execute(query.limit(1)).first() is not None
+
+    # --- windows out ------------------------------------------------------------------------------
+
+    def cursor(self) -> Cursor:
+        """Where training stands, as of the latest committed checkpoint."""
+        with self.database.read() as connection:
+            return _cursor(connection)
+
+    def read_windows(self, position: int, count: int, seq_len: int) -> tuple[np.ndarray, int]:
+        """Up to `count` windows of seq_len + 1 consecutive stream tokens, from `position` on.
+
+        Window k covers [position + k*seq_len, position + k*seq_len + seq_len + 1), so consecutive
+        windows share one token (the last target of one is the first input of the next). Only
+        complete windows: n = 0 while the stream is too short. Returns (int32 (n, seq_len + 1),
+        position + n*seq_len). One snapshot; reads only the chunks overlapping the range.
+        """
+        if position < 0 or count < 0 or seq_len < 1:
+            raise ValueError(
+                f"position ({position}) and count ({count}) must be >= 0, seq_len ({seq_len}) >= 1"
+            )
+        with self.database.read() as connection:
+            n = max(0, min(count, (stream_end(connection) - position - 1) // seq_len))
+            if n == 0:
+                return np.empty((0, seq_len + 1), np.int32), position
+            flat = read_range(connection, position, position + n * seq_len + 1)  # (n*T + 1,)
+        index = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (n, T + 1)
+        return flat[index], position + n * seq_len
+
+    def sample_replay(self, count: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
+        """`count` windows of the trained stream: int32 (count, seq_len + 1), for replay.
+
+        Window i starts at rng.integers(0, cursor.stream_position - seq_len, size=count)[i], drawn
+        uniformly, so every window ends at or before the cursor. While fewer than seq_len + 1
+        tokens are trained it returns an empty (0, seq_len + 1) array and draws nothing from `rng`.
+        One small query per window, all in one snapshot.
+        """
+        if count < 0 or seq_len < 1:
+            raise ValueError(f"count ({count}) must be >= 0 and seq_len ({seq_len}) >= 1")
+        with self.database.read() as connection:
+            high = _cursor(connection).stream_position - seq_len  # window starts lie in [0, high)
+            if count == 0 or high <= 0:
+                return np.empty((0, seq_len + 1), np.int32)
+            positions = rng.integers(0, high, size=count)  # (count,)
+            out = np.empty((count, seq_len + 1), np.int32)  # (count, T + 1)
+            for i, start in enumerate(positions.tolist()):
+                out[i] = read_range(connection, start, start + seq_len + 1)
+        return out
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def commit_checkpoint(
+        self,
+        *,
+        step: int,
+        path: str,
+        stream_position: int,
+        tokens_trained: int,
+        loss: float | None = None,
+    ) -> None:
+        """Records a checkpoint and moves the cursor to it. Atomic: all of it or none of it.
+
+        One transaction inserts the checkpoints row, moves the cursor, and marks 'trained' every
+        queued document that ends at or before `stream_position`. Contract: the caller writes the
+        checkpoint file durably first. If the process dies before this commits, the database still
+        names the previous checkpoint: the caller resumes from latest_checkpoint() and deletes any
+        newer checkpoint file not in the table (an orphan). Raises ValueError, changing nothing,
+        when stream_position would move the cursor back or past the stream's end.
+        """
+        if step < 0 or tokens_trained < 0:
+            raise ValueError(f"step ({step}) and tokens_trained ({tokens_trained}) must be >= 0")
+        with self.database.write() as connection:
+            current = _cursor(connection, for_update=True)
+            end = stream_end(connection)
+            if not current.stream_position <= stream_position <= end:
+                raise ValueError(
+                    f"stream_position ({stream_position}) must be in [{current.stream_position}, "
+                    f"{end}]: the cursor never moves back or past the stream's end"
+                )
+            position = {"stream_position": stream_position, "tokens_trained": tokens_trained}
+            connection.execute(
+                checkpoints.insert().values(step=step, path=path, loss=loss, **position)
+            )
+            connection.execute(
+                training_cursor.update()
+                .where(training_cursor.c.id == 1)
+                .values(step=step, **position)
+            )
+            _mark_trained(connection, stream_position)
+
+    def latest_checkpoint(self) -> CheckpointRecord | None:
+        """The most recently committed checkpoint, or None before the first."""
+        found = self.checkpoints(limit=1)
+        return found[0] if found else None
+
+    def checkpoints(self, limit: int = 10) -> list[CheckpointRecord]:
+        """Up to `limit` committed checkpoints, newest first."""
+        query = sa.select(checkpoints).order_by(checkpoints.c.id.desc()).limit(limit)
+        with self.database.read() as connection:
+            return [CheckpointRecord(**row._mapping) for row in connection.execute(query)]
+
+    # --- the whole --------------------------------------------------------------------------------
+
+    def stats(self) -> QueueStats:
+        """Counts by status, stream totals and the last checkpoint, read from one snapshot."""
+        counts = dict.fromkeys(STATUSES, 0)
+        query = sa.select(documents.c.status, sa.func.count()).group_by(documents.c.status)
+        latest = sa.select(checkpoints).order_by(checkpoints.c.id.desc()).limit(1)
+        with self.database.read() as connection:
+            counts.update({status: int(n) for status, n in connection.execute(query)})
+            end = stream_end(connection)
+            cursor = _cursor(connection)
+            last = connection.execute(latest).first()
+        return QueueStats(
+            documents=counts,
+            tokens_total=end,
+            tokens_queued=end - cursor.stream_position,
+            tokens_trained=cursor.tokens_trained,
+            database_bytes=self.database.size_bytes(),
+            last_checkpoint=None if last is None else CheckpointRecord(**last._mapping),
+        )
+
+    def close(self) -> None:
+        """Closes the database this queue was given. Idempotent."""
+        self.database.close()
+
+    def __enter__(self) -> "CorpusQueue":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --- helpers, each inside the caller's transaction -----------------------------------------------
+
+
+def _insert(connection: sa.Connection, table: sa.Table, row: dict) -> int:
+    return connection.execute(table.insert().values(**row)).inserted_primary_key[0]
+
+
+def _get_meta(connection: sa.Connection, key: str) -> str | None:
+    return connection.execute(sa.select(meta.c.value).where(meta.c.key == key)).scalar()
+
+
+def _check_tokenizer(connection: sa.Connection, identity: str) -> None:
+    if not isinstance(identity, str) or not identity:
+        raise ValueError(f"tokenizer identity ({identity!r}) must be a non-empty string")
+    recorded = _get_meta(connection, "tokenizer")
+    if recorded is None:
+        connection.execute(meta.insert().values(key="tokenizer", value=identity))
+    elif recorded != identity:
+        raise TokenizerMismatch(recorded, identity)
+
+
+def _next_version(connection: sa.Connection, source_path: str) -> int:
+    query = sa.select(sa.func.max(documents.c.version)).where(
+        documents.c.source_path == source_path
+    )
+    return int(connection.execute(query).scalar() or 0) + 1
+
+
+def _cursor(connection: sa.Connection, for_update: bool = False) -> Cursor:
+    query = sa.select(
+        training_cursor.c.stream_position, training_cursor.c.tokens_trained, training_cursor.c.step
+    ).where(training_cursor.c.id == 1)
+    if for_update:
+        query = query.with_for_update()
+    return Cursor(*connection.execute(query).one())
+
+
+def _mark_trained(connection: sa.Connection, stream_position: int) -> None:
+    connection.execute(
+        documents.update()
+        .where(documents.c.status == "queued", documents.c.stream_end <= stream_position)
+        .values(status="trained")
+    )

@@ -1,0 +1,114 @@
+"""Fixtures of the storage tests: each store test runs on SQLite and on PostgreSQL.
+
+SQLite: a file under tmp_path. PostgreSQL: the server named by CRYSTALLINE_TEST_POSTGRES_URL,
+with a fresh schema per test (first on the search_path, so every table, the alembic_version one
+included, lands in it), dropped afterwards. The PostgreSQL variants are marked `postgres` and
+skip, saying why, when the variable is unset or the server does not answer.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import uuid
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from storage import CorpusQueue, StorageConfig, open_database
+
+POSTGRES_ENV = "CRYSTALLINE_TEST_POSTGRES_URL"
+TOKENIZER = '{"kind": "byte", "version": 1}'
+# small and odd, so documents in the tests cross chunk boundaries at awkward places
+CHUNK_TOKENS = 7
+
+
+@functools.cache
+def _postgres_unreachable(url: str) -> str | None:
+    engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        return f"PostgreSQL at {sa.make_url(url).render_as_string()} is unreachable: {exc.orig}"
+    finally:
+        engine.dispose()
+    return None
+
+
+def postgres_url_or_skip() -> str:
+    url = os.environ.get(POSTGRES_ENV)
+    if not url:
+        pytest.skip(f"{POSTGRES_ENV} is not set, so there is no PostgreSQL server to test against")
+    reason = _postgres_unreachable(url)
+    if reason:
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path):
+    """A URL to an empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'corpus.db'}"
+        return
+    base = postgres_url_or_skip()
+    schema = f"crystalline_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def make_config(database_url):
+    """StorageConfig for this test's database; keyword arguments override the test defaults."""
+
+    def make(**overrides) -> StorageConfig:
+        return StorageConfig(**({"url": database_url, "chunk_tokens": CHUNK_TOKENS} | overrides))
+
+    return make
+
+
+@pytest.fixture
+def queue(make_config):
+    with CorpusQueue(open_database(make_config())) as opened:
+        yield opened
+
+
+def content_hash(tokens) -> str:
+    return hashlib.sha256(np.asarray(tokens, "<i8").tobytes()).hexdigest()
+
+
+class DocumentAdder:
+    """add(queue, path, tokens, **overrides): add_document, hashing the tokens, with defaults."""
+
+    tokenizer = TOKENIZER
+    chunk_tokens = CHUNK_TOKENS
+    content_hash = staticmethod(content_hash)
+
+    def __call__(self, queue: CorpusQueue, path: str, tokens, **overrides):
+        tokens = np.asarray(tokens)
+        arguments = {
+            "source_path": path,
+            "content_hash": content_hash(tokens),
+            "size": int(tokens.size),
+            "mtime": 1_700_000_000.25,
+            "kind": "text",
+            "tokens": tokens,
+            "tokenizer": TOKENIZER,
+        }
+        return queue.add_document(**(arguments | overrides))
+
+
+@pytest.fixture
+def add() -> DocumentAdder:
+    return DocumentAdder()
