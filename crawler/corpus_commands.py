@@ -98,8 +98,7 @@ def command_ingest(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         ingestor = Ingestor(queue, _state_tokenizer(config), config.extract)
-        for path, root in iter_files(args.paths):
-            outcome = ingestor.ingest_file(path, root)
+        for outcome in ingestor.ingest_files(iter_files(args.paths)):
             summary.add(outcome)
             if outcome.status == "skipped":
                 log.info("file_skipped", path=outcome.path, reason=outcome.reason, detail=outcome.detail)

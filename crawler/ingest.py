@@ -5,7 +5,7 @@ and by the daemon. Every file ends as exactly one outcome: ingested, duplicate (
 are already queued under another name), unchanged (this path, size and mtime were seen
 before: nothing is read), skipped (a reason from SKIP_REASONS) or failed (an error text). A bad
 file never raises out of `ingest_file`; only a storage failure does, because that is the
-caller's to handle (nothing was committed). Knows nothing of the engine.
+caller's to handle (nothing of that transaction was committed). Knows nothing of the engine.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from storage import NewDocument
 
 from .extract import ExtractionFailed, ExtractLimits, Skipped, extract_file
 
@@ -96,59 +98,111 @@ class Ingestor:
 
     def ingest_file(self, path: str | Path, root: str | Path | None = None) -> IngestOutcome:
         """Ingest one file; `root` (when given) is the folder it must resolve into."""
+        return next(self.ingest_files([(path, root)]))
+
+    def ingest_files(self, files: Iterable[tuple[str | Path, str | Path | None]],
+                     batch_files: int = 256, batch_bytes: int = 8 << 20) -> Iterator[IngestOutcome]:
+        """Ingest (path, root) pairs, yielding one outcome per file. Files are looked up in the
+        queue `batch_files` at a time, and their tokens committed together, one transaction per
+        `batch_bytes` of text: many small files cost a few statements, not a few each. A
+        document's outcome is yielded once its transaction has committed."""
+        group: list[tuple[Path, Path | None]] = []
+        for path, root in files:
+            group.append((Path(os.path.abspath(path)), None if root is None else Path(root)))
+            if len(group) == batch_files:
+                yield from self._ingest_group(group, batch_bytes)
+                group = []
+        if group:
+            yield from self._ingest_group(group, batch_bytes)
+
+    def _ingest_group(self, group: list[tuple[Path, Path | None]], batch_bytes: int) -> Iterator[IngestOutcome]:
+        stats: dict[Path, os.stat_result | OSError] = {}
+        for path, _ in group:
+            try:
+                stats[path] = os.lstat(path)
+            except OSError as exc:
+                stats[path] = exc
+        versions = [(str(p), st.st_size, st.st_mtime) for p, st in stats.items() if not isinstance(st, OSError)]
+        seen = self.queue.seen_many(versions)
+        pending: list[_Pending] = []
+        pending_bytes = 0
+        for path, root in group:
+            prepared = self._prepare(path, root, stats[path], seen)
+            if isinstance(prepared, IngestOutcome):
+                yield prepared
+                continue
+            pending.append(prepared)
+            pending_bytes += prepared.extraction.size
+            if pending_bytes >= batch_bytes:
+                yield from self._commit(pending)
+                pending, pending_bytes = [], 0
+        if pending:
+            yield from self._commit(pending)
+
+    def _prepare(self, path: Path, root: Path | None, st, seen: set) -> "IngestOutcome | _Pending":
+        """Everything for one file short of the database write: an outcome, or its tokens."""
         t0 = time.perf_counter()
-        path = Path(os.path.abspath(path))
         source = str(path)
 
-        def done(status, reason=None, detail=None, **kw) -> IngestOutcome:
-            return IngestOutcome(source, status, reason, detail, ms=(time.perf_counter() - t0) * 1e3, **kw)
+        def done(status, reason=None, detail=None) -> IngestOutcome:
+            return IngestOutcome(source, status, reason, detail, ms=(time.perf_counter() - t0) * 1e3)
 
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+        def remember(reason, detail, status="skipped", st=None) -> IngestOutcome:
+            size, mtime = (st.st_size, st.st_mtime) if st is not None else (None, None)
+            self.queue.record_skip(source_path=source, reason=reason, detail=detail, status=status,
+                                   size=size, mtime=mtime)
+            return done(status, reason, detail)
+
+        if isinstance(st, FileNotFoundError):
             return done("skipped", "vanished", "the file disappeared before it was read")
-        except OSError as exc:
-            self.queue.record_skip(source_path=source, reason="unreadable", detail=str(exc))
-            return done("skipped", "unreadable", str(exc))
-        if root is not None and stat.S_ISLNK(st.st_mode):
-            target = path.resolve()
-            if not within(target, [Path(root).resolve()]):
-                if self.queue.seen(source, st.st_size, st.st_mtime):
-                    return done("unchanged")
-                detail = f"symlink to {target}, outside {root}"
-                self.queue.record_skip(source_path=source, reason=OUTSIDE_ROOT, detail=detail,
-                                       size=st.st_size, mtime=st.st_mtime)
-                return done("skipped", OUTSIDE_ROOT, detail)
+        if isinstance(st, OSError):
+            return remember("unreadable", str(st))
         if stat.S_ISLNK(st.st_mode):
+            if root is not None and not within(path.resolve(), [root.resolve()]):
+                if (source, st.st_size, st.st_mtime) in seen:
+                    return done("unchanged")
+                return remember(OUTSIDE_ROOT, f"symlink to {path.resolve()}, outside {root}", st=st)
             try:
                 st = os.stat(path)
             except OSError:
                 return done("skipped", "vanished", "a dangling symlink")
-        if stat.S_ISREG(st.st_mode) and self.queue.seen(source, st.st_size, st.st_mtime):
+            if self.queue.seen(source, st.st_size, st.st_mtime):
+                return done("unchanged")
+        elif (source, st.st_size, st.st_mtime) in seen:
             return done("unchanged")
         try:
             extraction = extract_file(path, self.limits)
         except Skipped as skip:
-            if skip.reason != "vanished":  # nothing to remember about a file that is gone
-                self.queue.record_skip(source_path=source, reason=skip.reason, detail=skip.detail,
-                                       size=st.st_size, mtime=st.st_mtime)
-            return done("skipped", skip.reason, skip.detail)
+            if skip.reason == "vanished":  # nothing to remember about a file that is gone
+                return done("skipped", skip.reason, skip.detail)
+            return remember(skip.reason, skip.detail, st=st)
         except Exception as exc:  # noqa: BLE001 - a parser error or a pathological file: never fatal
             failure = exc.detail if isinstance(exc, ExtractionFailed) and getattr(exc, "detail", None) else None
-            detail = failure or f"{type(exc).__name__}: {exc}"
-            self.queue.record_skip(source_path=source, reason="extraction_failed", detail=detail,
-                                   status="failed", size=st.st_size, mtime=st.st_mtime)
-            return done("failed", "extraction_failed", detail)
-
+            return remember("extraction_failed", failure or f"{type(exc).__name__}: {exc}", status="failed", st=st)
         body = self.tokenizer.encode_text(extraction.text)
         tokens = np.empty(body.size + 1, dtype=body.dtype)
         tokens[0] = self.tokenizer.eod_id  # a separator opens every document in the stream
         tokens[1:] = body
-        result = self.queue.add_document(source_path=source, content_hash=extraction.content_hash,
-                                         size=extraction.size, mtime=extraction.mtime,
-                                         kind=extraction.kind, tokens=tokens,
-                                         tokenizer=self.tokenizer_identity)
-        status = "duplicate" if result.status == "duplicate" else "ingested"
-        detail = f"same content as document {result.duplicate_of}" if status == "duplicate" else None
-        return done(status, None, detail, document_id=result.document_id, bytes=extraction.size,
-                    tokens=int(tokens.size) if status == "ingested" else 0)
+        return _Pending(source, extraction, tokens, time.perf_counter() - t0)
+
+    def _commit(self, pending: list["_Pending"]) -> Iterator[IngestOutcome]:
+        t0 = time.perf_counter()
+        items = [NewDocument(p.source, p.extraction.content_hash, p.extraction.size, p.extraction.mtime,
+                             p.extraction.kind, p.tokens) for p in pending]
+        results = self.queue.add_documents(items, tokenizer=self.tokenizer_identity)
+        share = (time.perf_counter() - t0) / len(pending)  # the commit's cost, split evenly
+        for p, result in zip(pending, results):
+            duplicate = result.status == "duplicate"
+            yield IngestOutcome(p.source, "duplicate" if duplicate else "ingested", None,
+                                f"same content as document {result.duplicate_of}" if duplicate else None,
+                                document_id=result.document_id, bytes=p.extraction.size,
+                                tokens=0 if duplicate else int(p.tokens.size),
+                                ms=(p.seconds + share) * 1e3)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    source: str
+    extraction: object  # crawler.extract.Extraction
+    tokens: np.ndarray
+    seconds: float

@@ -9,7 +9,7 @@ from .config import ConfigError, StorageConfig
 from .db import Database, open_database
 from .errors import SchemaTooNew, StorageError, TokenizerMismatch
 from .queue import CorpusQueue
-from .records import AddResult, CheckpointRecord, Cursor, QueueStats
+from .records import AddResult, CheckpointRecord, Cursor, NewDocument, QueueStats
 
 __all__ = [
     "AddResult",
@@ -18,6 +18,7 @@ __all__ = [
     "CorpusQueue",
     "Cursor",
     "Database",
+    "NewDocument",
     "QueueStats",
     "SchemaTooNew",
     "StorageConfig",

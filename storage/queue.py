@@ -15,6 +15,7 @@ one transaction through db.Database; this module knows nothing of the engine or 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from .db import Database
 from .errors import TokenizerMismatch
 from .models import IN_STREAM, STATUSES, checkpoints, chunks, documents, meta, training_cursor
-from .records import AddResult, CheckpointRecord, Cursor, QueueStats
+from .records import AddResult, CheckpointRecord, Cursor, NewDocument, QueueStats
 from .stream import (
     advance_stream,
     check_tokens,
@@ -73,49 +74,86 @@ class CorpusQueue:
     ) -> AddResult:
         """Stores a file version's tokens, or a 'duplicate' row if its content is in the stream.
 
-        Atomic and durable: one transaction, committed at synchronous=FULL on SQLite, holds the
-        document row, all its chunks and the advanced stream end; once this returns, the caller
-        may delete or move the source file. May block up to busy_timeout_ms for another writer.
-        Raises ValueError for empty or out-of-range tokens or a malformed hash, and
-        TokenizerMismatch when `tokenizer` is not the corpus tokenizer (the first one is recorded).
+        The one-document case of add_documents, with the same contract.
         """
-        tokens = check_tokens(tokens)  # (N,)
-        if not isinstance(content_hash, str) or not SHA256_HEX.fullmatch(content_hash):
-            raise ValueError(f"content_hash ({content_hash!r}) must be 64 lowercase hex digits")
-        with self.database.write(durable=True) as connection:
-            start = lock_stream(connection)
-            _check_tokenizer(connection, tokenizer)
-            version = _next_version(connection, source_path)
-            row = {
-                "source_path": source_path,
-                "content_hash": content_hash,
-                "size": size,
-                "mtime": mtime,
-                "kind": kind,
-                "version": version,
-                "tokenizer": tokenizer,
-            }
-            original = connection.execute(
-                sa.select(documents.c.id)
-                .where(documents.c.content_hash == content_hash, documents.c.status.in_(IN_STREAM))
-                .order_by(documents.c.id)
-                .limit(1)
-            ).scalar()
-            if original is not None:
-                row |= {"status": "duplicate", "duplicate_of": original, "token_count": 0}
-                document_id = _insert(connection, documents, row)
-                return AddResult(document_id, "duplicate", original, version, 0, 0, None, None)
+        item = NewDocument(source_path, content_hash, size, mtime, kind, tokens)
+        return self.add_documents([item], tokenizer=tokenizer)[0]
 
-            end = start + len(tokens)
-            row |= {"status": "queued", "token_count": len(tokens)}
-            row |= {"stream_start": start, "stream_end": end}
-            document_id = _insert(connection, documents, row)
-            count = 0
-            for rows in chunk_batches(document_id, start, tokens, self.chunk_tokens):
-                connection.execute(chunks.insert(), rows)  # Core executemany
-                count += len(rows)
-            advance_stream(connection, end)
-        return AddResult(document_id, "queued", None, version, len(tokens), count, start, end)
+    def add_documents(self, items: Sequence[NewDocument], *, tokenizer: str) -> list[AddResult]:
+        """Stores several file versions in arrival order; returns one AddResult each.
+
+        Atomic and durable: one transaction, committed at synchronous=FULL on SQLite, holds every
+        document row, all chunks and the advanced stream end; once this returns, the caller may
+        delete or move the source files. Content already in the stream, or earlier in `items`,
+        becomes a 'duplicate' row pointing at the first copy. One lock and a few statements for
+        the whole batch, which is what makes many small files cheap. May block up to
+        busy_timeout_ms for another writer. Raises ValueError for empty or out-of-range tokens
+        or a malformed hash (nothing is written), and TokenizerMismatch when `tokenizer` is not
+        the corpus tokenizer (the first one is recorded).
+        """
+        items = [replace_tokens(item, check_tokens(item.tokens)) for item in items]
+        for item in items:
+            if not isinstance(item.content_hash, str) or not SHA256_HEX.fullmatch(item.content_hash):
+                raise ValueError(f"content_hash ({item.content_hash!r}) must be 64 lowercase hex digits")
+        if not items:
+            return []
+        with self.database.write(durable=True) as connection:
+            position = lock_stream(connection)
+            _check_tokenizer(connection, tokenizer)
+            versions = _max_versions(connection, {item.source_path for item in items})
+            originals = _stream_documents(connection, {item.content_hash for item in items})
+            # pass 1: decide each item's fate; new content goes into the stream in order
+            plans = []  # (row, index of the first copy in this batch or None)
+            first_in_batch: dict[str, int] = {}
+            for i, item in enumerate(items):
+                versions[item.source_path] = version = versions.get(item.source_path, 0) + 1
+                row = {"source_path": item.source_path, "content_hash": item.content_hash,
+                       "size": item.size, "mtime": item.mtime, "kind": item.kind,
+                       "version": version, "tokenizer": tokenizer}
+                if item.content_hash in originals:
+                    row |= {"status": "duplicate", "duplicate_of": originals[item.content_hash], "token_count": 0}
+                    plans.append((row, None))
+                elif item.content_hash in first_in_batch:
+                    row |= {"status": "duplicate", "token_count": 0}
+                    plans.append((row, first_in_batch[item.content_hash]))
+                else:
+                    first_in_batch[item.content_hash] = i
+                    end = position + len(item.tokens)
+                    row |= {"status": "queued", "token_count": len(item.tokens),
+                            "stream_start": position, "stream_end": end}
+                    plans.append((row, None))
+                    position = end
+            # pass 2: queued rows first (their ids are what duplicates in the batch point at)
+            queued = [i for i, (row, _) in enumerate(plans) if row["status"] == "queued"]
+            ids: dict[int, int] = dict(zip(queued, _insert_many(connection, [plans[i][0] for i in queued])))
+            for i, (row, first) in enumerate(plans):
+                if first is not None:
+                    row["duplicate_of"] = ids[first]
+            rest = [i for i in range(len(plans)) if i not in ids]
+            ids |= dict(zip(rest, _insert_many(connection, [plans[i][0] for i in rest])))
+            # pass 3: the chunks of every queued document, a bounded executemany at a time
+            counts: dict[int, int] = {}
+            pending: list[dict] = []
+            for i in queued:
+                row = plans[i][0]
+                for rows in chunk_batches(ids[i], row["stream_start"], items[i].tokens, self.chunk_tokens):
+                    pending += rows
+                    counts[i] = counts.get(i, 0) + len(rows)
+                    if len(pending) >= 64:
+                        connection.execute(chunks.insert(), pending)  # Core executemany
+                        pending = []
+            if pending:
+                connection.execute(chunks.insert(), pending)
+            if queued:
+                advance_stream(connection, position)
+        results = []
+        for i, (row, _) in enumerate(plans):
+            if row["status"] == "queued":
+                results.append(AddResult(ids[i], "queued", None, row["version"], row["token_count"],
+                                         counts.get(i, 0), row["stream_start"], row["stream_end"]))
+            else:
+                results.append(AddResult(ids[i], "duplicate", row["duplicate_of"], row["version"], 0, 0, None, None))
+        return results
 
     def record_skip(
         self,
@@ -151,6 +189,18 @@ class CorpusQueue:
                 "version": _next_version(connection, source_path),
             }
             return _insert(connection, documents, row)
+
+    def seen_many(self, versions: Sequence[tuple[str, int, float]]) -> set[tuple[str, int, float]]:
+        """Which of these (path, size, mtime) file versions already have a row of any status.
+        One snapshot, a few IN queries: the cheap way to reconcile a large folder."""
+        wanted = set(versions)
+        found: set[tuple[str, int, float]] = set()
+        with self.database.read() as connection:
+            for group in _in_groups({path for path, _, _ in wanted}):
+                query = sa.select(documents.c.source_path, documents.c.size, documents.c.mtime).where(
+                    documents.c.source_path.in_(group))
+                found |= {tuple(row) for row in connection.execute(query)} & wanted
+        return found
 
     def seen(self, source_path: str, size: int, mtime: float) -> bool:
         """Whether this exact file version (path, size, mtime) already has a row of any status."""
@@ -312,6 +362,42 @@ def _check_tokenizer(connection: sa.Connection, identity: str) -> None:
         connection.execute(meta.insert().values(key="tokenizer", value=identity))
     elif recorded != identity:
         raise TokenizerMismatch(recorded, identity)
+
+
+def replace_tokens(item: NewDocument, tokens: np.ndarray) -> NewDocument:
+    return NewDocument(item.source_path, item.content_hash, item.size, item.mtime, item.kind, tokens)
+
+
+def _in_groups(values, size: int = 500):
+    values = sorted(values)
+    for i in range(0, len(values), size):
+        yield values[i : i + size]
+
+
+def _max_versions(connection: sa.Connection, paths: set[str]) -> dict[str, int]:
+    """The highest version of each path that has rows, in a few IN queries."""
+    found: dict[str, int] = {}
+    for group in _in_groups(paths):
+        query = (sa.select(documents.c.source_path, sa.func.max(documents.c.version))
+                 .where(documents.c.source_path.in_(group)).group_by(documents.c.source_path))
+        found |= {path: int(version) for path, version in connection.execute(query)}
+    return found
+
+
+def _stream_documents(connection: sa.Connection, hashes: set[str]) -> dict[str, int]:
+    """For each hash already in the stream, the id of its first document."""
+    found: dict[str, int] = {}
+    for group in _in_groups(hashes):
+        query = (sa.select(documents.c.content_hash, sa.func.min(documents.c.id))
+                 .where(documents.c.content_hash.in_(group), documents.c.status.in_(IN_STREAM))
+                 .group_by(documents.c.content_hash))
+        found |= {digest: int(first) for digest, first in connection.execute(query)}
+    return found
+
+
+def _insert_many(connection: sa.Connection, rows: list[dict]) -> list[int]:
+    """Insert rows (possibly with different keys) and return their ids in order."""
+    return [_insert(connection, documents, row) for row in rows]
 
 
 def _next_version(connection: sa.Connection, source_path: str) -> int:

@@ -7,6 +7,18 @@ from datetime import datetime
 
 
 @dataclass(frozen=True)
+class NewDocument:
+    """One file version to add: its identity and its tokens (N,) for the stream."""
+
+    source_path: str
+    content_hash: str  # sha256 hex of the raw file bytes
+    size: int
+    mtime: float
+    kind: str
+    tokens: object  # np.ndarray (N,) of token ids
+
+
+@dataclass(frozen=True)
 class AddResult:
     document_id: int
     status: str  # "queued" or "duplicate"

@@ -298,3 +298,35 @@ def test_close_is_idempotent(make_config):
     queue = CorpusQueue(open_database(make_config()))
     queue.close()
     queue.close()
+
+
+def test_add_documents_in_one_batch(queue, add):
+    from storage import NewDocument
+
+    first = add(queue, "/old.txt", [5, 6, 7])
+    docs = [
+        NewDocument("/a.txt", add.content_hash([1, 2]), 2, 1.0, "text", np.array([1, 2])),
+        NewDocument("/b.txt", add.content_hash([5, 6, 7]), 3, 1.0, "text", np.array([5, 6, 7])),  # in the stream
+        NewDocument("/c.txt", add.content_hash([1, 2]), 2, 1.0, "text", np.array([1, 2])),  # earlier in the batch
+        NewDocument("/a.txt", add.content_hash([3]), 1, 2.0, "text", np.array([3])),  # a second version
+    ]
+    results = queue.add_documents(docs, tokenizer=add.tokenizer)
+    assert [r.status for r in results] == ["queued", "duplicate", "duplicate", "queued"]
+    assert results[1].duplicate_of == first.document_id
+    assert results[2].duplicate_of == results[0].document_id
+    assert [r.version for r in results] == [1, 1, 1, 2]
+    assert (results[0].stream_start, results[3].stream_start, results[3].stream_end) == (3, 5, 6)
+    windows, _ = queue.read_windows(0, 1, 5)
+    assert windows[0].tolist() == [5, 6, 7, 1, 2, 3], "arrival order, duplicates left out"
+    assert queue.seen_many([("/a.txt", 2, 1.0), ("/a.txt", 1, 2.0), ("/a.txt", 9, 9.0), ("/zzz", 1, 1.0)]) == {
+        ("/a.txt", 2, 1.0), ("/a.txt", 1, 2.0)}
+
+
+def test_add_documents_with_one_bad_item_writes_nothing(queue, add):
+    from storage import NewDocument
+
+    good = NewDocument("/g.txt", add.content_hash([1]), 1, 1.0, "text", np.array([1]))
+    bad = NewDocument("/b.txt", "not-a-hash", 1, 1.0, "text", np.array([2]))
+    with pytest.raises(ValueError, match="content_hash"):
+        queue.add_documents([good, bad], tokenizer=add.tokenizer)
+    assert queue.stats().tokens_total == 0 and not queue.seen("/g.txt", 1, 1.0)
