@@ -272,3 +272,16 @@ def test_identity_must_match_the_state_directory(bpe, tmp_path):
     with pytest.raises(TokenizerError) as raised:
         tokenizer_from_identity(bpe.identity(), tmp_path)
     assert str(raised.value) == expected
+
+
+def test_a_long_text_is_encoded_in_pieces_and_round_trips(bpe):
+    from crawler.tokenizer import ENCODE_PIECE, _pieces
+
+    line = "Now is the winter of our discontent, made glorious summer.\n\n  indented\n"
+    text = line * (3 * ENCODE_PIECE // len(line))
+    pieces = _pieces(text)
+    assert len(pieces) >= 3 and "".join(pieces) == text
+    assert all(piece.endswith("\n") for piece in pieces[:-1])
+    ids = bpe.encode_text(text)
+    assert bpe.decode_text(ids) == text
+    assert np.array_equal(ids, bpe.encode_text(text)), "deterministic"
