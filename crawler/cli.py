@@ -32,9 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from engine import (
-    CheckpointError, ConfigError, ModelConfig, TrainConfig, Trainer, list_checkpoints, load_latest_checkpoint,
-)
+from engine import CheckpointError, ConfigError, ModelConfig, TrainConfig
+from engine.checkpoint import list_checkpoints, load_latest_checkpoint
 from engine.errors import EngineError
 from storage import ConfigError as StorageConfigError
 from storage import StorageError
@@ -345,6 +344,8 @@ def command_train(args: argparse.Namespace) -> int:
         log.info("train_skipped", reason="already_done", step=checkpoint.step, steps=recipe.total_steps)
         return 0
 
+    from engine import Trainer  # numba and SciPy load here, not for every command
+
     trainer = Trainer(model, recipe) if checkpoint is None else Trainer.from_checkpoint(checkpoint, recipe)
     with trainer, _StopFlag() as stop:
         log.info(
@@ -390,7 +391,7 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save(trainer: Trainer, directory: Path, extra: dict, keep_last: int, log: Any) -> None:
+def _save(trainer: "Trainer", directory: Path, extra: dict, keep_last: int, log: Any) -> None:
     path = trainer.save_checkpoint(directory, extra=extra, keep_last=keep_last)
     log.info("checkpoint_saved", step=trainer.step_count, path=str(path))
 
@@ -430,6 +431,8 @@ def command_eval(args: argparse.Namespace) -> int:
     model = checkpoint.model_config
     recipe = TrainConfig(batch_size=args.batch_size, seq_len=model.context_length, threads=args.threads)
     loss_sum, n_tokens, n_bytes = 0.0, 0, 0
+    from engine import Trainer
+
     with Trainer.from_checkpoint(checkpoint, recipe.validate(model)) as trainer:
         for inputs, targets in eval_windows(corpus.tokens, model.context_length, args.batch_size):
             batch_loss, batch_tokens = trainer.evaluate(inputs, targets)

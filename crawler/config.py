@@ -165,9 +165,11 @@ def load_config(config_file: str | Path | None = None, env: Mapping[str, str] | 
 
     state = Path(str(top["state_dir"][0])) if "state_dir" in top else Path(DEFAULT_STATE_DIR)
     sections = {name: _section(cls, values[name], name) for name, cls in SECTIONS.items()}
-    store = sections["store"]
-    if store.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-        raise ConfigError(f"[store] sqlite_synchronous ({store.sqlite_synchronous!r}) must be one of OFF, NORMAL, FULL, EXTRA")
-    if store.busy_timeout_ms < 0 or store.chunk_tokens < 1:
-        raise ConfigError("[store] busy_timeout_ms must be >= 0 and chunk_tokens >= 1")
-    return Config(state_dir=state, store=store, extract=sections["extract"])
+    config = Config(state_dir=state, store=sections["store"], extract=sections["extract"])
+    from storage import ConfigError as StorageConfigError
+
+    try:
+        config.storage_config()  # the store's own validation, one place for its rules
+    except StorageConfigError as exc:
+        raise ConfigError(f"[store] {exc}") from None
+    return config

@@ -101,7 +101,7 @@ class Ingestor:
         return next(self.ingest_files([(path, root)]))
 
     def ingest_files(self, files: Iterable[tuple[str | Path, str | Path | None]],
-                     batch_files: int = 256, batch_bytes: int = 8 << 20) -> Iterator[IngestOutcome]:
+                     batch_files: int = 256, batch_bytes: int = 1 << 20) -> Iterator[IngestOutcome]:
         """Ingest (path, root) pairs, yielding one outcome per file. Files are looked up in the
         queue `batch_files` at a time, and their tokens committed together, one transaction per
         `batch_bytes` of text: many small files cost a few statements, not a few each. A

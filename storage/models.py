@@ -27,7 +27,7 @@ NAMING_CONVENTION = {
 
 STATUSES = ("queued", "trained", "duplicate", "skipped", "failed")
 IN_STREAM = ("queued", "trained")  # the statuses whose tokens are in the stream
-DTYPES = ("uint16", "uint32")  # chunk blobs: raw little-endian, this many bits per token
+DTYPES = ("uint8", "uint16", "uint32")  # chunk blobs: raw little-endian, this many bits per token
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
@@ -94,9 +94,9 @@ chunks = sa.Table(
     sa.Column("seq", sa.Integer, nullable=False),  # 0, 1, ... within its document
     sa.Column("stream_start", sa.BigInteger, nullable=False),  # offset of its first token
     sa.Column("token_count", sa.Integer, nullable=False),
-    sa.Column("dtype", sa.Text, nullable=False),  # "uint16" or "uint32"
+    sa.Column("dtype", sa.Text, nullable=False),  # "uint8", "uint16" or "uint32"
     sa.Column("tokens", sa.LargeBinary, nullable=False),  # (token_count,) little-endian
-    sa.CheckConstraint("dtype IN ('uint16', 'uint32')", name="dtype"),
+    sa.CheckConstraint("dtype IN ('uint8', 'uint16', 'uint32')", name="dtype"),
     sa.Index(None, "stream_start", unique=True),
     sa.Index(None, "document_id", "seq", unique=True),
 )

@@ -1,7 +1,7 @@
 """The token stream's layout in the database: tokens to chunk rows, and a stream range back.
 
 A document's tokens are cut into chunks of at most `chunk_tokens` ids, each stored as raw
-little-endian bytes (uint16 when every id in the chunk fits, else uint32) with its dtype and its
+little-endian bytes (uint8, uint16 or uint32: the narrowest every id in the chunk fits) with its dtype and its
 offset in the stream. Chunks tile the stream without gaps or overlaps, because offsets are
 allocated under the lock on `meta["stream_end"]` (see `lock_stream`). Reads select only the
 chunks overlapping the requested range. Each function runs inside the caller's transaction;
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from .errors import StorageError
 from .models import chunks, meta
 
-DTYPE_CODES = {"uint16": "<u2", "uint32": "<u4"}  # stored name -> little-endian numpy code
+DTYPE_CODES = {"uint8": "u1", "uint16": "<u2", "uint32": "<u4"}  # stored name -> little-endian numpy code
 MAX_TOKEN_ID = 2**31 - 1  # windows come back as int32
 
 
@@ -46,7 +46,9 @@ def chunk_batches(
     rows = []
     for seq, offset in enumerate(range(0, len(tokens), chunk_tokens)):
         piece = tokens[offset : offset + chunk_tokens]  # (<= chunk_tokens,)
-        dtype = "uint16" if int(piece.max()) < 2**16 else "uint32"
+        top = int(piece.max())
+        # byte-level text is uint8 in every chunk but the one holding a document separator (256)
+        dtype = "uint8" if top < 2**8 else "uint16" if top < 2**16 else "uint32"
         row = {"document_id": document_id, "seq": seq, "stream_start": start + offset}
         row |= {"token_count": len(piece), "dtype": dtype}
         rows.append(row | {"tokens": piece.astype(DTYPE_CODES[dtype]).tobytes()})

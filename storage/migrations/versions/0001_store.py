@@ -62,7 +62,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["document_id"], ["documents.id"], name="fk_chunks_document_id_documents"
         ),
-        sa.CheckConstraint("dtype IN ('uint16', 'uint32')", name="ck_chunks_dtype"),
+        sa.CheckConstraint("dtype IN ('uint8', 'uint16', 'uint32')", name="ck_chunks_dtype"),
     )
     op.create_index("ix_chunks_stream_start", "chunks", ["stream_start"], unique=True)
     op.create_index("ix_chunks_document_id_seq", "chunks", ["document_id", "seq"], unique=True)

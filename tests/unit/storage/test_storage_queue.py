@@ -103,17 +103,20 @@ def test_chunks_split_at_chunk_tokens_and_tile_the_stream(queue, add):
     layout = [(row["seq"], row["stream_start"], row["token_count"]) for row in stored]
     assert layout == [(0, 3, 7), (1, 10, 7), (2, 17, 7), (3, 24, 2)]
     for row, piece in zip(stored, np.split(tokens, [7, 14, 21])):
-        assert row["dtype"] == "uint16"
-        assert row["tokens"] == piece.astype("<u2").tobytes()  # raw little-endian
+        assert row["dtype"] == "uint8"  # every id here is below 256
+        assert row["tokens"] == piece.astype("u1").tobytes()  # raw bytes
 
 
 def test_each_chunk_takes_the_narrowest_dtype(queue, add):
-    # ids 0..65535 fit uint16; one id above that makes its chunk (only) uint32
-    tokens = np.array([65535] * CHUNK_TOKENS + [65536] + [1] * (CHUNK_TOKENS - 1) + [2**31 - 1])
+    # ids below 256 fit uint8 (byte-level text between separators); up to 65535 uint16; one id
+    # above that makes its chunk (only) uint32
+    tokens = np.array([65535] * CHUNK_TOKENS + [65536] + [1] * (CHUNK_TOKENS - 1) + [2**31 - 1]
+                      + [255] * CHUNK_TOKENS)
     add(queue, "/in/wide.txt", tokens)
     stored = rows(queue, chunks, chunks.c.stream_start)
-    assert [row["dtype"] for row in stored] == ["uint16", "uint32", "uint32"]
+    assert [row["dtype"] for row in stored] == ["uint16", "uint32", "uint32", "uint8"]
     assert stored[1]["tokens"] == tokens[7:14].astype("<u4").tobytes()
+    assert stored[3]["tokens"] == tokens[3 * CHUNK_TOKENS :].astype("u1").tobytes()
     windows, _ = queue.read_windows(0, 1, len(tokens) - 1)
     np.testing.assert_array_equal(windows[0], tokens)
 
