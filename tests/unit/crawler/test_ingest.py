@@ -146,3 +146,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "no such file or folder" in err and "Traceback" not in err
     assert main(["status", "--state-dir", str(tmp_path / "fresh")]) == 0
     assert "not created yet" in capsys.readouterr().out
+
+
+def test_a_tokenizer_change_under_an_existing_corpus_is_refused(tmp_path, capsys):
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "a.txt").write_text("some text to start the corpus with\n" * 50)
+    state = tmp_path / "state"
+    assert main(["ingest", str(root), "--state-dir", str(state)]) == 0
+    # a BPE forced into the state directory after the byte-level corpus exists
+    assert main(["tokenizer", "train", str(root), "--vocab-size", "300", "--state-dir", str(state), "--force"]) == 0
+    (root / "b.txt").write_text("more text\n")
+    capsys.readouterr()
+    assert main(["ingest", str(root), "--state-dir", str(state)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tokenizer" in err and "Traceback" not in err
