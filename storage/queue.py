@@ -239,18 +239,21 @@ class CorpusQueue:
         index = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (n, T + 1)
         return flat[index], position + n * seq_len
 
-    def sample_replay(self, count: int, seq_len: int, rng: np.random.Generator) -> np.ndarray:
+    def sample_replay(self, count: int, seq_len: int, rng: np.random.Generator,
+                      end: int | None = None) -> np.ndarray:
         """`count` windows of the trained stream: int32 (count, seq_len + 1), for replay.
 
-        Window i starts at rng.integers(0, cursor.stream_position - seq_len, size=count)[i], drawn
-        uniformly, so every window ends at or before the cursor. While fewer than seq_len + 1
-        tokens are trained it returns an empty (0, seq_len + 1) array and draws nothing from `rng`.
-        One small query per window, all in one snapshot.
+        Window i starts at rng.integers(0, end - seq_len, size=count)[i], drawn uniformly, so
+        every window ends at or before `end`: the committed cursor by default, or the trainer's
+        own position, which runs ahead of the cursor between checkpoints. While fewer than
+        seq_len + 1 tokens lie before `end` it returns an empty (0, seq_len + 1) array and draws
+        nothing from `rng`. One small query per window, all in one snapshot.
         """
         if count < 0 or seq_len < 1:
             raise ValueError(f"count ({count}) must be >= 0 and seq_len ({seq_len}) >= 1")
         with self.database.read() as connection:
-            high = _cursor(connection).stream_position - seq_len  # window starts lie in [0, high)
+            limit = _cursor(connection).stream_position if end is None else min(end, stream_end(connection))
+            high = limit - seq_len  # window starts lie in [0, high)
             if count == 0 or high <= 0:
                 return np.empty((0, seq_len + 1), np.int32)
             positions = rng.integers(0, high, size=count)  # (count,)
@@ -299,6 +302,31 @@ class CorpusQueue:
                 .values(step=step, **position)
             )
             _mark_trained(connection, stream_position)
+
+    def rewind_to(self, checkpoint_id: int) -> CheckpointRecord:
+        """Makes an older checkpoint the latest: for when the newest checkpoint file is corrupt.
+
+        Atomic: one transaction deletes every checkpoint row after `checkpoint_id`, moves the
+        cursor back to that checkpoint's position, counters and step, and returns to 'queued'
+        every document the removed checkpoints had marked trained, so the model is never credited
+        with data it did not keep. Raises ValueError for an unknown id.
+        """
+        with self.database.write() as connection:
+            _cursor(connection, for_update=True)
+            row = connection.execute(sa.select(checkpoints).where(checkpoints.c.id == checkpoint_id)).first()
+            if row is None:
+                raise ValueError(f"no checkpoint with id {checkpoint_id}")
+            record = CheckpointRecord(**row._mapping)
+            connection.execute(checkpoints.delete().where(checkpoints.c.id > checkpoint_id))
+            connection.execute(
+                training_cursor.update().where(training_cursor.c.id == 1).values(
+                    stream_position=record.stream_position, tokens_trained=record.tokens_trained,
+                    step=record.step))
+            connection.execute(
+                documents.update()
+                .where(documents.c.status == "trained", documents.c.stream_end > record.stream_position)
+                .values(status="queued"))
+        return record
 
     def latest_checkpoint(self) -> CheckpointRecord | None:
         """The most recently committed checkpoint, or None before the first."""

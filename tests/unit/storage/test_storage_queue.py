@@ -333,3 +333,28 @@ def test_add_documents_with_one_bad_item_writes_nothing(queue, add):
     with pytest.raises(ValueError, match="content_hash"):
         queue.add_documents([good, bad], tokenizer=add.tokenizer)
     assert queue.stats().tokens_total == 0 and not queue.seen("/g.txt", 1, 1.0)
+
+
+def test_rewind_to_an_older_checkpoint(queue, add):
+    first = add(queue, "/a.txt", [1] * 10)
+    second = add(queue, "/b.txt", [2] * 10)
+    queue.commit_checkpoint(step=5, path="/ck/5", stream_position=first.stream_end, tokens_trained=10)
+    queue.commit_checkpoint(step=9, path="/ck/9", stream_position=second.stream_end, tokens_trained=20)
+    assert queue.stats().documents["trained"] == 2
+    older = queue.checkpoints(limit=2)[-1]
+    assert older.step == 5
+    record = queue.rewind_to(older.id)
+    assert (record.step, queue.latest_checkpoint().step) == (5, 5)
+    assert queue.cursor() == Cursor(first.stream_end, 10, 5)
+    assert (queue.stats().documents["trained"], queue.stats().documents["queued"]) == (1, 1)
+    with pytest.raises(ValueError, match="no checkpoint"):
+        queue.rewind_to(10_000)
+
+
+def test_replay_up_to_the_trainers_own_position(queue, add):
+    add(queue, "/a.txt", list(range(100)))
+    rng = np.random.default_rng(0)
+    assert queue.sample_replay(4, 8, rng).shape == (0, 9), "nothing committed as trained yet"
+    windows = queue.sample_replay(50, 8, np.random.default_rng(1), end=40)
+    assert windows.shape == (50, 9) and windows.max() < 40
+    assert all((w == np.arange(w[0], w[0] + 9)).all() for w in windows)
