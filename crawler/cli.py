@@ -40,6 +40,8 @@ from storage import StorageError
 
 from .config import DATABASE_FILE
 from .corpus_commands import add_commands as add_corpus_commands
+from .service_commands import add_commands as add_service_commands
+from .health import DaemonAlreadyRunning
 from .data import DataError, SkippedFile, WindowSampler, eval_windows, find_files, load_corpus, read_text
 from .logging import configure_logging, get_logger
 from .tokenizer import (
@@ -178,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_train.add_argument("--state-dir", **state)
     tokenizer_train.set_defaults(handler=command_tokenizer_train)
     add_corpus_commands(commands, state)
+    add_service_commands(commands, state)
     return parser
 
 
@@ -535,7 +538,7 @@ def _write_stdout(data: bytes) -> None:
 # entry point
 
 EXPECTED = (CliError, DataError, CheckpointError, ConfigError, TokenizerError, EngineError, StorageError,
-            StorageConfigError, OSError)
+            StorageConfigError, DaemonAlreadyRunning, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

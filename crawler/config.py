@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from engine import ConfigError
+from engine.config import ModelConfig, TrainConfig
 
 from .extract import ExtractLimits
+from .watcher import WatchConfig
 
 DEFAULT_STATE_DIR = "crystalline-state"
 CONFIG_FILE = "crystalline.toml"
@@ -42,11 +44,75 @@ class StoreSettings:
     chunk_tokens: int = 65536
 
 
+IDLE_MODES = ("replay", "sleep")
+AFTER_INGEST = ("keep", "move")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    # share of each batch drawn from already-trained data to limit forgetting (continual
+    # pre-training: a few percent suffice for a mild shift, about a quarter for a strong one)
+    replay_fraction: float = 0.05
+    # with nothing new to learn: sleep until files arrive (an idle daemon costs almost nothing),
+    # or keep training on replay
+    idle: str = "sleep"
+    checkpoint_every_steps: int = 500
+    checkpoint_every_seconds: float = 600.0
+    keep_checkpoints: int = 3
+    log_every: int = 10  # a train_step event every this many steps
+    status_interval_seconds: float = 30.0  # a status event, health.json and STATUS= this often
+    ingest_queue_size: int = 10_000  # files waiting for the ingest worker; the watcher holds the rest
+    # after a file's tokens are durably stored: leave it, or move it to STATE_DIR/processed/
+    after_ingest: str = "keep"
+    health_max_age_seconds: float = 120.0  # `status --health` fails when health.json is older
+
+    def validate(self) -> "DaemonConfig":
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise ConfigError(f"replay_fraction ({self.replay_fraction}) must be in [0, 1)")
+        if self.idle not in IDLE_MODES:
+            raise ConfigError(f"idle ({self.idle!r}) must be one of {', '.join(IDLE_MODES)}")
+        if self.after_ingest not in AFTER_INGEST:
+            raise ConfigError(f"after_ingest ({self.after_ingest!r}) must be one of {', '.join(AFTER_INGEST)}")
+        for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every", "ingest_queue_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be at least 1")
+        for name in ("checkpoint_every_seconds", "status_interval_seconds", "health_max_age_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be positive")
+        return self
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    # auto: JSON lines when stdout is not a terminal (systemd, Docker), console on a terminal
+    format: str = "auto"
+
+    def validate(self) -> "LogConfig":
+        if self.level not in LOG_LEVELS:
+            raise ConfigError(f"level ({self.level!r}) must be one of {', '.join(LOG_LEVELS)}")
+        if self.format not in LOG_FORMATS:
+            raise ConfigError(f"format ({self.format!r}) must be one of {', '.join(LOG_FORMATS)}")
+        return self
+
+
+# The daemon trains continuously: warm up once, then hold the rate (no decay to a fixed end).
+DAEMON_TRAIN_DEFAULTS = {"schedule": "constant", "warmup_steps": 100}
+
+
 @dataclass(frozen=True)
 class Config:
     state_dir: Path = Path(DEFAULT_STATE_DIR)
     store: StoreSettings = field(default_factory=StoreSettings)
     extract: ExtractLimits = field(default_factory=ExtractLimits)
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    # vocab_size comes from the state directory's tokenizer, whatever is set here
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**DAEMON_TRAIN_DEFAULTS))
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def database_url(self) -> str:
@@ -68,13 +134,21 @@ class Config:
         return data
 
 
-SECTIONS: dict[str, type] = {"store": StoreSettings, "extract": ExtractLimits}
+SECTIONS: dict[str, type] = {
+    "store": StoreSettings, "extract": ExtractLimits, "watch": WatchConfig, "model": ModelConfig,
+    "train": TrainConfig, "daemon": DaemonConfig, "log": LogConfig,
+}
 
 
 def _convert(value: Any, kind: Any, where: str) -> Any:
     """Coerce a TOML or environment value to the field's type, or say what was expected."""
     if isinstance(kind, str):  # postponed annotations
         kind = {"int": int, "float": float, "str": str, "bool": bool}.get(kind, kind)
+    if typing.get_origin(kind) is tuple:  # a list in TOML, comma-separated in the environment
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+        return tuple(v.strip() for v in items if v.strip())
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -111,9 +185,12 @@ def _section(cls: type, values: Mapping[str, tuple[Any, str]], section: str):
         where = values[unknown[0]][1]
         raise ConfigError(f"{where}: unknown setting [{section}] {unknown[0]}; allowed: {', '.join(sorted(known))}")
     kwargs = {key: _convert(value, hints[key], where) for key, (value, where) in values.items()}
-    instance = cls(**kwargs)
-    validate = getattr(instance, "validate", None)
-    return validate() if validate else instance
+    try:
+        instance = cls(**kwargs)
+        validate = getattr(instance, "validate", None)
+        return validate() if validate else instance
+    except ConfigError as exc:
+        raise ConfigError(f"[{section}] {exc}") from None
 
 
 def load_config(config_file: str | Path | None = None, env: Mapping[str, str] | None = None,
@@ -165,7 +242,11 @@ def load_config(config_file: str | Path | None = None, env: Mapping[str, str] | 
 
     state = Path(str(top["state_dir"][0])) if "state_dir" in top else Path(DEFAULT_STATE_DIR)
     sections = {name: _section(cls, values[name], name) for name, cls in SECTIONS.items()}
-    config = Config(state_dir=state, store=sections["store"], extract=sections["extract"])
+    if "schedule" not in values["train"]:
+        for key, value in DAEMON_TRAIN_DEFAULTS.items():
+            values["train"].setdefault(key, (value, "built-in daemon default"))
+        sections["train"] = _section(TrainConfig, values["train"], "train")
+    config = Config(state_dir=state, **sections)
     from storage import ConfigError as StorageConfigError
 
     try:

@@ -33,8 +33,10 @@ def add_commands(commands: Any, state: dict) -> None:
         ingest.add_argument(flag, **kw)
     ingest.set_defaults(handler=command_ingest)
 
-    status = commands.add_parser("status", help="what the corpus queue holds")
+    status = commands.add_parser("status", help="whether a daemon runs, and what the corpus queue holds")
     status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--health", action="store_true",
+                        help="exit 1 unless a daemon holds the state directory and reports fresh figures")
     for flag, kw in common.items():
         status.add_argument(flag, **kw)
     status.set_defaults(handler=command_status)
@@ -161,10 +163,27 @@ def _display_url(url: str) -> str:
 
 
 def command_status(args: argparse.Namespace) -> int:
-    report = status_report(resolve_config(args))
+    from .health import check_health, lock_holder, read_health
+
+    config = resolve_config(args)
+    if args.health:  # for container health checks: cheap, no database
+        healthy, reason, _ = check_health(config.state_dir, config.daemon.health_max_age_seconds)
+        print(("healthy: " if healthy else "unhealthy: ") + reason)
+        return 0 if healthy else 1
+    report = status_report(config)
+    pid = lock_holder(config.state_dir)
+    report["daemon"] = {"running": pid is not None, "pid": pid,
+                        "health": read_health(config.state_dir) if pid is not None else None}
     if args.json:
         print(json.dumps(report, sort_keys=True, default=str))
         return 0
+    daemon = report["daemon"]
+    if daemon["running"]:
+        h = daemon["health"] or {}
+        print(f"daemon     running, pid {daemon['pid']}, {h.get('state', '?')}; step {h.get('step')}, "
+              f"loss {h.get('loss')}, {h.get('tokens_per_s')} tokens/s (as of {h.get('updated_at')})")
+    else:
+        print("daemon     not running")
     print(f"state dir  {report['state_dir']}")
     print(f"database   {report['database']}" + ("" if report.get("exists") else "  (not created yet)"))
     if report.get("exists"):

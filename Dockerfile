@@ -1,0 +1,61 @@
+# crystalline: the continuous-training daemon in a container. Run it with docs/DEPLOY.md:
+#   docker build -t crystalline .
+#   docker run -d --name crystalline -v crystalline-data:/data -v "$PWD/inbox:/inbox" crystalline
+#   docker stop -t 90 crystalline      (the default 10 s may cut the final checkpoint short)
+#
+# python:3.11-slim on Debian 12 (bookworm), named so that the pinned tini below exists in it.
+FROM python:3.11-slim-bookworm
+
+# tini is PID 1: it forwards SIGTERM to the daemon and reaps any child processes.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
+    && rm -rf /var/lib/apt/lists/*
+
+# A fixed numeric uid/gid, so volume ownership is predictable (chown 10001:10001 a host folder).
+RUN groupadd --system --gid 10001 crystalline \
+    && useradd --system --no-log-init --uid 10001 --gid 10001 --home-dir /data \
+        --no-create-home --shell /usr/sbin/nologin crystalline \
+    && mkdir -p /data /inbox /opt/crystalline/numba-cache \
+    && chown 10001:10001 /data /inbox /opt/crystalline/numba-cache
+
+# The package and its dependencies as pyproject.toml states them; the sources are then removed,
+# so only the installed copy under site-packages is ever imported.
+COPY pyproject.toml README.md /tmp/src/
+COPY engine /tmp/src/engine
+COPY storage /tmp/src/storage
+COPY crawler /tmp/src/crawler
+RUN pip install --no-cache-dir /tmp/src \
+    && rm -rf /tmp/src
+
+ENV CRYSTALLINE_STATE_DIR=/data \
+    CRYSTALLINE_WATCH_ROOTS=/inbox \
+    NUMBA_CACHE_DIR=/opt/crystalline/numba-cache \
+    PYTHONUNBUFFERED=1
+
+# Warm numba's cache: compile every kernel once, as the runtime user, into NUMBA_CACHE_DIR.
+# numba keys its cache by the source file's path and mtime (and by the CPU), so this runs after
+# the install and against the installed files. threads=2 and crystalline_weight > 0 reach the
+# reduction and the crystalline cost kernels too. On a host whose CPU differs from the build
+# machine's the first start compiles again (about 10 s) and adds its entries to the same folder.
+USER 10001:10001
+WORKDIR /data
+RUN python -c "import numpy as np; from engine import ModelConfig, TrainConfig, Trainer; \
+model = ModelConfig(context_length=16, d_model=16, n_layer=1, n_head=2).validate(); \
+train = TrainConfig(batch_size=2, seq_len=16, threads=2, warmup_steps=0, crystalline_weight=0.1).validate(model); \
+tokens = np.zeros((2, 16), dtype=np.int32); trainer = Trainer(model, train); \
+trainer.step(tokens, tokens); trainer.evaluate(tokens, tokens); trainer.close()"
+
+# Declared after the warm-up: a RUN's writes below a VOLUME path are discarded.
+VOLUME ["/data", "/inbox"]
+
+# SIGTERM starts the graceful stop (finish the step, final checkpoint, close the database).
+# Give it time: `docker stop -t 90`, or `stop_grace_period: 90s` in compose; SIGKILL follows.
+STOPSIGNAL SIGTERM
+
+# Healthy: the daemon holds /data/daemon.lock, health.json is fresh and its state is "ready".
+# The start period covers a cold numba compile and opening a large corpus.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 \
+    CMD ["crystalline", "status", "--health"]
+
+ENTRYPOINT ["tini", "--", "crystalline"]
+CMD ["run"]

@@ -1,0 +1,119 @@
+"""`crystalline run` (the daemon, in the foreground) and `crystalline init` (a commented config).
+
+Wired into the parser by crawler/cli.py; the daemon itself is crawler/daemon.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from engine import ConfigError
+
+from .config import CONFIG_FILE, DEFAULT_STATE_DIR
+
+DEFAULT_CONFIG = """\
+# crystalline configuration. Every setting is optional: this file shows the defaults.
+# Precedence: these values < CRYSTALLINE_<SECTION>_<KEY> environment variables < flags.
+# The state directory (database, checkpoints, tokenizer) is --state-dir, CRYSTALLINE_STATE_DIR,
+# or `state_dir = "..."` at the top of this file.
+
+[watch]
+roots = ["inbox"]              # folders watched recursively (created when missing)
+settle_seconds = 2.0           # a file is complete when its size and mtime hold this long
+polling = false                # true for network filesystems and container volumes
+poll_interval_seconds = 2.0
+rescan_interval_seconds = 60.0 # full scan beside the events (0: at start and after errors only)
+include = []                   # name globs; empty: every file
+exclude = []                   # name or relative-path globs
+
+[daemon]
+replay_fraction = 0.05         # share of each batch replayed from trained data (limits forgetting)
+idle = "sleep"                 # with nothing new: "sleep" waits for files, "replay" keeps training
+checkpoint_every_steps = 500
+checkpoint_every_seconds = 600.0
+keep_checkpoints = 3
+log_every = 10                 # a train_step event every N steps
+status_interval_seconds = 30.0 # a status event, health.json and the systemd STATUS= line
+ingest_queue_size = 10000
+after_ingest = "keep"          # "move": ingested files go to STATE_DIR/processed/
+health_max_age_seconds = 120.0 # `crystalline status --health` fails past this
+
+[model]                        # fixed once the first checkpoint exists
+context_length = 128
+d_model = 128
+n_layer = 4
+n_head = 4
+mlp_ratio = 4
+seed = 1337                    # vocab_size comes from the state directory's tokenizer
+
+[train]
+batch_size = 16
+micro_batch_size = 0           # 0: the whole per-thread share in one pass
+seq_len = 128
+learning_rate = 0.001
+warmup_steps = 100
+schedule = "constant"          # warm up once, then hold: the schedule for continuous training
+weight_decay = 0.1
+grad_clip = 1.0
+crystalline_weight = 0.0
+threads = 0                    # 0: every core
+seed = 1337
+
+[store]
+url = ""                       # empty: SQLite in STATE_DIR/corpus.db; or postgresql+psycopg://user@host/db
+sqlite_synchronous = "NORMAL"  # NORMAL survives process crashes; FULL also power loss (slower)
+busy_timeout_ms = 5000
+chunk_tokens = 65536
+
+[extract]
+max_file_bytes = 67108864      # larger files are skipped as too_large
+max_uncompressed_bytes = 268435456
+max_compression_ratio = 200.0
+max_zip_members = 10000
+time_budget_seconds = 30.0
+
+[log]
+level = "info"                 # debug, info, warning, error
+format = "auto"                # auto: JSON lines off a terminal, readable on one; or json, console
+"""
+
+
+def add_commands(commands: Any, state: dict) -> None:
+    """Register `run` and `init` on the CLI's subparsers."""
+    run = commands.add_parser("run", help="run the daemon in the foreground (systemd and Docker supervise it)")
+    run.add_argument("--state-dir", **dict(state, default=None))
+    run.add_argument("--config", default=None, metavar="FILE", help=f"TOML configuration (default: STATE_DIR/{CONFIG_FILE})")
+    run.add_argument("--watch", action="append", default=None, metavar="DIR", help="a folder to watch (repeatable)")
+    run.add_argument("--threads", type=int, default=None, metavar="N", help="engine worker threads; 0 = every core")
+    run.add_argument("--polling", action="store_true", default=None, help="poll instead of inotify events")
+    run.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
+    run.set_defaults(handler=command_run)
+
+    init = commands.add_parser("init", help=f"write a commented default {CONFIG_FILE} into the state directory")
+    init.add_argument("--state-dir", **dict(state, default=DEFAULT_STATE_DIR))
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(handler=command_init)
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from .daemon import run_daemon
+
+    overrides = {
+        "watch": {"roots": tuple(args.watch) if args.watch else None, "polling": args.polling},
+        "train": {"threads": args.threads},
+        "log": {"format": args.log_format,
+                "level": args.log_level if args.log_level != "info" else None},
+    }
+    return run_daemon(config_file=args.config, state_dir=args.state_dir, overrides=overrides)
+
+
+def command_init(args: argparse.Namespace) -> int:
+    path = Path(args.state_dir) / CONFIG_FILE
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path} exists; --force overwrites it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEFAULT_CONFIG, encoding="utf-8")
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,214 @@
+"""End-to-end: the real `crystalline run` subprocess on temporary folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import corpus_rows, write_text_file
+
+pytestmark = pytest.mark.slow
+
+IN_STREAM = ("queued", "trained")
+
+
+def crystalline(*args, timeout=120) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "crawler", *map(str, args)], capture_output=True, timeout=timeout)
+    # a barely trained model may generate bytes that are not UTF-8
+    out.stdout, out.stderr = (b.decode("utf-8", "replace") for b in (out.stdout, out.stderr))
+    return out
+
+
+def test_drop_files_train_checkpoint_generate(tmp_path, daemon_factory):
+    inbox = tmp_path / "inbox"
+    d = daemon_factory()
+    d.wait_for("daemon_ready")
+    for i in range(3):
+        write_text_file(inbox / f"doc{i}.txt", seed=i)
+    ingested = d.wait_for("file_ingested", count=3)
+    assert {Path(e["path"]).name for e in ingested} == {"doc0.txt", "doc1.txt", "doc2.txt"}
+    assert all(e["tokens"] > 0 and e["bytes"] > 0 and "ms" in e and e["doc_id"] for e in ingested)
+    steps = d.wait_for("train_step", count=2)
+    assert all(key in steps[-1] for key in ("step", "loss", "crystalline_loss", "lr", "grad_norm", "tokens_per_s"))
+    d.wait_for("status")
+    assert d.stop() == 0
+    saved = d.find("checkpoint_saved")
+    assert saved and saved[-1]["reason"] == "shutdown"
+    names = [e["event"] for e in d.events]
+    assert names.index("daemon_stopping") < names.index("daemon_stopped")
+    assert names[-1] == "daemon_stopped"
+    rows = corpus_rows(tmp_path / "state")
+    assert sorted(Path(r["source_path"]).name for r in rows if r["status"] in IN_STREAM) == ["doc0.txt", "doc1.txt", "doc2.txt"]
+    out = crystalline("generate", "alpha", "--max-new-tokens", "20", "--state-dir", tmp_path / "state")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("alpha") and len(out.stdout) > len("alpha")
+
+
+def test_restart_resumes_from_the_checkpoint(tmp_path, daemon_factory):
+    inbox = tmp_path / "inbox"
+    d = daemon_factory()
+    write_text_file(inbox / "a.txt", seed=1, size=20_000)
+    d.wait_for("train_step", count=3)
+    assert d.stop() == 0
+    step = d.find("checkpoint_saved")[-1]["step"]
+    d2 = daemon_factory()
+    loaded = d2.wait_for("checkpoint_loaded")[0]
+    assert loaded["step"] == step
+    d2.wait_for("train_step", timeout=60)
+    assert d2.find("train_step")[0]["step"] > step
+    assert d2.stop() == 0
+    # the file was seen before: not ingested twice
+    rows = corpus_rows(tmp_path / "state")
+    assert [r["status"] for r in rows if Path(r["source_path"]).name == "a.txt"].count("queued") + \
+        [r["status"] for r in rows if Path(r["source_path"]).name == "a.txt"].count("trained") == 1
+
+
+def test_bad_inputs_are_reported_and_the_daemon_keeps_running(tmp_path, daemon_factory):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    d = daemon_factory(max_file_bytes=50_000)
+    d.wait_for("daemon_ready")
+    (inbox / "binary.bin").write_bytes(bytes(range(256)) * 40)
+    (inbox / "empty.txt").write_bytes(b"")
+    (inbox / "huge.txt").write_text("x" * 60_000)
+    (inbox / "bad-encoding.txt").write_bytes(bytes([0x80, 0x81, 0x8d, 0x8f, 0x90, 0x9d]) * 50 + b"\x00\x01\x02\x03")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret text outside the watched folder\n")
+    os.symlink(outside, inbox / "link.txt")
+    os.mkfifo(inbox / "pipe.txt")
+    gone = inbox / "gone.txt"
+    gone.write_text("here for a moment")
+    gone.unlink()
+    # a file still being written for several seconds
+    slow = inbox / "slow.txt"
+    with open(slow, "w") as f:
+        for i in range(12):
+            f.write(f"line {i} of a file written slowly\n" * 20)
+            f.flush()
+            time.sleep(0.25)
+    # a new subfolder with files, and a burst of small files
+    (inbox / "sub" / "deeper").mkdir(parents=True)
+    write_text_file(inbox / "sub" / "deeper" / "nested.txt", seed=7)
+    burst = inbox / "burst"
+    burst.mkdir()
+    for i in range(1000):
+        (burst / f"b{i:04d}.txt").write_text(f"small file number {i} with its own words\n")
+
+    expected_skips = {"binary.bin": "binary", "empty.txt": "empty", "huge.txt": "too_large",
+                      "link.txt": "outside_root"}
+    for name, reason in expected_skips.items():
+        d.wait_for("file_skipped", timeout=60, reason=reason)
+    d.wait_for("file_ingested", count=1002, timeout=120)
+    time.sleep(1.5)  # let anything that would be handed over twice arrive
+    assert d.proc.poll() is None, "the daemon keeps running"
+    ingested = [Path(e["path"]) for e in d.find("file_ingested")]
+    assert len(ingested) == len(set(ingested)) == 1002, "every good file exactly once"
+    slow_events = [e for e in d.find("file_ingested") if Path(e["path"]).name == "slow.txt"]
+    assert slow_events[0]["bytes"] == slow.stat().st_size, "ingested complete, not half-written"
+    skipped = {Path(e["path"]).name: e["reason"] for e in d.find("file_skipped")}
+    for name, reason in expected_skips.items():
+        assert skipped[name] == reason
+    assert skipped.get("bad-encoding.txt") in ("binary", "undecodable")
+    assert skipped.get("pipe.txt") in (None, "unsupported")  # the watcher does not offer a FIFO
+    assert "gone.txt" not in {p.name for p in ingested}
+    assert d.stop() == 0
+
+
+def test_sigterm_checkpoints_then_exits_zero_and_health(tmp_path, daemon_factory):
+    d = daemon_factory()
+    write_text_file(tmp_path / "inbox" / "a.txt", seed=3, size=10_000)
+    d.wait_for("train_step")
+    d.wait_for("status")
+    health = crystalline("status", "--health", "--state-dir", tmp_path / "state")
+    assert health.returncode == 0, health.stdout + health.stderr
+    status = json.loads(crystalline("status", "--json", "--state-dir", tmp_path / "state").stdout)
+    assert status["daemon"]["running"] and status["daemon"]["pid"] == d.proc.pid
+    assert d.stop(signal.SIGTERM) == 0
+    names = [e["event"] for e in d.events]
+    assert "checkpoint_saved" in names[names.index("daemon_stopping"):]
+    assert crystalline("status", "--health", "--state-dir", tmp_path / "state").returncode == 1
+
+
+def test_sighup_reloads_roots(tmp_path, daemon_factory):
+    d = daemon_factory()
+    d.wait_for("daemon_ready")
+    second = tmp_path / "second"
+    second.mkdir()
+    config = (tmp_path / "state" / "crystalline.toml").read_text()
+    config = config.replace(f'roots = ["{tmp_path / "inbox"}"]', f'roots = ["{tmp_path / "inbox"}", "{second}"]')
+    (tmp_path / "state" / "crystalline.toml").write_text(config)
+    d.proc.send_signal(signal.SIGHUP)
+    reloaded = d.wait_for("config_reloaded")[0]
+    assert str(second) in reloaded["roots"]
+    write_text_file(second / "new.txt", seed=11)
+    d.wait_for("file_ingested", timeout=30)
+    assert d.stop() == 0
+
+
+def test_notify_protocol(tmp_path, daemon_factory):
+    address = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    server.settimeout(60)
+    try:
+        d = daemon_factory(env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"})
+        messages = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("WATCHDOG=1" in m for m in messages):
+            messages.append(server.recv(4096).decode())
+        assert any(m.startswith("READY=1") for m in messages), messages
+        assert any("WATCHDOG=1" in m for m in messages)
+        d.proc.send_signal(signal.SIGTERM)
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(server.recv(4096).decode())
+        assert d.stop() == 0
+    finally:
+        server.close()
+
+
+def test_kill_9_in_a_loop_loses_nothing_and_counts_nothing_twice(tmp_path, daemon_factory):
+    inbox = tmp_path / "inbox"
+    rng = random.Random(1234)
+    written = 0
+    for round_ in range(20):
+        d = daemon_factory(checkpoint_every=5)
+        for _ in range(rng.randint(1, 4)):
+            write_text_file(inbox / f"r{round_:02d}" / f"f{written:03d}.txt", seed=written, size=rng.randint(500, 6000))
+            written += 1
+        time.sleep(rng.uniform(1.0, 4.0))  # somewhere in start-up, ingest or training
+        d.kill()
+    d = daemon_factory(checkpoint_every=5)
+    d.wait_for("daemon_ready", timeout=60)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        rows = corpus_rows(tmp_path / "state")
+        if len([r for r in rows if r["status"] in IN_STREAM]) == written:
+            break
+        time.sleep(1)
+    assert d.stop() == 0
+    rows = corpus_rows(tmp_path / "state")
+    in_stream = [r["source_path"] for r in rows if r["status"] in IN_STREAM]
+    assert len(in_stream) == len(set(in_stream)) == written, "every document present exactly once"
+    import sqlite3
+
+    connection = sqlite3.connect(tmp_path / "state" / "corpus.db")
+    try:
+        position, step = connection.execute("SELECT stream_position, step FROM training_cursor").fetchone()
+        latest = connection.execute("SELECT step, path, stream_position FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+    finally:
+        connection.close()
+    assert latest is not None and (latest[0], latest[2]) == (step, position)
+    from engine import load_checkpoint
+
+    checkpoint = load_checkpoint(latest[1])
+    assert checkpoint.step == step and checkpoint.extra["stream_position"] == position, \
+        "the cursor is the loaded checkpoint's"
