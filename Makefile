@@ -1,11 +1,11 @@
 # Two entry points that work on a fresh machine with Python >= 3.11 and pip:
-#   make run    set up .venv and train the engine on the bundled sample text
+#   make run    set up .venv and run the daemon: drop files into ./inbox, state in ./crystalline-state
 #   make test   set up .venv and run the whole test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run sample test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,11 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/crystalline train examples/sample.txt --steps 300 --state-dir crystalline-state
+	$(BIN)/crystalline run
+
+# the offline trainer on the bundled sample text (a separate state directory)
+sample: $(BIN)/.installed
+	$(BIN)/crystalline train examples/sample.txt --steps 300 --state-dir sample-state
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
