@@ -134,18 +134,20 @@ class TrainingWorker:
         """One training step if a batch can be built; returns how long the caller may sleep."""
         daemon, train = self.config.daemon, self.config.train
         B, T = train.batch_size, train.seq_len
-        self._replay_credit += daemon.replay_fraction * B
-        want_replay = int(self._replay_credit)
-        fresh, next_position = self.queue.read_windows(self.figures.position, B - want_replay, T)
-        replay_needed = B - fresh.shape[0]
+        position = self.figures.position
+        # replay needs data already trained; until then the whole batch is new data
+        can_replay = position > T
+        credit = self._replay_credit + daemon.replay_fraction * B
+        want_replay = min(int(credit), B) if can_replay else 0
+        fresh, next_position = self.queue.read_windows(position, B - want_replay, T)
+        shortfall = B - fresh.shape[0]
         if fresh.shape[0] == 0 and daemon.idle == "sleep":
-            self._replay_credit -= daemon.replay_fraction * B
             return self._idle(True)
-        replay = self.queue.sample_replay(replay_needed, T, self._rng, end=self.figures.position)
-        if replay.shape[0] < replay_needed:  # not enough data yet to fill a batch: wait for files
-            self._replay_credit -= daemon.replay_fraction * B
+        replay = (self.queue.sample_replay(shortfall, T, self._rng, end=position) if shortfall
+                  else np.empty((0, T + 1), np.int32))
+        if replay.shape[0] < shortfall:  # not enough data yet to fill a batch: wait for files
             return self._idle(True)
-        self._replay_credit -= min(want_replay, replay.shape[0])
+        self._replay_credit = max(0.0, credit - replay.shape[0])
         windows = np.concatenate([fresh, replay]) if replay.shape[0] else fresh  # (B, T + 1)
         self._idle(False)
         try:
