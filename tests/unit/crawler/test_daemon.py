@@ -73,3 +73,36 @@ def test_worker_thread_runs_shutdown_after_a_failure():
         thread.start()
         thread.join(timeout=5)
     assert calls == ["shutdown"] and isinstance(thread.error, RuntimeError) and thread.ready.is_set()
+
+
+def test_ingest_worker_moves_stored_files_when_asked(tmp_path):
+    import queue as queue_module
+    from dataclasses import replace
+
+    import structlog
+
+    from crawler.config import DaemonConfig
+    from crawler.daemon import IngestWorker
+    from crawler.tokenizer import ByteTokenizer
+    from storage import CorpusQueue, StorageConfig, open_database
+
+    inbox = tmp_path / "inbox"
+    (inbox / "sub").mkdir(parents=True)
+    (inbox / "sub" / "a.txt").write_text("a stored file\n")
+    (inbox / "empty.txt").write_text("")
+    config = Config(state_dir=tmp_path / "state", daemon=replace(DaemonConfig(), after_ingest="move"))
+    database = open_database(StorageConfig(url=f"sqlite:///{tmp_path / 'c.db'}").validate())
+    try:
+        pending: queue_module.Queue = queue_module.Queue()
+        for path in (inbox / "sub" / "a.txt", inbox / "empty.txt"):
+            pending.put((path, inbox))
+        worker = IngestWorker(config, CorpusQueue(database), ByteTokenizer(), pending, structlog.get_logger())
+        worker.initialize()
+        with capture_logs() as logs:
+            worker.run_once(0.0)
+        assert {e["event"] for e in logs} == {"file_ingested", "file_skipped"}
+        assert not (inbox / "sub" / "a.txt").exists()
+        assert (tmp_path / "state" / "processed" / "inbox" / "sub" / "a.txt").read_text() == "a stored file\n"
+        assert (inbox / "empty.txt").exists(), "a skipped file stays where it is"
+    finally:
+        database.close()
