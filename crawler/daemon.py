@@ -138,6 +138,7 @@ class Daemon:
         self.log = get_logger("daemon")
         self.stop_event = threading.Event()  # the workers' stop flag
         self.signals: list[int] = []
+        self.stop_requested = False  # set by the first SIGTERM or SIGINT
         self.notifier = Notifier.from_environment()
         self.workers: dict[str, WorkerThread] = {}
         self.restarts: dict[str, tuple[int, float]] = {}  # name -> (count, not before)
@@ -146,8 +147,10 @@ class Daemon:
     # --- signals: handlers only record ----------------------------------------------------------
 
     def _on_signal(self, signum, frame) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT) and any(s != signal.SIGHUP for s in self.signals):
-            os._exit(EXIT_AT_ONCE)  # the second stop signal: at once
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            if self.stop_requested:
+                os._exit(EXIT_AT_ONCE)  # the second stop signal: at once
+            self.stop_requested = True
         self.signals.append(signum)
 
     # --- run ------------------------------------------------------------------------------------

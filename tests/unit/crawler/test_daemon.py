@@ -106,3 +106,17 @@ def test_ingest_worker_moves_stored_files_when_asked(tmp_path):
         assert (inbox / "empty.txt").exists(), "a skipped file stays where it is"
     finally:
         database.close()
+
+
+def test_a_second_stop_signal_exits_at_once(tmp_path, monkeypatch):
+    import signal
+
+    exits = []
+    monkeypatch.setattr("crawler.daemon.os._exit", lambda code: exits.append(code))
+    daemon = FakeDaemon(Config(state_dir=tmp_path), {})
+    daemon._on_signal(signal.SIGHUP, None)
+    daemon._on_signal(signal.SIGTERM, None)
+    assert exits == [] and daemon.stop_requested
+    daemon.signals.clear()  # the main loop has taken the first one
+    daemon._on_signal(signal.SIGINT, None)
+    assert exits == [130]
