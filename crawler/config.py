@@ -98,8 +98,16 @@ class LogConfig:
         return self
 
 
-# The daemon trains continuously: warm up once, then hold the rate (no decay to a fixed end).
-DAEMON_TRAIN_DEFAULTS = {"schedule": "constant", "warmup_steps": 100}
+# Where the daemon's defaults differ from the engine's. It trains continuously: warm up once,
+# then hold the rate (no decay to a fixed end). Its model is the size that learned most per
+# CPU-minute on a 2-core machine (bench/model_size.py, docs/BENCHMARKS.md): after 120 s of
+# training d=64, L=2 reached 2.48 bits per byte on held-out text, d=128, L=4 2.78, d=256, L=6
+# 3.44. Larger models win over longer horizons; [model] sets another size before the first
+# checkpoint.
+DAEMON_DEFAULTS = {
+    "train": {"schedule": "constant", "warmup_steps": 100},
+    "model": {"d_model": 64, "n_layer": 2, "n_head": 2},
+}
 
 
 @dataclass(frozen=True)
@@ -109,8 +117,8 @@ class Config:
     extract: ExtractLimits = field(default_factory=ExtractLimits)
     watch: WatchConfig = field(default_factory=WatchConfig)
     # vocab_size comes from the state directory's tokenizer, whatever is set here
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(**DAEMON_TRAIN_DEFAULTS))
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(**DAEMON_DEFAULTS["model"]))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**DAEMON_DEFAULTS["train"]))
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -242,10 +250,10 @@ def load_config(config_file: str | Path | None = None, env: Mapping[str, str] | 
 
     state = Path(str(top["state_dir"][0])) if "state_dir" in top else Path(DEFAULT_STATE_DIR)
     sections = {name: _section(cls, values[name], name) for name, cls in SECTIONS.items()}
-    if "schedule" not in values["train"]:
-        for key, value in DAEMON_TRAIN_DEFAULTS.items():
-            values["train"].setdefault(key, (value, "built-in daemon default"))
-        sections["train"] = _section(TrainConfig, values["train"], "train")
+    for section, defaults in DAEMON_DEFAULTS.items():
+        for key, value in defaults.items():
+            values[section].setdefault(key, (value, "built-in daemon default"))
+        sections[section] = _section(SECTIONS[section], values[section], section)
     config = Config(state_dir=state, **sections)
     from storage import ConfigError as StorageConfigError
 

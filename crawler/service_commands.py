@@ -40,11 +40,11 @@ ingest_queue_size = 10000
 after_ingest = "keep"          # "move": ingested files go to STATE_DIR/processed/
 health_max_age_seconds = 120.0 # `crystalline status --health` fails past this
 
-[model]                        # fixed once the first checkpoint exists
-context_length = 128
-d_model = 128
-n_layer = 4
-n_head = 4
+[model]                        # fixed once the first checkpoint exists; the size that learned most
+context_length = 128           # per CPU-minute on 2 cores (docs/BENCHMARKS.md); larger ones win
+d_model = 64                   # over longer horizons
+n_layer = 2
+n_head = 2
 mlp_ratio = 4
 seed = 1337                    # vocab_size comes from the state directory's tokenizer
 

@@ -71,3 +71,12 @@ def test_bad_values_name_the_setting_and_what_is_allowed(tmp_path, text, env, me
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.toml", env={})
+
+
+def test_the_commented_default_file_is_the_defaults(tmp_path):
+    from crawler.service_commands import DEFAULT_CONFIG
+
+    path = write(tmp_path / "default.toml", DEFAULT_CONFIG)
+    assert load_config(path, env={}) == load_config(env={})
+    config = load_config(env={})
+    assert (config.model.d_model, config.model.n_layer, config.train.schedule) == (64, 2, "constant")
