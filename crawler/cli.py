@@ -1,20 +1,24 @@
-"""The `crystalline` command line: train, generate, eval, bench and tokenizer (also `python -m crawler`).
+"""The `crystalline` command line: train, generate, eval, export, bench and tokenizer (also `python -m crawler`).
 
-This is the edge where flags become validated `ModelConfig` / `TrainConfig` objects and where
-the offline commands wire the data reader, the tokenizer and the engine together. It is not the
-daemon and it does not touch storage. Every expected failure (a missing file, no or an
-incompatible checkpoint, a bad flag value) ends as ONE line `crystalline: error: ...` on stderr
-and a non-zero exit status, never a traceback; a traceback means a bug.
+This is the edge where flags become configuration. `train` is not a trainer of its own: it
+stores PATH... in the state directory's corpus exactly as `ingest` does (same extraction, skip
+reasons and dedup), then runs the daemon's training loop (crawler/training.py) with the same
+configuration layering (TOML < environment < flags; the flags override [model] and [train]),
+the same events and the same checkpoints, until --steps total steps or until the held-out
+measure plateaus. It holds the state directory's lock, so it never trains beside a daemon.
+`generate`, `eval` and `export` use the best checkpoint by held-out bits per byte
+(checkpoints/best.safetensors), or the newest with --latest. Every expected failure (a missing
+file, no or an incompatible checkpoint, a bad flag value) ends as ONE line
+`crystalline: error: ...` on stderr and a non-zero exit status, never a traceback; a traceback
+means a bug.
 
-State layout: STATE_DIR/checkpoints/ckpt-*.safetensors, each with
-extra = {"tokenizer": identity, "data": {"seed", "paths"}, "train": {the recipe}}, and an optional
-STATE_DIR/tokenizer.json (a BPE from `crystalline tokenizer train`; without it, bytes). A fresh
-model takes the state dir's tokenizer; a checkpoint's recorded one must still be the state dir's,
-because the tokenizer is fixed for the life of a model (`tokenizer train` refuses to replace it
-once checkpoints or a corpus database exist).
-A `train` run on a state dir that holds a checkpoint resumes it: the model shape, the data seed
-and (unless given again) the recipe come from the checkpoint, and the data order continues as if
-never interrupted, because batch s depends only on (seed, s).
+State layout: STATE_DIR/corpus.db (the corpus, the cursor, checkpoint rows, the evaluation
+history), STATE_DIR/checkpoints/ckpt-*.safetensors (rolling) and best.safetensors, and an
+optional STATE_DIR/tokenizer.json (a BPE from `crystalline tokenizer train`; without it, bytes).
+The tokenizer is fixed for the life of a model (`tokenizer train` refuses to replace it once
+checkpoints or a corpus database exist). A `train` run on a state dir that holds a checkpoint
+resumes it: the model shape comes from the checkpoint (a shape flag that disagrees is an error),
+and the loop continues exactly where it stopped.
 Exit status: 0 done, 1 error, 2 bad usage, 130 interrupted by Ctrl-C (143 by SIGTERM); `train`
 finishes its step and saves a checkpoint first, and a second signal stops at once.
 """
@@ -32,17 +36,17 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from engine import CheckpointError, ConfigError, ModelConfig, TrainConfig
+from engine import CheckpointError, ConfigError, TrainConfig
 from engine.checkpoint import list_checkpoints, load_latest_checkpoint
 from engine.errors import EngineError
 from storage import ConfigError as StorageConfigError
 from storage import StorageError
 
-from .config import DATABASE_FILE
+from .config import DATABASE_FILE, load_config
 from .corpus_commands import add_commands as add_corpus_commands
 from .service_commands import add_commands as add_service_commands
 from .health import DaemonAlreadyRunning
-from .data import DataError, SkippedFile, WindowSampler, eval_windows, find_files, load_corpus, read_text
+from .data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
 from .logging import configure_logging, get_logger
 from .tokenizer import (
     FIXED, MAX_BPE_VOCAB, MIN_BPE_VOCAB, TOKENIZER_FILE, Tokenizer, TokenizerError,
@@ -119,10 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     state = {"default": DEFAULT_STATE_DIR, "metavar": "DIR", "help": "checkpoints live in DIR/checkpoints"}
 
-    train = commands.add_parser("train", help="train on files offline (resumes the state dir)")
-    train.add_argument("paths", nargs="+", metavar="PATH", help="text files or folders (recursive)")
-    train.add_argument("--steps", type=_integer(1), default=1000, help="total step count to reach")
-    train.add_argument("--threads", type=_integer(0), default=0, help="worker threads; 0 = all cores")
+    train = commands.add_parser("train", help="store files in the corpus and train on it (the daemon's loop)")
+    train.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive), stored as `ingest` does")
+    train.add_argument("--steps", type=_integer(1), default=None,
+                       help="total step count to reach (default: until the held-out measure plateaus)")
+    train.add_argument("--threads", type=_integer(0), default=None, help="worker threads; 0 = all cores")
     train.add_argument("--context", type=_integer(2), default=None, metavar="T", help="window length")
     train.add_argument("--d-model", type=_integer(1), default=None, metavar="C")
     train.add_argument("--layers", type=_integer(1), default=None, metavar="L")
@@ -131,33 +136,42 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_real(0.0, low_open=True), default=None, metavar="X")
     train.add_argument("--seed", type=_integer(0), default=None, metavar="S", help="init and data order")
     train.add_argument("--schedule", choices=("cosine", "constant"), default=None)
-    train.add_argument("--warmup", type=_integer(0), default=None, metavar="N",
-                       help="warmup steps (default: min(100, steps // 10))")
+    train.add_argument("--warmup", type=_integer(0), default=None, metavar="N", help="warmup steps")
     train.add_argument("--crystalline-weight", type=_real(0.0), default=None, metavar="W")
-    train.add_argument("--checkpoint-every", type=_integer(0), default=500, metavar="N",
-                       help="also checkpoint every N steps; 0 = only at the end")
-    train.add_argument("--keep-last", type=_integer(1), default=3, metavar="N")
-    train.add_argument("--log-every", type=_integer(1), default=10, metavar="N")
-    train.add_argument("--state-dir", **state)
+    train.add_argument("--checkpoint-every", type=_integer(0), default=None, metavar="N",
+                       help="checkpoint every N steps (default: [daemon] checkpoint_every_steps); 0 = only at the end")
+    train.add_argument("--keep-last", type=_integer(1), default=None, metavar="N")
+    train.add_argument("--log-every", type=_integer(1), default=None, metavar="N")
+    train.add_argument("--config", default=None, metavar="FILE",
+                       help="TOML configuration (default: STATE_DIR/crystalline.toml when present); flags win")
+    train.add_argument("--state-dir", **dict(state, default=None))
     train.set_defaults(handler=command_train)
 
-    generate = commands.add_parser("generate", help="continue a prompt with the latest checkpoint")
+    generate = commands.add_parser("generate", help="continue a prompt with the best checkpoint")
     generate.add_argument("prompt", nargs="?", default="", metavar="PROMPT")
     generate.add_argument("--max-new-tokens", type=_integer(0), default=256, metavar="N")
     generate.add_argument("--temperature", type=_real(0.0), default=1.0, metavar="X", help="0 = greedy")
     generate.add_argument("--top-k", type=_integer(0), default=0, metavar="K", help="0 = off")
     generate.add_argument("--top-p", type=_real(0.0, 1.0, low_open=True), default=1.0, metavar="P")
     generate.add_argument("--seed", type=_integer(0), default=0, metavar="S")
+    generate.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
     generate.add_argument("--state-dir", **state)
     generate.set_defaults(handler=command_generate)
 
-    evaluate = commands.add_parser("eval", help="bits per byte of the latest checkpoint on files")
+    evaluate = commands.add_parser("eval", help="bits per byte of the best checkpoint on files")
     evaluate.add_argument("paths", nargs="+", metavar="PATH")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.add_argument("--batch-size", type=_integer(1), default=16, metavar="B")
     evaluate.add_argument("--threads", type=_integer(0), default=0)
+    evaluate.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
     evaluate.add_argument("--state-dir", **state)
     evaluate.set_defaults(handler=command_eval)
+
+    export = commands.add_parser("export", help="write the best model as one standalone safetensors file")
+    export.add_argument("out", metavar="OUT", help="the file to write (replaced atomically)")
+    export.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
+    export.add_argument("--state-dir", **state)
+    export.set_defaults(handler=command_export)
 
     # bench's flags belong to crawler.bench (add_arguments), parsed only when bench runs
     bench = commands.add_parser("bench", help="time the engine (crystalline bench --help)", add_help=False)
@@ -207,7 +221,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _checkpoint_dir(args: argparse.Namespace) -> Path:
-    return Path(args.state_dir) / "checkpoints"
+    from .training import checkpoint_directory
+
+    return checkpoint_directory(args.state_dir)
 
 
 def _latest_checkpoint(directory: Path, log: Any, required: bool):
@@ -215,9 +231,26 @@ def _latest_checkpoint(directory: Path, log: Any, required: bool):
     for path, reason in skipped:
         log.warning("checkpoint_skipped", path=str(path), reason=reason)
     if checkpoint is None and required:
-        hint = "run 'crystalline train PATH...' first"
+        hint = "run 'crystalline train PATH...' or the daemon first"
         raise CliError(f"no checkpoint in {directory} ({hint} or pass --state-dir)")
     return checkpoint
+
+
+def _model_checkpoint(args: argparse.Namespace, log: Any):
+    """The checkpoint a model command uses: the best by held-out bits per byte
+    (checkpoints/best.safetensors) unless --latest, or when there is none yet, the newest."""
+    from engine.checkpoint import load_checkpoint
+
+    from .training import BEST_CHECKPOINT
+
+    directory = _checkpoint_dir(args)
+    best = directory / BEST_CHECKPOINT
+    if not args.latest and best.exists():
+        try:
+            return load_checkpoint(best)
+        except CheckpointError as exc:
+            log.warning("checkpoint_skipped", path=str(best), reason=exc.reason)
+    return _latest_checkpoint(directory, log, required=True)
 
 
 def _checkpoint_tokenizer(checkpoint, state_dir: str) -> Tokenizer:
@@ -268,135 +301,101 @@ class _StopFlag:
 
 
 # ---------------------------------------------------------------------------------------------
-# train
+# train: the daemon's training loop, fed by the files named on the command line
 
-# (flag dest, config field): the flags that fix the model's shape, which a resume must not change
-SHAPE_FLAGS = (
-    ("context", "context_length"), ("d_model", "d_model"), ("layers", "n_layer"), ("heads", "n_head")
+# (flag dest, section, field): the flags that override the configuration's [model] and [train]
+TRAIN_FLAGS = (
+    ("context", "model", "context_length"), ("context", "train", "seq_len"),
+    ("d_model", "model", "d_model"), ("layers", "model", "n_layer"), ("heads", "model", "n_head"),
+    ("seed", "model", "seed"), ("seed", "train", "seed"),
+    ("batch_size", "train", "batch_size"), ("lr", "train", "learning_rate"),
+    ("schedule", "train", "schedule"), ("warmup", "train", "warmup_steps"),
+    ("crystalline_weight", "train", "crystalline_weight"), ("threads", "train", "threads"),
+    ("keep_last", "daemon", "keep_checkpoints"), ("log_every", "daemon", "log_every"),
 )
-# the recipe recorded in a checkpoint's extra["train"]; a resume reuses each unless given again
-RECIPE_FLAGS = (
-    ("batch_size", "batch_size"),
-    ("lr", "learning_rate"),
-    ("schedule", "schedule"),
-    ("warmup", "warmup_steps"),
-    ("crystalline_weight", "crystalline_weight"),
-)
+NEVER = 2**62  # --checkpoint-every 0: no scheduled checkpoints, only the final one
 
 
-def _resolve_model(args: argparse.Namespace, checkpoint, tokenizer: Tokenizer) -> ModelConfig:
-    if checkpoint is None:
-        defaults = ModelConfig()
-        return ModelConfig(
-            vocab_size=tokenizer.vocab_size,
-            context_length=args.context or defaults.context_length,
-            d_model=args.d_model or defaults.d_model,
-            n_layer=args.layers or defaults.n_layer,
-            n_head=args.heads or defaults.n_head,
-            seed=defaults.seed if args.seed is None else args.seed,
-        ).validate()
-    config = checkpoint.model_config
-    for flag, field in SHAPE_FLAGS:
-        given = getattr(args, flag)
-        if given is not None and given != getattr(config, field):
-            raise CliError(
-                f"--{flag.replace('_', '-')} {given} conflicts with the checkpoint {checkpoint.path} "
-                f"({field}={getattr(config, field)}); drop the flag or use another --state-dir"
-            )
-    seed = checkpoint.extra.get("data", {}).get("seed")
-    if args.seed is not None and seed is not None and args.seed != seed:
-        raise CliError(
-            f"--seed {args.seed} conflicts with the checkpoint {checkpoint.path} (seed={seed}); "
-            "drop the flag or use another --state-dir"
-        )
-    return config
-
-
-def _resolve_recipe(args: argparse.Namespace, checkpoint, model: ModelConfig) -> TrainConfig:
-    before = checkpoint.extra.get("train", {}) if checkpoint is not None else {}
-    recipe = {field: before[field] for _, field in RECIPE_FLAGS if field in before}
-    given = {field: getattr(args, flag) for flag, field in RECIPE_FLAGS if getattr(args, flag) is not None}
-    recipe.update(given)
-    recipe.setdefault("warmup_steps", min(100, args.steps // 10))
-    seed = checkpoint.extra.get("data", {}).get("seed") if checkpoint is not None else None
-    seed = seed if seed is not None else (model.seed if args.seed is None else args.seed)
-    return TrainConfig(
-        seq_len=model.context_length, total_steps=args.steps, threads=args.threads, seed=seed, **recipe
-    ).validate(model)
+def _train_overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    """The flags as load_config overrides, and the model fields they pin (field -> flag)."""
+    overrides: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "daemon": {}}
+    pinned: dict[str, str] = {}
+    for flag, section, field in TRAIN_FLAGS:
+        value = getattr(args, flag)
+        if value is not None:
+            overrides[section][field] = value
+            if section == "model":
+                pinned[field] = "--" + flag.replace("_", "-")
+    if args.checkpoint_every is not None:
+        overrides["daemon"]["checkpoint_every_steps"] = args.checkpoint_every or NEVER
+    return overrides, pinned
 
 
 def command_train(args: argparse.Namespace) -> int:
-    """Train to --steps total steps, checkpointing on schedule, at the end, and on Ctrl-C."""
+    """Store PATH... in the state directory's corpus (as `ingest` does), then run the daemon's
+    training loop until --steps total steps, or until the held-out measure plateaus."""
+    from .corpus_commands import ingest_paths, open_queue
+    from .health import DaemonLock
+    from .training import TrainingWorker
+
     log = get_logger("cli")
-    directory = _checkpoint_dir(args)
-    checkpoint = _latest_checkpoint(directory, log, required=False)
-    if checkpoint is None:
-        tokenizer = load_state_tokenizer(args.state_dir)
-    else:  # refuses a checkpoint trained with another tokenizer than the state dir's
-        tokenizer = _checkpoint_tokenizer(checkpoint, args.state_dir)
-    corpus = _load_corpus(args.paths, tokenizer, log)
-    model = _resolve_model(args, checkpoint, tokenizer)
-    recipe = _resolve_recipe(args, checkpoint, model)
-    sampler = WindowSampler(corpus.tokens, recipe.seq_len, recipe.batch_size, recipe.seed)
-    extra = {
-        "tokenizer": tokenizer.identity(),
-        "data": {"seed": recipe.seed, "paths": [str(p) for p in args.paths]},
-        "train": {field: getattr(recipe, field) for _, field in RECIPE_FLAGS},
-    }
-    if checkpoint is not None and checkpoint.step >= recipe.total_steps:
-        log.info("train_skipped", reason="already_done", step=checkpoint.step, steps=recipe.total_steps)
+    overrides, pinned = _train_overrides(args)
+    config = load_config(args.config, state_dir=args.state_dir, overrides=overrides)
+    missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
+    if missing:
+        raise CliError(f"no such file or folder: {missing[0]}")
+    lock = DaemonLock(config.state_dir)  # one trainer per state directory: not beside a daemon
+    lock.acquire()
+    database = None
+    try:
+        database, queue = open_queue(config)
+        tokenizer = load_state_tokenizer(config.state_dir)
+        summary = ingest_paths(args.paths, queue, tokenizer, config, log, level="info")
+        worker = TrainingWorker(config, queue, tokenizer, get_logger("trainer"), pinned=pinned, command="train")
+        with _StopFlag() as stop:
+            worker.initialize()
+            try:
+                return _train_loop(args, worker, summary, tokenizer, stop, log)
+            finally:
+                worker.shutdown()  # checkpoints the steps since the last checkpoint
+    finally:
+        if database is not None:
+            database.close()
+        lock.release()
+
+
+def _train_loop(args, worker, summary, tokenizer, stop: "_StopFlag", log) -> int:
+    figures, trainer = worker.figures, worker.trainer
+    first = figures.step
+    started = time.monotonic()
+    log.info("train_started", step=first, steps=args.steps, resumed=first > 0, files=dict(summary.counts),
+             bytes=summary.bytes, tokens=summary.tokens, tokenizer=tokenizer.identity(),
+             parameters=int(trainer.params.size), threads=trainer.threads,
+             model=trainer.model_config.to_dict(), batch_size=trainer.train_config.batch_size,
+             lr=trainer.train_config.learning_rate)
+    if args.steps is not None and first >= args.steps:
+        log.info("train_skipped", reason="already_done", step=first, steps=args.steps)
         return 0
-
-    from engine import Trainer  # numba and SciPy load here, not for every command
-
-    trainer = Trainer(model, recipe) if checkpoint is None else Trainer.from_checkpoint(checkpoint, recipe)
-    with trainer, _StopFlag() as stop:
-        log.info(
-            "train_started", step=trainer.step_count, steps=recipe.total_steps,
-            resumed=checkpoint is not None, files=len(corpus.files), bytes=corpus.n_bytes,
-            tokens=int(corpus.tokens.size), tokenizer=tokenizer.identity(),
-            parameters=int(trainer.params.size), threads=trainer.threads,
-            memory_per_thread_mb=round(float(trainer.memory_per_thread_mb), 1),
-            model=model.to_dict(), batch_size=recipe.batch_size, lr=recipe.learning_rate,
-        )
-        started, window_tokens, window_seconds = time.perf_counter(), 0, 0.0
-        first_step = trainer.step_count
-        saved_at = -1
-        while trainer.step_count < recipe.total_steps and stop.signum is None:
-            inputs, targets = sampler.batch(trainer.step_count)
-            stats = trainer.step(inputs, targets)
-            window_tokens += stats.tokens
-            window_seconds += stats.seconds
-            step = trainer.step_count
-            if step % args.log_every == 0 or step == recipe.total_steps:
-                elapsed = time.perf_counter() - started
-                eta = elapsed / (step - first_step) * (recipe.total_steps - step)
-                # bits per byte of this batch: summed nats over the bytes its targets stand for
-                n_bytes = max(tokenizer.token_bytes(targets), 1)
-                bits_per_byte = float(stats.loss) * targets.size / LN2 / n_bytes
-                log.info(
-                    "train_step", step=step, steps=recipe.total_steps, loss=round(float(stats.loss), 4),
-                    bits_per_byte=round(bits_per_byte, 4), lr=float(f"{stats.lr:.3g}"),
-                    grad_norm=round(float(stats.grad_norm), 4),
-                    tokens_per_s=round(window_tokens / max(window_seconds, 1e-9)),
-                    dt_ms=round(1000 * stats.seconds, 1), eta_s=round(eta, 1),
-                )
-                window_tokens, window_seconds = 0, 0.0
-            if args.checkpoint_every and step % args.checkpoint_every == 0:
-                _save(trainer, directory, extra, args.keep_last, log)
-                saved_at = step
-        if saved_at != trainer.step_count:
-            _save(trainer, directory, extra, args.keep_last, log)
-        if stop.signum is not None:
-            log.info("train_stopped", step=trainer.step_count, signal=signal.Signals(stop.signum).name)
-            return 128 + stop.signum
-    log.info("train_finished", step=trainer.step_count, seconds=round(time.perf_counter() - started, 1))
+    reason = "steps"
+    while stop.signum is None and (args.steps is None or figures.step < args.steps):
+        if worker.run_once(time.monotonic()):  # nothing to train on: plateaued, or too little text
+            if not figures.plateaued and figures.step == first:
+                stats = worker.queue.stats()
+                raise CliError(f"not enough text to train on: the corpus holds {stats.tokens_total} tokens; "
+                               f"a batch needs {trainer.train_config.batch_size} windows of "
+                               f"{worker.seq_len + 1} (add text or lower --context / --batch-size)")
+            reason = "plateau" if figures.plateaued else "no_data"
+            break
+    if stop.signum is not None:
+        worker.shutdown()
+        log.info("train_stopped", step=figures.step, signal=signal.Signals(stop.signum).name)
+        return 128 + stop.signum
+    if worker.unsaved_steps:
+        worker.checkpoint(reason="finished")  # evaluated: the figure below is the final model's
+    worker.shutdown()
+    log.info("train_finished", step=figures.step, reason=reason, seconds=round(time.monotonic() - started, 1),
+             val_bits_per_byte=figures.val_bits_per_byte, best_val_bits_per_byte=figures.best_val_bits_per_byte)
     return 0
-
-
-def _save(trainer: "Trainer", directory: Path, extra: dict, keep_last: int, log: Any) -> None:
-    path = trainer.save_checkpoint(directory, extra=extra, keep_last=keep_last)
-    log.info("checkpoint_saved", step=trainer.step_count, path=str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +407,7 @@ def command_generate(args: argparse.Namespace) -> int:
     from engine.sample import sample
 
     log = get_logger("cli")
-    checkpoint = _latest_checkpoint(_checkpoint_dir(args), log, required=True)
+    checkpoint = _model_checkpoint(args, log)
     tokenizer = _checkpoint_tokenizer(checkpoint, args.state_dir)
     prompt = args.prompt.encode("utf-8", "surrogateescape")  # the bytes the shell passed
     # a document starts after EOD in training, so a prompt does too
@@ -426,9 +425,9 @@ def command_generate(args: argparse.Namespace) -> int:
 
 
 def command_eval(args: argparse.Namespace) -> int:
-    """Bits per byte of the latest checkpoint on PATH...: summed nats / ln 2 / source bytes."""
+    """Bits per byte of the best (or --latest) checkpoint on PATH...: summed nats / ln 2 / source bytes."""
     log = get_logger("cli")
-    checkpoint = _latest_checkpoint(_checkpoint_dir(args), log, required=True)
+    checkpoint = _model_checkpoint(args, log)
     tokenizer = _checkpoint_tokenizer(checkpoint, args.state_dir)
     corpus = _load_corpus(args.paths, tokenizer, log)
     model = checkpoint.model_config
@@ -458,6 +457,29 @@ def command_eval(args: argparse.Namespace) -> int:
             f"files ({n_tokens:,} tokens, {result['loss_nats']:.4f} nats/token) at step {checkpoint.step}\n"
         )
         _write_stdout(line.encode())
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    """Write the best (or --latest) model as one safetensors file: a tensor per parameter, named
+    as in engine/layout.py, no optimizer state; its metadata names the model config, the
+    tokenizer identity (and holds a BPE's JSON), the step and the held-out figure."""
+    from engine.export import export_model
+
+    log = get_logger("cli")
+    checkpoint = _model_checkpoint(args, log)
+    tokenizer = _checkpoint_tokenizer(checkpoint, args.state_dir)
+    metadata = {"tokenizer": json.dumps(checkpoint.extra.get("tokenizer"), sort_keys=True),
+                "source": str(checkpoint.path)}
+    if checkpoint.extra.get("val_bits_per_byte") is not None:
+        metadata["val_bits_per_byte"] = repr(float(checkpoint.extra["val_bits_per_byte"]))
+    serialized = getattr(tokenizer, "serialized", None)
+    if serialized is not None:
+        metadata["tokenizer_json"] = serialized.decode("utf-8") if isinstance(serialized, bytes) else str(serialized)
+    path = export_model(args.out, checkpoint.model_config, checkpoint.params, step=checkpoint.step, metadata=metadata)
+    log.info("model_exported", path=str(path), source=str(checkpoint.path), step=checkpoint.step,
+             bytes=path.stat().st_size)
+    _write_stdout(f"wrote {path} (step {checkpoint.step}, from {checkpoint.path})\n".encode())
     return 0
 
 

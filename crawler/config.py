@@ -55,9 +55,19 @@ class DaemonConfig:
     # share of each batch drawn from already-trained data to limit forgetting (continual
     # pre-training: a few percent suffice for a mild shift, about a quarter for a strong one)
     replay_fraction: float = 0.05
-    # with nothing new to learn: sleep until files arrive (an idle daemon costs almost nothing),
-    # or keep training on replay
+    # once the held-out measure has plateaued (or max_passes is reached): "sleep" until new text
+    # arrives (an idle daemon costs almost nothing), or "replay": keep training regardless
     idle: str = "sleep"
+    # evaluate held-out bits per byte every this many steps or seconds, whichever comes first,
+    # and at every checkpoint
+    eval_every_steps: int = 1000
+    eval_every_seconds: float = 120.0
+    # plateau: this many evaluations in a row without improving on the reference by
+    # plateau_margin bits per byte (an evaluation that worsens counts too: over-fitting stops)
+    plateau_patience: int = 5
+    plateau_margin: float = 0.002
+    # passes over the trainable text after which training stops as if plateaued; 0: no limit
+    max_passes: float = 100.0
     checkpoint_every_steps: int = 500
     checkpoint_every_seconds: float = 600.0
     keep_checkpoints: int = 3
@@ -75,10 +85,15 @@ class DaemonConfig:
             raise ConfigError(f"idle ({self.idle!r}) must be one of {', '.join(IDLE_MODES)}")
         if self.after_ingest not in AFTER_INGEST:
             raise ConfigError(f"after_ingest ({self.after_ingest!r}) must be one of {', '.join(AFTER_INGEST)}")
-        for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every", "ingest_queue_size"):
+        if self.plateau_margin < 0 or self.max_passes < 0:
+            raise ConfigError(f"plateau_margin ({self.plateau_margin}) and max_passes ({self.max_passes}) "
+                              "must be 0 or more")
+        for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every", "ingest_queue_size",
+                     "eval_every_steps", "plateau_patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be at least 1")
-        for name in ("checkpoint_every_seconds", "status_interval_seconds", "health_max_age_seconds"):
+        for name in ("checkpoint_every_seconds", "status_interval_seconds", "health_max_age_seconds",
+                     "eval_every_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be positive")
         return self
@@ -98,15 +113,14 @@ class LogConfig:
         return self
 
 
-# Where the daemon's defaults differ from the engine's. It trains continuously: warm up once,
-# then hold the rate (no decay to a fixed end). Its model is the size that learned most per
-# CPU-minute on a 2-core machine (bench/model_size.py, docs/BENCHMARKS.md): after 120 s of
-# training d=64, L=2 reached 2.48 bits per byte on held-out text, d=128, L=4 2.78, d=256, L=6
-# 3.44. Larger models win over longer horizons; [model] sets another size before the first
-# checkpoint.
+# The product's defaults where they differ from the engine's, for every command (`run` and
+# `train` are one training loop). It trains continuously: warm up once, then hold the rate (no
+# decay to a fixed end). The model size is the one that reached the lowest held-out bits per
+# byte after the daemon ran for an hour on 2 cores (docs/BENCHMARKS.md, bench/daemon_learning.py);
+# [model] sets another size before the first checkpoint, which then fixes it.
 DAEMON_DEFAULTS = {
     "train": {"schedule": "constant", "warmup_steps": 100},
-    "model": {"d_model": 64, "n_layer": 2, "n_head": 2},
+    "model": {"d_model": 128, "n_layer": 4, "n_head": 4},
 }
 
 

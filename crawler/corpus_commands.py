@@ -88,6 +88,27 @@ class Progress:
             self.stream.flush()
 
 
+def ingest_paths(paths, queue, tokenizer, config: Config, log, level: str = "debug",
+                 progress: Progress | None = None) -> IngestSummary:
+    """Store every file under `paths` in the queue (`ingest`, and `train` before it trains):
+    one event per file (file_skipped at info, file_failed at warning, file_ingested at `level`)."""
+    summary = IngestSummary()
+    ingestor = Ingestor(queue, tokenizer, config.extract)
+    emit = getattr(log, level)
+    for outcome in ingestor.ingest_files(iter_files(paths)):
+        summary.add(outcome)
+        if outcome.status == "skipped":
+            log.info("file_skipped", path=outcome.path, reason=outcome.reason, detail=outcome.detail)
+        elif outcome.status == "failed":
+            log.warning("file_failed", path=outcome.path, error=outcome.detail)
+        elif outcome.status in ("ingested", "duplicate"):
+            emit("file_ingested", path=outcome.path, doc_id=outcome.document_id, bytes=outcome.bytes,
+                 tokens=outcome.tokens, ms=round(outcome.ms, 2), duplicate=outcome.status == "duplicate")
+        if progress is not None:
+            progress.update(summary)
+    return summary
+
+
 def command_ingest(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     log = get_logger("ingest")
@@ -95,21 +116,10 @@ def command_ingest(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"no such file or folder: {missing[0]}")
     database, queue = open_queue(config)
-    summary = IngestSummary()
     progress = Progress()
     t0 = time.perf_counter()
     try:
-        ingestor = Ingestor(queue, _state_tokenizer(config), config.extract)
-        for outcome in ingestor.ingest_files(iter_files(args.paths)):
-            summary.add(outcome)
-            if outcome.status == "skipped":
-                log.info("file_skipped", path=outcome.path, reason=outcome.reason, detail=outcome.detail)
-            elif outcome.status == "failed":
-                log.warning("file_failed", path=outcome.path, error=outcome.detail)
-            elif outcome.status in ("ingested", "duplicate"):
-                log.debug("file_ingested", path=outcome.path, doc_id=outcome.document_id, bytes=outcome.bytes,
-                          tokens=outcome.tokens, ms=round(outcome.ms, 2), duplicate=outcome.status == "duplicate")
-            progress.update(summary)
+        summary = ingest_paths(args.paths, queue, _state_tokenizer(config), config, log, progress=progress)
         progress.update(summary, force=True)
     finally:
         progress.close()
@@ -149,10 +159,20 @@ def status_report(config: Config) -> dict:
             "last_checkpoint": None if last is None else {
                 "step": last.step, "path": last.path, "tokens_trained": last.tokens_trained,
                 "loss": last.loss, "created_at": str(last.created_at)},
+            "evaluation": {"latest": _evaluation(queue.latest_evaluation()),
+                           "best": _evaluation(queue.best_evaluation())},
         }
     finally:
         database.close()
     return report
+
+
+def _evaluation(record) -> dict | None:
+    if record is None:
+        return None
+    return {"step": record.step, "epoch": round(record.epoch, 3), "val_bits_per_byte": record.val_bits_per_byte,
+            "train_bits_per_byte": record.train_bits_per_byte, "holdout_tokens": record.holdout_tokens,
+            "created_at": str(record.created_at)}
 
 
 def _display_url(url: str) -> str:
@@ -194,4 +214,13 @@ def command_status(args: argparse.Namespace) -> int:
         print(f"size       {report['database_bytes'] / 1e6:.1f} MB")
         last = report["last_checkpoint"]
         print("checkpoint " + ("none" if last is None else f"step {last['step']} at {last['created_at']} ({last['path']})"))
+        latest, best = report["evaluation"]["latest"], report["evaluation"]["best"]
+        if latest is None:
+            print("held-out   not measured yet")
+        else:
+            print(f"held-out   {latest['val_bits_per_byte']:.4f} bits/byte at step {latest['step']} "
+                  f"(epoch {latest['epoch']:.2f}); best {best['val_bits_per_byte']:.4f} at step {best['step']}")
+        h = (daemon.get("health") or {}) if daemon["running"] else {}
+        if h.get("plateaued"):
+            print("training   plateaued: idle until new text arrives")
     return 0

@@ -265,7 +265,10 @@ class Daemon:
         if f is None:
             return "starting"
         loss = "-" if f.loss is None else f"{f.loss:.3f}"
-        return f"step {f.step}, loss {loss}, {f.tokens_trained} tokens trained"
+        line = f"step {f.step}, loss {loss}, {f.tokens_trained} tokens trained"
+        if f.val_bits_per_byte is not None:
+            line += f", held-out {f.val_bits_per_byte:.3f} bits/byte (best {f.best_val_bits_per_byte:.3f})"
+        return line + (", plateaued" if f.plateaued else "")
 
     def _health(self, state: str) -> dict[str, Any]:
         trainer = self._trainer()
@@ -277,6 +280,10 @@ class Daemon:
             "loss": f.loss if f else None, "tokens_per_s": f.tokens_per_s if f else None,
             "last_checkpoint_step": f.last_checkpoint_step if f else None,
             "last_checkpoint_age_s": None if not f or f.last_checkpoint_time is None else round(now - f.last_checkpoint_time, 1),
+            "epoch": round(f.epoch, 3) if f else None,
+            "val_bits_per_byte": f.val_bits_per_byte if f else None,
+            "best_val_bits_per_byte": f.best_val_bits_per_byte if f else None,
+            "plateaued": f.plateaued if f else None, "idle": f.idle if f else None,
             "rss_mb": round(current_rss_mb(), 1),
             "threads": trainer.trainer.threads if trainer and trainer.trainer else None,
             "workers": {name: t.is_alive() for name, t in self.workers.items()},

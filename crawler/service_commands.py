@@ -30,7 +30,12 @@ exclude = []                   # name or relative-path globs
 
 [daemon]
 replay_fraction = 0.05         # share of each batch replayed from trained data (limits forgetting)
-idle = "sleep"                 # with nothing new: "sleep" waits for files, "replay" keeps training
+idle = "sleep"                 # once training plateaus: "sleep" until new text, "replay" trains on
+eval_every_steps = 1000        # held-out bits per byte every N steps or M seconds, and at checkpoints
+eval_every_seconds = 120.0
+plateau_patience = 5           # evaluations in a row that do not beat the best by plateau_margin
+plateau_margin = 0.002         # bits per byte
+max_passes = 100.0             # passes over the text after which training stops; 0: no limit
 checkpoint_every_steps = 500
 checkpoint_every_seconds = 600.0
 keep_checkpoints = 3
@@ -40,11 +45,11 @@ ingest_queue_size = 10000
 after_ingest = "keep"          # "move": ingested files go to STATE_DIR/processed/
 health_max_age_seconds = 120.0 # `crystalline status --health` fails past this
 
-[model]                        # fixed once the first checkpoint exists; the size that learned most
-context_length = 128           # per CPU-minute on 2 cores (docs/BENCHMARKS.md); larger ones win
-d_model = 64                   # over longer horizons
-n_layer = 2
-n_head = 2
+[model]                        # fixed once the first checkpoint exists (docs/BENCHMARKS.md: the
+context_length = 128           # size that learned most in an hour of the daemon on 2 cores)
+d_model = 128
+n_layer = 4
+n_head = 4
 mlp_ratio = 4
 seed = 1337                    # vocab_size comes from the state directory's tokenizer
 

@@ -1,30 +1,63 @@
-"""The training worker: the loop that joins the corpus queue and the engine.
+"""The training loop: the one place where the corpus queue and the engine meet.
 
-Each `run_once` builds one batch (new windows from the trainer's stream position first, a
-`replay_fraction` share drawn from data already trained), takes one `Trainer.step`, and on
-schedule writes a checkpoint and then commits it with the cursor (`commit_checkpoint`): the
-database's cursor moves only together with a durable checkpoint. On start it resumes from the
-newest checkpoint the database names whose file loads; a corrupt newest one is reported and the
-database rewound to the previous one, so the model is never credited with data it did not keep;
-checkpoint files the database does not name (a crash between writing and committing) are
-deleted. Knows nothing of files being watched; the supervisor (daemon.py) owns the thread.
+`crystalline run` (the daemon) and `crystalline train` both drive this worker; there is no other
+training loop. Each `run_once(now)` builds one batch and takes one `Trainer.step`:
+
+- New text first. The stream is read in order from the trainer's position into a shuffle
+  buffer of up to FRESH_BUFFER windows, which is served in a permuted order (a batch of
+  consecutive windows from one place of one file learns less); `replay_fraction` of each batch
+  is drawn from text already trained, to limit forgetting.
+- Then further passes: with no new text, whole batches are drawn uniformly from everything
+  trained so far, while the held-out measure keeps improving.
+- Never the held-out split: `storage.HoldoutSplit` reserves a fixed share of fixed-size blocks
+  of the stream (recorded in the store on first use, so it never changes); every read here
+  passes it, so no held-out token reaches a batch.
+
+On a schedule (every `eval_every_steps` steps or `eval_every_seconds`, and at every checkpoint)
+the worker measures held-out bits per byte, records it in the store's history and logs
+`eval_finished`. The best model so far is kept as STATE_DIR/checkpoints/best.safetensors, apart
+from the rolling checkpoints. When `plateau_patience` evaluations in a row fail to beat the best
+by `plateau_margin` (or `max_passes` is reached), it logs `training_plateaued`, checkpoints, and
+with `idle = "sleep"` waits until new text arrives. When the held-out set grows (new text), the
+best model is measured again on the new set, so the plateau rule always compares like with like.
+
+Checkpoints are committed with the cursor (`commit_checkpoint`): the database's cursor moves
+only together with a durable checkpoint, and the file carries the rest of the loop's state
+(shuffle buffer, replay credit, plateau counters), so a resumed run takes the same batches as an
+uninterrupted one. On start it resumes from the newest checkpoint the database names whose file
+loads; a corrupt newest one is reported and the database rewound to the previous one. Files are
+deleted only when this loop wrote them: rolling checkpoints beyond `keep_checkpoints`, and
+uncommitted ones after a crash, and only files of the same command (`run` or `train`: each
+checkpoint records which wrote it). Knows nothing of files being watched; the supervisor
+(daemon.py) or the `train` command owns the thread.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from engine import CheckpointError, NonFiniteLoss
+from engine import CheckpointError, ConfigError, NonFiniteLoss
 from engine.checkpoint import list_checkpoints, load_checkpoint
+from storage import HoldoutSplit
 
 from .config import Config
 
 CHECKPOINT_DIR = "checkpoints"
+BEST_CHECKPOINT = "best.safetensors"
+FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
+TRAIN_WINDOW = 50  # steps in the recent-window estimate of training bits per byte
+LN2 = math.log(2.0)
+
+
+def checkpoint_directory(state_dir: str | Path) -> Path:
+    """Where the training loop keeps its checkpoints."""
+    return Path(state_dir) / CHECKPOINT_DIR
 
 
 @dataclass
@@ -32,62 +65,123 @@ class TrainingFigures:
     """What the supervisor reports in `status` events and health.json."""
 
     step: int = 0
-    tokens_trained: int = 0  # stream tokens consumed (replay not counted)
+    tokens_trained: int = 0  # new stream tokens consumed (replay and further passes not counted)
+    tokens_seen: int = 0  # every token through the model, replay and passes included
     position: int = 0
+    epoch: float = 0.0  # passes over the trainable text so far (tokens_seen / trainable tokens)
     loss: float | None = None
     tokens_per_s: float | None = None
     last_checkpoint_step: int | None = None
     last_checkpoint_time: float | None = None  # monotonic
     idle: bool = False
+    plateaued: bool = False
+    val_bits_per_byte: float | None = None
+    train_bits_per_byte: float | None = None
+    best_val_bits_per_byte: float | None = None
+    best_step: int | None = None
+    holdout_tokens: int = 0
 
 
 class TrainingWorker:
-    """initialize() / run_once(now) / shutdown(), driven by the supervisor's thread."""
+    """initialize() / run_once(now) / shutdown(), driven by the supervisor's thread.
+
+    `pinned` maps model fields set by command-line flags to the flag's name: a checkpoint with
+    another value is a ConfigError naming the flag, rather than the checkpoint's value winning.
+    """
 
     name = "trainer"
 
-    def __init__(self, config: Config, queue, tokenizer, log, clock=time.monotonic):
+    def __init__(self, config: Config, queue, tokenizer, log, clock=time.monotonic,
+                 pinned: dict[str, str] | None = None, command: str = "run"):
         self.config = config
+        self.command = command  # recorded in each checkpoint: retention deletes only its own
         self.queue = queue
         self.tokenizer = tokenizer
         self.log = log.bind(component="trainer")
         self.clock = clock
+        self.pinned = dict(pinned or {})
         self.trainer = None
         self.figures = TrainingFigures()
-        self.directory = Path(config.state_dir) / CHECKPOINT_DIR
+        self.directory = checkpoint_directory(config.state_dir)
+        self.best_path = self.directory / BEST_CHECKPOINT
+        self.split: HoldoutSplit | None = None
+        # the shuffle buffer of new text: windows read from stream offset _buffer_start up to
+        # figures.position, served in _order; _taken of them already trained
+        self._buffer = np.empty((0, 1), np.int32)
+        self._order = np.empty(0, np.int64)
+        self._buffer_start = 0
+        self._taken = 0
         self._replay_credit = 0.0
-        self._rng = np.random.default_rng(config.train.seed)
         self._since_checkpoint = 0
         self._window_tokens = 0
+        self._window_nats, self._window_bytes = 0.0, 0  # since the last train_step event
         self._window_start = clock()
         self._losses: list[float] = []
+        self._recent: deque[tuple[float, int]] = deque(maxlen=TRAIN_WINDOW)  # (nats, bytes) per step
+        self._stale = 0  # evaluations since the last one that beat the best by the margin
+        self._plateau_end = 0  # the stream's length when training plateaued
+        self._best_holdout = 0  # the held-out size the best figure was measured on
+        self._last_eval_step = -1
+        self._last_eval_at = clock()
+        self._no_holdout_logged = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def initialize(self) -> None:
         from engine import Trainer
 
-        identity = self.tokenizer.identity()
+        self.split = self.queue.holdout(HoldoutSplit())
         model = replace(self.config.model, vocab_size=self.tokenizer.vocab_size).validate()
-        train = self.config.train.validate(model)
         checkpoint = self._resume(model)
-        if checkpoint is None:
-            self.trainer = Trainer(model, train)
-            cursor = self.queue.cursor()
+        if checkpoint is not None:
+            model = self._resumed_model(model, checkpoint)
+        train = replace(self.config.train, seq_len=min(self.config.train.seq_len, model.context_length))
+        train = train.validate(model)
+        self.seq_len = train.seq_len
+        cursor = self.queue.cursor()
+        extra = {} if checkpoint is None else checkpoint.extra
+        if checkpoint is None or "stream_position" not in extra:  # fresh, or adopted weights
+            self.trainer = Trainer(model, train) if checkpoint is None else Trainer.from_checkpoint(checkpoint, train)
             position, tokens = cursor.stream_position, cursor.tokens_trained
         else:
             self.trainer = Trainer.from_checkpoint(checkpoint, train)
-            position = int(checkpoint.extra["stream_position"])
-            tokens = int(checkpoint.extra["tokens_trained"])
+            position, tokens = int(extra["stream_position"]), int(extra["tokens_trained"])
             self.log.info("checkpoint_loaded", step=checkpoint.step, path=str(checkpoint.path),
                           stream_position=position, tokens_trained=tokens)
-        self._identity = identity
         self.figures = TrainingFigures(step=self.trainer.step_count, tokens_trained=tokens, position=position,
+                                       tokens_seen=int(extra.get("tokens_seen", tokens)),
                                        last_checkpoint_step=None if checkpoint is None else checkpoint.step,
                                        last_checkpoint_time=self.clock() if checkpoint is not None else None)
-        self._last_checkpoint_at = self.clock()
+        self._restore_loop_state(extra, position)
+        self._restore_best()
+        latest = self.queue.latest_evaluation()
+        if latest is not None:
+            self.figures.val_bits_per_byte = latest.val_bits_per_byte
+            self.figures.train_bits_per_byte = latest.train_bits_per_byte
+        self._last_checkpoint_at = self._last_eval_at = self.clock()
+        self._last_eval_step = self.trainer.step_count if extra.get("evaluated") else -1
         self.log.info("trainer_ready", threads=self.trainer.threads, params=int(self.trainer.params.size),
-                      mb_per_thread=round(self.trainer.memory_per_thread_mb, 1), step=self.trainer.step_count)
+                      mb_per_thread=round(self.trainer.memory_per_thread_mb, 1), step=self.trainer.step_count,
+                      model=model.to_dict(), plateaued=self.figures.plateaued,
+                      best_val_bits_per_byte=self.figures.best_val_bits_per_byte)
+
+    def _resumed_model(self, configured, checkpoint):
+        """The checkpoint's model wins over the configuration; a pinned (flag) field must agree."""
+        trained = checkpoint.model_config
+        fields = [f for f in configured.SHAPE_FIELDS + ("seed",) if getattr(configured, f) != getattr(trained, f)]
+        for field in fields:
+            if field in self.pinned:
+                raise ConfigError(
+                    f"{self.pinned[field]} {getattr(configured, field)} conflicts with the checkpoint "
+                    f"{checkpoint.path} ({field}={getattr(trained, field)}); drop the flag or use another --state-dir")
+        if fields:
+            self.log.warning("model_config_ignored", path=str(checkpoint.path),
+                             configured={f: getattr(configured, f) for f in fields},
+                             checkpoint={f: getattr(trained, f) for f in fields})
+        if trained.vocab_size != self.tokenizer.vocab_size:
+            raise CheckpointError(checkpoint.path, f"vocab_size {trained.vocab_size} does not match the state "
+                                  f"directory's tokenizer ({self.tokenizer.vocab_size})")
+        return trained
 
     def _resume(self, model):
         """The checkpoint to resume from, after making the database and the files agree."""
@@ -95,19 +189,24 @@ class TrainingWorker:
         named = {str(Path(r.path)) for r in records}
         latest = records[0] if records else None
         for path in list_checkpoints(self.directory):
-            # a file the database does not name, newer than its latest checkpoint: a crash came
-            # between writing it and committing it; its data is still queued, so it goes
-            if str(path) not in named and (latest is None or _step_of(path) > latest.step):
+            if str(path) in named or (latest is not None and _step_of(path) <= latest.step):
+                continue
+            # newer than the database's latest: written by this loop and not committed (a crash
+            # came between the two; its data is still queued), or written by something else
+            try:
+                ours = "stream_position" in load_checkpoint(path).extra
+            except CheckpointError:
+                ours = False
+            if ours and latest is not None:
                 path.unlink(missing_ok=True)
                 self.log.warning("checkpoint_orphan_removed", path=str(path))
         for i, record in enumerate(records):
             try:
-                checkpoint = load_checkpoint(record.path, expect=model)
+                checkpoint = load_checkpoint(record.path)
             except CheckpointError as exc:
                 self.log.error("checkpoint_corrupt", path=record.path, step=record.step, error=exc.reason)
                 continue
-            if checkpoint.extra.get("tokenizer") != self.tokenizer.identity():
-                raise CheckpointError(record.path, "trained with another tokenizer than the state directory's")
+            self._check_tokenizer(checkpoint)
             if i > 0:
                 self.queue.rewind_to(record.id)
                 self.log.warning("checkpoint_rewound", step=record.step, path=record.path,
@@ -116,7 +215,61 @@ class TrainingWorker:
         if records:
             # no file loads: start over, and stop crediting the model with any data
             raise CheckpointError(records[0].path, "no checkpoint the database names can be loaded")
+        return self._adopt()
+
+    def _adopt(self):
+        """With no checkpoint in the database, the newest valid checkpoint file of the state
+        directory (one that `train` of an earlier version wrote): its weights are the starting
+        point, and every stored text is still to be trained on. Nothing is deleted."""
+        for path in reversed(list_checkpoints(self.directory)):
+            try:
+                checkpoint = load_checkpoint(path)
+            except CheckpointError as exc:
+                self.log.warning("checkpoint_ignored", path=str(path), reason=exc.reason)
+                continue
+            self._check_tokenizer(checkpoint)
+            checkpoint.extra = {}
+            self.log.info("checkpoint_adopted", path=str(path), step=checkpoint.step)
+            return checkpoint
         return None
+
+    def _check_tokenizer(self, checkpoint) -> None:
+        if checkpoint.extra.get("tokenizer") != self.tokenizer.identity():
+            raise CheckpointError(checkpoint.path, "trained with another tokenizer than the state directory's")
+
+    def _restore_loop_state(self, extra: dict, position: int) -> None:
+        self._replay_credit = float(extra.get("replay_credit", 0.0))
+        plateau = extra.get("plateau", {})
+        self._stale = int(plateau.get("stale", 0))
+        self.figures.plateaued = bool(plateau.get("plateaued", False))
+        self._plateau_end = int(plateau.get("stream_end", 0))
+        self._buffer_start = position
+        fresh = extra.get("fresh")
+        if fresh and int(fresh["windows"]) > int(fresh["taken"]):
+            start, count = int(fresh["start"]), int(fresh["windows"])
+            windows, end = self.queue.read_windows(start, count, self.seq_len, holdout=self.split)
+            if end == position and windows.shape[0] == count:
+                self._fill(windows, start, taken=int(fresh["taken"]))
+        self._update_epoch()
+
+    def _restore_best(self) -> None:
+        """The best model's figure, from best.safetensors (absent or unreadable: none yet)."""
+        if not self.best_path.exists():
+            return
+        try:
+            best = load_checkpoint(self.best_path)
+            value = float(best.extra["val_bits_per_byte"])
+            self._best_holdout = int(best.extra["holdout_tokens"])
+        except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+            self.log.warning("best_checkpoint_unreadable", path=str(self.best_path), error=str(exc))
+            return
+        self.figures.best_val_bits_per_byte, self.figures.best_step = value, best.step
+        self.figures.holdout_tokens = self._best_holdout
+
+    @property
+    def unsaved_steps(self) -> int:
+        """Steps taken since the last checkpoint."""
+        return self._since_checkpoint
 
     def shutdown(self) -> None:
         """Checkpoint what was trained since the last checkpoint, then join the engine's threads."""
@@ -132,81 +285,276 @@ class TrainingWorker:
 
     def run_once(self, now: float) -> float:
         """One training step if a batch can be built; returns how long the caller may sleep."""
-        daemon, train = self.config.daemon, self.config.train
-        B, T = train.batch_size, train.seq_len
-        position = self.figures.position
-        # replay needs data already trained; until then the whole batch is new data
-        can_replay = position > T
+        daemon = self.config.daemon
+        B, T = self.config.train.batch_size, self.seq_len
+        step = self.trainer.step_count
+        rng = np.random.default_rng([self.config.train.seed, 1, step])  # replay draws of this step
+        trained_end = self._buffer_start  # text before this offset has been trained on
+        can_replay = trained_end > T
         credit = self._replay_credit + daemon.replay_fraction * B
         want_replay = min(int(credit), B) if can_replay else 0
-        fresh, next_position = self.queue.read_windows(position, B - want_replay, T)
-        shortfall = B - fresh.shape[0]
-        if fresh.shape[0] == 0 and daemon.idle == "sleep":
+        if self.figures.plateaued:
+            end = self.queue.stream_end()
+            if end <= self._plateau_end and daemon.idle == "sleep":
+                return self._idle(True)  # nothing arrived since the plateau
+            self.figures.plateaued, self._stale = False, 0
+            self.log.info("training_resumed", reason="new_text", step=step, stream_tokens_before=self._plateau_end,
+                          stream_tokens=end)
+        fresh = self._take_fresh(B - want_replay)
+        if (fresh.shape[0] == 0 and daemon.idle == "sleep" and daemon.max_passes
+                and self.figures.epoch >= daemon.max_passes):
+            self._plateau(now, reason="max_passes")
             return self._idle(True)
-        replay = (self.queue.sample_replay(shortfall, T, self._rng, end=position) if shortfall
+        shortfall = B - fresh.shape[0]
+        trained_end = self._buffer_start  # a refill above moved it: everything before is trained
+        replay = (self.queue.sample_replay(shortfall, T, rng, end=trained_end, holdout=self.split) if shortfall
                   else np.empty((0, T + 1), np.int32))
         if replay.shape[0] < shortfall:  # not enough data yet to fill a batch: wait for files
+            self._untake(fresh.shape[0])
             return self._idle(True)
-        self._replay_credit = max(0.0, credit - replay.shape[0])
+        if fresh.shape[0] and can_replay:  # the credit is the replay share owed, once replay can be had
+            self._replay_credit = max(0.0, credit - replay.shape[0])
         windows = np.concatenate([fresh, replay]) if replay.shape[0] else fresh  # (B, T + 1)
         self._idle(False)
+        inputs, targets = windows[:, :-1], windows[:, 1:]
         try:
-            stats = self.trainer.step(windows[:, :-1], windows[:, 1:])
+            stats = self.trainer.step(inputs, targets)
         except NonFiniteLoss as exc:
             self.log.error("train_step_failed", step=self.trainer.step_count, error=str(exc))
-            self.figures.position = next_position  # skip the batch that diverged
-            return 0.0
-        self.figures.position = next_position
-        self.figures.tokens_trained += fresh.shape[0] * T
-        self.figures.step = stats.step
-        self.figures.loss = stats.loss
+            return 0.0  # the batch that diverged is skipped (its windows count as taken)
+        f = self.figures
+        f.tokens_trained += fresh.shape[0] * T
+        f.tokens_seen += stats.tokens
+        f.step, f.loss = stats.step, stats.loss
+        self._update_epoch()
+        self._recent.append((stats.loss * targets.size, self.tokenizer.token_bytes(targets)))
+        self._window_nats += self._recent[-1][0]
+        self._window_bytes += self._recent[-1][1]
         self._since_checkpoint += 1
         self._window_tokens += stats.tokens
         self._losses.append(stats.loss)
         if stats.step % daemon.log_every == 0:
             elapsed = max(now - self._window_start, 1e-9) if now > self._window_start else stats.seconds
-            self.figures.tokens_per_s = self._window_tokens / elapsed
+            f.tokens_per_s = self._window_tokens / elapsed
             self.log.info("train_step", step=stats.step, loss=round(float(np.mean(self._losses)), 4),
                           crystalline_loss=round(stats.crystalline_loss, 4), lr=stats.lr,
-                          grad_norm=round(stats.grad_norm, 4), tokens_per_s=round(self.figures.tokens_per_s, 1),
+                          grad_norm=round(stats.grad_norm, 4), tokens_per_s=round(f.tokens_per_s, 1),
                           new_windows=int(fresh.shape[0]), replay_windows=int(replay.shape[0]),
-                          dt_ms=round(stats.seconds * 1e3, 1))
+                          bits_per_byte=round(self._window_nats / LN2 / max(self._window_bytes, 1), 4),
+                          epoch=round(f.epoch, 3), dt_ms=round(stats.seconds * 1e3, 1))
             self._window_tokens, self._window_start, self._losses = 0, now, []
-        if (self._since_checkpoint >= daemon.checkpoint_every_steps
-                or now - self._last_checkpoint_at >= daemon.checkpoint_every_seconds):
+            self._window_nats, self._window_bytes = 0.0, 0
+        checkpoint_due = (self._since_checkpoint >= daemon.checkpoint_every_steps
+                          or now - self._last_checkpoint_at >= daemon.checkpoint_every_seconds)
+        if (checkpoint_due or stats.step - max(self._last_eval_step, 0) >= daemon.eval_every_steps
+                or now - self._last_eval_at >= daemon.eval_every_seconds):
+            self.evaluate(now)
+        if checkpoint_due and self._since_checkpoint:  # (a plateau found above checkpoints itself)
             self.checkpoint(reason="schedule")
         return 0.0
 
+    # --- new text: the shuffle buffer ----------------------------------------------------------
+
+    def _fill(self, windows: np.ndarray, start: int, taken: int = 0) -> None:
+        self._buffer, self._buffer_start, self._taken = windows, start, taken
+        rng = np.random.default_rng([self.config.train.seed, 0, start])
+        self._order = rng.permutation(windows.shape[0])
+
+    def _take_fresh(self, count: int) -> np.ndarray:
+        """Up to `count` windows of new text, refilling the shuffle buffer from the stream."""
+        T = self.seq_len
+        taken: list[np.ndarray] = []
+        have = 0
+        while have < count:
+            if self._taken >= self._buffer.shape[0]:
+                position = self.figures.position
+                windows, end = self.queue.read_windows(position, FRESH_BUFFER, T, holdout=self.split)
+                if windows.shape[0] == 0:
+                    self.figures.position = self._buffer_start = end  # past any held-out stretch
+                    break
+                self._fill(windows, position)
+                self.figures.position = end
+            n = min(count - have, self._buffer.shape[0] - self._taken)
+            taken.append(self._buffer[self._order[self._taken : self._taken + n]])
+            self._taken += n
+            have += n
+        return np.concatenate(taken) if taken else np.empty((0, T + 1), np.int32)
+
+    def _untake(self, count: int) -> None:
+        """Give back the last `count` windows taken from the current buffer (a batch not built)."""
+        self._taken = max(0, self._taken - count)
+
+    def _update_epoch(self) -> None:
+        split = self.split
+        position = self.figures.position
+        held = 0 if split is None else len(split.blocks(position)) * (split.block_tokens + 1)
+        self.figures.epoch = self.figures.tokens_seen / max(1, position - held)
+
+    # --- evaluation and the plateau rule -------------------------------------------------------
+
+    def _measure(self, holdout) -> float:
+        """Bits per byte of the trainer's current parameters on a HoldoutSet."""
+        B = self.config.train.batch_size
+        nats, n_bytes = 0.0, 0
+        for group in (holdout.windows, holdout.tail):
+            for a in range(0, group.shape[0], B):
+                rows = group[a : a + B]
+                if rows.shape[1] < 2:
+                    continue
+                loss, _ = self.trainer.evaluate(rows[:, :-1], rows[:, 1:])
+                nats += loss
+                n_bytes += self.tokenizer.token_bytes(rows[:, 1:])
+        return nats / LN2 / max(n_bytes, 1)
+
+    def evaluate(self, now: float) -> float | None:
+        """Measure held-out bits per byte, record it, keep the best model, apply the plateau rule.
+        Returns the figure, or None while the stream holds no complete held-out block."""
+        self._last_eval_at, self._last_eval_step = now, self.trainer.step_count
+        t0 = self.clock()
+        holdout = self.queue.holdout_set(self.split, self.seq_len)
+        if holdout.blocks == 0:
+            if not self._no_holdout_logged:
+                self.log.info("eval_skipped", reason="no_holdout", step=self.trainer.step_count,
+                              stream_tokens=self.figures.position)
+                self._no_holdout_logged = True
+            return None
+        f, daemon = self.figures, self.config.daemon
+        if f.best_val_bits_per_byte is not None and self._best_holdout != holdout.tokens:
+            self._remeasure_best(holdout)
+        f.holdout_tokens = holdout.tokens
+        value = self._measure(holdout)
+        best = f.best_val_bits_per_byte
+        improved = best is None or value < best - daemon.plateau_margin
+        self._stale = 0 if improved else self._stale + 1
+        is_best = best is None or value < best
+        recent_nats, recent_bytes = sum(n for n, _ in self._recent), sum(b for _, b in self._recent)
+        f.val_bits_per_byte = value
+        f.train_bits_per_byte = recent_nats / LN2 / recent_bytes if recent_bytes else None
+        if is_best:
+            f.best_val_bits_per_byte, f.best_step, self._best_holdout = value, self.trainer.step_count, holdout.tokens
+        seconds = self.clock() - t0
+        self.queue.record_evaluation(step=self.trainer.step_count, epoch=f.epoch, tokens_trained=f.tokens_trained,
+                                     val_bits_per_byte=value, train_bits_per_byte=f.train_bits_per_byte,
+                                     holdout_tokens=holdout.tokens, seconds=seconds, best=is_best)
+        self.log.info("eval_finished", step=self.trainer.step_count, epoch=round(f.epoch, 3),
+                      tokens_trained=f.tokens_trained, val_bits_per_byte=round(value, 4),
+                      train_bits_per_byte=None if f.train_bits_per_byte is None else round(f.train_bits_per_byte, 4),
+                      best_val_bits_per_byte=round(f.best_val_bits_per_byte, 4), improved=improved,
+                      stale=self._stale, holdout_tokens=holdout.tokens, seconds=round(seconds, 3))
+        if is_best:
+            self._save_best(value, holdout.tokens)
+        if self._stale >= daemon.plateau_patience and not f.plateaued and daemon.idle == "sleep":
+            self._plateau(now, reason="no_improvement")
+        return value
+
+    def _remeasure_best(self, holdout) -> None:
+        """The held-out set changed: measure the best model again on it, so the plateau rule and
+        the choice of best compare like with like."""
+        f = self.figures
+        before = f.best_val_bits_per_byte
+        try:
+            best = load_checkpoint(self.best_path)
+            with self.trainer.parameters_of(best.params):
+                value = self._measure(holdout)
+        except (CheckpointError, ValueError) as exc:
+            self.log.warning("best_checkpoint_unreadable", path=str(self.best_path), error=str(exc))
+            f.best_val_bits_per_byte = f.best_step = None
+            value = None
+        self.log.info("holdout_changed", holdout_tokens_before=self._best_holdout, holdout_tokens=holdout.tokens,
+                      best_val_bits_per_byte_before=before,
+                      best_val_bits_per_byte=None if value is None else round(value, 4))
+        f.best_val_bits_per_byte, self._best_holdout = value, holdout.tokens
+        if value is None:
+            f.best_step = None
+            return
+        # the same weights, with their figure on the new set (so a restart compares like with like)
+        from engine.checkpoint import save_checkpoint
+
+        save_checkpoint(self.directory, step=best.step, model_config=best.model_config, params=best.params,
+                        m=best.m, v=best.v, train_state=best.train_state, name=BEST_CHECKPOINT,
+                        extra=best.extra | {"val_bits_per_byte": value, "holdout_tokens": holdout.tokens})
+
+    def _save_best(self, value: float, holdout_tokens: int) -> None:
+        """Write the live model as best.safetensors (atomically), with its held-out figure."""
+        extra = self._extra() | {"val_bits_per_byte": value, "holdout_tokens": holdout_tokens}
+        path = self.trainer.save_checkpoint(self.directory, extra=extra, name=BEST_CHECKPOINT)
+        self.log.info("best_checkpoint_saved", step=self.trainer.step_count, path=str(path),
+                      val_bits_per_byte=round(value, 4), holdout_tokens=holdout_tokens)
+
+    def _plateau(self, now: float, reason: str) -> None:
+        f = self.figures
+        f.plateaued = True
+        self._plateau_end = self.queue.stream_end()  # text beyond this wakes the loop
+        self.log.info("training_plateaued", reason=reason, step=self.trainer.step_count, epoch=round(f.epoch, 3),
+                      best_val_bits_per_byte=f.best_val_bits_per_byte, best_step=f.best_step,
+                      evaluations=self._stale, idle=self.config.daemon.idle)
+        if self._since_checkpoint > 0:
+            self.checkpoint(reason="plateau")
+
     def _idle(self, idle: bool) -> float:
         if idle and not self.figures.idle:
-            self.log.info("trainer_idle", step=self.figures.step, position=self.figures.position)
+            self.log.info("trainer_idle", step=self.figures.step, position=self.figures.position,
+                          plateaued=self.figures.plateaued)
         self.figures.idle = idle
         return 1.0 if idle else 0.0
 
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def _extra(self) -> dict:
+        """The loop's state that a checkpoint carries beside the weights."""
+        f = self.figures
+        return {
+            "command": self.command, "tokenizer": self.tokenizer.identity(), "stream_position": f.position,
+            "tokens_trained": f.tokens_trained, "tokens_seen": f.tokens_seen,
+            "fresh": {"start": self._buffer_start, "windows": int(self._buffer.shape[0]), "taken": self._taken},
+            "replay_credit": self._replay_credit,
+            "plateau": {"stale": self._stale, "plateaued": f.plateaued, "stream_end": self._plateau_end},
+            "evaluated": self._last_eval_step == self.trainer.step_count,
+            "val_bits_per_byte": f.val_bits_per_byte,
+        }
+
     def checkpoint(self, reason: str) -> Path:
-        """Write the checkpoint file durably, then commit it with the cursor in one transaction."""
+        """Evaluate (unless just done), write the checkpoint file durably, then commit it with the
+        cursor in one transaction, then delete this loop's rolling files beyond keep_checkpoints."""
+        if self._last_eval_step != self.trainer.step_count and reason != "shutdown":
+            self.evaluate(self.clock())
         t0 = self.clock()
-        extra = {"tokenizer": self.tokenizer.identity(), "stream_position": self.figures.position,
-                 "tokens_trained": self.figures.tokens_trained}
-        path = self.trainer.save_checkpoint(self.directory, extra=extra,
-                                            keep_last=self.config.daemon.keep_checkpoints)
+        path = self.trainer.save_checkpoint(self.directory, extra=self._extra(), keep_last=None)
+        loss = self.figures.loss
         self.queue.commit_checkpoint(step=self.trainer.step_count, path=str(path),
                                      stream_position=self.figures.position,
                                      tokens_trained=self.figures.tokens_trained,
-                                     loss=None if self.figures.loss is None or not math.isfinite(self.figures.loss)
-                                     else float(self.figures.loss))
+                                     loss=None if loss is None or not math.isfinite(loss) else float(loss))
         self._since_checkpoint = 0
         self._last_checkpoint_at = self.clock()
         self.figures.last_checkpoint_step = self.trainer.step_count
         self.figures.last_checkpoint_time = self._last_checkpoint_at
+        self._prune(keep=self.config.daemon.keep_checkpoints, latest=path)
         self.log.info("checkpoint_saved", step=self.trainer.step_count, path=str(path), reason=reason,
                       stream_position=self.figures.position, tokens_trained=self.figures.tokens_trained,
                       ms=round((self.clock() - t0) * 1e3, 1))
         return path
 
+    def _prune(self, keep: int, latest: Path) -> None:
+        """Delete the files of committed checkpoints older than the newest `keep` (their rows stay,
+        as history), when this command wrote them: a checkpoint of another command (`train`
+        beside `run`) or one the database does not name is never touched here."""
+        from engine.checkpoint import read_extra
+
+        records = self.queue.checkpoints(limit=keep + 50)
+        for record in records[keep:]:
+            path = Path(record.path)
+            if path == latest or path.parent != self.directory or not path.exists():
+                continue
+            try:
+                if read_extra(path).get("command") == self.command:
+                    path.unlink(missing_ok=True)
+            except CheckpointError:
+                continue
+
 
 def _step_of(path: Path) -> int:
-    try:
-        return int(path.stem.split("-")[1])
-    except (IndexError, ValueError):
-        return -1
+    from engine.checkpoint import NAME_PATTERN
+
+    match = NAME_PATTERN.fullmatch(path.name)
+    return int(match.group(1)) if match else -1

@@ -91,25 +91,31 @@ def save_checkpoint(
     v: np.ndarray,
     train_state: dict | None = None,
     extra: dict | None = None,
-    keep_last: int = 3,
+    keep_last: int | None = 3,
+    name: str | None = None,
 ) -> Path:
     """Atomically write the checkpoint for `step` into `directory` and return its path.
 
-    Then deletes the oldest checkpoints so `keep_last` remain (the one just written is always
-    kept) and removes `.ckpt-*.tmp` leftovers older than this save. Raises ValueError for a bad
-    keep_last or step, ShapeMismatch for arrays that are not flat float32 of the table's size,
+    The file is `checkpoint_name(step)`, or `name` (say "best.safetensors": a file outside the
+    rolling `ckpt-*` set, which list_checkpoints never lists and no pruning touches). Then, for a
+    rolling file with `keep_last` set, deletes the oldest rolling checkpoints so `keep_last` remain
+    (the one just written is always kept); `keep_last=None` prunes nothing, for a caller that
+    owns retention. `.ckpt-*.tmp` leftovers older than this save are removed. Raises ValueError
+    for a bad keep_last, name or step, ShapeMismatch for arrays that are not flat float32 of the table's size,
     TypeError for non-JSON-able dicts, and CheckpointError when the file cannot be written.
     """
-    if keep_last < 1:
+    if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last ({keep_last}) must be at least 1")
+    if name is not None and (Path(name).name != name or NAME_PATTERN.fullmatch(name) or name.startswith(".")):
+        raise ValueError(f"name ({name!r}) must be a plain file name outside the ckpt-* pattern")
     if step < 0:
         raise ValueError(f"step ({step}) must be 0 or more")
     size = parameter_table(model_config).size
-    for name, array in zip(TENSORS, (params, m, v)):
+    for tensor, array in zip(TENSORS, (params, m, v)):
         array = np.asanyarray(array)
         if array.dtype != np.float32 or array.shape != (size,):
             got = f"{array.dtype}{list(array.shape)}"
-            raise ShapeMismatch(f"{name} must be flat float32 of {size} elements, got {got}")
+            raise ShapeMismatch(f"{tensor} must be flat float32 of {size} elements, got {got}")
     try:
         metadata = {
             "format_version": str(FORMAT_VERSION),
@@ -120,13 +126,23 @@ def save_checkpoint(
         }
     except (TypeError, ValueError) as exc:
         raise TypeError(f"train_state and extra must be JSON-able: {exc}") from exc
-    tensors = {name: np.ascontiguousarray(a) for name, a in zip(TENSORS, (params, m, v))}
+    tensors = {tensor: np.ascontiguousarray(a) for tensor, a in zip(TENSORS, (params, m, v))}
     metadata["sha256"] = _digest(list(tensors.values()), metadata)
     data = safetensors.numpy.save(tensors, metadata=metadata)
 
     directory = Path(directory)
-    final = directory / checkpoint_name(step)
+    final = directory / (name or checkpoint_name(step))
     started = time.time()
+    write_atomically(final, data, what="checkpoint")
+    _prune(directory, final, None if name else keep_last, started)
+    return final
+
+
+def write_atomically(final: Path, data: bytes, what: str) -> None:
+    """`data` as the file `final`, or no file at all: a `.ckpt-*.tmp` in the same directory is
+    written and fsynced, renamed over `final`, and the directory fsynced. CheckpointError when it
+    cannot be written; the temporary file never outlives a failure."""
+    directory = final.parent
     temp = None
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -139,18 +155,17 @@ def save_checkpoint(
         temp = None
         _fsync_directory(directory)
     except OSError as exc:
-        raise CheckpointError(final, f"cannot write checkpoint: {exc}") from exc
+        raise CheckpointError(final, f"cannot write {what}: {exc}") from exc
     finally:
         if temp is not None:
             Path(temp).unlink(missing_ok=True)
-    _prune(directory, final, keep_last, started)
-    return final
 
 
-def _prune(directory: Path, keep: Path, keep_last: int, started: float) -> None:
-    others = [p for p in list_checkpoints(directory) if p != keep]
-    for path in others[: max(0, len(others) - (keep_last - 1))]:
-        path.unlink(missing_ok=True)
+def _prune(directory: Path, keep: Path, keep_last: int | None, started: float) -> None:
+    if keep_last is not None:
+        others = [p for p in list_checkpoints(directory) if p != keep]
+        for path in others[: max(0, len(others) - (keep_last - 1))]:
+            path.unlink(missing_ok=True)
     for path in directory.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}"):
         try:
             if path.stat().st_mtime < started:
@@ -199,6 +214,24 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(path, "header has no __metadata__ map of strings")
     return metadata, tensors
+
+
+def read_extra(path: str | os.PathLike) -> dict:
+    """The `extra` metadata of a checkpoint file, read from its header alone (no tensors, no
+    checksum: for deciding what a file is, never for trusting its contents). CheckpointError
+    when the header cannot be read."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 100_000_000:
+                raise CheckpointError(path, f"bad header length {n}")
+            header = json.loads(f.read(n))
+        return json.loads(header["__metadata__"]["extra"])
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read: {exc.strerror or exc}") from exc
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(path, f"bad header: {exc}") from exc
 
 
 def load_checkpoint(path: str | os.PathLike, expect: ModelConfig | None = None) -> Checkpoint:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,18 +189,32 @@ class Trainer:
         self.pool.run(compute)
         return float(sums[:, 0].sum()), int(inputs.size)
 
+    @contextmanager
+    def parameters_of(self, params: np.ndarray) -> Iterator[None]:
+        """Within the block, `evaluate` sees `params` (same layout; ShapeMismatch otherwise);
+        the trainer's own parameters are restored on exit. Not for use during `step`."""
+        other = self._check(params, "params")
+        saved = self.params.copy()
+        np.copyto(self.params, other)
+        try:
+            yield
+        finally:
+            np.copyto(self.params, saved)
+
     # -----------------------------------------------------------------------------------------
 
     def train_state(self) -> dict:
         return {"tokens_trained": self.tokens_trained, "train_config": self.train_config.to_dict()}
 
-    def save_checkpoint(self, directory, extra: dict | None = None, keep_last: int = 3) -> Path:
-        """Write a checkpoint of the current state atomically into `directory`."""
+    def save_checkpoint(self, directory, extra: dict | None = None, keep_last: int | None = 3,
+                        name: str | None = None) -> Path:
+        """Write a checkpoint of the current state atomically into `directory` (see
+        checkpoint.save_checkpoint for `keep_last` and `name`)."""
         from .checkpoint import save_checkpoint
 
         return save_checkpoint(directory, step=self.step_count, model_config=self.model_config,
-                               params=self.params, m=self.m, v=self.v,
-                               train_state=self.train_state(), extra=extra, keep_last=keep_last)
+                               params=self.params, m=self.m, v=self.v, train_state=self.train_state(),
+                               extra=extra, keep_last=keep_last, name=name)
 
     def close(self) -> None:
         """Join the worker threads; idempotent."""

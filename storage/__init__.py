@@ -1,5 +1,8 @@
 """The corpus store: documents, their tokens as one stream, and the training cursor, in SQL.
 
+Also the stream's held-out split (holdout.py: offsets training never sees) and the history of
+evaluations on it.
+
 SQLite (one machine, WAL) or PostgreSQL (shared), through SQLAlchemy Core, with the schema kept
 by Alembic migrations that run on open. Knows nothing of the engine or the crawler: it takes and
 returns rows, token arrays and paths. Callers import from here.
@@ -8,8 +11,17 @@ returns rows, token arrays and paths. Callers import from here.
 from .config import ConfigError, StorageConfig
 from .db import Database, open_database
 from .errors import SchemaTooNew, StorageError, TokenizerMismatch
+from .holdout import HoldoutSplit
 from .queue import CorpusQueue
-from .records import AddResult, CheckpointRecord, Cursor, NewDocument, QueueStats
+from .records import (
+    AddResult,
+    CheckpointRecord,
+    Cursor,
+    EvaluationRecord,
+    HoldoutSet,
+    NewDocument,
+    QueueStats,
+)
 
 __all__ = [
     "AddResult",
@@ -18,6 +30,9 @@ __all__ = [
     "CorpusQueue",
     "Cursor",
     "Database",
+    "EvaluationRecord",
+    "HoldoutSet",
+    "HoldoutSplit",
     "NewDocument",
     "QueueStats",
     "SchemaTooNew",

@@ -102,7 +102,8 @@ chunks = sa.Table(
 )
 
 # "tokenizer": the identity JSON every document's tokens were made with;
-# "stream_end": the next free stream offset, as a decimal string.
+# "stream_end": the next free stream offset, as a decimal string;
+# "holdout": the held-out split (HoldoutSplit.to_json), recorded on first use and never changed.
 meta = sa.Table(
     "meta",
     metadata,
@@ -135,4 +136,23 @@ training_cursor = sa.Table(
     sa.Column("step", sa.BigInteger, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
     sa.CheckConstraint("id = 1", name="single_row"),
+)
+
+# --- evaluation history (revision 0003) ----------------------------------------------------------
+
+# one row per evaluation on the held-out split (holdout.py), oldest first
+evaluations = sa.Table(
+    "evaluations",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("step", sa.BigInteger, nullable=False),
+    sa.Column("epoch", sa.Double, nullable=False),  # passes over the stream, as the trainer counts
+    sa.Column("tokens_trained", sa.BigInteger, nullable=False),
+    sa.Column("val_bits_per_byte", sa.Double, nullable=False),
+    sa.Column("train_bits_per_byte", sa.Double, nullable=True),  # NULL when not measured
+    sa.Column("holdout_tokens", sa.BigInteger, nullable=False),  # targets scored
+    sa.Column("seconds", sa.Double, nullable=False),
+    # the best val_bits_per_byte so far, as the caller judged it; best_evaluation() reads it
+    sa.Column("best", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
 )

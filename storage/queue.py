@@ -6,6 +6,10 @@ Training reads the stream in order from the cursor, and samples replay windows f
 already trained. Reads touch only the chunks that overlap the requested range (stream.py), so
 memory follows the request, never the corpus.
 
+Held-out text: with a HoldoutSplit (holdout.py, recorded once in meta["holdout"]), the training
+reads skip every window that touches a held-out region, and holdout_set returns the regions cut
+into evaluation windows; evaluation results go to the `evaluations` table.
+
 Concurrency: every write that allocates stream offsets or document versions first locks the
 `meta["stream_end"]` row (stream.lock_stream), so concurrent writers, in threads or processes,
 get disjoint, contiguous offsets and the committed stream never has a gap. Each public method is
@@ -14,6 +18,8 @@ one transaction through db.Database; this module knows nothing of the engine or 
 
 from __future__ import annotations
 
+import math
+import operator
 import re
 from collections.abc import Sequence
 
@@ -22,8 +28,26 @@ import sqlalchemy as sa
 
 from .db import Database
 from .errors import TokenizerMismatch
-from .models import IN_STREAM, STATUSES, checkpoints, chunks, documents, meta, training_cursor
-from .records import AddResult, CheckpointRecord, Cursor, NewDocument, QueueStats
+from .holdout import HoldoutSplit, evaluation_windows
+from .models import (
+    IN_STREAM,
+    STATUSES,
+    checkpoints,
+    chunks,
+    documents,
+    evaluations,
+    meta,
+    training_cursor,
+)
+from .records import (
+    AddResult,
+    CheckpointRecord,
+    Cursor,
+    EvaluationRecord,
+    HoldoutSet,
+    NewDocument,
+    QueueStats,
+)
 from .stream import (
     advance_stream,
     check_tokens,
@@ -34,6 +58,7 @@ from .stream import (
 )
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+REPLAY_ROUNDS = 32  # sample_replay redraws windows that touch held-out text at most this often
 
 
 class CorpusQueue:
@@ -58,6 +83,30 @@ class CorpusQueue:
         """The recorded tokenizer identity, or None before set_tokenizer or the first document."""
         with self.database.read() as connection:
             return _get_meta(connection, "tokenizer")
+
+    # --- the held-out split -----------------------------------------------------------------------
+
+    def holdout(self, default: HoldoutSplit) -> HoldoutSplit:
+        """The corpus's held-out split: the one recorded, else `default`, recorded now. Atomic.
+
+        The first call records `default` in meta["holdout"] under the stream lock (as
+        set_tokenizer does), so concurrent first calls agree; later calls, after restarts and
+        config changes alike, return the recorded split unchanged, whatever `default` says. Raises
+        ConfigError for an invalid `default` (nothing is written) or a malformed recorded split.
+        Only the first call writes (and may block up to busy_timeout_ms for another writer).
+        """
+        default.validate()
+        with self.database.read() as connection:
+            recorded = _get_meta(connection, "holdout")
+        if recorded is not None:
+            return HoldoutSplit.from_json(recorded)
+        with self.database.write() as connection:
+            lock_stream(connection)
+            recorded = _get_meta(connection, "holdout")
+            if recorded is not None:
+                return HoldoutSplit.from_json(recorded)
+            connection.execute(meta.insert().values(key="holdout", value=default.to_json()))
+            return default
 
     # --- documents in -----------------------------------------------------------------------------
 
@@ -214,33 +263,65 @@ class CorpusQueue:
 
     # --- windows out ------------------------------------------------------------------------------
 
+    def stream_end(self) -> int:
+        """The stream's length in tokens, as last committed: one small read."""
+        with self.database.read() as connection:
+            return stream_end(connection)
+
     def cursor(self) -> Cursor:
         """Where training stands, as of the latest committed checkpoint."""
         with self.database.read() as connection:
             return _cursor(connection)
 
-    def read_windows(self, position: int, count: int, seq_len: int) -> tuple[np.ndarray, int]:
+    def read_windows(
+        self, position: int, count: int, seq_len: int, holdout: HoldoutSplit | None = None
+    ) -> tuple[np.ndarray, int]:
         """Up to `count` windows of seq_len + 1 consecutive stream tokens, from `position` on.
 
-        Window k covers [position + k*seq_len, position + k*seq_len + seq_len + 1), so consecutive
+        Window j covers [position + j*seq_len, position + j*seq_len + seq_len + 1), so consecutive
         windows share one token (the last target of one is the first input of the next). Only
         complete windows: n = 0 while the stream is too short. Returns (int32 (n, seq_len + 1),
         position + n*seq_len). One snapshot; reads only the chunks overlapping the range.
+
+        With `holdout`, windows touching a held-out region are skipped (never read): it examines
+        windows in order until `count` are taken or no complete window is left, and returns
+        (the windows taken, position + examined*seq_len), skipped windows counted as examined.
+        Tokens are read one run of adjacent taken windows at a time.
         """
         if position < 0 or count < 0 or seq_len < 1:
             raise ValueError(
                 f"position ({position}) and count ({count}) must be >= 0, seq_len ({seq_len}) >= 1"
             )
+        if holdout is None:
+            with self.database.read() as connection:
+                n = max(0, min(count, (stream_end(connection) - position - 1) // seq_len))
+                if n == 0:
+                    return np.empty((0, seq_len + 1), np.int32), position
+                flat = read_range(connection, position, position + n * seq_len + 1)  # (n*T + 1,)
+            index = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (n, T + 1)
+            return flat[index], position + n * seq_len
         with self.database.read() as connection:
-            n = max(0, min(count, (stream_end(connection) - position - 1) // seq_len))
-            if n == 0:
-                return np.empty((0, seq_len + 1), np.int32), position
-            flat = read_range(connection, position, position + n * seq_len + 1)  # (n*T + 1,)
-        index = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (n, T + 1)
-        return flat[index], position + n * seq_len
+            available = max(0, (stream_end(connection) - position - 1) // seq_len)
+            taken, examined = holdout.training_windows(position, seq_len, available, count)
+            out = np.empty((len(taken), seq_len + 1), np.int32)  # (n, T + 1)
+            breaks = np.flatnonzero(np.diff(taken) != 1) + 1  # where a run of adjacent j ends
+            row = 0
+            for run in np.split(taken, breaks) if len(taken) else []:
+                start = position + int(run[0]) * seq_len
+                flat = read_range(connection, start, start + len(run) * seq_len + 1)  # (m*T + 1,)
+                index = np.arange(len(run))[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+                out[row : row + len(run)] = flat[index]  # (m, T + 1)
+                row += len(run)
+        return out, position + examined * seq_len
 
-    def sample_replay(self, count: int, seq_len: int, rng: np.random.Generator,
-                      end: int | None = None) -> np.ndarray:
+    def sample_replay(
+        self,
+        count: int,
+        seq_len: int,
+        rng: np.random.Generator,
+        end: int | None = None,
+        holdout: HoldoutSplit | None = None,
+    ) -> np.ndarray:
         """`count` windows of the trained stream: int32 (count, seq_len + 1), for replay.
 
         Window i starts at rng.integers(0, end - seq_len, size=count)[i], drawn uniformly, so
@@ -248,6 +329,10 @@ class CorpusQueue:
         own position, which runs ahead of the cursor between checkpoints. While fewer than
         seq_len + 1 tokens lie before `end` it returns an empty (0, seq_len + 1) array and draws
         nothing from `rng`. One small query per window, all in one snapshot.
+
+        With `holdout`, windows touching a held-out region are dropped and the missing ones
+        redrawn the same way, in up to REPLAY_ROUNDS rounds (the first round draws what the call
+        without `holdout` draws); if windows are still missing it returns fewer than `count`.
         """
         if count < 0 or seq_len < 1:
             raise ValueError(f"count ({count}) must be >= 0 and seq_len ({seq_len}) >= 1")
@@ -257,10 +342,37 @@ class CorpusQueue:
             if count == 0 or high <= 0:
                 return np.empty((0, seq_len + 1), np.int32)
             positions = rng.integers(0, high, size=count)  # (count,)
-            out = np.empty((count, seq_len + 1), np.int32)  # (count, T + 1)
+            if holdout is not None:
+                positions = positions[~holdout.overlaps(positions, seq_len + 1)]
+                for _ in range(REPLAY_ROUNDS - 1):
+                    if len(positions) == count:
+                        break
+                    more = rng.integers(0, high, size=count - len(positions))  # (missing,)
+                    more = more[~holdout.overlaps(more, seq_len + 1)]
+                    positions = np.concatenate([positions, more])
+            out = np.empty((len(positions), seq_len + 1), np.int32)  # (count, T + 1)
             for i, start in enumerate(positions.tolist()):
                 out[i] = read_range(connection, start, start + seq_len + 1)
         return out
+
+    def holdout_set(self, holdout: HoldoutSplit, seq_len: int) -> HoldoutSet:
+        """The evaluation windows of every complete held-out block, in stream order.
+
+        Blocks are holdout.complete_blocks(stream end); each region [k*S, k*S + S + 1) is cut as
+        holdout.evaluation_windows says (n = S // seq_len windows of seq_len + 1 tokens, plus a
+        tail window of r + 1 tokens when r = S % seq_len > 0), so every target of every region is
+        scored exactly once. One snapshot, one read per block (at most max_blocks of them).
+        """
+        if seq_len < 1:
+            raise ValueError(f"seq_len ({seq_len}) must be >= 1")
+        S = holdout.validate().block_tokens
+        with self.database.read() as connection:
+            ks = holdout.complete_blocks(stream_end(connection))  # (B,)
+            regions = np.empty((len(ks), S + 1), np.int32)  # (B, S + 1)
+            for i, k in enumerate(ks.tolist()):
+                regions[i] = read_range(connection, k * S, k * S + S + 1)
+        windows, tail = evaluation_windows(regions, seq_len)
+        return HoldoutSet(blocks=len(ks), tokens=len(ks) * S, windows=windows, tail=tail)
 
     # --- checkpoints ------------------------------------------------------------------------------
 
@@ -339,6 +451,64 @@ class CorpusQueue:
         with self.database.read() as connection:
             return [CheckpointRecord(**row._mapping) for row in connection.execute(query)]
 
+    # --- evaluations ------------------------------------------------------------------------------
+
+    def record_evaluation(
+        self,
+        *,
+        step: int,
+        epoch: float,
+        tokens_trained: int,
+        val_bits_per_byte: float,
+        train_bits_per_byte: float | None,
+        holdout_tokens: int,
+        seconds: float,
+        best: bool,
+    ) -> int:
+        """Appends one evaluation to the history; returns its id (ids ascend in order). Atomic.
+
+        Raises ValueError, writing nothing, for a negative count, a non-finite or negative
+        number, or a non-bool `best` (TypeError for a count that is not an integer). numpy
+        scalars are accepted and stored as Python numbers.
+        """
+        row = {
+            "step": _count("step", step),
+            "epoch": _number("epoch", epoch),
+            "tokens_trained": _count("tokens_trained", tokens_trained),
+            "val_bits_per_byte": _number("val_bits_per_byte", val_bits_per_byte),
+            "train_bits_per_byte": None if train_bits_per_byte is None
+            else _number("train_bits_per_byte", train_bits_per_byte),
+            "holdout_tokens": _count("holdout_tokens", holdout_tokens),
+            "seconds": _number("seconds", seconds),
+        }
+        if not isinstance(best, (bool, np.bool_)):
+            raise ValueError(f"best ({best!r}) must be a bool")
+        with self.database.write() as connection:
+            return _insert(connection, evaluations, row | {"best": bool(best)})
+
+    def evaluations(self, since: int = 0, limit: int = 1000) -> list[EvaluationRecord]:
+        """Up to `limit` evaluations with id > `since`, oldest first (pass the last id seen)."""
+        if limit < 0:
+            raise ValueError(f"limit ({limit}) must be >= 0")
+        query = sa.select(evaluations).where(evaluations.c.id > since).order_by(evaluations.c.id)
+        with self.database.read() as connection:
+            rows = connection.execute(query.limit(limit))
+            return [EvaluationRecord(**row._mapping) for row in rows]
+
+    def latest_evaluation(self) -> EvaluationRecord | None:
+        """The most recent evaluation, or None before the first."""
+        return self._last_evaluation(sa.true())
+
+    def best_evaluation(self) -> EvaluationRecord | None:
+        """The most recent evaluation recorded with best=True, or None if there is none."""
+        return self._last_evaluation(evaluations.c.best)
+
+    def _last_evaluation(self, condition) -> EvaluationRecord | None:
+        query = sa.select(evaluations).where(condition).order_by(evaluations.c.id.desc()).limit(1)
+        with self.database.read() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else EvaluationRecord(**row._mapping)
+
     # --- the whole --------------------------------------------------------------------------------
 
     def stats(self) -> QueueStats:
@@ -376,6 +546,20 @@ class CorpusQueue:
 
 def _insert(connection: sa.Connection, table: sa.Table, row: dict) -> int:
     return connection.execute(table.insert().values(**row)).inserted_primary_key[0]
+
+
+def _count(name: str, value) -> int:
+    value = operator.index(value)  # TypeError for a float or a str
+    if value < 0:
+        raise ValueError(f"{name} ({value}) must be >= 0")
+    return value
+
+
+def _number(name: str, value) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} ({value}) must be a finite number >= 0")
+    return value
 
 
 def _get_meta(connection: sa.Connection, key: str) -> str | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class NewDocument:
@@ -56,3 +58,31 @@ class QueueStats:
     tokens_trained: int  # as the trainer counts them (replay included), at the last checkpoint
     database_bytes: int
     last_checkpoint: CheckpointRecord | None
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    id: int
+    step: int
+    epoch: float  # passes over the stream, as the trainer counts them
+    tokens_trained: int
+    val_bits_per_byte: float  # on the held-out set
+    train_bits_per_byte: float | None  # on recent training windows, when measured
+    holdout_tokens: int  # targets scored: HoldoutSet.tokens at the time
+    seconds: float  # how long the evaluation took
+    best: bool  # the lowest val_bits_per_byte so far, as the caller judged it
+    created_at: datetime  # aware, UTC
+
+
+@dataclass(frozen=True, eq=False)  # identity equality: arrays do not compare to one bool
+class HoldoutSet:
+    """The evaluation windows of every complete held-out block, in stream order.
+
+    Each block's region (S + 1 tokens) gives n = S // seq_len windows and, when r = S % seq_len
+    is not 0, one tail window of r + 1 tokens; every target of every region is in exactly one.
+    """
+
+    blocks: int  # complete held-out blocks
+    tokens: int  # blocks * S: the targets scored
+    windows: np.ndarray  # int32 (blocks * n, seq_len + 1)
+    tail: np.ndarray  # int32 (blocks, r + 1) when r > 0; (0, 1) when r == 0

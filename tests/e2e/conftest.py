@@ -21,6 +21,7 @@ rescan_interval_seconds = 5.0
 
 [daemon]
 checkpoint_every_steps = {checkpoint_every}
+keep_checkpoints = {keep_checkpoints}
 checkpoint_every_seconds = 600.0
 log_every = 5
 status_interval_seconds = 1.0
@@ -52,11 +53,12 @@ class DaemonProcess:
     """One `crystalline run` subprocess; its stdout JSON events collected by a reader thread."""
 
     def __init__(self, state: Path, roots: list[Path], env: dict | None = None, checkpoint_every: int = 20,
-                 max_file_bytes: int = 1_000_000):
+                 max_file_bytes: int = 1_000_000, keep_checkpoints: int = 3):
         self.state, self.roots = state, roots
         state.mkdir(parents=True, exist_ok=True)
         config = TINY_CONFIG.format(roots=", ".join(json.dumps(str(r)) for r in roots),
-                                    checkpoint_every=checkpoint_every, max_file_bytes=max_file_bytes)
+                                    checkpoint_every=checkpoint_every, max_file_bytes=max_file_bytes,
+                                    keep_checkpoints=keep_checkpoints)
         (state / "crystalline.toml").write_text(config)
         self.events: list[dict] = []
         self.raw: list[str] = []

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .conftest import corpus_rows, write_text_file
@@ -213,3 +214,46 @@ def test_kill_9_in_a_loop_loses_nothing_and_counts_nothing_twice(tmp_path, daemo
     checkpoint = load_checkpoint(latest[1])
     assert checkpoint.step == step and checkpoint.extra["stream_position"] == position, \
         "the cursor is the loaded checkpoint's"
+
+
+def test_train_and_the_daemon_are_one_loop(tmp_path, daemon_factory):
+    """`train` and the daemon, from the same stored corpus, seed and step count, write the same
+    checkpoint; a daemon then started on what `train` wrote resumes it and deletes none of it."""
+    from engine import load_checkpoint
+
+    from .conftest import DaemonProcess
+
+    corpus, empty = tmp_path / "corpus", tmp_path / "empty"
+    empty.mkdir()
+    for i in range(3):
+        write_text_file(corpus / f"c{i}.txt", seed=100 + i, size=4000)
+    state = tmp_path / "state"
+    assert crystalline("ingest", corpus, "--state-dir", state).returncode == 0
+    d = daemon_factory(roots=[empty], checkpoint_every=4, keep_checkpoints=1000)
+    d.wait_for("checkpoint_saved", step=8, timeout=120)
+    assert d.stop() == 0
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "crystalline.toml").write_text((state / "crystalline.toml").read_text())  # the same config
+    out = crystalline("train", corpus, "--steps", "8", "--state-dir", trained)
+    assert out.returncode == 0, out.stderr
+    by_daemon = load_checkpoint(state / "checkpoints" / "ckpt-000000008.safetensors")
+    by_train = load_checkpoint(trained / "checkpoints" / "ckpt-000000008.safetensors")
+    assert by_daemon.extra["command"] == "run" and by_train.extra["command"] == "train"
+    for a, b in ((by_daemon.params, by_train.params), (by_daemon.m, by_train.m), (by_daemon.v, by_train.v)):
+        assert np.array_equal(a, b)
+    assert by_daemon.extra["stream_position"] == by_train.extra["stream_position"]
+
+    written = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    d2 = DaemonProcess(trained, [empty], checkpoint_every=4)
+    try:
+        assert d2.wait_for("checkpoint_loaded", timeout=60)[0]["step"] == 8
+        d2.wait_for("checkpoint_saved", step=24, timeout=120)  # beyond keep_checkpoints (3) of its own
+        assert d2.stop() == 0
+    finally:
+        d2.kill()
+    left = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    assert set(written) <= set(left), "the daemon deleted a checkpoint that train wrote"
+    own = [p for p in left if p not in written and p.startswith("ckpt-")]
+    assert len(own) == 3, left  # its own rolling checkpoints, pruned to keep_checkpoints

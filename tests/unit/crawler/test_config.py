@@ -79,4 +79,4 @@ def test_the_commented_default_file_is_the_defaults(tmp_path):
     path = write(tmp_path / "default.toml", DEFAULT_CONFIG)
     assert load_config(path, env={}) == load_config(env={})
     config = load_config(env={})
-    assert (config.model.d_model, config.model.n_layer, config.train.schedule) == (64, 2, "constant")
+    assert (config.model.d_model, config.model.n_layer, config.train.schedule) == (128, 4, "constant")

@@ -1,4 +1,5 @@
-"""The training worker against a real SQLite queue: steps, checkpoint + cursor, resume, repair."""
+"""The training loop against a real SQLite queue: steps, checkpoint + cursor, resume, repair, the
+held-out split, evaluation, the best model and the plateau rule."""
 
 from dataclasses import replace
 from pathlib import Path
@@ -11,9 +12,11 @@ from structlog.testing import capture_logs
 from crawler.config import Config, DaemonConfig
 from crawler.ingest import Ingestor
 from crawler.tokenizer import ByteTokenizer
-from crawler.training import TrainingWorker
-from engine import CheckpointError, ModelConfig, TrainConfig
-from storage import CorpusQueue, StorageConfig, open_database
+from crawler import training
+from crawler.training import BEST_CHECKPOINT, TrainingWorker
+from engine import CheckpointError, ModelConfig, TrainConfig, load_checkpoint
+from engine.checkpoint import list_checkpoints
+from storage import CorpusQueue, HoldoutSplit, StorageConfig, open_database
 
 
 def tiny_config(state: Path, **daemon) -> Config:
@@ -120,12 +123,17 @@ def test_an_uncommitted_checkpoint_file_is_an_orphan(tmp_path, store):
     # a crash after the file was written, before the database commit
     orphan = worker.trainer.save_checkpoint(worker.directory, extra={"tokenizer": ByteTokenizer().identity(),
                                                                      "stream_position": 0, "tokens_trained": 0})
+    # a checkpoint of something else (no loop state), newer still: not this loop's to delete
+    ones = np.ones((4, 16), np.int32)
+    for _ in range(2):
+        worker.trainer.step(ones, ones)
+    foreign = worker.trainer.save_checkpoint(worker.directory, extra={"tokenizer": ByteTokenizer().identity()})
     worker.trainer.close()
     again = make_worker(tmp_path, store)
     with capture_logs() as logs:
         again.initialize()
     try:
-        assert not orphan.exists()
+        assert not orphan.exists() and foreign.exists()
         assert any(e["event"] == "checkpoint_orphan_removed" for e in logs)
         assert again.trainer.step_count == 5
     finally:
@@ -151,16 +159,165 @@ def test_a_checkpoint_from_another_tokenizer_is_refused(tmp_path, store):
         again.trainer.close()
 
 
-def test_replay_share_of_batches(tmp_path, store):
+def test_replay_share_of_batches(tmp_path, store, monkeypatch):
+    monkeypatch.setattr(training, "FRESH_BUFFER", 8)  # replay draws from text before the buffer
     add_text(store, tmp_path, "a.txt", "x" * 5000)
     worker = make_worker(tmp_path, store, replay_fraction=0.25, checkpoint_every_steps=1000)
     worker.initialize()
     try:
         for now in range(20):
             worker.run_once(float(now))
-        # 20 steps of 4 windows, a quarter replayed once there is trained data: the stream
-        # advanced by about 3 new windows per step (16 tokens each), not 4
-        new_windows = worker.figures.position // 16
-        assert 20 * 3 - 2 <= new_windows <= 20 * 3 + 2, new_windows
+        # 20 steps of 4 windows, a quarter replayed once there is trained data (after the first
+        # buffer of 8): about 3 new windows per step (16 tokens each) were trained, not 4
+        new_windows = worker.figures.tokens_trained // 16
+        assert 20 * 3 <= new_windows <= 20 * 3 + 3, new_windows
     finally:
         worker.shutdown()
+
+
+# --- the held-out split --------------------------------------------------------------------------
+
+SMALL_SPLIT = HoldoutSplit(block_tokens=24, every=3, offset=1, max_blocks=1000)
+HELD = ord("H")
+
+
+def held_out_text(split: HoldoutSplit, n_bytes: int) -> str:
+    """Text whose stream bytes are "H" exactly where the split holds text out (the stream is
+    EOD + the file's bytes, so stream offset p is the file's byte p - 1), letters elsewhere."""
+    mask = np.zeros(n_bytes + 1, bool)
+    for k in split.blocks(n_bytes + 1):
+        start = k * split.block_tokens
+        mask[start : start + split.block_tokens + 1] = True
+    letters = "abcdefghijklmnopqrstuvwxyz "
+    return "".join("H" if mask[p] else letters[p % len(letters)] for p in range(1, n_bytes + 1))
+
+
+def test_no_held_out_token_reaches_a_batch_and_the_split_survives_restarts(tmp_path, store):
+    CorpusQueue(store).holdout(SMALL_SPLIT)  # recorded before the loop starts: the loop takes it
+    add_text(store, tmp_path, "a.txt", held_out_text(SMALL_SPLIT, 3000))
+    worker = make_worker(tmp_path, store, replay_fraction=0.25, checkpoint_every_steps=15, eval_every_steps=7,
+                         plateau_patience=1000)
+    batches = []
+    worker.initialize()
+    real_step = worker.trainer.step
+    worker.trainer.step = lambda inputs, targets: batches.append((inputs.copy(), targets.copy())) or real_step(inputs, targets)
+    try:
+        for now in range(120):  # one pass is ~47 new windows at batch 4: most steps are further passes
+            worker.run_once(float(now))
+        assert worker.figures.epoch > 2
+        assert worker.figures.val_bits_per_byte is not None
+    finally:
+        worker.shutdown()
+    assert len(batches) == 120
+    assert not any((x == HELD).any() or (y == HELD).any() for x, y in batches)
+    again = make_worker(tmp_path, store)
+    again.initialize()
+    try:
+        assert again.split == SMALL_SPLIT
+    finally:
+        again.shutdown()
+
+
+def test_evaluation_is_recorded_and_the_best_model_kept_apart(tmp_path, store):
+    add_text(store, tmp_path, "a.txt", "the quick brown fox jumps over the lazy dog. " * 200)  # 9k bytes
+    worker = make_worker(tmp_path, store, checkpoint_every_steps=4, eval_every_steps=4, keep_checkpoints=2)
+    worker.initialize()
+    try:
+        with capture_logs() as logs:
+            for now in range(24):
+                worker.run_once(float(now))
+    finally:
+        worker.shutdown()
+    evals = [e for e in logs if e["event"] == "eval_finished"]
+    assert [e["step"] for e in evals] == [4, 8, 12, 16, 20, 24]
+    assert all(e["holdout_tokens"] == 512 and e["val_bits_per_byte"] > 0 for e in evals)
+    history = CorpusQueue(store).evaluations()
+    assert [r.step for r in history] == [4, 8, 12, 16, 20, 24]
+    best = min(history, key=lambda r: r.val_bits_per_byte)
+    assert CorpusQueue(store).best_evaluation().step == best.step
+    saved = load_checkpoint(worker.directory / BEST_CHECKPOINT)
+    assert saved.step == best.step and saved.extra["val_bits_per_byte"] == pytest.approx(best.val_bits_per_byte)
+    # rolling retention: the newest two rolling files remain, the best is apart and untouched
+    assert [p.name for p in list_checkpoints(worker.directory)] == ["ckpt-000000020.safetensors",
+                                                                    "ckpt-000000024.safetensors"]
+
+
+class ScriptedWorker(TrainingWorker):
+    """The loop with held-out figures from a script instead of the model: the plateau rule alone."""
+
+    def __init__(self, *args, script, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.script = list(script)
+
+    def _measure(self, holdout) -> float:
+        return self.script.pop(0)
+
+
+def test_plateau_idles_after_patience_and_new_text_wakes_it(tmp_path, store):
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 300)
+    clock = iter(np.arange(0.0, 1e6, 0.5)).__next__
+    config = tiny_config(tmp_path / "state", eval_every_steps=1000, eval_every_seconds=10.0, plateau_patience=3,
+                         plateau_margin=0.01, checkpoint_every_steps=1000, checkpoint_every_seconds=1e9)
+    # improving by more than the margin, then three that do not beat 2.00 by 0.01 (one worse):
+    # plateau; after new text, two more that do not improve, then one that does
+    # (the first evaluation after it measures the best model again on the grown held-out set)
+    script = [3.0, 2.5, 2.0, 1.995, 2.1, 1.999, 2.0, 2.05, 1.995, 1.5]
+    worker = ScriptedWorker(config, CorpusQueue(store), ByteTokenizer(), structlog.get_logger(), clock=clock,
+                            script=script)
+    worker.initialize()
+    try:
+        with capture_logs() as logs:
+            now, steps_at_plateau = 0.0, None
+            while not worker.figures.plateaued:
+                assert now < 200, "no plateau"
+                assert worker.run_once(now) == 0.0, "idle before the plateau"
+                now += 1.0
+            steps_at_plateau = worker.figures.step
+            assert worker.run_once(now) > 0 and worker.run_once(now + 1) > 0  # idle, no steps
+            assert worker.figures.step == steps_at_plateau
+        events = [e["event"] for e in logs]
+        evals = [e for e in logs if e["event"] == "eval_finished"]
+        assert [e["improved"] for e in evals] == [True, True, True, False, False, False]
+        assert [e["stale"] for e in evals] == [0, 0, 0, 1, 2, 3]
+        assert events.count("training_plateaued") == 1 and "trainer_idle" in events
+        plateau = next(e for e in logs if e["event"] == "training_plateaued")
+        assert plateau["best_val_bits_per_byte"] == 1.995 and plateau["reason"] == "no_improvement"
+        assert load_checkpoint(worker.directory / BEST_CHECKPOINT).extra["val_bits_per_byte"] == 1.995
+        assert CorpusQueue(store).latest_checkpoint().step == steps_at_plateau  # the plateau checkpointed
+
+        add_text(store, tmp_path, "b.txt", "zyxwvutsrqponmlkjihgfedcba " * 300)
+        with capture_logs() as logs:
+            now += 100.0
+            assert worker.run_once(now) == 0.0
+            assert worker.figures.step == steps_at_plateau + 1 and not worker.figures.plateaued
+            while worker.script:
+                worker.run_once(now)
+                now += 1.0
+        assert "training_resumed" in [e["event"] for e in logs]
+        assert "holdout_changed" in [e["event"] for e in logs]  # b.txt completed a second block
+        evals = [e for e in logs if e["event"] == "eval_finished"]
+        assert [e["stale"] for e in evals] == [1, 2, 0] and not worker.figures.plateaued
+    finally:
+        worker.shutdown()
+
+
+def test_a_restart_keeps_the_plateau_and_the_best(tmp_path, store):
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 300)
+    config = tiny_config(tmp_path / "state", eval_every_steps=2, plateau_patience=2, plateau_margin=0.0,
+                         checkpoint_every_steps=1000)
+    worker = ScriptedWorker(config, CorpusQueue(store), ByteTokenizer(), structlog.get_logger(),
+                            script=[2.0, 2.0, 2.0])
+    worker.initialize()
+    try:
+        for now in range(6):
+            worker.run_once(float(now))
+        assert worker.figures.plateaued
+    finally:
+        worker.shutdown()
+    again = make_worker(tmp_path, store)
+    again.initialize()
+    try:
+        assert again.figures.plateaued and again.figures.best_val_bits_per_byte == 2.0
+        assert again.run_once(100.0) > 0 and again.figures.step == 6
+    finally:
+        again.shutdown()
