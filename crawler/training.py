@@ -120,6 +120,7 @@ class TrainingWorker:
         self._recent: deque[tuple[float, int]] = deque(maxlen=TRAIN_WINDOW)  # (nats, bytes) per step
         self._stale = 0  # evaluations since the last one that beat the best by the margin
         self._plateau_end = 0  # the stream's length when training plateaued
+        self._stream_end = 0  # the stream's length, read at each refill of the shuffle buffer
         self._best_holdout = 0  # the held-out size the best figure was measured on
         self._last_eval_step = -1
         self._last_eval_at = clock()
@@ -244,6 +245,7 @@ class TrainingWorker:
         self.figures.plateaued = bool(plateau.get("plateaued", False))
         self._plateau_end = int(plateau.get("stream_end", 0))
         self._buffer_start = position
+        self._stream_end = self.queue.stream_end()
         fresh = extra.get("fresh")
         if fresh and int(fresh["windows"]) > int(fresh["taken"]):
             start, count = int(fresh["start"]), int(fresh["windows"])
@@ -368,6 +370,7 @@ class TrainingWorker:
         while have < count:
             if self._taken >= self._buffer.shape[0]:
                 position = self.figures.position
+                self._stream_end = self.queue.stream_end()
                 windows, end = self.queue.read_windows(position, FRESH_BUFFER, T, holdout=self.split)
                 if windows.shape[0] == 0:
                     self.figures.position = self._buffer_start = end  # past any held-out stretch
@@ -385,10 +388,11 @@ class TrainingWorker:
         self._taken = max(0, self._taken - count)
 
     def _update_epoch(self) -> None:
-        split = self.split
-        position = self.figures.position
-        held = 0 if split is None else len(split.blocks(position)) * (split.block_tokens + 1)
-        self.figures.epoch = self.figures.tokens_seen / max(1, position - held)
+        """Passes over the trainable text stored so far: all tokens through the model over the
+        stream's length less its held-out regions (so 0 to 1 during the first pass)."""
+        split, end = self.split, self._stream_end
+        held = 0 if split is None else len(split.blocks(end)) * (split.block_tokens + 1)
+        self.figures.epoch = self.figures.tokens_seen / max(1, end - held)
 
     # --- evaluation and the plateau rule -------------------------------------------------------
 

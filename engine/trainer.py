@@ -121,15 +121,16 @@ class Trainer:
                 raise ShapeMismatch(f"{name} hold token ids outside [0, {V})")
         return inputs, targets
 
-    def step(self, inputs: np.ndarray, targets: np.ndarray) -> StepStats:
-        """One optimizer step on a global batch (batch_size, seq_len). Raises NonFiniteLoss (and
-        leaves the parameters unchanged) when the gradient norm is not finite."""
+    def step(self, inputs: np.ndarray, targets: np.ndarray, lr: float | None = None) -> StepStats:
+        """One optimizer step on a global batch (batch_size, seq_len), at the schedule's rate or
+        at `lr` when given (a cool-down run sets its own). Raises NonFiniteLoss (and leaves the
+        parameters unchanged) when the gradient norm is not finite."""
         tc = self.train_config
         inputs, targets = self._batch(inputs, targets, tc.seq_len)
         if inputs.shape != (tc.batch_size, tc.seq_len):
             raise ShapeMismatch(f"batch is {inputs.shape}, the trainer expects ({tc.batch_size}, {tc.seq_len})")
         t0 = time.perf_counter()
-        lr = learning_rate(tc, self.step_count)
+        lr = learning_rate(tc, self.step_count) if lr is None else float(lr)
         t = self.step_count + 1
         dloss = 1.0 / inputs.size
         weight = tc.crystalline_weight
