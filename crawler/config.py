@@ -68,6 +68,10 @@ class DaemonConfig:
     plateau_margin: float = 0.002
     # passes over the trainable text after which training stops as if plateaued; 0: no limit
     max_passes: float = 100.0
+    # the model handed to generate/eval/export (best.safetensors) is a cooled copy: at each
+    # evaluation, a copy of the live weights trains this share of the steps since the last
+    # cool-down more, with the rate decayed to 0; the live model goes on undisturbed. 0: off
+    cooldown_fraction: float = 0.2
     checkpoint_every_steps: int = 500
     checkpoint_every_seconds: float = 600.0
     keep_checkpoints: int = 3
@@ -85,6 +89,8 @@ class DaemonConfig:
             raise ConfigError(f"idle ({self.idle!r}) must be one of {', '.join(IDLE_MODES)}")
         if self.after_ingest not in AFTER_INGEST:
             raise ConfigError(f"after_ingest ({self.after_ingest!r}) must be one of {', '.join(AFTER_INGEST)}")
+        if not 0 <= self.cooldown_fraction <= 1:
+            raise ConfigError(f"cooldown_fraction ({self.cooldown_fraction}) must be in [0, 1]")
         if self.plateau_margin < 0 or self.max_passes < 0:
             raise ConfigError(f"plateau_margin ({self.plateau_margin}) and max_passes ({self.max_passes}) "
                               "must be 0 or more")

@@ -121,6 +121,7 @@ class TrainingWorker:
         self._stale = 0  # evaluations since the last one that beat the best by the margin
         self._plateau_end = 0  # the stream's length when training plateaued
         self._stream_end = 0  # the stream's length, read at each refill of the shuffle buffer
+        self._last_cooldown_step = 0  # the live step the last cool-down started from
         self._best_holdout = 0  # the held-out size the best figure was measured on
         self._last_eval_step = -1
         self._last_eval_at = clock()
@@ -244,6 +245,7 @@ class TrainingWorker:
         self._stale = int(plateau.get("stale", 0))
         self.figures.plateaued = bool(plateau.get("plateaued", False))
         self._plateau_end = int(plateau.get("stream_end", 0))
+        self._last_cooldown_step = int(extra.get("last_cooldown_step", 0))
         self._buffer_start = position
         self._stream_end = self.queue.stream_end()
         fresh = extra.get("fresh")
@@ -426,7 +428,12 @@ class TrainingWorker:
         if f.best_val_bits_per_byte is not None and self._best_holdout != holdout.tokens:
             self._remeasure_best(holdout)
         f.holdout_tokens = holdout.tokens
-        value = self._measure(holdout)
+        live = value = self._measure(holdout)
+        cooled, cooldown_steps = self._cool_down(), 0
+        if cooled is not None:
+            cooldown_steps = cooled[3]
+            with self.trainer.parameters_of(cooled[0]):
+                value = self._measure(holdout)
         best = f.best_val_bits_per_byte
         improved = best is None or value < best - daemon.plateau_margin
         self._stale = 0 if improved else self._stale + 1
@@ -442,14 +449,51 @@ class TrainingWorker:
                                      holdout_tokens=holdout.tokens, seconds=seconds, best=is_best)
         self.log.info("eval_finished", step=self.trainer.step_count, epoch=round(f.epoch, 3),
                       tokens_trained=f.tokens_trained, val_bits_per_byte=round(value, 4),
+                      live_val_bits_per_byte=round(live, 4), cooldown_steps=cooldown_steps,
                       train_bits_per_byte=None if f.train_bits_per_byte is None else round(f.train_bits_per_byte, 4),
                       best_val_bits_per_byte=round(f.best_val_bits_per_byte, 4), improved=improved,
                       stale=self._stale, holdout_tokens=holdout.tokens, seconds=round(seconds, 3))
         if is_best:
-            self._save_best(value, holdout.tokens)
+            self._save_best(value, holdout.tokens, cooled)
         if self._stale >= daemon.plateau_patience and not f.plateaued and daemon.idle == "sleep":
             self._plateau(now, reason="no_improvement")
         return value
+
+    def _cool_down(self):
+        """A copy of the live model trained `cooldown_fraction` times the steps since the last
+        cool-down more, on windows drawn from the trained text, with the rate decayed linearly
+        to 0 (warmup-stable-decay: a decayed copy scores far better than the weights at a held
+        rate). Returns (params, adam_m, adam_v, steps), or None when off or there is nothing to
+        cool. The live model is restored exactly, so its training goes on undisturbed."""
+        from engine.schedule import learning_rate
+
+        t, daemon = self.trainer, self.config.daemon
+        steps = int(round(daemon.cooldown_fraction * (t.step_count - self._last_cooldown_step)))
+        if steps < 1 or self._buffer_start <= self.seq_len:
+            return None
+        B, T = self.config.train.batch_size, self.seq_len
+        saved = (t.params.copy(), t.m.copy(), t.v.copy(), t.step_count, t.tokens_trained)
+        lr = learning_rate(t.train_config, t.step_count)
+        done = 0
+        try:
+            for i in range(steps):
+                rng = np.random.default_rng([self.config.train.seed, 2, saved[3], i])
+                windows = self.queue.sample_replay(B, T, rng, end=self._buffer_start, holdout=self.split)
+                if windows.shape[0] < B:
+                    break
+                t.step(windows[:, :-1], windows[:, 1:], lr=lr * (1.0 - i / steps))
+                done += 1
+            cooled = (t.params.copy(), t.m.copy(), t.v.copy(), done) if done else None
+        except NonFiniteLoss as exc:
+            self.log.error("cooldown_failed", step=saved[3], error=str(exc))
+            cooled = None
+        finally:
+            np.copyto(t.params, saved[0])
+            np.copyto(t.m, saved[1])
+            np.copyto(t.v, saved[2])
+            t.step_count, t.tokens_trained = saved[3], saved[4]
+        self._last_cooldown_step = saved[3]
+        return cooled
 
     def _remeasure_best(self, holdout) -> None:
         """The held-out set changed: measure the best model again on it, so the plateau rule and
@@ -478,10 +522,20 @@ class TrainingWorker:
                         m=best.m, v=best.v, train_state=best.train_state, name=BEST_CHECKPOINT,
                         extra=best.extra | {"val_bits_per_byte": value, "holdout_tokens": holdout.tokens})
 
-    def _save_best(self, value: float, holdout_tokens: int) -> None:
-        """Write the live model as best.safetensors (atomically), with its held-out figure."""
-        extra = self._extra() | {"val_bits_per_byte": value, "holdout_tokens": holdout_tokens}
-        path = self.trainer.save_checkpoint(self.directory, extra=extra, name=BEST_CHECKPOINT)
+    def _save_best(self, value: float, holdout_tokens: int, cooled=None) -> None:
+        """Write best.safetensors (atomically), with its held-out figure: the cooled copy when
+        there is one, else the live model."""
+        extra = self._extra() | {"val_bits_per_byte": value, "holdout_tokens": holdout_tokens,
+                                 "cooldown_steps": 0 if cooled is None else cooled[3]}
+        if cooled is None:
+            path = self.trainer.save_checkpoint(self.directory, extra=extra, name=BEST_CHECKPOINT)
+        else:
+            from engine.checkpoint import save_checkpoint
+
+            t = self.trainer
+            path = save_checkpoint(self.directory, step=t.step_count, model_config=t.model_config,
+                                   params=cooled[0], m=cooled[1], v=cooled[2], train_state=t.train_state(),
+                                   extra=extra, name=BEST_CHECKPOINT)
         self.log.info("best_checkpoint_saved", step=self.trainer.step_count, path=str(path),
                       val_bits_per_byte=round(value, 4), holdout_tokens=holdout_tokens)
 
@@ -514,6 +568,7 @@ class TrainingWorker:
             "replay_credit": self._replay_credit,
             "plateau": {"stale": self._stale, "plateaued": f.plateaued, "stream_end": self._plateau_end},
             "evaluated": self._last_eval_step == self.trainer.step_count,
+            "last_cooldown_step": self._last_cooldown_step,
             "val_bits_per_byte": f.val_bits_per_byte,
         }
 

@@ -200,7 +200,8 @@ def test_no_held_out_token_reaches_a_batch_and_the_split_survives_restarts(tmp_p
     batches = []
     worker.initialize()
     real_step = worker.trainer.step
-    worker.trainer.step = lambda inputs, targets: batches.append((inputs.copy(), targets.copy())) or real_step(inputs, targets)
+    worker.trainer.step = lambda inputs, targets, **kw: (batches.append((inputs.copy(), targets.copy()))
+                                                         or real_step(inputs, targets, **kw))
     try:
         for now in range(120):  # one pass is ~47 new windows at batch 4: most steps are further passes
             worker.run_once(float(now))
@@ -208,7 +209,7 @@ def test_no_held_out_token_reaches_a_batch_and_the_split_survives_restarts(tmp_p
         assert worker.figures.val_bits_per_byte is not None
     finally:
         worker.shutdown()
-    assert len(batches) == 120
+    assert len(batches) > 120  # the live steps and the cool-downs' steps
     assert not any((x == HELD).any() or (y == HELD).any() for x, y in batches)
     again = make_worker(tmp_path, store)
     again.initialize()
@@ -257,7 +258,8 @@ def test_plateau_idles_after_patience_and_new_text_wakes_it(tmp_path, store):
     add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 300)
     clock = iter(np.arange(0.0, 1e6, 0.5)).__next__
     config = tiny_config(tmp_path / "state", eval_every_steps=1000, eval_every_seconds=10.0, plateau_patience=3,
-                         plateau_margin=0.01, checkpoint_every_steps=1000, checkpoint_every_seconds=1e9)
+                         plateau_margin=0.01, checkpoint_every_steps=1000, checkpoint_every_seconds=1e9,
+                         cooldown_fraction=0.0)  # one measurement per evaluation: the script's
     # improving by more than the margin, then three that do not beat 2.00 by 0.01 (one worse):
     # plateau; after new text, two more that do not improve, then one that does
     # (the first evaluation after it measures the best model again on the grown held-out set)
@@ -304,7 +306,7 @@ def test_plateau_idles_after_patience_and_new_text_wakes_it(tmp_path, store):
 def test_a_restart_keeps_the_plateau_and_the_best(tmp_path, store):
     add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 300)
     config = tiny_config(tmp_path / "state", eval_every_steps=2, plateau_patience=2, plateau_margin=0.0,
-                         checkpoint_every_steps=1000)
+                         checkpoint_every_steps=1000, cooldown_fraction=0.0)
     worker = ScriptedWorker(config, CorpusQueue(store), ByteTokenizer(), structlog.get_logger(),
                             script=[2.0, 2.0, 2.0])
     worker.initialize()
@@ -321,3 +323,45 @@ def test_a_restart_keeps_the_plateau_and_the_best(tmp_path, store):
         assert again.run_once(100.0) > 0 and again.figures.step == 6
     finally:
         again.shutdown()
+
+
+def test_the_best_model_is_a_cooled_copy_and_live_training_goes_on_undisturbed(tmp_path, monkeypatch):
+    """Two runs from the same corpus, with and without cool-downs: the live weights agree bit for
+    bit, and the best file holds the cooled copy with its own figure."""
+    monkeypatch.setattr(training, "FRESH_BUFFER", 8)  # cool-downs draw from text before the buffer
+    runs = {}
+    for fraction in (0.0, 0.5):
+        folder = tmp_path / f"run-{fraction}"
+        folder.mkdir()
+        database = open_database(StorageConfig(url=f"sqlite:///{folder / 'corpus.db'}").validate())
+        try:
+            add_text(database, folder, "a.txt", "the quick brown fox jumps over the lazy dog. " * 200)
+            config = tiny_config(folder / "state", eval_every_steps=10, checkpoint_every_steps=1000,
+                                 cooldown_fraction=fraction, plateau_patience=1000)
+            config = replace(config, train=replace(config.train, learning_rate=0.01))
+            worker = TrainingWorker(config, CorpusQueue(database), ByteTokenizer(), structlog.get_logger())
+            worker.initialize()
+            try:
+                with capture_logs() as logs:
+                    for now in range(30):
+                        worker.run_once(float(now))
+                runs[fraction] = (worker.trainer.params.copy(), worker.trainer.m.copy(), worker.trainer.step_count,
+                                  [e for e in logs if e["event"] == "eval_finished"],
+                                  load_checkpoint(worker.directory / BEST_CHECKPOINT))
+            finally:
+                worker.shutdown()
+        finally:
+            database.close()
+    plain, cooled = runs[0.0], runs[0.5]
+    assert plain[2] == cooled[2] == 30
+    np.testing.assert_array_equal(plain[0], cooled[0])  # the live model never saw the cool-downs
+    np.testing.assert_array_equal(plain[1], cooled[1])
+    assert [e["cooldown_steps"] for e in plain[3]] == [0, 0, 0]
+    assert [e["cooldown_steps"] for e in cooled[3]] == [5, 5, 5]  # half the 10 steps since the last
+    for p, c in zip(plain[3], cooled[3]):
+        assert c["live_val_bits_per_byte"] == p["val_bits_per_byte"]  # the same live model measured
+        assert c["val_bits_per_byte"] != c["live_val_bits_per_byte"]
+    best = cooled[4]
+    assert best.extra["cooldown_steps"] == 5
+    assert best.extra["val_bits_per_byte"] == pytest.approx(min(e["val_bits_per_byte"] for e in cooled[3]), abs=1e-4)
+    assert not np.array_equal(best.params, plain[4].params)
