@@ -200,8 +200,10 @@ def command_status(args: argparse.Namespace) -> int:
     daemon = report["daemon"]
     if daemon["running"]:
         h = daemon["health"] or {}
+        loss, rate = h.get("loss"), h.get("tokens_per_s")
         print(f"daemon     running, pid {daemon['pid']}, {h.get('state', '?')}; step {h.get('step')}, "
-              f"loss {h.get('loss')}, {h.get('tokens_per_s')} tokens/s (as of {h.get('updated_at')})")
+              f"loss {'-' if loss is None else f'{loss:.4f}'}, {'-' if rate is None else f'{rate:,.0f}'} tokens/s "
+              f"(as of {h.get('updated_at')})")
     else:
         print("daemon     not running")
     print(f"state dir  {report['state_dir']}")

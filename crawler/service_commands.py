@@ -38,7 +38,7 @@ plateau_margin = 0.002         # bits per byte
 max_passes = 100.0             # passes over the text after which training stops; 0: no limit
 cooldown_fraction = 0.2        # best.safetensors is a copy cooled for this share of the steps since
                                # the last evaluation (the rate decayed to 0); 0: the live weights
-checkpoint_every_steps = 500
+checkpoint_every_steps = 1000  # each checkpoint is also evaluated
 checkpoint_every_seconds = 600.0
 keep_checkpoints = 3
 log_every = 10                 # a train_step event every N steps
