@@ -351,8 +351,9 @@ def command_train(args: argparse.Namespace) -> int:
         database, queue = open_queue(config)
         tokenizer = load_state_tokenizer(config.state_dir)
         summary = ingest_paths(args.paths, queue, tokenizer, config, log, level="info")
-        worker = TrainingWorker(config, queue, tokenizer, get_logger("trainer"), pinned=pinned, command="train")
         with _StopFlag() as stop:
+            worker = TrainingWorker(config, queue, tokenizer, get_logger("trainer"), pinned=pinned, command="train",
+                                    stopping=lambda: stop.signum is not None)
             worker.initialize()
             try:
                 return _train_loop(args, worker, summary, tokenizer, stop, log)

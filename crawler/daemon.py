@@ -209,7 +209,8 @@ class Daemon:
 
         queue = CorpusQueue(self.database)
         if name == "trainer":
-            return TrainingWorker(self.config, queue, self.tokenizer, get_logger("trainer"), clock=self.clock)
+            return TrainingWorker(self.config, queue, self.tokenizer, get_logger("trainer"), clock=self.clock,
+                                  stopping=self.stop_event.is_set)
         return IngestWorker(self.config, queue, self.tokenizer, self.inbox, get_logger("ingest"))
 
     def _start_worker(self, name: str) -> None:

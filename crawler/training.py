@@ -92,8 +92,9 @@ class TrainingWorker:
     name = "trainer"
 
     def __init__(self, config: Config, queue, tokenizer, log, clock=time.monotonic,
-                 pinned: dict[str, str] | None = None, command: str = "run"):
+                 pinned: dict[str, str] | None = None, command: str = "run", stopping=lambda: False):
         self.config = config
+        self.stopping = stopping  # true once a stop was asked for: a cool-down gives way to it
         self.command = command  # recorded in each checkpoint: retention deletes only its own
         self.queue = queue
         self.tokenizer = tokenizer
@@ -477,6 +478,9 @@ class TrainingWorker:
         done = 0
         try:
             for i in range(steps):
+                if self.stopping():  # a half-cooled copy is not worth keeping: stop promptly
+                    done = 0
+                    break
                 rng = np.random.default_rng([self.config.train.seed, 2, saved[3], i])
                 windows = self.queue.sample_replay(B, T, rng, end=self._buffer_start, holdout=self.split)
                 if windows.shape[0] < B:
@@ -492,7 +496,8 @@ class TrainingWorker:
             np.copyto(t.m, saved[1])
             np.copyto(t.v, saved[2])
             t.step_count, t.tokens_trained = saved[3], saved[4]
-        self._last_cooldown_step = saved[3]
+        if cooled is not None:
+            self._last_cooldown_step = saved[3]
         return cooled
 
     def _remeasure_best(self, holdout) -> None:

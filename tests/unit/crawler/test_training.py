@@ -365,3 +365,26 @@ def test_the_best_model_is_a_cooled_copy_and_live_training_goes_on_undisturbed(t
     assert best.extra["cooldown_steps"] == 5
     assert best.extra["val_bits_per_byte"] == pytest.approx(min(e["val_bits_per_byte"] for e in cooled[3]), abs=1e-4)
     assert not np.array_equal(best.params, plain[4].params)
+
+
+def test_a_stop_request_cuts_a_cool_down_short(tmp_path, store, monkeypatch):
+    monkeypatch.setattr(training, "FRESH_BUFFER", 8)
+    add_text(store, tmp_path, "a.txt", "the quick brown fox jumps over the lazy dog. " * 200)
+    asked = []
+    config = tiny_config(tmp_path / "state", eval_every_steps=10, checkpoint_every_steps=1000, cooldown_fraction=1.0)
+    worker = TrainingWorker(config, CorpusQueue(store), ByteTokenizer(), structlog.get_logger(),
+                            stopping=lambda: bool(asked))
+    worker.initialize()
+    try:
+        with capture_logs() as logs:
+            for now in range(10):
+                worker.run_once(float(now))
+            asked.append(True)
+            for now in range(10, 20):
+                worker.run_once(float(now))
+        evals = [e for e in logs if e["event"] == "eval_finished"]
+        assert [e["cooldown_steps"] for e in evals] == [10, 0]  # the second gave way at once
+        assert evals[1]["val_bits_per_byte"] == evals[1]["live_val_bits_per_byte"]
+        assert worker.trainer.step_count == 20
+    finally:
+        worker.shutdown()
