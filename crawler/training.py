@@ -429,12 +429,15 @@ class TrainingWorker:
         if f.best_val_bits_per_byte is not None and self._best_holdout != holdout.tokens:
             self._remeasure_best(holdout)
         f.holdout_tokens = holdout.tokens
-        live = value = self._measure(holdout)
-        cooled, cooldown_steps = self._cool_down(), 0
+        # the model handed out is measured: the cooled copy when there is one (the live weights
+        # are then not measured at all, which would cost as much again), else the live model
+        cooled, cooldown_steps, live = self._cool_down(), 0, None
         if cooled is not None:
             cooldown_steps = cooled[3]
             with self.trainer.parameters_of(cooled[0]):
                 value = self._measure(holdout)
+        else:
+            live = value = self._measure(holdout)
         best = f.best_val_bits_per_byte
         improved = best is None or value < best - daemon.plateau_margin
         self._stale = 0 if improved else self._stale + 1
@@ -450,7 +453,7 @@ class TrainingWorker:
                                      holdout_tokens=holdout.tokens, seconds=seconds, best=is_best)
         self.log.info("eval_finished", step=self.trainer.step_count, epoch=round(f.epoch, 3),
                       tokens_trained=f.tokens_trained, val_bits_per_byte=round(value, 4),
-                      live_val_bits_per_byte=round(live, 4), cooldown_steps=cooldown_steps,
+                      live_val_bits_per_byte=None if live is None else round(live, 4), cooldown_steps=cooldown_steps,
                       train_bits_per_byte=None if f.train_bits_per_byte is None else round(f.train_bits_per_byte, 4),
                       best_val_bits_per_byte=round(f.best_val_bits_per_byte, 4), improved=improved,
                       stale=self._stale, holdout_tokens=holdout.tokens, seconds=round(seconds, 3))

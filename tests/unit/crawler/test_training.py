@@ -359,8 +359,9 @@ def test_the_best_model_is_a_cooled_copy_and_live_training_goes_on_undisturbed(t
     assert [e["cooldown_steps"] for e in plain[3]] == [0, 0, 0]
     assert [e["cooldown_steps"] for e in cooled[3]] == [5, 5, 5]  # half the 10 steps since the last
     for p, c in zip(plain[3], cooled[3]):
-        assert c["live_val_bits_per_byte"] == p["val_bits_per_byte"]  # the same live model measured
-        assert c["val_bits_per_byte"] != c["live_val_bits_per_byte"]
+        assert p["live_val_bits_per_byte"] == p["val_bits_per_byte"]  # no cool-down: the live model
+        assert c["live_val_bits_per_byte"] is None  # a cool-down: only the copy handed out is measured
+        assert c["val_bits_per_byte"] != p["val_bits_per_byte"]
     best = cooled[4]
     assert best.extra["cooldown_steps"] == 5
     assert best.extra["val_bits_per_byte"] == pytest.approx(min(e["val_bits_per_byte"] for e in cooled[3]), abs=1e-4)
@@ -384,6 +385,7 @@ def test_a_stop_request_cuts_a_cool_down_short(tmp_path, store, monkeypatch):
                 worker.run_once(float(now))
         evals = [e for e in logs if e["event"] == "eval_finished"]
         assert [e["cooldown_steps"] for e in evals] == [10, 0]  # the second gave way at once
+        assert evals[0]["live_val_bits_per_byte"] is None
         assert evals[1]["val_bits_per_byte"] == evals[1]["live_val_bits_per_byte"]
         assert worker.trainer.step_count == 20
     finally:
