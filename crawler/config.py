@@ -68,6 +68,10 @@ class DaemonConfig:
     plateau_margin: float = 0.002
     # passes over the trainable text after which training stops as if plateaued; 0: no limit
     max_passes: float = 100.0
+    # the trained text is held in memory up to this size, for the windows of replay, further
+    # passes and cool-downs (a window read from the store costs more than a small model's step);
+    # beyond it they are read from the store. 2 bytes a token (4 above 65,536 token ids)
+    replay_memory_mb: int = 256
     # the model handed to generate/eval/export (best.safetensors) is a cooled copy: at each
     # evaluation, a copy of the live weights trains this share of the steps since the last
     # cool-down more, with the rate decayed to 0; the live model goes on undisturbed. 0: off
@@ -96,6 +100,8 @@ class DaemonConfig:
         if self.plateau_margin < 0 or self.max_passes < 0:
             raise ConfigError(f"plateau_margin ({self.plateau_margin}) and max_passes ({self.max_passes}) "
                               "must be 0 or more")
+        if self.replay_memory_mb < 0:
+            raise ConfigError(f"replay_memory_mb ({self.replay_memory_mb}) must be 0 or more")
         for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every", "ingest_queue_size",
                      "eval_every_steps", "plateau_patience"):
             if getattr(self, name) < 1:

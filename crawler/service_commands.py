@@ -36,6 +36,7 @@ eval_every_seconds = 120.0
 plateau_patience = 5           # evaluations in a row that do not beat the best by plateau_margin
 plateau_margin = 0.002         # bits per byte
 max_passes = 100.0             # passes over the text after which training stops; 0: no limit
+replay_memory_mb = 256         # trained text held in memory for replay and further passes
 cooldown_fraction = 0.2        # best.safetensors is a copy cooled for this share of the steps since
                                # the last evaluation (the rate decayed to 0); 0: the live weights
 checkpoint_every_steps = 1000  # each checkpoint is also evaluated

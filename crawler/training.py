@@ -44,7 +44,7 @@ import numpy as np
 
 from engine import CheckpointError, ConfigError, NonFiniteLoss
 from engine.checkpoint import list_checkpoints, load_checkpoint
-from storage import HoldoutSplit
+from storage import HoldoutSplit, draw_window_starts
 
 from .config import Config
 
@@ -53,6 +53,36 @@ BEST_CHECKPOINT = "best.safetensors"
 FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
 TRAIN_WINDOW = 50  # steps in the recent-window estimate of training bits per byte
 LN2 = math.log(2.0)
+
+
+class TrainedText:
+    """The trained part of the stream in memory, up to `limit` tokens, for the windows drawn by
+    replay, further passes and cool-downs: drawing a batch from the store costs a query a window,
+    more than a small model's whole step. Draws exactly what CorpusQueue.sample_replay draws
+    (the same draw_window_starts), and hands over to it beyond `limit`. Grows by appending, with
+    its capacity doubled, as the trained region grows; the stream never changes behind it."""
+
+    def __init__(self, queue, limit: int, vocab_size: int):
+        self.queue, self.limit = queue, limit
+        self._tokens = np.empty(1 << 16, np.uint16 if vocab_size <= 1 << 16 else np.int32)
+        self.size = 0  # tokens [0, size) of the stream are held
+
+    def sample(self, count: int, seq_len: int, rng: np.random.Generator, end: int, holdout) -> np.ndarray:
+        """`count` windows (int32 (n, seq_len + 1)) drawn uniformly from stream tokens [0, end)."""
+        if end > self.limit:
+            return self.queue.sample_replay(count, seq_len, rng, end=end, holdout=holdout)
+        high = end - seq_len  # window starts lie in [0, high)
+        if count == 0 or high <= 0:
+            return np.empty((0, seq_len + 1), np.int32)
+        if end > self.size:
+            if end > self._tokens.size:
+                grown = np.empty(max(end, 2 * self._tokens.size), self._tokens.dtype)
+                grown[: self.size] = self._tokens[: self.size]
+                self._tokens = grown
+            self._tokens[self.size : end] = self.queue.read_tokens(self.size, end)
+            self.size = end
+        starts = draw_window_starts(rng, high, count, seq_len, holdout)  # (n,)
+        return self._tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)  # (n, T + 1)
 
 
 def checkpoint_directory(state_dir: str | Path) -> Path:
@@ -134,6 +164,8 @@ class TrainingWorker:
         from engine import Trainer
 
         self.split = self.queue.holdout(HoldoutSplit())
+        limit = self.config.daemon.replay_memory_mb * 1_000_000 // (2 if self.tokenizer.vocab_size <= 1 << 16 else 4)
+        self.trained = TrainedText(self.queue, limit, self.tokenizer.vocab_size)
         model = replace(self.config.model, vocab_size=self.tokenizer.vocab_size).validate()
         checkpoint = self._resume(model)
         if checkpoint is not None:
@@ -312,7 +344,7 @@ class TrainingWorker:
             return self._idle(True)
         shortfall = B - fresh.shape[0]
         trained_end = self._buffer_start  # a refill above moved it: everything before is trained
-        replay = (self.queue.sample_replay(shortfall, T, rng, end=trained_end, holdout=self.split) if shortfall
+        replay = (self.trained.sample(shortfall, T, rng, end=trained_end, holdout=self.split) if shortfall
                   else np.empty((0, T + 1), np.int32))
         if replay.shape[0] < shortfall:  # not enough data yet to fill a batch: wait for files
             self._untake(fresh.shape[0])
@@ -485,7 +517,7 @@ class TrainingWorker:
                     done = 0
                     break
                 rng = np.random.default_rng([self.config.train.seed, 2, saved[3], i])
-                windows = self.queue.sample_replay(B, T, rng, end=self._buffer_start, holdout=self.split)
+                windows = self.trained.sample(B, T, rng, end=self._buffer_start, holdout=self.split)
                 if windows.shape[0] < B:
                     break
                 t.step(windows[:, :-1], windows[:, 1:], lr=lr * (1.0 - i / steps))

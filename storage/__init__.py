@@ -11,7 +11,7 @@ returns rows, token arrays and paths. Callers import from here.
 from .config import ConfigError, StorageConfig
 from .db import Database, open_database
 from .errors import SchemaTooNew, StorageError, TokenizerMismatch
-from .holdout import HoldoutSplit
+from .holdout import HoldoutSplit, draw_window_starts
 from .queue import CorpusQueue
 from .records import (
     AddResult,
@@ -33,6 +33,7 @@ __all__ = [
     "EvaluationRecord",
     "HoldoutSet",
     "HoldoutSplit",
+    "draw_window_starts",
     "NewDocument",
     "QueueStats",
     "SchemaTooNew",

@@ -133,6 +133,30 @@ class HoldoutSplit:
         return np.concatenate(taken), examined
 
 
+REPLAY_ROUNDS = 32  # draw_window_starts redraws windows that touch held-out text at most this often
+
+
+def draw_window_starts(rng: np.random.Generator, high: int, count: int, seq_len: int,
+                       holdout: HoldoutSplit | None) -> np.ndarray:
+    """Up to `count` window starts drawn uniformly from [0, high): int64 (n,), in the order drawn.
+
+    The first round is rng.integers(0, high, size=count); with `holdout`, starts whose window of
+    seq_len + 1 tokens touches a held-out region are dropped and the missing ones redrawn the
+    same way, in up to REPLAY_ROUNDS rounds in all; n < count only when they are still missing.
+    Callers: CorpusQueue.sample_replay, and any in-memory copy of the stream that must draw
+    exactly what the store would.
+    """
+    positions = rng.integers(0, high, size=count)  # (count,)
+    if holdout is not None:
+        positions = positions[~holdout.overlaps(positions, seq_len + 1)]
+        for _ in range(REPLAY_ROUNDS - 1):
+            if len(positions) == count:
+                break
+            more = rng.integers(0, high, size=count - len(positions))  # (missing,)
+            positions = np.concatenate([positions, more[~holdout.overlaps(more, seq_len + 1)]])
+    return positions
+
+
 def evaluation_windows(regions: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Cuts regions (B, S + 1) into training-shaped windows: (windows, tail).
 

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from .db import Database
 from .errors import TokenizerMismatch
-from .holdout import HoldoutSplit, evaluation_windows
+from .holdout import HoldoutSplit, draw_window_starts, evaluation_windows
 from .models import (
     IN_STREAM,
     STATUSES,
@@ -58,7 +58,6 @@ from .stream import (
 )
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-REPLAY_ROUNDS = 32  # sample_replay redraws windows that touch held-out text at most this often
 
 
 class CorpusQueue:
@@ -263,6 +262,17 @@ class CorpusQueue:
 
     # --- windows out ------------------------------------------------------------------------------
 
+    def read_tokens(self, start: int, stop: int) -> np.ndarray:
+        """Stream tokens [start, stop) as int32 (stop - start,), in one snapshot. Raises ValueError
+        for a range that is empty-negative or beyond the stream's end."""
+        with self.database.read() as connection:
+            end = stream_end(connection)
+            if not 0 <= start <= stop <= end:
+                raise ValueError(f"range [{start}, {stop}) must lie within the stream [0, {end})")
+            if start == stop:
+                return np.empty(0, np.int32)
+            return read_range(connection, start, stop)
+
     def stream_end(self) -> int:
         """The stream's length in tokens, as last committed: one small read."""
         with self.database.read() as connection:
@@ -341,15 +351,7 @@ class CorpusQueue:
             high = limit - seq_len  # window starts lie in [0, high)
             if count == 0 or high <= 0:
                 return np.empty((0, seq_len + 1), np.int32)
-            positions = rng.integers(0, high, size=count)  # (count,)
-            if holdout is not None:
-                positions = positions[~holdout.overlaps(positions, seq_len + 1)]
-                for _ in range(REPLAY_ROUNDS - 1):
-                    if len(positions) == count:
-                        break
-                    more = rng.integers(0, high, size=count - len(positions))  # (missing,)
-                    more = more[~holdout.overlaps(more, seq_len + 1)]
-                    positions = np.concatenate([positions, more])
+            positions = draw_window_starts(rng, high, count, seq_len, holdout)  # (n,)
             out = np.empty((len(positions), seq_len + 1), np.int32)  # (count, T + 1)
             for i, start in enumerate(positions.tolist()):
                 out[i] = read_range(connection, start, start + seq_len + 1)

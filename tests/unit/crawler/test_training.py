@@ -390,3 +390,23 @@ def test_a_stop_request_cuts_a_cool_down_short(tmp_path, store, monkeypatch):
         assert worker.trainer.step_count == 20
     finally:
         worker.shutdown()
+
+
+def test_the_trained_text_in_memory_draws_what_the_store_draws(tmp_path, store):
+    from crawler.training import TrainedText
+
+    CorpusQueue(store).holdout(SMALL_SPLIT)
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 100)
+    queue = CorpusQueue(store)
+    memory = TrainedText(queue, limit=10_000, vocab_size=257)
+    for end in (100, 1500, 2700, 700):  # growing, and a draw from a shorter prefix afterwards
+        for seed in range(3):
+            got = memory.sample(8, 16, np.random.default_rng(seed), end=end, holdout=SMALL_SPLIT)
+            want = queue.sample_replay(8, 16, np.random.default_rng(seed), end=end, holdout=SMALL_SPLIT)
+            np.testing.assert_array_equal(got, want)
+    assert memory.size == 2700
+    small = TrainedText(queue, limit=1000, vocab_size=257)  # beyond the limit: the store itself
+    got = small.sample(8, 16, np.random.default_rng(5), end=2000, holdout=SMALL_SPLIT)
+    np.testing.assert_array_equal(got, queue.sample_replay(8, 16, np.random.default_rng(5), end=2000,
+                                                           holdout=SMALL_SPLIT))
+    assert small.size == 0
