@@ -22,6 +22,7 @@ rescan_interval_seconds = 5.0
 [daemon]
 checkpoint_every_steps = {checkpoint_every}
 keep_checkpoints = {keep_checkpoints}
+idle = "replay"  # never plateau on these tiny files: a stop always finds the trainer training
 checkpoint_every_seconds = 600.0
 log_every = 5
 status_interval_seconds = 1.0
