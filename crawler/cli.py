@@ -226,11 +226,11 @@ def _checkpoint_dir(args: argparse.Namespace) -> Path:
     return checkpoint_directory(args.state_dir)
 
 
-def _latest_checkpoint(directory: Path, log: Any, required: bool):
+def _latest_checkpoint(directory: Path, log: Any):
     checkpoint, skipped = load_latest_checkpoint(directory)
     for path, reason in skipped:
         log.warning("checkpoint_skipped", path=str(path), reason=reason)
-    if checkpoint is None and required:
+    if checkpoint is None:
         hint = "run 'crystalline train PATH...' or the daemon first"
         raise CliError(f"no checkpoint in {directory} ({hint} or pass --state-dir)")
     return checkpoint
@@ -250,7 +250,7 @@ def _model_checkpoint(args: argparse.Namespace, log: Any):
             return load_checkpoint(best)
         except CheckpointError as exc:
             log.warning("checkpoint_skipped", path=str(best), reason=exc.reason)
-    return _latest_checkpoint(directory, log, required=True)
+    return _latest_checkpoint(directory, log)
 
 
 def _checkpoint_tokenizer(checkpoint, state_dir: str) -> Tokenizer:

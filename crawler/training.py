@@ -406,6 +406,9 @@ class TrainingWorker:
             if self._taken >= self._buffer.shape[0]:
                 position = self.figures.position
                 self._stream_end = self.queue.stream_end()
+                if self._stream_end - position <= T:  # no complete window of new text: no read
+                    self._buffer_start = position  # the buffer is used up: all before is trained
+                    break
                 windows, end = self.queue.read_windows(position, FRESH_BUFFER, T, holdout=self.split)
                 if windows.shape[0] == 0:
                     self.figures.position = self._buffer_start = end  # past any held-out stretch
