@@ -18,13 +18,17 @@ RUN groupadd --system --gid 10001 crystalline \
     && mkdir -p /data /inbox /opt/crystalline/numba-cache \
     && chown 10001:10001 /data /inbox /opt/crystalline/numba-cache
 
-# The package and its dependencies as pyproject.toml states them; the sources are then removed,
-# so only the installed copy under site-packages is ever imported.
-COPY pyproject.toml README.md /tmp/src/
+# The dependencies exactly as locked (requirements.lock: every version pinned, every file's hash
+# checked), then the package alone; the sources are then removed, so only the installed copy
+# under site-packages is ever imported.
+COPY requirements.lock /tmp/src/
+RUN pip install --no-cache-dir --require-hashes -r /tmp/src/requirements.lock
+COPY pyproject.toml README.md LICENSE /tmp/src/
 COPY engine /tmp/src/engine
 COPY storage /tmp/src/storage
 COPY crawler /tmp/src/crawler
-RUN pip install --no-cache-dir /tmp/src \
+RUN pip install --no-cache-dir --no-deps /tmp/src \
+    && pip check \
     && rm -rf /tmp/src
 
 ENV CRYSTALLINE_STATE_DIR=/data \

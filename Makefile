@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run sample test bench clean
+.PHONY: run sample test bench lock clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/crystalline bench
+
+# re-resolve the locked dependency set after a change to pyproject.toml (docs/DEPLOY.md)
+lock: $(BIN)/.installed
+	$(BIN)/python -m uv lock
+	$(BIN)/python -m uv export --frozen --quiet --extra postgres --no-emit-project --no-header -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache

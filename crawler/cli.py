@@ -115,10 +115,22 @@ def _real(low: float, high: float = math.inf, low_open: bool = False) -> Callabl
 # parser
 
 
+def installed_version() -> str:
+    """The version of the installed distribution (its metadata), or "unknown" when the
+    source tree runs without being installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("crystalline")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     parser = _Parser(prog=PROG, description="A continuous-learning crawler daemon and its trainer.")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--version", action="version", version=f"{PROG} {installed_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
     state = {"default": DEFAULT_STATE_DIR, "metavar": "DIR", "help": "checkpoints live in DIR/checkpoints"}
