@@ -26,6 +26,7 @@ finishes its step and saves a checkpoint first, and a second signal stops at onc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import signal
@@ -48,6 +49,7 @@ from .service_commands import add_commands as add_service_commands
 from .health import DaemonAlreadyRunning
 from .data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
 from .logging import configure_logging, get_logger
+from .progress import SHOWN_BY_BARS, BarSafeStream, TrainProgress, on_terminal
 from .tokenizer import (
     FIXED, MAX_BPE_VOCAB, MIN_BPE_VOCAB, TOKENIZER_FILE, Tokenizer, TokenizerError,
     load_state_tokenizer, tokenizer_from_identity, train_bpe,
@@ -390,15 +392,8 @@ def _train_loop(args, worker, summary, tokenizer, stop: "_StopFlag", log) -> int
         log.info("train_skipped", reason="already_done", step=first, steps=args.steps)
         return 0
     reason = "steps"
-    while stop.signum is None and (args.steps is None or figures.step < args.steps):
-        if worker.run_once(time.monotonic()):  # nothing to train on: plateaued, or too little text
-            if not figures.plateaued and figures.step == first:
-                stats = worker.queue.stats()
-                raise CliError(f"not enough text to train on: the corpus holds {stats.tokens_total} tokens; "
-                               f"a batch needs {trainer.train_config.batch_size} windows of "
-                               f"{worker.seq_len + 1} (add text or lower --context / --batch-size)")
-            reason = "plateau" if figures.plateaued else "no_data"
-            break
+    with contextlib.closing(TrainProgress(first, args.steps)) as progress:
+        reason = _train_steps(args, worker, first, stop, progress)
     if stop.signum is not None:
         worker.shutdown()
         log.info("train_stopped", step=figures.step, signal=signal.Signals(stop.signum).name)
@@ -409,6 +404,24 @@ def _train_loop(args, worker, summary, tokenizer, stop: "_StopFlag", log) -> int
     log.info("train_finished", step=figures.step, reason=reason, seconds=round(time.monotonic() - started, 1),
              val_bits_per_byte=figures.val_bits_per_byte, best_val_bits_per_byte=figures.best_val_bits_per_byte)
     return 0
+
+
+def _train_steps(args, worker, first: int, stop: "_StopFlag", progress: TrainProgress) -> str:
+    """Run the worker until --steps, a stop signal, a plateau or no data; returns why it ended."""
+    figures, trainer = worker.figures, worker.trainer
+    reason = "steps"
+    while stop.signum is None and (args.steps is None or figures.step < args.steps):
+        progress.update(figures)
+        if worker.run_once(time.monotonic()):  # nothing to train on: plateaued, or too little text
+            if not figures.plateaued and figures.step == first:
+                stats = worker.queue.stats()
+                raise CliError(f"not enough text to train on: the corpus holds {stats.tokens_total} tokens; "
+                               f"a batch needs {trainer.train_config.batch_size} windows of "
+                               f"{worker.seq_len + 1} (add text or lower --context / --batch-size)")
+            reason = "plateau" if figures.plateaued else "no_data"
+            break
+    progress.update(figures)
+    return reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,8 +598,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help
         return int(exc.code or 0)
     try:
-        # stdout carries the result of generate and eval, so events go to stderr
-        configure_logging(args.log_level, stream=sys.stderr)
+        # stdout carries the result of generate and eval, so events go to stderr; on a terminal
+        # they are written around the progress bars, which show train_step themselves
+        if on_terminal(sys.stderr):
+            configure_logging(args.log_level, stream=BarSafeStream(sys.stderr), drop=SHOWN_BY_BARS)
+        else:
+            configure_logging(args.log_level, stream=sys.stderr)
         return args.handler(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from engine import ConfigError
 from .config import DATABASE_FILE, Config, load_config
 from .ingest import IngestSummary, Ingestor, iter_files
 from .logging import get_logger
+from .progress import IngestProgress
 
 
 def add_commands(commands: Any, state: dict) -> None:
@@ -61,52 +63,42 @@ def _state_tokenizer(config: Config):
     return load_state_tokenizer(config.state_dir)
 
 
-class Progress:
-    """One self-rewriting line on a terminal; silent otherwise."""
-
-    def __init__(self, stream=sys.stderr, every: float = 0.2, clock=time.monotonic):
-        self.stream, self.every, self.clock = stream, every, clock
-        self.enabled = stream.isatty()
-        self.start = self.last = clock()
-
-    def update(self, summary: IngestSummary, force: bool = False) -> None:
-        now = self.clock()
-        if not self.enabled or (not force and now - self.last < self.every):
-            return
-        self.last = now
-        c = summary.counts
-        mb = summary.bytes / 1e6
-        rate = mb / max(now - self.start, 1e-9)
-        line = (f"\r{sum(c.values())} files  {mb:.1f} MB  {rate:.1f} MB/s  ingested {c['ingested']}  "
-                f"duplicate {c['duplicate']}  unchanged {c['unchanged']}  skipped {c['skipped']}  failed {c['failed']}")
-        self.stream.write(line[:160])
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def ingest_paths(paths, queue, tokenizer, config: Config, log, level: str = "debug",
-                 progress: Progress | None = None) -> IngestSummary:
+                 progress_stream=None) -> IngestSummary:
     """Store every file under `paths` in the queue (`ingest`, and `train` before it trains):
-    one event per file (file_skipped at info, file_failed at warning, file_ingested at `level`)."""
+    one event per file (file_skipped at info, file_failed at warning, file_ingested at `level`).
+    With a terminal as progress_stream (default stderr), a bar shows bytes and files walked."""
     summary = IngestSummary()
     ingestor = Ingestor(queue, tokenizer, config.extract)
     emit = getattr(log, level)
-    for outcome in ingestor.ingest_files(iter_files(paths)):
-        summary.add(outcome)
-        if outcome.status == "skipped":
-            log.info("file_skipped", path=outcome.path, reason=outcome.reason, detail=outcome.detail)
-        elif outcome.status == "failed":
-            log.warning("file_failed", path=outcome.path, error=outcome.detail)
-        elif outcome.status in ("ingested", "duplicate"):
-            emit("file_ingested", path=outcome.path, doc_id=outcome.document_id, bytes=outcome.bytes,
-                 tokens=outcome.tokens, ms=round(outcome.ms, 2), duplicate=outcome.status == "duplicate")
-        if progress is not None:
-            progress.update(summary)
+    files = list(iter_files(paths))  # walked first: the bar needs the totals
+    sizes = {os.path.abspath(f): _size(f) for f, _ in files}
+    progress = IngestProgress(len(files), sum(sizes.values()), stream=progress_stream)
+    try:
+        for outcome in ingestor.ingest_files(files):
+            summary.add(outcome)
+            progress.update(sizes.get(outcome.path, 0), summary.counts)
+            _log_outcome(outcome, log, emit)
+    finally:
+        progress.close()
     return summary
+
+
+def _size(path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
+
+
+def _log_outcome(outcome, log, emit) -> None:
+    if outcome.status == "skipped":
+        log.info("file_skipped", path=outcome.path, reason=outcome.reason, detail=outcome.detail)
+    elif outcome.status == "failed":
+        log.warning("file_failed", path=outcome.path, error=outcome.detail)
+    elif outcome.status in ("ingested", "duplicate"):
+        emit("file_ingested", path=outcome.path, doc_id=outcome.document_id, bytes=outcome.bytes,
+             tokens=outcome.tokens, ms=round(outcome.ms, 2), duplicate=outcome.status == "duplicate")
 
 
 def command_ingest(args: argparse.Namespace) -> int:
@@ -116,13 +108,10 @@ def command_ingest(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"no such file or folder: {missing[0]}")
     database, queue = open_queue(config)
-    progress = Progress()
     t0 = time.perf_counter()
     try:
-        summary = ingest_paths(args.paths, queue, _state_tokenizer(config), config, log, progress=progress)
-        progress.update(summary, force=True)
+        summary = ingest_paths(args.paths, queue, _state_tokenizer(config), config, log)
     finally:
-        progress.close()
         database.close()
     seconds = time.perf_counter() - t0
     report = summary.to_dict() | {"seconds": round(seconds, 3),

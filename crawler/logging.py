@@ -51,12 +51,13 @@ def _serialize(event_dict: dict, **_: Any) -> str:
 
 
 def configure_logging(
-    level: str = "info", json: bool | None = None, stream: IO[str] | None = None
+    level: str = "info", json: bool | None = None, stream: IO[str] | None = None, drop: tuple[str, ...] = ()
 ) -> None:
     """Configure structlog for the whole process; safe to call again (the last call wins).
 
     `json=None` picks JSON lines when `stream` (default stdout) is not a TTY, console output when
-    it is. Raises ValueError for a level not in LEVELS.
+    it is. Events named in `drop` are not written (a progress bar shows them instead). Raises
+    ValueError for a level not in LEVELS.
     """
     if level.lower() not in LEVELS:
         raise ValueError(f"log level ({level!r}) must be one of {', '.join(LEVELS)}")
@@ -71,6 +72,8 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
+    if drop:
+        processors.insert(0, _dropper(frozenset(drop)))
     if json:
         processors += [
             structlog.processors.format_exc_info,
@@ -89,6 +92,15 @@ def configure_logging(
         # to loggers that already exist
         cache_logger_on_first_use=False,
     )
+
+
+def _dropper(names: frozenset[str]):
+    def drop_named(logger: Any, method: str, event_dict: dict) -> dict:
+        if event_dict.get("event") in names:
+            raise structlog.DropEvent
+        return event_dict
+
+    return drop_named
 
 
 def get_logger(component: str) -> Any:
