@@ -46,6 +46,8 @@ from storage import StorageError
 from .config import DATABASE_FILE, load_config
 from .corpus_commands import add_commands as add_corpus_commands
 from .service_commands import add_commands as add_service_commands
+from .state_commands import add_commands as add_state_commands
+from .daemon import DaemonError
 from .health import DaemonAlreadyRunning
 from .data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
 from .logging import configure_logging, get_logger
@@ -209,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_train.set_defaults(handler=command_tokenizer_train)
     add_corpus_commands(commands, state)
     add_service_commands(commands, state)
+    add_state_commands(commands, state)
     return parser
 
 
@@ -586,7 +589,7 @@ def _write_stdout(data: bytes) -> None:
 # entry point
 
 EXPECTED = (CliError, DataError, CheckpointError, ConfigError, TokenizerError, EngineError, StorageError,
-            StorageConfigError, DaemonAlreadyRunning, OSError)
+            StorageConfigError, DaemonAlreadyRunning, DaemonError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ DEFAULT_STATE_DIR = "crystalline-state"
 CONFIG_FILE = "crystalline.toml"
 DATABASE_FILE = "corpus.db"
 ENV_PREFIX = "CRYSTALLINE_"
+BUILT_IN = "built-in daemon default"
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ class DaemonConfig:
     # after a file's tokens are durably stored: leave it, or move it to STATE_DIR/processed/
     after_ingest: str = "keep"
     health_max_age_seconds: float = 120.0  # `status --health` fails when health.json is older
+    # a stop (SIGTERM) ends within this: the final checkpoint first, then the ingest batch in
+    # flight; what is not done by then is cut short (shutdown_cut_short). Keep it well below the
+    # service manager's limit (systemd TimeoutStopSec=90, docker --stop-timeout 90), which sends
+    # SIGKILL: the margin covers closing the store and the process's own exit
+    stop_timeout_seconds: float = 60.0
 
     def validate(self) -> "DaemonConfig":
         if not 0.0 <= self.replay_fraction < 1.0:
@@ -107,7 +114,7 @@ class DaemonConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be at least 1")
         for name in ("checkpoint_every_seconds", "status_interval_seconds", "health_max_age_seconds",
-                     "eval_every_seconds"):
+                     "eval_every_seconds", "stop_timeout_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be positive")
         return self
@@ -228,8 +235,11 @@ def _section(cls: type, values: Mapping[str, tuple[Any, str]], section: str):
         instance = cls(**kwargs)
         validate = getattr(instance, "validate", None)
         return validate() if validate else instance
-    except ConfigError as exc:
-        raise ConfigError(f"[{section}] {exc}") from None
+    except ConfigError as exc:  # say where the values it names were set: that is where to fix them
+        text = str(exc)
+        sources = [where for key, (_, where) in values.items()
+                   if re.search(rf"\b{key}\b", text) and where != BUILT_IN]
+        raise ConfigError(f"[{section}] {text}" + (f" (set in {'; '.join(sources)})" if sources else "")) from None
 
 
 def load_config(config_file: str | Path | None = None, env: Mapping[str, str] | None = None,
@@ -283,7 +293,7 @@ def load_config(config_file: str | Path | None = None, env: Mapping[str, str] | 
     sections = {name: _section(cls, values[name], name) for name, cls in SECTIONS.items()}
     for section, defaults in DAEMON_DEFAULTS.items():
         for key, value in defaults.items():
-            values[section].setdefault(key, (value, "built-in daemon default"))
+            values[section].setdefault(key, (value, BUILT_IN))
         sections[section] = _section(SECTIONS[section], values[section], section)
     config = Config(state_dir=state, **sections)
     from storage import ConfigError as StorageConfigError

@@ -4,10 +4,13 @@ Parts: the watcher (watchdog observer and debouncer, watcher.py), the ingest wor
 tokenize, store: ingest.py) and the training worker (training.py); each worker is
 initialize() / run_once(now) / shutdown() on a thread of its own, restarted with backoff if it
 dies. Signal handlers only set flags; the main thread does the logging, the notify protocol,
-health.json and the joining. Shutdown order on SIGTERM or SIGINT: stop watching, let the ingest
-worker finish its batch, let the trainer finish its step and write a final checkpoint, close
-storage, release the state directory's lock; a second signal exits at once (every file and
-database write is atomic, so that loses at most the steps since the last checkpoint).
+health.json and the joining. Shutdown on SIGTERM or SIGINT ends within
+`daemon.stop_timeout_seconds`, checkpoint first: stop watching and take back the files queued
+for ingest, let the trainer finish its step and write a final checkpoint, let the ingest worker
+finish its batch, close storage, release the state directory's lock; what the deadline cuts
+short is named in `shutdown_cut_short`. A second signal exits at once (every file and database
+write is atomic, so that loses at most the steps since the last checkpoint). Every exit after
+`daemon_started` logs `daemon_stopped` with its reason and exit code (EXIT_*).
 """
 
 from __future__ import annotations
@@ -22,53 +25,137 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from engine import CheckpointError, ConfigError
+
 from .config import Config, load_config
-from .health import DaemonLock, HealthFile
-from .ingest import Ingestor
+from .extract import shutdown_pool
+from .health import DaemonLock, HealthFile, root_problem
+from .ingest import Ingestor, display_path
 from .logging import configure_logging, get_logger
 from .notify import Notifier
 from .training import TrainingWorker
+from .writable import DISK_FULL, STATE_UNWRITABLE, WriteState, classify
 
 PROCESSED_DIR = "processed"
-EXIT_AT_ONCE = 130
+# exit statuses: which way the daemon ended (daemon_stopped says it too)
+EXIT_STOPPED = 0  # a stop signal, as asked
+EXIT_FAILED = 1  # the supervisor itself failed: a bug (daemon_failed holds the traceback)
+EXIT_WORKER_FAILED = 3  # a worker could not start: a setting, a checkpoint (one line says which)
+EXIT_STORAGE_FAILED = 4  # the store or the state directory could not be opened at start
+EXIT_AT_ONCE = 130  # the second stop signal
+LOOP_SECONDS = 0.2  # the supervisor's step
+WATCHER_JOIN_SECONDS = 5.0  # of the stop budget, at most this for the watcher
+JOIN_SLICE_SECONDS = 0.1  # the stop's joins wait this long at a time and then ask the clock
 
 
 class IngestWorker:
-    """Takes ready files from the inbox queue and ingests them in batches."""
+    """Takes ready files from the inbox queue and ingests them in batches; never loses one.
+
+    A per-file fault is that file's own outcome (Ingestor). A storage error that stops a batch:
+    when `writes` says it was a blocked write (disk full, read-only state) the files not yet
+    stored are held, ingest pauses while `writes.blocked` (re-checking it), and they are all
+    retried once writing works again (`writes.generation` grew); any other error is retried one
+    file at a time, so the file whose write fails alone gets `file_failed` and its neighbours are
+    stored. Nothing is stored twice: a committed file is never retried, and a retried file whose
+    version is already stored is `unchanged`. If the worker dies anyway, `shutdown` hands the
+    files it held back through `release` (the daemon passes `Watcher.reoffer`), else the inbox.
+    """
 
     name = "ingest"
+    BATCH_FILES = 256
+    BLOCKED_PAUSE_SECONDS = 1.0  # between re-checks while writes are blocked
 
-    def __init__(self, config: Config, queue, tokenizer, inbox: queue_module.Queue, log):
+    def __init__(self, config: Config, queue, tokenizer, inbox: queue_module.Queue, log, *,
+                 writes: WriteState | None = None, release: Callable[[list], None] | None = None):
         self.config, self.queue, self.tokenizer, self.inbox = config, queue, tokenizer, inbox
         self.log = log.bind(component="ingest")
+        self.writes = writes if writes is not None else WriteState(config.state_dir, self.log)
+        self.release = release
         self.ingestor: Ingestor | None = None
         self.counts = {"ingested": 0, "duplicate": 0, "skipped": 0, "failed": 0, "unchanged": 0}
+        self.held: list[tuple[Path, Path]] = []  # files a blocked write could not store, in order
+        self._in_flight: list[tuple[Path, Path]] = []  # the batch being ingested, less what is done
+        self._isolating: list[tuple[Path, Path]] = []  # after a storage error: retried one at a time
 
     def initialize(self) -> None:
         self.ingestor = Ingestor(self.queue, self.tokenizer, self.config.extract)
 
     def run_once(self, now: float) -> float:
-        try:
-            batch = [self.inbox.get(timeout=0.5)]
-        except queue_module.Empty:
-            return 0.0
-        while len(batch) < 256:
+        if self.writes.blocked and not self.writes.recheck(now):
+            return self.BLOCKED_PAUSE_SECONDS  # paused: the inbox fills and the watcher keeps the rest
+        if self.held:  # writing works again: every held file, before anything new
+            batch, self.held = self.held, []
+            self.log.info("ingest_resumed", files=len(batch), generation=self.writes.generation)
+        else:
             try:
-                batch.append(self.inbox.get_nowait())
+                batch = [self.inbox.get(timeout=0.5)]
             except queue_module.Empty:
-                break
-        for outcome in self.ingestor.ingest_files(batch):
-            self.counts[outcome.status] += 1
-            if outcome.status in ("ingested", "duplicate"):
-                self.log.info("file_ingested", path=outcome.path, doc_id=outcome.document_id, bytes=outcome.bytes,
-                              tokens=outcome.tokens, ms=round(outcome.ms, 1), duplicate=outcome.status == "duplicate")
-                if self.config.daemon.after_ingest == "move":
-                    self._move(Path(outcome.path), batch)
-            elif outcome.status == "skipped":
-                self.log.info("file_skipped", path=outcome.path, reason=outcome.reason, detail=outcome.detail)
-            elif outcome.status == "failed":
-                self.log.warning("file_failed", path=outcome.path, error=outcome.detail)
+                return 0.0
+            while len(batch) < self.BATCH_FILES:
+                try:
+                    batch.append(self.inbox.get_nowait())
+                except queue_module.Empty:
+                    break
+        self._ingest(batch)
         return 0.0
+
+    def _ingest(self, batch: list[tuple[Path, Path]]) -> None:
+        """Ingest a batch; on a storage error hold, isolate or fail what is left (see the class)."""
+        failure = self._attempt(batch)
+        if failure is None:
+            return
+        exc, left = failure
+        if self.writes.report("ingest", exc):  # logged once as disk_full / state_unwritable
+            self.held.extend(left)
+            return
+        if len(batch) == 1:
+            self._failed(batch[0], exc)
+            return
+        self._isolating = left  # find the file at fault: each of the rest on its own
+        while self._isolating:
+            failure = self._attempt(self._isolating[:1])
+            if failure is not None:
+                if self.writes.report("ingest", failure[0]):  # blocked meanwhile: hold the rest too
+                    self.held.extend(self._isolating)
+                    self._isolating = []
+                    return
+                self._failed(self._isolating[0], failure[0])
+            del self._isolating[0]
+
+    def _attempt(self, batch: list[tuple[Path, Path]]) -> tuple[Exception, list] | None:
+        """Ingest and report each file; None, or the storage error with the files not stored."""
+        self._in_flight = list(batch)
+        try:
+            for outcome in self.ingestor.ingest_files(batch):
+                for i, (path, _) in enumerate(self._in_flight):
+                    if os.path.abspath(path) == outcome.path:
+                        del self._in_flight[i]
+                        break
+                self._report(outcome, batch)
+        except Exception as exc:  # noqa: BLE001 - a storage error: the caller decides, never fatal
+            left, self._in_flight = self._in_flight, []
+            return exc, left
+        self._in_flight = []  # (kept on a BaseException: shutdown hands it back)
+        return None
+
+    def _failed(self, item: tuple[Path, Path], exc: Exception) -> None:
+        """A file whose storage write fails on its own: reported once, retried when it changes."""
+        self.counts["failed"] += 1
+        self.log.warning("file_failed", path=display_path(os.path.abspath(item[0])),
+                         error=f"{type(exc).__name__}: {exc}")
+
+    def _report(self, outcome, batch: list) -> None:
+        self.counts[outcome.status] += 1
+        path = display_path(outcome.path)
+        if outcome.status in ("ingested", "duplicate"):
+            self.log.info("file_ingested", path=path, doc_id=outcome.document_id, bytes=outcome.bytes,
+                          tokens=outcome.tokens, ms=round(outcome.ms, 1), duplicate=outcome.status == "duplicate")
+            if self.config.daemon.after_ingest == "move":
+                self._move(Path(outcome.path), batch)
+        elif outcome.status == "skipped":
+            self.log.info("file_skipped", path=path, reason=outcome.reason, detail=outcome.detail)
+        elif outcome.status == "failed":
+            self.log.warning("file_failed", path=path, error=outcome.detail)
 
     def _move(self, path: Path, batch: list) -> None:
         """Move an ingested file (its tokens are durably committed) under STATE_DIR/processed."""
@@ -78,10 +165,29 @@ class IngestWorker:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(path), str(target))
         except (OSError, ValueError) as exc:
-            self.log.warning("file_move_failed", path=str(path), error=str(exc))
+            self.log.warning("file_move_failed", path=display_path(path), error=str(exc))
 
     def shutdown(self) -> None:
-        """Files still in the inbox are not lost: unstored, they are found by the next start's scan."""
+        """Hand back what was not stored: through `release` (offered again), else into the inbox;
+        what fits nowhere is found by the next start's scan (unstored files are never seen).
+        The extractor processes end too (a busy one after its file)."""
+        shutdown_pool()
+        unfinished = list(dict.fromkeys(self.held + self._in_flight + self._isolating))
+        self.held, self._in_flight, self._isolating = [], [], []
+        if not unfinished:
+            return
+        if self.release is not None:
+            self.release(unfinished)
+            return
+        for item in unfinished:
+            try:
+                self.inbox.put_nowait(item)
+            except queue_module.Full:
+                break
+
+
+# errors whose message already says what is wrong and what to do: logged without a traceback
+EXPLAINED_ERRORS = (ConfigError, CheckpointError)
 
 
 class WorkerThread:
@@ -90,11 +196,13 @@ class WorkerThread:
     def __init__(self, worker, stop: threading.Event, log, clock: Callable[[], float], ready: threading.Event):
         self.worker, self.stop, self.log, self.clock, self.ready = worker, stop, log, clock, ready
         self.error: BaseException | None = None
+        self.initialized = False  # initialize() returned: a later error is a death, not a failed start
         self.thread = threading.Thread(target=self._run, name=f"crystalline-{worker.name}", daemon=True)
 
     def _run(self) -> None:
         try:
             self.worker.initialize()
+            self.initialized = True
             self.ready.set()
             while not self.stop.is_set():
                 pause = self.worker.run_once(self.clock())
@@ -102,7 +210,10 @@ class WorkerThread:
                     self.stop.wait(pause)
         except BaseException as exc:  # noqa: BLE001 - reported to the supervisor, which restarts
             self.error = exc
-            self.log.exception("worker_failed", worker=self.worker.name, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, EXPLAINED_ERRORS):  # damaged state or a setting: one line that names the way out
+                self.log.error("worker_failed", worker=self.worker.name, error=str(exc))
+            else:
+                self.log.exception("worker_failed", worker=self.worker.name, error=f"{type(exc).__name__}: {exc}")
         finally:
             try:
                 self.worker.shutdown()
@@ -128,6 +239,16 @@ def current_rss_mb() -> float:
         return 0.0
 
 
+class DaemonError(RuntimeError):
+    """The daemon could not start, or its supervisor failed; logged as daemon_stopped with
+    `reason` first. `status` is the exit status (EXIT_STORAGE_FAILED, EXIT_WORKER_FAILED,
+    EXIT_FAILED); the message is one line naming the cause and the way out."""
+
+    def __init__(self, message: str, status: int, reason: str):
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
 class Daemon:
     """Builds every part from a Config and runs until a stop signal."""
 
@@ -143,6 +264,11 @@ class Daemon:
         self.workers: dict[str, WorkerThread] = {}
         self.restarts: dict[str, tuple[int, float]] = {}  # name -> (count, not before)
         self.started_wall = time.time()
+        # the one judge of "disk full / state read-only", shared by every writer
+        self.writes = WriteState(config.state_dir, self.log, clock)
+        self._reported_block: str | None = None  # writes.blocked as health.json last said it
+        self._unwatched: dict[str, str] = {}  # watch root -> why it cannot be watched
+        self._health_error: str | None = None  # the last health.json failure logged
 
     # --- signals: handlers only record ----------------------------------------------------------
 
@@ -156,46 +282,83 @@ class Daemon:
     # --- run ------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        from storage import CorpusQueue, open_database
+        """Start the parts, supervise them until a stop signal, stop within stop_timeout_seconds.
 
-        from .tokenizer import load_state_tokenizer
-        from .watcher import Watcher
-
+        Every path after daemon_started ends in daemon_stopped, with `reason` and `exit_code`:
+        returns EXIT_STOPPED after a stop signal; raises DaemonError (status EXIT_STORAGE_FAILED,
+        EXIT_WORKER_FAILED or EXIT_FAILED) when a part could not start or the supervisor failed.
+        """
         config = self.config
         t0 = self.clock()
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         lock = DaemonLock(state)
         lock.acquire()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
-        health = HealthFile(state)
+        previous = {signum: signal.signal(signum, self._on_signal)
+                    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        health = HealthFile(state, writes=self.writes)
+        failure: DaemonError | None = DaemonError("interrupted", EXIT_FAILED, "internal_error")  # until proven
         try:
             self.log.info("daemon_started", pid=os.getpid(), state_dir=str(state), database=_safe_url(config.database_url))
             self.log.info("config_loaded", config=config.to_dict())
-            health.write(self._health("starting"))
-            self.database = open_database(config.storage_config())
-            self.tokenizer = load_state_tokenizer(state)
-            CorpusQueue(self.database).set_tokenizer(self.tokenizer.identity_string())
-            self.inbox: queue_module.Queue = queue_module.Queue(maxsize=config.daemon.ingest_queue_size)
-            self._start_worker("trainer")
-            self._start_worker("ingest")
-            for thread in self.workers.values():
-                thread.ready.wait()
-                if thread.error is not None:
-                    raise thread.error
-            self.watcher = Watcher(config.watch, self._offer, log=get_logger("watcher"))
-            self.watcher.start()
-            ready_seconds = self.clock() - t0
-            self.notifier.ready(self._status_line())
-            self.log.info("daemon_ready", seconds=round(ready_seconds, 3), roots=list(config.watch.roots),
-                          threads=self._trainer().trainer.threads if self._trainer() else None)
-            health.write(self._health("ready"))
+            self._write_health(health, self._health("starting"))
+            self._start(t0, health)
             self._loop(health)
+            failure = None
+        except DaemonError as exc:
+            failure = exc
+        except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, then a clean stop
+            self.log.exception("daemon_failed", error=f"{type(exc).__name__}: {exc}")
+            failure = DaemonError(f"the supervisor failed: {_one_line(exc)} (the daemon_failed event holds the "
+                                  "traceback; please report it)", EXIT_FAILED, "internal_error")
         finally:
-            self._shutdown(health)
+            reason, status = ("signal", EXIT_STOPPED) if failure is None else (failure.reason, failure.status)
+            self._shutdown(health, reason, status)
             lock.release()
-        return 0
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        if failure is not None:
+            raise failure
+        return EXIT_STOPPED
+
+    def _start(self, t0: float, health: HealthFile) -> None:
+        """Open the store, start the workers, then the watcher; a stop signal meanwhile skips
+        the rest (the loop then stops at once). Raises DaemonError when a part cannot start."""
+        try:
+            self._open_store()
+        except Exception as exc:  # noqa: BLE001 - any failure here is the store's or the state's
+            raise _start_failure("the store could not be opened", exc, EXIT_STORAGE_FAILED, "storage_failed") from exc
+        self.inbox: queue_module.Queue = queue_module.Queue(maxsize=self.config.daemon.ingest_queue_size)
+        self._start_worker("trainer")
+        self._start_worker("ingest")
+        for name, thread in self.workers.items():
+            while not thread.ready.wait(LOOP_SECONDS):
+                if self.stop_requested:  # a stop during a slow start (numba compiling)
+                    return
+            if not thread.initialized:  # (one that dies later is restarted by _supervise)
+                raise _start_failure(f"the {name} worker could not start", thread.error, EXIT_WORKER_FAILED,
+                                     "worker_failed")
+        self.watcher = self._make_watcher()
+        self.watcher.start()
+        self.notifier.ready(self._status_line())
+        trainer = self._trainer()
+        self.log.info("daemon_ready", seconds=round(self.clock() - t0, 3), roots=list(self.config.watch.roots),
+                      threads=trainer.trainer.threads if trainer is not None and trainer.trainer else None)
+        self._write_health(health, self._health("ready"))
+
+    def _open_store(self) -> None:
+        from storage import CorpusQueue, open_database
+
+        from .tokenizer import load_state_tokenizer
+
+        self.database = open_database(self.config.storage_config())
+        self.tokenizer = load_state_tokenizer(self.config.state_dir)
+        CorpusQueue(self.database).set_tokenizer(self.tokenizer.identity_string())
+
+    def _make_watcher(self):
+        from .watcher import Watcher
+
+        return Watcher(self.config.watch, self._offer, log=get_logger("watcher"))
 
     def _offer(self, path: Path, root: Path) -> bool:
         try:
@@ -210,8 +373,16 @@ class Daemon:
         queue = CorpusQueue(self.database)
         if name == "trainer":
             return TrainingWorker(self.config, queue, self.tokenizer, get_logger("trainer"), clock=self.clock,
-                                  stopping=self.stop_event.is_set)
-        return IngestWorker(self.config, queue, self.tokenizer, self.inbox, get_logger("ingest"))
+                                  stopping=self.stop_event.is_set, writes=self.writes)
+        return IngestWorker(self.config, queue, self.tokenizer, self.inbox, get_logger("ingest"), writes=self.writes,
+                            release=self._reoffer)
+
+    def _reoffer(self, files: list) -> None:
+        """The ingest worker's way to hand back files it could not store: the watcher offers
+        them again (before the watcher exists no file was handed over)."""
+        watcher = getattr(self, "watcher", None)
+        if watcher is not None:
+            watcher.reoffer(files)
 
     def _start_worker(self, name: str) -> None:
         thread = WorkerThread(self._make_worker(name), self.stop_event, self.log, self.clock, threading.Event())
@@ -234,17 +405,17 @@ class Daemon:
                     self._reload()
                 else:
                     self.log.info("daemon_stopping", signal=signal.Signals(signum).name)
-                    self.notifier.stopping("stopping: finishing the step and checkpointing")
+                    self.notifier.stopping("stopping: checkpointing, then finishing the ingest batch")
                     return
             now = self.clock()
             self._supervise(now)
-            if now >= next_status:
+            if self._check_writes(now) or now >= next_status:
                 next_status = now + self.config.daemon.status_interval_seconds
                 self._report(health)
             if now >= next_watchdog:
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog
-            time.sleep(0.2)
+            time.sleep(LOOP_SECONDS)
 
     def _supervise(self, now: float) -> None:
         """Restart a worker that died, with a backoff that doubles up to a minute."""
@@ -260,6 +431,14 @@ class Daemon:
                              error=None if thread.error is None else f"{type(thread.error).__name__}: {thread.error}")
             self._start_worker(name)
 
+    def _check_writes(self, now: float) -> bool:
+        """Re-check blocked writes (WriteState's own pace); True when the block began or ended
+        since health.json last said, so that it says so now rather than at the next interval."""
+        self.writes.recheck(now)
+        blocked = self.writes.blocked
+        changed, self._reported_block = blocked != self._reported_block, blocked
+        return changed
+
     def _status_line(self) -> str:
         trainer = self._trainer()
         f = trainer.figures if trainer else None
@@ -269,12 +448,15 @@ class Daemon:
         line = f"step {f.step}, loss {loss}, {f.tokens_trained} tokens trained"
         if f.val_bits_per_byte is not None:
             line += f", held-out {f.val_bits_per_byte:.3f} bits/byte (best {f.best_val_bits_per_byte:.3f})"
+        if self.writes.blocked:
+            line += f", {self.writes.blocked}: ingest and checkpoints paused"
         return line + (", plateaued" if f.plateaued else "")
 
     def _health(self, state: str) -> dict[str, Any]:
         trainer = self._trainer()
         f = trainer.figures if trainer else None
         now = self.clock()
+        writes = self.writes.snapshot()
         return {
             "pid": os.getpid(), "state": state, "started_at": _iso(self.started_wall),
             "step": f.step if f else None, "tokens_trained": f.tokens_trained if f else None,
@@ -288,7 +470,40 @@ class Daemon:
             "rss_mb": round(current_rss_mb(), 1),
             "threads": trainer.trainer.threads if trainer and trainer.trainer else None,
             "workers": {name: t.is_alive() for name, t in self.workers.items()},
+            "blocked": writes["blocked"], "blocked_parts": writes.get("parts"),
+            "free_bytes": writes.get("free_bytes"),
+            "unwatched_roots": self._unwatched_roots() or None,
         }
+
+    def _unwatched_roots(self) -> dict[str, str]:
+        """Watch roots without a running observer, with the reason; logs each change once."""
+        watcher = getattr(self, "watcher", None)
+        if watcher is None:
+            return {}
+        now = {str(root): root_problem(root) or "could not be watched (see watch_failed); retrying"
+               for root, observer in watcher.observers.items() if observer is None}
+        for root, why in now.items():
+            if self._unwatched.get(root) != why:
+                self.log.error("root_unwatched", root=root, reason=why, setting="watch.roots",
+                               action="set [watch] roots (CRYSTALLINE_WATCH_ROOTS) to folders the daemon can read; "
+                                      "the watcher retries by itself")
+        for root in self._unwatched.keys() - now.keys():
+            self.log.info("root_watched", root=root)
+        self._unwatched = now
+        return now
+
+    def _write_health(self, health: HealthFile, report: dict[str, Any]) -> None:
+        """health.json, never fatal: a blocked write was told to `writes` by HealthFile; any
+        other failure is logged once (until the error changes or a write succeeds)."""
+        try:
+            health.write(report)
+            self._health_error = None
+        except (OSError, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self._health_error:
+                self._health_error = error
+                self.log.error("health_write_failed", path=str(health.path), error=error,
+                               blocked=self.writes.blocked)
 
     def _report(self, health: HealthFile) -> None:
         from storage import CorpusQueue
@@ -301,7 +516,7 @@ class Daemon:
                        "queue_tokens": max(0, stats.tokens_total - position)}
         except Exception as exc:  # noqa: BLE001 - a status report must not stop the daemon
             report["last_error"] = f"{type(exc).__name__}: {exc}"
-        health.write(report)
+        self._write_health(health, report)
         self.log.info("status", **{k: v for k, v in report.items() if k not in ("pid", "state", "started_at")})
         self.notifier.status(self._status_line())
 
@@ -324,23 +539,109 @@ class Daemon:
         self.log.info("config_reloaded", changed=changed, roots=list(new.watch.roots), level=new.log.level)
         self.notifier.ready(self._status_line())
 
-    def _shutdown(self, health: HealthFile) -> None:
-        health.write(self._health("stopping"))
+    # --- stop -----------------------------------------------------------------------------------
+
+    def _shutdown(self, health: HealthFile, reason: str, status: int) -> None:
+        """Stop every part within stop_timeout_seconds (the daemon's clock), checkpoint first:
+        no more files for ingest (the watcher stops, the files queued for ingest are left to the
+        next start's scan), then the trainer's final checkpoint, then the ingest batch in flight,
+        then the store. What is not done by the deadline is left running on its daemon thread,
+        named in shutdown_cut_short, and ended by the process's exit; each file and database
+        write is atomic, so that loses at most the steps since the last checkpoint. Never raises;
+        always ends with daemon_stopped."""
+        budget = self.config.daemon.stop_timeout_seconds
+        deadline = self.clock() + budget
+        cut_short: dict[str, str] = {}
+        self._guarded("health", lambda: self._write_health(health, self._health("stopping")))
         watcher = getattr(self, "watcher", None)
         if watcher is not None:
-            watcher.stop()
-            watcher.join(timeout=10)
+            self._guarded("watcher", watcher.stop)
+            self._guarded("watcher", lambda: watcher.join(timeout=max(0.0, min(WATCHER_JOIN_SECONDS,
+                                                                                deadline - self.clock()))))
+        files_left = self._drain_inbox()
         self.stop_event.set()
-        for name in ("ingest", "trainer"):  # the ingest worker first: its batch is in flight
+        for name in ("trainer", "ingest"):  # the checkpoint first; the ingest batch runs meanwhile
             thread = self.workers.get(name)
-            if thread is not None:
-                thread.join(timeout=120)
-                if thread.is_alive():
-                    self.log.error("worker_stuck", worker=name)
+            if thread is None:
+                continue
+            self._join(thread, deadline)
+            if thread.is_alive():
+                cut_short[name] = self._unfinished(name)
+                self.log.error("worker_stuck", worker=name, stop_timeout_seconds=budget)
         database = getattr(self, "database", None)
-        if database is not None:
-            database.close()
-        self.log.info("daemon_stopped", seconds_up=round(time.time() - self.started_wall, 1))
+        if database is not None and not cut_short:  # never closed under a worker still using it
+            self._guarded("storage", database.close)
+        if cut_short:
+            self.log.error("shutdown_cut_short", parts=cut_short, stop_timeout_seconds=budget)
+        fields = dict(reason=reason, exit_code=status, seconds_up=round(time.time() - self.started_wall, 1),
+                      stop_seconds=round(self.clock() - deadline + budget, 1), cut_short=sorted(cut_short),
+                      files_left=files_left)
+        if status == EXIT_STOPPED:
+            self.log.info("daemon_stopped", **fields)
+        else:
+            self.log.error("daemon_stopped", **fields)
+
+    def _join(self, thread: "WorkerThread", deadline: float) -> None:
+        """Wait for a thread until the deadline on the daemon's clock (short real waits, so an
+        injected clock decides)."""
+        while thread.is_alive():
+            left = deadline - self.clock()
+            if left <= 0:
+                return
+            thread.join(min(JOIN_SLICE_SECONDS, left))
+
+    def _unfinished(self, name: str) -> str:
+        """What a worker still running at the deadline leaves undone, in words."""
+        if name == "trainer":
+            trainer = self._trainer()
+            f = getattr(trainer, "figures", None)
+            steps = getattr(trainer, "unsaved_steps", None)
+            since = f"step {f.last_checkpoint_step}" if f and f.last_checkpoint_step is not None else "the start"
+            return (f"the final checkpoint: {'its' if steps is None else steps} steps since {since} are trained again "
+                    "after the next start")
+        return "the ingest batch in flight: its files not yet stored are found by the next start's scan"
+
+    def _drain_inbox(self) -> int:
+        """Take back the files queued for ingest (not yet read: the next start's scan finds them)."""
+        inbox = getattr(self, "inbox", None)
+        count = 0
+        while inbox is not None:
+            try:
+                inbox.get_nowait()
+            except queue_module.Empty:
+                break
+            count += 1
+        return count
+
+    def _guarded(self, part: str, step: Callable[[], object]) -> None:
+        """Run one step of the stop; a failure is logged and the stop goes on."""
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - the stop must reach daemon_stopped
+            self.log.exception("shutdown_step_failed", part=part, error=f"{type(exc).__name__}: {exc}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line: the first line of its text (a database error's SQL and
+    background link dropped), with the file an OSError names."""
+    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else ""
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    return text or type(exc).__name__
+
+
+_START_WAY_OUT = {
+    DISK_FULL: "free space on the state directory's file system, then start again",
+    STATE_UNWRITABLE: "make the state directory writable by the daemon's user, then start again",
+}
+
+
+def _start_failure(what: str, exc: BaseException, status: int, reason: str) -> DaemonError:
+    """A DaemonError for a part that could not start; a full disk or read-only state says so."""
+    blocked = classify(exc)
+    if blocked is None:
+        return DaemonError(f"{what}: {_one_line(exc)}", status, reason)
+    return DaemonError(f"{blocked}: {what}: {_one_line(exc)}; {_START_WAY_OUT[blocked]}", status, reason)
 
 
 def _json_flag(fmt: str) -> bool | None:

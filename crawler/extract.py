@@ -9,7 +9,13 @@ Skip reasons: empty (no bytes, or only whitespace text), binary (NUL bytes or a 
 signature), too_large (over max_file_bytes), unsupported (a document type with no extractor,
 an encrypted PDF, a directory, FIFO, socket or device), unreadable (an OS error on open or read),
 vanished (the path is gone), decompression_bomb (a zip over its limits), timeout (the time budget
-ran out between pages or members), undecodable (no text encoding fits).
+ran out), undecodable (no text encoding fits). too_large also covers a parser that needed more
+than max_memory_bytes.
+
+PDF, DOCX and EPUB, the kinds whose parsers untrusted bytes can hang or blow up, are parsed in
+an extractor process (`crawler.sandbox`, which opens the path again) under a hard wall time
+and address-space limit; every other kind, plain text first, is read and decoded here. The pool of extractor
+processes starts with the first such file; `shutdown_pool()` ends it (atexit does too).
 
 Plain text is kept byte for byte: the text of a text, source-code or markdown file is exactly
 its decoded contents, apart from a removed byte order mark, CRLF turned into LF, and the
@@ -24,11 +30,13 @@ Relies on the standard library and charset-normalizer (and, through formats, pyp
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import hashlib
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,9 +45,10 @@ from charset_normalizer import from_bytes
 
 from .formats import (SKIP_REASONS, ExtractionFailed, ExtractLimits, Skipped, csv_text, docx_text,
                       epub_text, html_text, json_text, jsonl_text, pdf_text, tsv_text)
+from .sandbox import ExtractorPool
 
 __all__ = ["SKIP_REASONS", "KINDS", "ExtractLimits", "Extraction", "Skipped", "ExtractionFailed",
-           "extract_file", "detect_kind", "decode_text"]
+           "extract_file", "extract_in_process", "shutdown_pool", "detect_kind", "decode_text"]
 
 PROBE_BYTES = 8192  # sniffing looks at this much of the head (a NUL in it means binary: git's rule)
 _READ_CHUNK = 2**20  # reads after the first, when a file grows or reports no size (procfs)
@@ -233,6 +242,7 @@ _TEXT_PARSERS: dict[str, Callable[[str], str]] = {
     "html": html_text, "json": json_text, "jsonl": jsonl_text, "csv": csv_text, "tsv": tsv_text,
 }
 _BYTES_PARSERS = {"pdf": pdf_text, "docx": docx_text, "epub": epub_text}
+ISOLATED_KINDS = frozenset(_BYTES_PARSERS)  # parsed in an extractor process (crawler.sandbox)
 
 
 def _read_bounded(fd: int, size_hint: int, limit: int) -> bytes:
@@ -250,9 +260,11 @@ def _read_bounded(fd: int, size_hint: int, limit: int) -> bytes:
     return b"".join(chunks)  # a single chunk is returned as is, without a copy
 
 
-def _read(path: str | os.PathLike[str], limits: ExtractLimits) -> tuple[bytes, os.stat_result, str]:
+def _read(path: str | os.PathLike[str], limits: ExtractLimits,
+          isolated: bool = True) -> tuple[bytes | None, os.stat_result, str]:
     """(bytes, fstat, kind) of a regular file, or Skipped before reading more than the head
-    when the size, the type of file or the kind rules it out."""
+    when the size, the type of file or the kind rules it out. With isolated=False, a kind in
+    ISOLATED_KINDS is not read: the bytes are None, for an extractor process to read."""
     try:
         # O_NONBLOCK: opening a FIFO with no writer must not hang; regular files ignore it
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -276,6 +288,8 @@ def _read(path: str | os.PathLike[str], limits: ExtractLimits) -> tuple[bytes, o
             raise Skipped("binary", why)
         if kind == "unsupported":
             raise Skipped("unsupported", why)
+        if not isolated and kind in ISOLATED_KINDS:
+            return None, st, kind
         data = _read_bounded(fd, st.st_size, limits.max_file_bytes)
     except FileNotFoundError:
         raise Skipped("vanished", "the file disappeared while it was read") from None
@@ -288,13 +302,26 @@ def _read(path: str | os.PathLike[str], limits: ExtractLimits) -> tuple[bytes, o
     return data, st, kind
 
 
-def extract_file(path: str | os.PathLike[str], limits: ExtractLimits = ExtractLimits(),
-                 clock: Callable[[], float] = time.monotonic) -> Extraction:
+def extract_file(path: str | os.PathLike[str], limits: ExtractLimits = ExtractLimits()) -> Extraction:
     """The text of the file at `path`, read once and whole (at most max_file_bytes).
 
-    Raises Skipped (reason in SKIP_REASONS) or ExtractionFailed; never an OSError. May take up
-    to about limits.time_budget_seconds on slow formats (PDF, EPUB): the budget is checked with
-    `clock` between pages and members, so one pathological page can overrun it. Thread-safe.
+    Raises Skipped (reason in SKIP_REASONS) or ExtractionFailed; never an OSError. PDF, DOCX
+    and EPUB are parsed in an extractor process: the call then blocks for at most the budget
+    plus a grace (`crawler.sandbox.grace_seconds`), and the first such call also waits for
+    the process to start (~0.1 s). Thread-safe.
+    """
+    data, st, kind = _read(path, limits, isolated=False)
+    if data is None:
+        return Extraction(**_pool().extract(path, limits))
+    return _finish(data, st, kind, _parse(data, kind, limits, check_time=lambda: None))
+
+
+def extract_in_process(path: str | os.PathLike[str], limits: ExtractLimits = ExtractLimits(),
+                       clock: Callable[[], float] = time.monotonic) -> Extraction:
+    """`extract_file` with every kind parsed in this process: what an extractor process runs.
+
+    The time budget is only cooperative here: checked with `clock` between pages and members,
+    so one pathological page can overrun it, and a parser's memory is this process's.
     """
     deadline = clock() + limits.time_budget_seconds
 
@@ -303,12 +330,17 @@ def extract_file(path: str | os.PathLike[str], limits: ExtractLimits = ExtractLi
             raise Skipped("timeout", f"over the {limits.time_budget_seconds:g} s time budget")
 
     data, st, kind = _read(path, limits)
+    return _finish(data, st, kind, _parse(data, kind, limits, check_time))
+
+
+def _parse(data: bytes, kind: str, limits: ExtractLimits, check_time: Callable[[], None]) -> str:
     if kind in _BYTES_PARSERS:
-        text = _BYTES_PARSERS[kind](data, limits, check_time)
-    else:
-        text = decode_text(data)
-        if kind in _TEXT_PARSERS:
-            text = _TEXT_PARSERS[kind](text)
+        return _BYTES_PARSERS[kind](data, limits, check_time)
+    text = decode_text(data)
+    return _TEXT_PARSERS[kind](text) if kind in _TEXT_PARSERS else text
+
+
+def _finish(data: bytes, st: os.stat_result, kind: str, text: str) -> Extraction:
     if "\r" in text:  # a one-character search is ~20x faster than looking for "\r\n"
         text = text.replace("\r\n", "\n")
     text = text.rstrip()  # no copy when there is nothing to strip
@@ -316,3 +348,31 @@ def extract_file(path: str | os.PathLike[str], limits: ExtractLimits = ExtractLi
         raise Skipped("empty", f"no text in {len(data)} bytes")
     return Extraction(text=text, kind=kind, size=len(data), mtime=st.st_mtime,
                       content_hash=hashlib.sha256(data).hexdigest())
+
+
+# ---------------------------------------------------------------------------------------------
+# The extractor processes
+
+_pool_lock = threading.Lock()
+_shared_pool: ExtractorPool | None = None
+
+
+def _pool() -> ExtractorPool:
+    global _shared_pool
+    with _pool_lock:
+        if _shared_pool is None:
+            _shared_pool = ExtractorPool()
+        return _shared_pool
+
+
+def shutdown_pool() -> None:
+    """End the extractor processes (idle ones now, busy ones after their file). Safe to call
+    when none were started, and more than once; a later `extract_file` starts a new pool."""
+    global _shared_pool
+    with _pool_lock:
+        pool, _shared_pool = _shared_pool, None
+    if pool is not None:
+        pool.close()
+
+
+atexit.register(shutdown_pool)

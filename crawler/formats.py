@@ -9,8 +9,9 @@ detect kinds or decode plain text, and it logs nothing.
 Zipped formats (DOCX, EPUB) go through `GuardedZip`, which enforces the member count, the
 declared and the actually inflated sizes, and the compression ratios before and while reading.
 XML is parsed with expat with any DTD refused, so entity expansion and external entities cannot
-happen (the defusedxml rule). Time is cooperative: parsers call `check_time()` between PDF pages
-and EPUB chapters; nothing interrupts a single slow page.
+happen (the defusedxml rule). Time is cooperative here: parsers call `check_time()` between PDF
+pages and EPUB chapters; nothing in this module interrupts a single slow page. The hard limits
+(wall time, memory) come from running these parsers in `crawler.sandbox`'s extractor processes.
 Relies on the standard library and pypdf.
 """
 
@@ -37,6 +38,7 @@ from engine import ConfigError
 SKIP_REASONS = ("empty", "binary", "too_large", "unsupported", "unreadable", "vanished",
                 "decompression_bomb", "timeout", "undecodable")
 
+MIN_MEMORY_BYTES = 128 * 2**20  # below this the extractor process could not even start a parser
 CheckTime = Callable[[], None]  # raises Skipped("timeout") once the file's time budget is spent
 
 
@@ -74,8 +76,12 @@ class ExtractLimits:
     # zipped formats, per member and overall; real DOCX/EPUB XML compresses 5-30x, zeros ~1000x
     max_compression_ratio: float = 200.0
     max_zip_members: int = 10_000
-    # per file, for the slow parsers; cooperative: checked between pages and members
+    # per file, for the slow parsers: checked between pages and members, and enforced for PDF,
+    # DOCX and EPUB by stopping their extractor process (crawler.sandbox) shortly after
     time_budget_seconds: float = 30.0
+    # PDF, DOCX and EPUB: the address space (RLIMIT_AS) of the extractor process; a parser that
+    # needs more is stopped and the file skipped as too_large. The process alone takes ~40 MB.
+    max_memory_bytes: int = 2 * 2**30
 
     def validate(self) -> "ExtractLimits":
         """Return self, or raise ConfigError naming the first bad limit."""
@@ -86,6 +92,9 @@ class ExtractLimits:
             raise ConfigError(f"[extract] max_compression_ratio ({self.max_compression_ratio}) must be >= 1")
         if not self.time_budget_seconds > 0:
             raise ConfigError(f"[extract] time_budget_seconds ({self.time_budget_seconds}) must be > 0")
+        if self.max_memory_bytes < MIN_MEMORY_BYTES:
+            raise ConfigError(f"[extract] max_memory_bytes ({self.max_memory_bytes}) must be >= {MIN_MEMORY_BYTES} "
+                              f"(128 MiB; the extractor process alone needs about 40 MB)")
         return self
 
 

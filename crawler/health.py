@@ -7,19 +7,27 @@ Two files in STATE_DIR, both written only by the daemon:
   file, is the truth. A second daemon on the same state directory fails at once with
   `DaemonAlreadyRunning`.
 - `health.json`: a small JSON report the daemon replaces atomically (temp file + os.replace)
-  every status interval. It is a liveness report, not data, so it is not fsynced.
+  every status interval. It is a liveness report, not data, so it is not fsynced. When the
+  replace fails (a full disk has no block for the temp file; a state directory the daemon may
+  no longer write), the file is rewritten in place: that needs no new block and no right on the
+  directory, so the report can still say why writes fail.
 
-`check_health` joins the two for `crystalline status --health` (and Docker's HEALTHCHECK).
+`check_health` joins the two for `crystalline status --health` (and Docker's HEALTHCHECK). It
+also looks at the state directory's file system itself (read-only, or less free space than the
+daemon's write probe needs), without writing anything: a daemon that cannot write its state
+cannot always say so in health.json, and the checker must fail with the reason all the same.
 Not a supervisor: nothing here restarts anything. Relies on Linux flock(2), /proc for the
 memory and thread counts (with a fallback elsewhere), and the standard library only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import resource
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,13 +35,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .writable import ACTIONS, DISK_FULL, PROBE_BYTES, STATE_UNWRITABLE
+
 LOCK_FILE = "daemon.lock"
 HEALTH_FILE = "health.json"
 STATES = ("starting", "ready", "stopping")
 # the keys of health.json, in the order they are written; missing values are written as null
 FIELDS = ("pid", "started_at", "updated_at", "state", "step", "tokens_trained", "queue_documents",
           "queue_tokens", "loss", "tokens_per_s", "last_checkpoint_step", "last_checkpoint_age_s",
-          "rss_mb", "threads", "last_error")
+          "rss_mb", "threads", "last_error", "blocked", "blocked_parts", "unwatched_roots")
 # acquire() retries this long: `lock_holder` probes by taking a shared lock for an instant, and
 # a daemon starting in that instant must not be told that another daemon runs.
 ACQUIRE_GRACE_S = 0.25
@@ -175,18 +185,21 @@ def process_stats() -> dict[str, float | int]:
 
 
 class HealthFile:
-    """Writes STATE_DIR/health.json; `started_at` is when this object was made."""
+    """Writes STATE_DIR/health.json; `started_at` is when this object was made. `writes` (a
+    crawler.writable.WriteState) hears of every failed replace."""
 
-    def __init__(self, state_dir: str | Path, clock: Callable[[], float] = time.time):
+    def __init__(self, state_dir: str | Path, clock: Callable[[], float] = time.time, writes: Any = None):
         self.path = Path(state_dir) / HEALTH_FILE
         self._clock = clock
+        self._writes = writes
         self.started_at = _utc_iso(clock())
 
     def write(self, report: Mapping[str, Any]) -> dict[str, Any]:
         """Replace health.json atomically with `report` over the defaults and return what was
         written. pid, started_at and updated_at are filled in; rss_mb and threads are measured
-        when not given; other missing FIELDS are null; extra keys are kept after them. Raises
-        ValueError for a state not in STATES, OSError when the directory is not writable."""
+        when not given; other missing FIELDS are null; extra keys are kept after them. When the
+        atomic replace fails, the failure goes to `writes` and the file is rewritten in place.
+        Raises ValueError for a state not in STATES, OSError when neither way works."""
         state = report.get("state", "starting")
         if state not in STATES:
             raise ValueError(f"state ({state!r}) must be one of {', '.join(STATES)}")
@@ -198,14 +211,38 @@ class HealthFile:
             for key in ("rss_mb", "threads"):
                 data[key] = measured[key] if data[key] is None else data[key]
         data.update(state=state, updated_at=_utc_iso(self._clock()))
+        text = (json.dumps(data, default=str) + "\n").encode("utf-8")
         temp = self.path.with_name(f".{HEALTH_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            temp.write_text(json.dumps(data, default=str) + "\n", encoding="utf-8")
+            temp.write_bytes(text)
             os.replace(temp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            if self._writes is not None:
+                self._writes.report("health", exc)
+            self._rewrite_in_place(text, exc)
         except BaseException:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
             raise
         return data
+
+    def _rewrite_in_place(self, text: bytes, cause: OSError) -> None:
+        """Overwrite the existing file from its start: its blocks are already allocated (a
+        report is far smaller than one block), and no directory entry changes. A reader may catch
+        it half-written and see no report for an instant; the replace is the normal way."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)  # never creates: that needs a block
+        except OSError:
+            raise cause from None
+        try:
+            os.pwrite(fd, text, 0)
+            os.ftruncate(fd, len(text))
+        except OSError:
+            raise cause from None
+        finally:
+            os.close(fd)
 
 
 def read_health(state_dir: str | Path) -> dict[str, Any] | None:
@@ -227,13 +264,78 @@ def _age_s(updated_at: Any, now: float) -> float | None:
     return max(0.0, now - stamp.timestamp())  # a clock step backwards reads as fresh
 
 
+# ---------------------------------------------------------------------------------------------
+# what is wrong with a folder: the state directory, a watch root
+
+
+def state_dir_problem(state_dir: str | Path) -> str | None:
+    """Why the daemon cannot write `state_dir`, seen without writing anything: "disk_full: ..."
+    (less free space than the daemon's write probe needs), "state_unwritable: ..." (a read-only
+    file system, or a folder its owner may not write, when the owner asks), or None."""
+    state_dir = Path(state_dir)
+    try:
+        fs = os.statvfs(state_dir)
+    except OSError:
+        return None  # a missing folder is the lock's story, told by the caller
+    if fs.f_flag & os.ST_RDONLY:
+        return f"{STATE_UNWRITABLE}: {state_dir} is on a read-only file system; {ACTIONS[STATE_UNWRITABLE]}"
+    try:
+        owner = os.stat(state_dir).st_uid
+    except OSError:
+        owner = None
+    # the space the daemon's user may fill: root (owning its state) may use the reserved blocks
+    free = (fs.f_bfree if owner == 0 else fs.f_bavail) * fs.f_frsize
+    if free < PROBE_BYTES:
+        return (f"{DISK_FULL}: {free} bytes free on the file system of {state_dir}, the daemon needs at least "
+                f"{PROBE_BYTES}; {ACTIONS[DISK_FULL]}")
+    # only the owner's rights are the daemon's: root, or a reader in the group, would mislead
+    if owner == os.geteuid() and not os.access(state_dir, os.W_OK | os.X_OK):
+        return f"{STATE_UNWRITABLE}: {state_dir} is not writable by its owner; {ACTIONS[STATE_UNWRITABLE]}"
+    return None
+
+
+_KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+
+
+def root_problem(root: str | Path) -> str | None:
+    """Why a watch root cannot be watched ("is a regular file, not a folder", "does not exist and
+    cannot be created: /dev/null is not a folder", ...), or None when it is a readable folder."""
+    root = Path(os.path.abspath(root))
+    try:
+        st = os.stat(root)
+    except (FileNotFoundError, NotADirectoryError):  # missing, or a file on the way
+        parent = root.parent
+        while not os.path.lexists(parent) and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"does not exist and cannot be created: {parent} is not a folder"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"does not exist and cannot be created: {parent} is not writable"
+        return "does not exist"
+    except OSError as exc:  # ELOOP, EACCES
+        return f"cannot be reached: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a folder")
+        return f"is {kind}, not a folder"
+    if not os.access(root, os.R_OK | os.X_OK):
+        return "is a folder the daemon may not read"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the check
+
+
 def check_health(state_dir: str | Path, max_age_s: float,
                  now: float | None = None) -> tuple[bool, str, dict[str, Any]]:
     """(healthy, reason, report) for the daemon on `state_dir`.
 
-    Healthy when a live process holds daemon.lock, health.json was written by that process
-    within `max_age_s` seconds, and its state is "ready". `report` is health.json (empty when
-    absent) plus `lock_pid` (None: no daemon, 0: pid not yet written) and `age_s`.
+    Healthy when a live process holds daemon.lock, the state directory can be written (as far
+    as can be seen without writing: `state_dir_problem`), health.json was written by that
+    process within `max_age_s` seconds, it reports no blocked writes and no watch root it cannot
+    watch, and its state is "ready". `report` is health.json (empty when absent) plus `lock_pid`
+    (None: no daemon, 0: pid not yet written) and `age_s`.
     """
     state_dir = Path(state_dir)
     now = time.time() if now is None else now
@@ -248,6 +350,9 @@ def check_health(state_dir: str | Path, max_age_s: float,
 
     if holder is None:
         return False, f"no daemon holds {state_dir / LOCK_FILE}", report
+    problem = state_dir_problem(state_dir)
+    if problem is not None:  # first: it is also why health.json may be old
+        return False, problem, report
     if health is None:
         return False, f"daemon (pid {holder}) has not written {state_dir / HEALTH_FILE} yet", report
     if holder and health.get("pid") != holder:
@@ -257,6 +362,16 @@ def check_health(state_dir: str | Path, max_age_s: float,
         return False, f"health.json has no valid updated_at ({health.get('updated_at')!r})", report
     if age > max_age_s:
         return False, f"health.json is {age:.0f} s old (limit {max_age_s:g} s)", report
+    blocked = health.get("blocked")
+    if blocked:
+        parts = ", ".join(sorted(health.get("blocked_parts") or {})) or "?"
+        return False, f"{blocked}: writes to {state_dir} fail ({parts}); {ACTIONS.get(blocked, 'see the log')}", report
+    unwatched = health.get("unwatched_roots")
+    if unwatched and isinstance(unwatched, dict):
+        root, why = next(iter(unwatched.items()))
+        more = f" (and {len(unwatched) - 1} more)" if len(unwatched) > 1 else ""
+        return False, (f"watch root {root} {why}{more}; set [watch] roots (CRYSTALLINE_WATCH_ROOTS) "
+                       "to folders the daemon can read"), report
     state = health.get("state")
     if state != "ready":
         return False, f"daemon is {state}", report

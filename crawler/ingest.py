@@ -5,11 +5,17 @@ and by the daemon. Every file ends as exactly one outcome: ingested, duplicate (
 are already queued under another name), unchanged (this path, size and mtime were seen
 before: nothing is read), skipped (a reason from SKIP_REASONS) or failed (an error text). A bad
 file never raises out of `ingest_file`; only a storage failure does, because that is the
-caller's to handle (nothing of that transaction was committed). Knows nothing of the engine.
+caller's to handle (nothing of that transaction was committed). Every per-file fault (a
+symlink loop, a name that is not UTF-8, a parser's bug) is that file's own outcome: the looks
+and the extraction of one file run under one guard, and storage calls stay outside it, so a
+storage error is never mistaken for a bad file. File names travel as Python holds them (lone
+surrogates for bytes that are not UTF-8); storage stores them losslessly, and `display_path`
+makes them printable for logs. Knows nothing of the engine.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -62,8 +68,20 @@ class IngestSummary:
 
 def is_ignored_name(name: str) -> bool:
     """Hidden and temporary names that are never ingested (dotfiles, editor and download
-    leftovers)."""
-    return name.startswith(".") or name.endswith(HIDDEN_SUFFIXES)
+    leftovers: emacs writes `#notes.txt#` autosaves and `.#notes.txt` locks)."""
+    return (name.startswith(".") or name.endswith(HIDDEN_SUFFIXES)
+            or (len(name) > 1 and name.startswith("#") and name.endswith("#")))
+
+
+def display_path(path: str | Path) -> str:
+    """A path as logs show it: bytes that are not UTF-8 written \\xNN (as `ls -b` would), so a
+    JSON line or a terminal can always print it."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def within(path: Path, roots: Iterable[Path]) -> bool:
@@ -116,18 +134,12 @@ class Ingestor:
             yield from self._ingest_group(group, batch_bytes)
 
     def _ingest_group(self, group: list[tuple[Path, Path | None]], batch_bytes: int) -> Iterator[IngestOutcome]:
-        stats: dict[Path, os.stat_result | OSError] = {}
-        for path, _ in group:
-            try:
-                stats[path] = os.lstat(path)
-            except OSError as exc:
-                stats[path] = exc
-        versions = [(str(p), st.st_size, st.st_mtime) for p, st in stats.items() if not isinstance(st, OSError)]
-        seen = self.queue.seen_many(versions)
+        looks = [_look(path, root) for path, root in group]
+        seen = self.queue.seen_many([look.version for look in looks if look.version is not None])
         pending: list[_Pending] = []
         pending_bytes = 0
-        for path, root in group:
-            prepared = self._prepare(path, root, stats[path], seen)
+        for look in looks:
+            prepared = self._prepare(look, seen)
             if isinstance(prepared, IngestOutcome):
                 yield prepared
                 continue
@@ -139,51 +151,44 @@ class Ingestor:
         if pending:
             yield from self._commit(pending)
 
-    def _prepare(self, path: Path, root: Path | None, st, seen: set) -> "IngestOutcome | _Pending":
+    def _prepare(self, look: "_Look", seen: set) -> "IngestOutcome | _Pending":
         """Everything for one file short of the database write: an outcome, or its tokens."""
         t0 = time.perf_counter()
-        source = str(path)
-
-        def done(status, reason=None, detail=None) -> IngestOutcome:
-            return IngestOutcome(source, status, reason, detail, ms=(time.perf_counter() - t0) * 1e3)
-
-        def remember(reason, detail, status="skipped", st=None) -> IngestOutcome:
-            size, mtime = (st.st_size, st.st_mtime) if st is not None else (None, None)
-            self.queue.record_skip(source_path=source, reason=reason, detail=detail, status=status,
-                                   size=size, mtime=mtime)
-            return done(status, reason, detail)
-
-        if isinstance(st, FileNotFoundError):
-            return done("skipped", "vanished", "the file disappeared before it was read")
-        if isinstance(st, OSError):
-            return remember("unreadable", str(st))
-        if stat.S_ISLNK(st.st_mode):
-            if root is not None and not within(path.resolve(), [root.resolve()]):
-                if (source, st.st_size, st.st_mtime) in seen:
-                    return done("unchanged")
-                return remember(OUTSIDE_ROOT, f"symlink to {path.resolve()}, outside {root}", st=st)
-            try:
-                st = os.stat(path)
-            except OSError:
-                return done("skipped", "vanished", "a dangling symlink")
-            if self.queue.seen(source, st.st_size, st.st_mtime):
-                return done("unchanged")
-        elif (source, st.st_size, st.st_mtime) in seen:
-            return done("unchanged")
         try:
-            extraction = extract_file(path, self.limits)
+            verdict = self._examine(look, seen)
+        except Exception as exc:  # noqa: BLE001 - one file's fault, whatever it is, is that file's outcome
+            verdict = _Verdict("failed", "extraction_failed", f"{type(exc).__name__}: {exc}", remember=True)
+        if isinstance(verdict, _Pending):
+            return verdict
+        if verdict.remember:  # outside the guard: a storage error is the caller's, not this file's
+            size, mtime = look.version[1:] if look.version is not None else (None, None)
+            self.queue.record_skip(source_path=look.source, reason=verdict.reason, detail=verdict.detail,
+                                   status=verdict.status, size=size, mtime=mtime)
+        return IngestOutcome(look.source, verdict.status, verdict.reason, verdict.detail,
+                             ms=(time.perf_counter() - t0) * 1e3)
+
+    def _examine(self, look: "_Look", seen: set) -> "_Verdict | _Pending":
+        """The verdict on one file from its looks: no storage call, so any exception is its own."""
+        t0 = time.perf_counter()
+        if look.error is not None:
+            return _Verdict("skipped", *look.error, remember=look.error[0] != "vanished")
+        if look.version in seen:
+            return _Verdict("unchanged")
+        if look.skip is not None:
+            return _Verdict("skipped", *look.skip, remember=True)
+        try:
+            extraction = extract_file(look.path, self.limits)
         except Skipped as skip:
-            if skip.reason == "vanished":  # nothing to remember about a file that is gone
-                return done("skipped", skip.reason, skip.detail)
-            return remember(skip.reason, skip.detail, st=st)
+            # nothing to remember about a file that is gone
+            return _Verdict("skipped", skip.reason, skip.detail, remember=skip.reason != "vanished")
         except Exception as exc:  # noqa: BLE001 - a parser error or a pathological file: never fatal
             failure = exc.detail if isinstance(exc, ExtractionFailed) and getattr(exc, "detail", None) else None
-            return remember("extraction_failed", failure or f"{type(exc).__name__}: {exc}", status="failed", st=st)
+            return _Verdict("failed", "extraction_failed", failure or f"{type(exc).__name__}: {exc}", remember=True)
         body = self.tokenizer.encode_text(extraction.text)
         tokens = np.empty(body.size + 1, dtype=body.dtype)
         tokens[0] = self.tokenizer.eod_id  # a separator opens every document in the stream
         tokens[1:] = body
-        return _Pending(source, extraction, tokens, time.perf_counter() - t0)
+        return _Pending(look.source, extraction, tokens, time.perf_counter() - t0)
 
     def _commit(self, pending: list["_Pending"]) -> Iterator[IngestOutcome]:
         t0 = time.perf_counter()
@@ -198,6 +203,62 @@ class Ingestor:
                                 document_id=result.document_id, bytes=p.extraction.size,
                                 tokens=0 if duplicate else int(p.tokens.size),
                                 ms=(p.seconds + share) * 1e3)
+
+
+@dataclass(frozen=True)
+class _Look:
+    """What lstat (and, for a symlink, the target) says of one file, before anything is read."""
+
+    path: Path
+    source: str
+    version: tuple[str, int, float] | None = None  # (path, size, mtime) to check against the store
+    error: tuple[str, str] | None = None  # (reason, detail): it could not be looked at
+    skip: tuple[str, str] | None = None  # (reason, detail): it is not something to read
+
+
+def _look(path: Path, root: Path | None) -> _Look:
+    """Look at one file without opening it; never raises."""
+    source = str(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return _Look(path, source, error=("vanished", "the file disappeared before it was read"))
+    except OSError as exc:
+        return _Look(path, source, error=("unreadable", _os_error(exc)))
+    version = (source, st.st_size, st.st_mtime)
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            resolved = path.resolve()  # RuntimeError on a symlink loop (OSError from Python 3.13)
+            if root is not None and not within(resolved, [root.resolve()]):
+                return _Look(path, source, version,
+                             skip=(OUTSIDE_ROOT, f"symlink to {resolved}, outside {root}"))
+            try:
+                target = os.stat(path)
+            except FileNotFoundError:
+                return _Look(path, source, error=("vanished", "a dangling symlink"))
+            version = (source, target.st_size, target.st_mtime)  # the target's version decides
+            st = target
+    except (RuntimeError, OSError) as exc:
+        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
+            return _Look(path, source, version, skip=("unreadable", "a symlink loop: the link never reaches a file"))
+        return _Look(path, source, version, skip=("unreadable", _os_error(exc)))
+    if not stat.S_ISREG(st.st_mode):  # never opened: reading a FIFO blocks, a device never ends
+        what = ("folder" if stat.S_ISDIR(st.st_mode) else "FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "socket" if stat.S_ISSOCK(st.st_mode) else "device or other special file")
+        return _Look(path, source, version, skip=("unsupported", f"a {what}, not a regular file"))
+    return _Look(path, source, version)
+
+
+def _os_error(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    status: str
+    reason: str | None = None
+    detail: str | None = None
+    remember: bool = False  # recorded in the store, so the same version is not reported again
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ status_interval_seconds = 30.0 # a status event, health.json and the systemd STA
 ingest_queue_size = 10000
 after_ingest = "keep"          # "move": ingested files go to STATE_DIR/processed/
 health_max_age_seconds = 120.0 # `crystalline status --health` fails past this
+stop_timeout_seconds = 60.0    # a stop ends within this (checkpoint first); below TimeoutStopSec=90
 
 [model]                        # fixed once the first checkpoint exists (docs/BENCHMARKS.md: the
 context_length = 128           # size that learned most in an hour of the daemon on 2 cores)
@@ -81,6 +82,7 @@ max_uncompressed_bytes = 268435456
 max_compression_ratio = 200.0
 max_zip_members = 10000
 time_budget_seconds = 30.0
+max_memory_bytes = 2147483648  # address space of the child process that parses PDF, DOCX and EPUB
 
 [log]
 level = "info"                 # debug, info, warning, error

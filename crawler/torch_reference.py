@@ -1,9 +1,11 @@
 """A PyTorch eager GPT-2 over the engine's flat parameter layout: the reference the engine is
 checked against, and the baseline `crystalline bench --compare-torch` races.
 
-Built from standard torch ops only (`layer_norm`, `linear`, `scaled_dot_product_attention`,
-`gelu(approximate="tanh")`, `cross_entropy`), so it is the textbook model, not a port of the
-engine's kernels. Each tensor of `engine.layout.parameter_table` becomes one torch leaf tensor
+Built from standard torch ops only (`layer_norm`, `rms_norm`, `linear`,
+`scaled_dot_product_attention`, `gelu(approximate="tanh")`, `relu`, `tanh`, `cross_entropy`), so
+it is the textbook model, not a port of the engine's kernels. Every architecture option of
+ModelConfig is covered (rotary positions, RMSNorm, QK-norm, ReLU^2, soft-capped logits, the
+untied head; zero-initialised projections are a matter of the initial values only). Each tensor of `engine.layout.parameter_table` becomes one torch leaf tensor
 with the same name and shape; parameters are loaded from and gradients exported to one flat
 numpy array in that layout, so tests compare tensor by tensor through the table.
 
@@ -70,20 +72,48 @@ class TorchGPT:
         hs = C // NH
         idx = torch.as_tensor(np.asarray(inputs), dtype=torch.long)
         B, T = idx.shape
-        x = p["wte"][idx] + p["wpe"][:T]  # (B, T, C)
+        config = self.config
+
+        def norm(x, weight, bias):
+            if config.norm == "rmsnorm":
+                return F.rms_norm(x, (x.shape[-1],), weight, LAYERNORM_EPS)
+            return F.layer_norm(x, (C,), weight, bias, LAYERNORM_EPS)
+
+        if config.rope:
+            # half-split pairs (i, i + hs/2) turned by t * 10000^(-2i/hs), as in GPT-NeoX and Llama
+            inv_freq = 10000.0 ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+            angles = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq).to(p["wte"].dtype)
+            cos, sin = angles.cos(), angles.sin()  # (T, hs/2)
+
+        def rotate(x):  # (B, NH, T, hs)
+            x1, x2 = x[..., : hs // 2], x[..., hs // 2 :]
+            return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+        x = p["wte"][idx]  # (B, T, C)
+        if config.learned_positions:
+            x = x + p["wpe"][:T]
         for l in range(L):
-            h = F.layer_norm(x, (C,), p["ln1w"][l], p["ln1b"][l], LAYERNORM_EPS)
+            h = norm(x, p["ln1w"][l], p["ln1b"][l])
             qkv = F.linear(h, p["qkvw"][l], p["qkvb"][l])  # (B, T, 3*C)
             q, k, v = (t.view(B, T, NH, hs).transpose(1, 2) for t in qkv.split(C, dim=2))
+            if config.qk_norm:
+                q, k = F.rms_norm(q, (hs,), eps=LAYERNORM_EPS), F.rms_norm(k, (hs,), eps=LAYERNORM_EPS)
+            if config.rope:
+                q, k = rotate(q), rotate(k)
             # (B, NH, T, hs): softmax(q k^T / sqrt(hs)) v over the causal prefix
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(hs))
             y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
             x = x + F.linear(y, p["attprojw"][l], p["attprojb"][l])
-            h = F.layer_norm(x, (C,), p["ln2w"][l], p["ln2b"][l], LAYERNORM_EPS)
-            h = F.gelu(F.linear(h, p["fcw"][l], p["fcb"][l]), approximate="tanh")  # (B, T, H)
+            h = norm(x, p["ln2w"][l], p["ln2b"][l])
+            h = F.linear(h, p["fcw"][l], p["fcb"][l])  # (B, T, H)
+            h = F.relu(h).square() if config.activation == "relu2" else F.gelu(h, approximate="tanh")
             x = x + F.linear(h, p["fcprojw"][l], p["fcprojb"][l])
-        x = F.layer_norm(x, (C,), p["lnfw"], p["lnfb"], LAYERNORM_EPS)
-        return F.linear(x, p["wte"])  # (B, T, V): the head is tied to the token embedding
+        x = norm(x, p["lnfw"], p["lnfb"])
+        # (B, T, V): the head is tied to the token embedding unless tie_head is off
+        logits = F.linear(x, p["wte"] if config.tie_head else p["lm_head"])
+        if config.logit_softcap > 0:
+            logits = config.logit_softcap * torch.tanh(logits / config.logit_softcap)
+        return logits
 
     def loss(self, inputs, targets):
         """Mean cross-entropy over all (B, T) positions, as a scalar tensor ready for backward()."""

@@ -24,12 +24,14 @@ best model is measured again on the new set, so the plateau rule always compares
 Checkpoints are committed with the cursor (`commit_checkpoint`): the database's cursor moves
 only together with a durable checkpoint, and the file carries the rest of the loop's state
 (shuffle buffer, replay credit, plateau counters), so a resumed run takes the same batches as an
-uninterrupted one. On start it resumes from the newest checkpoint the database names whose file
-loads; a corrupt newest one is reported and the database rewound to the previous one. Files are
-deleted only when this loop wrote them: rolling checkpoints beyond `keep_checkpoints`, and
-uncommitted ones after a crash, and only files of the same command (`run` or `train`: each
-checkpoint records which wrote it). Knows nothing of files being watched; the supervisor
-(daemon.py) or the `train` command owns the thread.
+uninterrupted one. On start it resumes from the newest usable checkpoint, after making the
+database and the files agree (crawler/checkpoints.py owns that, the paths rows hold, and
+retention: only rolling files of this command beyond `keep_checkpoints` are ever deleted). A
+checkpoint that cannot be written because the disk is full or the state is read-only is reported
+to the WriteState (`writes`) and deferred, never fatal: training goes on in memory, and the
+checkpoint is written once writing works again (`writes.generation` grew) or the next one is
+due. Knows nothing of files being watched; the supervisor (daemon.py) or the `train` command
+owns the thread.
 """
 
 from __future__ import annotations
@@ -43,13 +45,14 @@ from pathlib import Path
 import numpy as np
 
 from engine import CheckpointError, ConfigError, NonFiniteLoss
-from engine.checkpoint import list_checkpoints, load_checkpoint
+from engine.checkpoint import load_checkpoint
 from storage import HoldoutSplit, draw_window_starts
 
+from .checkpoints import BEST_CHECKPOINT, CHECKPOINT_DIR, checkpoint_directory  # noqa: F401 (callers import them here)
+from .checkpoints import RESET_HINT, prune, reconcile, stored_path, stream_digest
 from .config import Config
+from .writable import WriteState
 
-CHECKPOINT_DIR = "checkpoints"
-BEST_CHECKPOINT = "best.safetensors"
 FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
 TRAIN_WINDOW = 50  # steps in the recent-window estimate of training bits per byte
 LN2 = math.log(2.0)
@@ -85,11 +88,6 @@ class TrainedText:
         return self._tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)  # (n, T + 1)
 
 
-def checkpoint_directory(state_dir: str | Path) -> Path:
-    """Where the training loop keeps its checkpoints."""
-    return Path(state_dir) / CHECKPOINT_DIR
-
-
 @dataclass
 class TrainingFigures:
     """What the supervisor reports in `status` events and health.json."""
@@ -103,6 +101,7 @@ class TrainingFigures:
     tokens_per_s: float | None = None
     last_checkpoint_step: int | None = None
     last_checkpoint_time: float | None = None  # monotonic
+    last_checkpoint_path: str | None = None  # the checkpoint the loop stands on
     idle: bool = False
     plateaued: bool = False
     val_bits_per_byte: float | None = None
@@ -117,12 +116,15 @@ class TrainingWorker:
 
     `pinned` maps model fields set by command-line flags to the flag's name: a checkpoint with
     another value is a ConfigError naming the flag, rather than the checkpoint's value winning.
+    `writes` is the daemon's shared WriteState (a fresh one by default): a checkpoint blocked by
+    a full disk or a read-only state is reported there and deferred.
     """
 
     name = "trainer"
 
     def __init__(self, config: Config, queue, tokenizer, log, clock=time.monotonic,
-                 pinned: dict[str, str] | None = None, command: str = "run", stopping=lambda: False):
+                 pinned: dict[str, str] | None = None, command: str = "run", stopping=lambda: False,
+                 writes: WriteState | None = None):
         self.config = config
         self.stopping = stopping  # true once a stop was asked for: a cool-down gives way to it
         self.command = command  # recorded in each checkpoint: retention deletes only its own
@@ -130,6 +132,8 @@ class TrainingWorker:
         self.tokenizer = tokenizer
         self.log = log.bind(component="trainer")
         self.clock = clock
+        self.writes = writes if writes is not None else WriteState(config.state_dir, self.log, clock)
+        self._deferred: tuple[int, int, float] | None = None  # a blocked checkpoint: (generation, step, time)
         self.pinned = dict(pinned or {})
         self.trainer = None
         self.figures = TrainingFigures()
@@ -186,7 +190,8 @@ class TrainingWorker:
         self.figures = TrainingFigures(step=self.trainer.step_count, tokens_trained=tokens, position=position,
                                        tokens_seen=int(extra.get("tokens_seen", tokens)),
                                        last_checkpoint_step=None if checkpoint is None else checkpoint.step,
-                                       last_checkpoint_time=self.clock() if checkpoint is not None else None)
+                                       last_checkpoint_time=self.clock() if checkpoint is not None else None,
+                                       last_checkpoint_path=None if checkpoint is None else str(checkpoint.path))
         self._restore_loop_state(extra, position)
         self._restore_best()
         latest = self.queue.latest_evaluation()
@@ -208,69 +213,26 @@ class TrainingWorker:
             if field in self.pinned:
                 raise ConfigError(
                     f"{self.pinned[field]} {getattr(configured, field)} conflicts with the checkpoint "
-                    f"{checkpoint.path} ({field}={getattr(trained, field)}); drop the flag or use another --state-dir")
+                    f"{checkpoint.path} ({field}={getattr(trained, field)}); drop the flag, use another "
+                    f"--state-dir, or {RESET_HINT}")
         if fields:
+            settings = ", ".join(f"model.{f} = {getattr(configured, f)}" for f in fields)
+            kept = ", ".join(f"{f} = {getattr(trained, f)}" for f in fields)
             self.log.warning("model_config_ignored", path=str(checkpoint.path),
                              configured={f: getattr(configured, f) for f in fields},
-                             checkpoint={f: getattr(trained, f) for f in fields})
+                             checkpoint={f: getattr(trained, f) for f in fields},
+                             message=f"{settings} is not used: the checkpoints were trained with {kept}, which "
+                                     "the model keeps; set it back, or start a model of the new shape with "
+                                     "`crystalline reset --keep-corpus` (or a new state directory)")
         if trained.vocab_size != self.tokenizer.vocab_size:
             raise CheckpointError(checkpoint.path, f"vocab_size {trained.vocab_size} does not match the state "
-                                  f"directory's tokenizer ({self.tokenizer.vocab_size})")
+                                  f"directory's tokenizer ({self.tokenizer.vocab_size}): restore the tokenizer "
+                                  f"it was trained with, or {RESET_HINT}")
         return trained
 
     def _resume(self, model):
         """The checkpoint to resume from, after making the database and the files agree."""
-        records = self.queue.checkpoints(limit=self.config.daemon.keep_checkpoints + 10)  # newest first
-        named = {str(Path(r.path)) for r in records}
-        latest = records[0] if records else None
-        for path in list_checkpoints(self.directory):
-            if str(path) in named or (latest is not None and _step_of(path) <= latest.step):
-                continue
-            # newer than the database's latest: written by this loop and not committed (a crash
-            # came between the two; its data is still queued), or written by something else
-            try:
-                ours = "stream_position" in load_checkpoint(path).extra
-            except CheckpointError:
-                ours = False
-            if ours and latest is not None:
-                path.unlink(missing_ok=True)
-                self.log.warning("checkpoint_orphan_removed", path=str(path))
-        for i, record in enumerate(records):
-            try:
-                checkpoint = load_checkpoint(record.path)
-            except CheckpointError as exc:
-                self.log.error("checkpoint_corrupt", path=record.path, step=record.step, error=exc.reason)
-                continue
-            self._check_tokenizer(checkpoint)
-            if i > 0:
-                self.queue.rewind_to(record.id)
-                self.log.warning("checkpoint_rewound", step=record.step, path=record.path,
-                                 skipped=[r.step for r in records[:i]])
-            return checkpoint
-        if records:
-            # no file loads: start over, and stop crediting the model with any data
-            raise CheckpointError(records[0].path, "no checkpoint the database names can be loaded")
-        return self._adopt()
-
-    def _adopt(self):
-        """With no checkpoint in the database, the newest valid checkpoint file of the state
-        directory (one that `train` of an earlier version wrote): its weights are the starting
-        point, and every stored text is still to be trained on. Nothing is deleted."""
-        for path in reversed(list_checkpoints(self.directory)):
-            try:
-                checkpoint = load_checkpoint(path)
-            except CheckpointError as exc:
-                self.log.warning("checkpoint_ignored", path=str(path), reason=exc.reason)
-                continue
-            self._check_tokenizer(checkpoint)
-            checkpoint.extra = {}
-            self.log.info("checkpoint_adopted", path=str(path), step=checkpoint.step)
-            return checkpoint
-        return None
-
-    def _check_tokenizer(self, checkpoint) -> None:
-        if checkpoint.extra.get("tokenizer") != self.tokenizer.identity():
-            raise CheckpointError(checkpoint.path, "trained with another tokenizer than the state directory's")
+        return reconcile(self.config.state_dir, self.queue, self.tokenizer.identity(), self.log).checkpoint
 
     def _restore_loop_state(self, extra: dict, position: int) -> None:
         self._replay_credit = float(extra.get("replay_credit", 0.0))
@@ -309,14 +271,21 @@ class TrainingWorker:
         return self._since_checkpoint
 
     def shutdown(self) -> None:
-        """Checkpoint what was trained since the last checkpoint, then join the engine's threads."""
+        """Checkpoint what was trained since the last checkpoint, then join the engine's threads.
+        Always logs `trainer_stopped` with the checkpoint the loop stands on (written now or
+        earlier), so a stop's outcome never depends on when the last scheduled checkpoint fell."""
+        if self.trainer is None:
+            return
+        saved = False
         try:
-            if self.trainer is not None and self._since_checkpoint > 0:
-                self.checkpoint(reason="shutdown")
+            if self._since_checkpoint > 0:
+                saved = self.checkpoint(reason="shutdown") is not None
         finally:
-            if self.trainer is not None:
-                self.trainer.close()
-                self.trainer = None
+            f = self.figures
+            self.log.info("trainer_stopped", step=self.trainer.step_count, checkpoint_step=f.last_checkpoint_step,
+                          checkpoint_path=f.last_checkpoint_path, saved=saved, unsaved_steps=self._since_checkpoint)
+            self.trainer.close()
+            self.trainer = None
 
     # --- one step -----------------------------------------------------------------------------
 
@@ -326,6 +295,8 @@ class TrainingWorker:
         B, T = self.config.train.batch_size, self.seq_len
         step = self.trainer.step_count
         rng = np.random.default_rng([self.config.train.seed, 1, step])  # replay draws of this step
+        if self._deferred is not None and self._since_checkpoint and self._checkpoint_due(now):
+            self.checkpoint(reason="retry")  # a deferred checkpoint, idle or not
         trained_end = self._buffer_start  # text before this offset has been trained on
         can_replay = trained_end > T
         credit = self._replay_credit + daemon.replay_fraction * B
@@ -381,8 +352,7 @@ class TrainingWorker:
                           epoch=round(f.epoch, 3), dt_ms=round(stats.seconds * 1e3, 1))
             self._window_tokens, self._window_start, self._losses = 0, now, []
             self._window_nats, self._window_bytes = 0.0, 0
-        checkpoint_due = (self._since_checkpoint >= daemon.checkpoint_every_steps
-                          or now - self._last_checkpoint_at >= daemon.checkpoint_every_seconds)
+        checkpoint_due = self._checkpoint_due(now)
         if (checkpoint_due or stats.step - max(self._last_eval_step, 0) >= daemon.eval_every_steps
                 or now - self._last_eval_at >= daemon.eval_every_seconds):
             self.evaluate(now)
@@ -483,9 +453,9 @@ class TrainingWorker:
         if is_best:
             f.best_val_bits_per_byte, f.best_step, self._best_holdout = value, self.trainer.step_count, holdout.tokens
         seconds = self.clock() - t0
-        self.queue.record_evaluation(step=self.trainer.step_count, epoch=f.epoch, tokens_trained=f.tokens_trained,
-                                     val_bits_per_byte=value, train_bits_per_byte=f.train_bits_per_byte,
-                                     holdout_tokens=holdout.tokens, seconds=seconds, best=is_best)
+        self._write("evaluation", lambda: self.queue.record_evaluation(
+            step=self.trainer.step_count, epoch=f.epoch, tokens_trained=f.tokens_trained, val_bits_per_byte=value,
+            train_bits_per_byte=f.train_bits_per_byte, holdout_tokens=holdout.tokens, seconds=seconds, best=is_best))
         self.log.info("eval_finished", step=self.trainer.step_count, epoch=round(f.epoch, 3),
                       tokens_trained=f.tokens_trained, val_bits_per_byte=round(value, 4),
                       live_val_bits_per_byte=None if live is None else round(live, 4), cooldown_steps=cooldown_steps,
@@ -493,7 +463,7 @@ class TrainingWorker:
                       best_val_bits_per_byte=round(f.best_val_bits_per_byte, 4), improved=improved,
                       stale=self._stale, holdout_tokens=holdout.tokens, seconds=round(seconds, 3))
         if is_best:
-            self._save_best(value, holdout.tokens, cooled)
+            self._write("checkpoint", lambda: self._save_best(value, holdout.tokens, cooled))
         if self._stale >= daemon.plateau_patience and not f.plateaued and daemon.idle == "sleep":
             self._plateau(now, reason="no_improvement")
         return value
@@ -561,9 +531,10 @@ class TrainingWorker:
         # the same weights, with their figure on the new set (so a restart compares like with like)
         from engine.checkpoint import save_checkpoint
 
-        save_checkpoint(self.directory, step=best.step, model_config=best.model_config, params=best.params,
-                        m=best.m, v=best.v, train_state=best.train_state, name=BEST_CHECKPOINT,
-                        extra=best.extra | {"val_bits_per_byte": value, "holdout_tokens": holdout.tokens})
+        self._write("checkpoint", lambda: save_checkpoint(
+            self.directory, step=best.step, model_config=best.model_config, params=best.params, m=best.m, v=best.v,
+            train_state=best.train_state, name=BEST_CHECKPOINT,
+            extra=best.extra | {"val_bits_per_byte": value, "holdout_tokens": holdout.tokens}))
 
     def _save_best(self, value: float, holdout_tokens: int, cooled=None) -> None:
         """Write best.safetensors (atomically), with its held-out figure: the cooled copy when
@@ -613,50 +584,64 @@ class TrainingWorker:
             "evaluated": self._last_eval_step == self.trainer.step_count,
             "last_cooldown_step": self._last_cooldown_step,
             "val_bits_per_byte": f.val_bits_per_byte,
+            "stream_digest": stream_digest(self.queue, f.position),
         }
 
-    def checkpoint(self, reason: str) -> Path:
+    def checkpoint(self, reason: str) -> Path | None:
         """Evaluate (unless just done), write the checkpoint file durably, then commit it with the
-        cursor in one transaction, then delete this loop's rolling files beyond keep_checkpoints."""
+        cursor in one transaction, then delete this loop's rolling files beyond keep_checkpoints.
+
+        A write blocked by a full disk or a read-only state (WriteState.report) defers it: no
+        file is left behind (a file written but not committed is removed: the two go together),
+        training goes on in memory, and run_once tries again once writing works or the next
+        checkpoint is due. Returns the path, or None when deferred."""
         if self._last_eval_step != self.trainer.step_count and reason != "shutdown":
             self.evaluate(self.clock())
         t0 = self.clock()
-        path = self.trainer.save_checkpoint(self.directory, extra=self._extra(), keep_last=None)
-        loss = self.figures.loss
-        self.queue.commit_checkpoint(step=self.trainer.step_count, path=str(path),
-                                     stream_position=self.figures.position,
-                                     tokens_trained=self.figures.tokens_trained,
-                                     loss=None if loss is None or not math.isfinite(loss) else float(loss))
-        self._since_checkpoint = 0
+        step, f = self.trainer.step_count, self.figures
+        path = None
+        try:
+            path = self.trainer.save_checkpoint(self.directory, extra=self._extra(), keep_last=None)
+            loss = f.loss
+            self.queue.commit_checkpoint(step=step, path=stored_path(path), stream_position=f.position,
+                                         tokens_trained=f.tokens_trained,
+                                         loss=None if loss is None or not math.isfinite(loss) else float(loss))
+        except Exception as exc:
+            if not self.writes.report("checkpoint", exc):
+                raise
+            if path is not None:
+                path.unlink(missing_ok=True)
+            self._deferred = (self.writes.generation, step, self.clock())
+            self.log.warning("checkpoint_deferred", step=step, reason=reason, unsaved_steps=self._since_checkpoint,
+                             blocked=self.writes.blocked, error=f"{type(exc).__name__}: {exc}")
+            return None
+        self._since_checkpoint, self._deferred = 0, None
         self._last_checkpoint_at = self.clock()
-        self.figures.last_checkpoint_step = self.trainer.step_count
-        self.figures.last_checkpoint_time = self._last_checkpoint_at
-        self._prune(keep=self.config.daemon.keep_checkpoints, latest=path)
-        self.log.info("checkpoint_saved", step=self.trainer.step_count, path=str(path), reason=reason,
-                      stream_position=self.figures.position, tokens_trained=self.figures.tokens_trained,
+        f.last_checkpoint_step, f.last_checkpoint_time, f.last_checkpoint_path = step, self._last_checkpoint_at, str(path)
+        prune(self.config.state_dir, self.queue, self.config.daemon.keep_checkpoints, path, self.command)
+        self.log.info("checkpoint_saved", step=step, path=str(path), reason=reason,
+                      stream_position=f.position, tokens_trained=f.tokens_trained,
                       ms=round((self.clock() - t0) * 1e3, 1))
         return path
 
-    def _prune(self, keep: int, latest: Path) -> None:
-        """Delete the files of committed checkpoints older than the newest `keep` (their rows stay,
-        as history), when this command wrote them: a checkpoint of another command (`train`
-        beside `run`) or one the database does not name is never touched here."""
-        from engine.checkpoint import read_extra
+    def _checkpoint_due(self, now: float) -> bool:
+        """Every checkpoint_every_steps steps or checkpoint_every_seconds; after a deferred one,
+        as soon as writing works again (writes.generation grew) or a full interval later."""
+        daemon = self.config.daemon
+        if self._deferred is None:
+            return (self._since_checkpoint >= daemon.checkpoint_every_steps
+                    or now - self._last_checkpoint_at >= daemon.checkpoint_every_seconds)
+        self.writes.recheck(now)  # rate-limited by the WriteState; the supervisor may beat us to it
+        generation, step, at = self._deferred
+        return (self.writes.generation > generation or self.trainer.step_count - step >= daemon.checkpoint_every_steps
+                or now - at >= daemon.checkpoint_every_seconds)
 
-        records = self.queue.checkpoints(limit=keep + 50)
-        for record in records[keep:]:
-            path = Path(record.path)
-            if path == latest or path.parent != self.directory or not path.exists():
-                continue
-            try:
-                if read_extra(path).get("command") == self.command:
-                    path.unlink(missing_ok=True)
-            except CheckpointError:
-                continue
-
-
-def _step_of(path: Path) -> int:
-    from engine.checkpoint import NAME_PATTERN
-
-    match = NAME_PATTERN.fullmatch(path.name)
-    return int(match.group(1)) if match else -1
+    def _write(self, part: str, write):
+        """Run `write()`; a write blocked by a full disk or a read-only state is reported and
+        skipped (returns None), any other failure raises."""
+        try:
+            return write()
+        except Exception as exc:
+            if self.writes.report(part, exc):
+                return None
+            raise

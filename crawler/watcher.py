@@ -3,10 +3,17 @@
 Events (created, modified, attrib, closed, moved in) and scans put a path into `pending` with its
 (size, mtime). `run_once(now)` hands a pending file to `ready(path, root)` at the next step after a
 close-after-write or a move into a root, else once two looks `settle_seconds` apart see the same
-(size, mtime); an event with a new size restarts the wait. ready() returning False (the
+(size, mtime); an event with a new size restarts the wait. A file written to and not yet closed
+(inotify tells; polling cannot) waits for its close however long the writer pauses, or
+OPEN_WRITE_CAP_SECONDS without a change. ready() returning False (the
 consumer's bounded queue is full) keeps the file pending: only vanished files are dropped. Handed
 over versions are remembered (pruned by every full scan) so scans do not offer them again;
-delivery is at-least-once, and the ingestor deduplicates.
+`reoffer` forgets them, for a consumer that could not finish them; delivery is at-least-once,
+and the ingestor deduplicates. Every entry but a folder is a candidate: a FIFO, socket or device
+is handed over like a file, once, for the ingestor to skip as `unsupported` without opening it;
+a file that cannot be looked at (a folder the daemon may not enter) is handed over once with the
+version UNREADABLE, for the ingestor to skip as `unreadable`; a folder that cannot be listed is
+logged once (`folder_unreadable`) until it can be.
 
 Events are not trusted alone (watchdog drops inotify overflows silently, a watch-limit error
 kills its thread, network and container mounts deliver none): the roots are scanned at start,
@@ -37,14 +44,18 @@ from watchdog.observers.polling import PollingObserver
 
 from engine import ConfigError
 
-from .ingest import is_ignored_name
+from .ingest import display_path, is_ignored_name
 from .logging import get_logger
 
 STEP_SECONDS = 0.2  # the thread's run_once period
+# a file with a write event and no close-after-write since is still open for writing (inotify
+# says so; polling cannot): it waits for its close, or for this long without a change
+OPEN_WRITE_CAP_SECONDS = 300.0
 MAX_WATCH_FAILURES = 3  # consecutive observer failures on a root before it falls back to polling
 HEALTHY_RESET_SECONDS = 300.0  # an observer alive this long clears its root's failure count
 RETRY_CAP_SECONDS = 30.0
 JOIN_SECONDS = 2.0
+UNREADABLE = (-1, -1)  # the (size, mtime_ns) of a file lstat may not look at
 # opened / closed-without-write events (every read by the ingestor) are not wanted
 EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent,
                 FileMovedEvent, DirMovedEvent, FileDeletedEvent]
@@ -126,6 +137,18 @@ def _retire(observer) -> None:
         observer.join(timeout=JOIN_SECONDS)
 
 
+def _version(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns) from lstat; UNREADABLE when it may not look (EACCES and the like); None
+    when the path is gone or is a folder."""
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        return UNREADABLE
+    return None if stat.S_ISDIR(st.st_mode) else (st.st_size, st.st_mtime_ns)
+
+
 def _absolute_roots(config: WatchConfig) -> list[Path]:
     """Absolute, innermost first, so a file in nested roots belongs to the inner one."""
     return sorted((Path(os.path.abspath(r)) for r in config.roots), key=lambda r: len(r.parts), reverse=True)
@@ -149,9 +172,11 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self._pending: dict[Path, _Pending] = {}
         self._offered: dict[Path, tuple[int, int]] = {}  # handed-over versions: path -> (size, mtime_ns)
+        self._writing: set[Path] = set()  # written to and not closed since (inotify events only)
         self._scan_due: list[tuple[list[Path] | None, str]] = []  # owed scans (None: every root)
         self._last_rescan: float | None = None
         self._counts = {"handed_over": 0, "rescans": 0, "observer_errors": 0}
+        self._unreadable_folders: set[Path] = set()  # logged once each, until they can be listed
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -224,19 +249,18 @@ class Watcher:
         elif interval > 0 and now - self._last_rescan >= interval:
             self._scan(None, "interval", now)
         settle = self._config.settle_seconds
-        with self._lock:
-            due = [(p, e) for p, e in self._pending.items() if e.quick or now - e.since >= settle]
+        with self._lock:  # settled, unless still open for writing (then: closed, or quiet for the cap)
+            due = [(p, e) for p, e in self._pending.items() if e.quick or (
+                now - e.since >= (OPEN_WRITE_CAP_SECONDS if p in self._writing else settle))]
         handed: list[tuple[Path, Path]] = []
         for path, entry in due:
-            try:
-                st = os.lstat(path)
-            except OSError as exc:
+            version = _version(path)
+            if version is None:
                 with self._lock:
                     if self._pending.get(path) is entry:
                         del self._pending[path]
-                self._log.debug("file_vanished", path=str(path), error=type(exc).__name__)
+                self._log.debug("file_vanished", path=display_path(path))
                 continue
-            version = (st.st_size, st.st_mtime_ns)
             if version != (entry.size, entry.mtime_ns):  # still being written: settle again from now
                 with self._lock:
                     if self._pending.get(path) is entry:
@@ -245,7 +269,7 @@ class Watcher:
             try:
                 accepted = self._ready(path, entry.root)
             except Exception as exc:  # noqa: BLE001 - keep the file; the consumer's fault is logged
-                self._log.exception("watcher_error", path=str(path), error=f"{type(exc).__name__}: {exc}")
+                self._log.exception("watcher_error", path=display_path(path), error=f"{type(exc).__name__}: {exc}")
                 break
             if not accepted:
                 break  # the consumer's queue is full: the rest waits for a later step
@@ -255,8 +279,21 @@ class Watcher:
                 self._offered[path] = version
                 self._counts["handed_over"] += 1
             handed.append((path, entry.root))
-            self._log.debug("file_handed_over", path=str(path), bytes=version[0])
+            self._log.debug("file_handed_over", path=display_path(path), bytes=version[0])
         return handed
+
+    def reoffer(self, files: list[tuple[Path, Path]]) -> None:
+        """Forget that these (path, root) files were handed over, and offer each again at the next
+        step if it is still there and unchanged (a consumer that could not store them calls this;
+        thread-safe)."""
+        now = self._clock()
+        for path, root in files:
+            path = Path(os.path.abspath(path))
+            version = _version(path)
+            with self._lock:
+                self._offered.pop(path, None)
+                if version is not None and path not in self._pending:
+                    self._pending[path] = _Pending(Path(os.path.abspath(root)), *version, now, True)
 
     # --- events and scans -----------------------------------------------------------------------
 
@@ -270,6 +307,7 @@ class Watcher:
                 with self._lock:
                     self._pending.pop(Path(src), None)
                     self._offered.pop(Path(src), None)
+                    self._writing.discard(Path(src))
             target = dest if kind == "moved" else src
             if not target or kind == "deleted":
                 return
@@ -281,11 +319,15 @@ class Watcher:
             root = self._root_of(path)
             if root is None or not self._wanted(path, root):
                 return
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                return  # created and deleted at once: its deleted event follows
-            self._consider(path, root, st, now, quick=kind in ("closed", "moved"))
+            version = _version(path)
+            if version is None:
+                return  # created and deleted at once (its deleted event follows), or a folder
+            with self._lock:
+                if kind == "modified" and self._sees_closes(root):
+                    self._writing.add(path)
+                elif kind == "closed":
+                    self._writing.discard(path)
+            self._consider(path, root, version, now, quick=kind in ("closed", "moved"))
         except Exception as exc:  # noqa: BLE001 - an observer thread must not die of one event
             self._log.exception("watcher_error", error=f"{type(exc).__name__}: {exc}")
 
@@ -301,16 +343,17 @@ class Watcher:
         files = added = 0
         seen: set[Path] = set()
         for root in roots:
-            for path, st in self._walk(root):
+            for path, version in self._walk(root):
                 if self._root_of(path) != root or not self._wanted(path, root):
                     continue  # in a nested root, or filtered
                 files += 1
                 if full:
                     seen.add(path)
-                added += self._consider(path, root, st, now, quick=False)
+                added += self._consider(path, root, version, now, quick=False)
         with self._lock:
             if full:  # what was handed over and is gone need not be remembered
                 self._offered = {p: v for p, v in self._offered.items() if p in seen}
+                self._writing &= seen
                 self._last_rescan = now
             self._counts["rescans"] += 1
         self._log.info("rescan_finished", reason=reason, roots=len(roots), files=files, added=added,
@@ -318,39 +361,48 @@ class Watcher:
         return added
 
     def _scan_folder(self, folder: Path, root: Path, now: float) -> None:
-        for path, st in self._walk(folder):
+        for path, version in self._walk(folder):
             if self._wanted(path, root):
-                self._consider(path, root, st, now, quick=False)
+                self._consider(path, root, version, now, quick=False)
 
-    def _walk(self, folder: Path) -> Iterator[tuple[Path, os.stat_result]]:
-        """Every file under folder with its lstat; hidden and temporary folders not entered,
-        symlinked folders not followed."""
+    def _walk(self, folder: Path) -> Iterator[tuple[Path, tuple[int, int]]]:
+        """Every entry but a folder under folder, with its version (UNREADABLE when lstat may not
+        look at it); hidden and temporary folders not entered, symlinked folders not followed. A
+        folder that cannot be listed is logged once, until it can be."""
         stack = [folder]
         while stack:
             current = stack.pop()
             try:
                 with os.scandir(current) as it:
                     entries = list(it)
+            except FileNotFoundError:
+                continue  # vanished mid-walk
             except OSError as exc:
-                self._log.debug("folder_unreadable", path=str(current), error=str(exc))
+                with self._lock:
+                    first = current not in self._unreadable_folders
+                    self._unreadable_folders.add(current)
+                if first:
+                    self._log.warning("folder_unreadable", path=display_path(current),
+                                      error=exc.strerror or type(exc).__name__,
+                                      action="give the daemon's user read and execute permission on it")
                 continue
+            with self._lock:
+                self._unreadable_folders.discard(current)
             for entry in entries:
                 if is_ignored_name(entry.name):
                     continue
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(Path(entry.path))
-                    else:
-                        yield Path(entry.path), entry.stat(follow_symlinks=False)
+                    is_dir = entry.is_dir(follow_symlinks=False)
                 except OSError:
-                    continue  # vanished mid-walk
+                    is_dir = False
+                if is_dir:
+                    stack.append(Path(entry.path))
+                elif (version := _version(Path(entry.path))) is not None:
+                    yield Path(entry.path), version
 
-    def _consider(self, path: Path, root: Path, st: os.stat_result, now: float, quick: bool) -> bool:
-        """Put a regular file or a symlink into pending; False when it is not a candidate or this
-        version was already handed over."""
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-            return False
-        version = (st.st_size, st.st_mtime_ns)
+    def _consider(self, path: Path, root: Path, version: tuple[int, int], now: float, quick: bool) -> bool:
+        """Put a file (any entry but a folder) into pending; False when this version was already
+        handed over."""
         with self._lock:
             if self._offered.get(path) == version:
                 return False
@@ -360,6 +412,11 @@ class Watcher:
             else:
                 self._pending[path] = _Pending(root, *version, now, quick)
         return True
+
+    def _sees_closes(self, root: Path) -> bool:
+        """Whether the root's events include close-after-write (inotify; polling has none)."""
+        watch = self._watches.get(root)
+        return not (self._config.polling or (watch is not None and watch.polling)) and sys.platform.startswith("linux")
 
     def _root_of(self, path: Path) -> Path | None:
         """The innermost root holding path, unless a part below the root is hidden or temporary."""

@@ -5,6 +5,11 @@ Format (version 1): tensors "params", "adam_m", "adam_v" (flat float32, laid out
 format_version, model_config (JSON), step, train_state (JSON), extra (JSON) and sha256, a digest
 over the three tensors' raw bytes followed by every other metadata entry, so a flipped byte anywhere
 in the data or the metadata is caught on load. Files are named `ckpt-{step:09d}.safetensors`.
+With Muon (train_state's train_config.optimizer "muon"), adam_m's slots of the blocks' matrices
+hold Muon's momentum and adam_v's are unused (engine/muon.py): the format is the same.
+model_config holds the architecture options too (ModelConfig.ARCHITECTURE_FIELDS), so a model
+loads into the architecture it was trained with; a file written before they existed lacks them
+and loads with their defaults, the GPT-2 model it is.
 
 Writes are atomic: a temporary `.ckpt-*.tmp` in the same directory is fsynced, renamed over the
 final name, and the directory is fsynced, so a kill mid-write never leaves a broken checkpoint.
@@ -50,8 +55,10 @@ class Checkpoint:
     extra: dict
 
 
-class _Incompatible(CheckpointError):
-    """The file is intact but this program cannot use it (newer format, other model shape)."""
+class CheckpointIncompatible(CheckpointError):
+    """The file is intact but this program cannot use it (newer format, other model shape): never
+    to be called corrupt, skipped or moved aside, since that would abandon the run it holds."""
+
 
 
 def checkpoint_name(step: int) -> str:
@@ -246,7 +253,7 @@ def load_checkpoint(path: str | os.PathLike, expect: ModelConfig | None = None) 
         raise CheckpointError(path, f"bad format_version {version!r}")
     if int(version) > FORMAT_VERSION:
         reason = f"format_version {version} is newer than this program reads ({FORMAT_VERSION})"
-        raise _Incompatible(path, reason)
+        raise CheckpointIncompatible(path, reason)
     if int(version) != FORMAT_VERSION:
         raise CheckpointError(path, f"unknown format_version {version}")
     missing = [k for k in METADATA if k not in metadata] + [k for k in TENSORS if k not in tensors]
@@ -269,6 +276,8 @@ def load_checkpoint(path: str | os.PathLike, expect: ModelConfig | None = None) 
         extra = json.loads(metadata["extra"])
     except (ValueError, TypeError) as exc:  # ConfigError is a ValueError
         raise CheckpointError(path, f"bad metadata: {exc}") from exc
+    if not isinstance(train_state, dict) or not isinstance(extra, dict):
+        raise CheckpointError(path, "bad metadata: train_state and extra must be JSON objects")
     size = parameter_table(config).size
     wrong = [f"{name} has {a.size}" for name, a in zip(TENSORS, arrays) if a.size != size]
     if wrong:
@@ -278,7 +287,7 @@ def load_checkpoint(path: str | os.PathLike, expect: ModelConfig | None = None) 
         pairs = [(n, getattr(config, n), getattr(expect, n)) for n in ModelConfig.SHAPE_FIELDS]
         mismatched = [f"{n}: checkpoint={a} expected={b}" for n, a, b in pairs if a != b]
         if mismatched:
-            raise _Incompatible(path, "model config mismatch: " + "; ".join(mismatched))
+            raise CheckpointIncompatible(path, "model config mismatch: " + "; ".join(mismatched))
     return Checkpoint(path, step, config, *arrays, train_state=train_state, extra=extra)
 
 
@@ -296,7 +305,7 @@ def load_latest_checkpoint(
     for path in reversed(list_checkpoints(directory)):
         try:
             return load_checkpoint(path, expect), skipped
-        except _Incompatible:
+        except CheckpointIncompatible:
             raise
         except CheckpointError as exc:
             skipped.append((path, exc.reason))

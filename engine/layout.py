@@ -60,49 +60,61 @@ class Table:
 # parameters
 
 
+# A tensor an architecture option turns off keeps its entry with a zero-sized leading or last
+# axis (wpe under rope, the norm shifts under rmsnorm, lm_head when tied): the views keep their
+# names for every architecture, and the default layout is GPT-2's to the byte.
+
+
 class ParameterViews(NamedTuple):
-    wte: np.ndarray  # (V, C) token embedding, also the tied output head
-    wpe: np.ndarray  # (maxT, C) learned position embedding
+    wte: np.ndarray  # (V, C) token embedding, also the output head when tie_head
+    wpe: np.ndarray  # (maxT, C) learned position embedding; (0, C) when positions = "rope"
     ln1w: np.ndarray  # (L, C)
-    ln1b: np.ndarray  # (L, C)
+    ln1b: np.ndarray  # (L, C); (L, 0) under rmsnorm, which has no shift
     qkvw: np.ndarray  # (L, 3*C, C) fused query, key, value projection
     qkvb: np.ndarray  # (L, 3*C)
     attprojw: np.ndarray  # (L, C, C)
     attprojb: np.ndarray  # (L, C)
     ln2w: np.ndarray  # (L, C)
-    ln2b: np.ndarray  # (L, C)
+    ln2b: np.ndarray  # (L, C); (L, 0) under rmsnorm
     fcw: np.ndarray  # (L, H, C) with H = mlp_ratio * C
     fcb: np.ndarray  # (L, H)
     fcprojw: np.ndarray  # (L, C, H)
     fcprojb: np.ndarray  # (L, C)
     lnfw: np.ndarray  # (C,)
-    lnfb: np.ndarray  # (C,)
+    lnfb: np.ndarray  # (C,); (0,) under rmsnorm
+    lm_head: np.ndarray  # (V, C) the untied output head; (0, C) when tie_head
 
 
 # Matrices take weight decay; biases, LayerNorm gains and shifts do not (as in GPT-2 / nanoGPT).
-DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw")
+DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw", "lm_head")
+# The residual branches' output projections: scaled by 1/sqrt(2L) at init, or zero.
+PROJECTIONS = ("attprojw", "fcprojw")
 
 
 def parameter_table(config: ModelConfig) -> Table:
     V, maxT, C, L = config.vocab_size, config.context_length, config.d_model, config.n_layer
     H = config.mlp_ratio * C
+    maxT_wpe = maxT if config.learned_positions else 0
+    Cb = C if config.norm == "layernorm" else 0  # the norms' shift
+    V_head = 0 if config.tie_head else V
     entries = [
         ("wte", (V, C)),
-        ("wpe", (maxT, C)),
+        ("wpe", (maxT_wpe, C)),
         ("ln1w", (L, C)),
-        ("ln1b", (L, C)),
+        ("ln1b", (L, Cb)),
         ("qkvw", (L, 3 * C, C)),
         ("qkvb", (L, 3 * C)),
         ("attprojw", (L, C, C)),
         ("attprojb", (L, C)),
         ("ln2w", (L, C)),
-        ("ln2b", (L, C)),
+        ("ln2b", (L, Cb)),
         ("fcw", (L, H, C)),
         ("fcb", (L, H)),
         ("fcprojw", (L, C, H)),
         ("fcprojb", (L, C)),
         ("lnfw", (C,)),
-        ("lnfb", (C,)),
+        ("lnfb", (Cb,)),
+        ("lm_head", (V_head, C)),
     ]
     return Table(entries, ParameterViews)
 
@@ -117,8 +129,9 @@ def decay_mask(table: Table) -> np.ndarray:
 
 
 def init_parameters(config: ModelConfig, table: Table | None = None) -> np.ndarray:
-    """GPT-2 initialisation: N(0, 0.02) matrices, residual projections scaled by 1/sqrt(2L),
-    zero biases, unit LayerNorm gains. Deterministic in config.seed."""
+    """GPT-2 initialisation: N(0, 0.02) matrices, residual projections scaled by 1/sqrt(2L)
+    (or zero with zero_init_proj), zero biases, unit norm gains. Deterministic in config.seed;
+    the projections are drawn even when zeroed, so every other tensor is the same either way."""
     table = table or parameter_table(config)
     params = table.allocate()
     p = table.views(params)
@@ -127,8 +140,10 @@ def init_parameters(config: ModelConfig, table: Table | None = None) -> np.ndarr
     proj_std = std / math.sqrt(2 * config.n_layer)
     for name in DECAYED:
         view = getattr(p, name)
-        scale = proj_std if name in ("attprojw", "fcprojw") else std
+        scale = proj_std if name in PROJECTIONS else std
         view[...] = rng.standard_normal(view.shape, dtype=np.float32) * np.float32(scale)
+        if config.zero_init_proj and name in PROJECTIONS:
+            view[...] = 0.0
     p.ln1w[...] = 1.0
     p.ln2w[...] = 1.0
     p.lnfw[...] = 1.0
@@ -149,6 +164,8 @@ class ActivationViews(NamedTuple):
     ln1_mean: np.ndarray  # (L, B, T)
     ln1_rstd: np.ndarray  # (L, B, T)
     qkv: np.ndarray  # (L, B, T, 3*C)
+    qkvr: np.ndarray  # (L, B, T, 3*C) q, k after qk_norm and rope, v copied; (L, 0, T, 3*C) when neither
+    qk_rstd: np.ndarray  # (L, B, T, 2*NH) 1/rms of each head's q then k; (L, 0, T, 2*NH) without qk_norm
     atty: np.ndarray  # (L, B, T, C) attention output before the projection
     att: np.ndarray  # (L, B, NH, T, T) softmax probabilities (causal; upper triangle unused)
     attproj: np.ndarray  # (L, B, T, C)
@@ -156,13 +173,14 @@ class ActivationViews(NamedTuple):
     ln2: np.ndarray  # (L, B, T, C)
     ln2_mean: np.ndarray  # (L, B, T)
     ln2_rstd: np.ndarray  # (L, B, T)
-    fch: np.ndarray  # (L, B, T, H) MLP hidden before GELU
-    fch_gelu: np.ndarray  # (L, B, T, H)
+    fch: np.ndarray  # (L, B, T, H) MLP hidden before the activation
+    fch_gelu: np.ndarray  # (L, B, T, H) after the activation (GELU or ReLU^2)
     fcproj: np.ndarray  # (L, B, T, C)
     residual3: np.ndarray  # (L, B, T, C) block output
     lnf: np.ndarray  # (B, T, C)
     lnf_mean: np.ndarray  # (B, T)
     lnf_rstd: np.ndarray  # (B, T)
+    logits: np.ndarray  # (B, T, V) before the soft cap; (0, T, V) without logit_softcap
     probs: np.ndarray  # (B, T, V) softmax of the logits; backward turns it into dlogits in place
     losses: np.ndarray  # (B, T) per-position cross-entropy
     expected: np.ndarray  # (B, T) per-position expected crystalline cost (the differentiable term)
@@ -172,12 +190,17 @@ class ActivationViews(NamedTuple):
 def activation_table(config: ModelConfig, B: int, T: int) -> Table:
     V, C, L, NH = config.vocab_size, config.d_model, config.n_layer, config.n_head
     H = config.mlp_ratio * C
+    Br = B if config.rope or config.qk_norm else 0  # rows of the optional buffers, 0 when off
+    Bn = B if config.qk_norm else 0
+    Bc = B if config.logit_softcap > 0 else 0
     entries = [
         ("encoded", (B, T, C)),
         ("ln1", (L, B, T, C)),
         ("ln1_mean", (L, B, T)),
         ("ln1_rstd", (L, B, T)),
         ("qkv", (L, B, T, 3 * C)),
+        ("qkvr", (L, Br, T, 3 * C)),
+        ("qk_rstd", (L, Bn, T, 2 * NH)),
         ("atty", (L, B, T, C)),
         ("att", (L, B, NH, T, T)),
         ("attproj", (L, B, T, C)),
@@ -192,6 +215,7 @@ def activation_table(config: ModelConfig, B: int, T: int) -> Table:
         ("lnf", (B, T, C)),
         ("lnf_mean", (B, T)),
         ("lnf_rstd", (B, T)),
+        ("logits", (Bc, T, V)),
         ("probs", (B, T, V)),
         ("losses", (B, T)),
         ("expected", (B, T)),

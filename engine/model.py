@@ -4,6 +4,12 @@ Two straight-line functions that read like the architecture diagram: `forward` m
 call per line, `backward` the same calls in reverse. They work on named views (`ParameterViews`,
 `ActivationViews`) and a `Workspace` of per-worker buffers. No threads here: `parallel.py` runs
 one `Workspace` per worker. Knows nothing of files or storage.
+
+The architecture options of ModelConfig choose between kernels at a few fixed points: the
+embedding (with or without the position table), every norm (LayerNorm or RMSNorm), q and k
+before attention (QK-norm, then the rotation), the MLP's nonlinearity (GELU or ReLU^2) and the
+head (tied or its own matrix, then the soft cap). The small `*_forward` / `*_backward` helpers
+below hold those choices, so the two passes still read as one line per layer.
 """
 
 from __future__ import annotations
@@ -13,11 +19,16 @@ import numpy as np
 from .config import ModelConfig
 from .kernels.attention import attention_backward, attention_forward
 from .kernels.crossentropy import crossentropy_backward, crossentropy_forward, crystalline_cost_table
-from .kernels.encoder import encoder_backward, encoder_forward
+from .kernels.encoder import encoder_backward, encoder_forward, token_encoder_backward, token_encoder_forward
 from .kernels.gelu import gelu_backward, gelu_forward
 from .kernels.layernorm import layernorm_backward, layernorm_forward
 from .kernels.matmul import matmul_backward, matmul_forward
+from .kernels.qknorm import qknorm_backward, qknorm_forward
+from .kernels.relu2 import relu2_backward, relu2_forward
 from .kernels.residual import residual_forward
+from .kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward
+from .kernels.rope import rope_backward, rope_forward, rope_tables
+from .kernels.softcap import softcap_backward, softcap_forward
 from .layout import ActivationViews, ParameterViews, Table, activation_table, parameter_table
 
 
@@ -40,8 +51,11 @@ class Workspace:
         self.dfch_gelu = np.zeros((N, H), dtype=np.float32)
         self.dfch = np.zeros((N, H), dtype=np.float32)
         self.scratch = np.zeros(max(3 * C * C, H * C, V * C), dtype=np.float32)
-        self.zero_bias = np.zeros(V, dtype=np.float32)  # the tied head has no bias
+        self.zero_bias = np.zeros(V, dtype=np.float32)  # the head has no bias
         self.dzero_bias = np.zeros(V, dtype=np.float32)
+        # (T, hs/2) angles of positions 0..T-1 for rope; (0, 0) without it
+        hs = config.head_size
+        self.rope_cos, self.rope_sin = rope_tables(T, hs) if config.rope else rope_tables(0, 0)
 
     def views(self, B: int, T: int) -> ActivationViews:
         """Activation views for a (B, T) batch within the (self.B, self.T) capacity."""
@@ -56,11 +70,107 @@ class Workspace:
     @property
     def nbytes(self) -> int:
         arrays = (self.activations, self.dres, self.dln, self.datty, self.dqkv, self.dfch_gelu,
-                  self.dfch, self.scratch, self.zero_bias, self.dzero_bias)
+                  self.dfch, self.scratch, self.zero_bias, self.dzero_bias, self.rope_cos, self.rope_sin)
         return sum(a.nbytes for a in arrays)
 
     def weight_scratch(self, shape: tuple[int, int]) -> np.ndarray:
         return self.scratch[: shape[0] * shape[1]].reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# the architecture's choices, one kernel pair each
+
+
+def embedding_forward(config, out, inputs, p: ParameterViews) -> None:
+    if config.learned_positions:
+        encoder_forward(out, inputs, p.wte, p.wpe)
+    else:
+        token_encoder_forward(out, inputs, p.wte)
+
+
+def embedding_backward(config, g: ParameterViews, dout, inputs) -> None:
+    if config.learned_positions:
+        encoder_backward(g.wte, g.wpe, dout, inputs)
+    else:
+        token_encoder_backward(g.wte, dout, inputs)
+
+
+def norm_forward(config, out, mean, rstd, inp, weight, bias) -> None:
+    """LayerNorm, or RMSNorm (which leaves `mean` alone and has no bias)."""
+    if config.norm == "rmsnorm":
+        rmsnorm_forward(out, rstd, inp, weight)
+    else:
+        layernorm_forward(out, mean, rstd, inp, weight, bias)
+
+
+def norm_backward(config, dinp, dweight, dbias, dout, inp, weight, mean, rstd) -> None:
+    if config.norm == "rmsnorm":
+        rmsnorm_backward(dinp, dweight, dout, inp, weight, rstd)
+    else:
+        layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd)
+
+
+def qk_forward(config, ws: Workspace, qkvr, qk_rstd, qkv):
+    """The buffer attention reads: qkv itself, or qkvr holding q and k after QK-norm and then
+    the rotation (v copied)."""
+    if not (config.qk_norm or config.rope):
+        return qkv
+    source = qkv
+    if config.qk_norm:
+        qknorm_forward(qkvr, qk_rstd, qkv, config.n_head)
+        source = qkvr
+    if config.rope:
+        rope_forward(qkvr, source, ws.rope_cos, ws.rope_sin, config.n_head)  # in place after QK-norm
+    return qkvr
+
+
+def qk_backward(config, ws: Workspace, dqkv, qkv, qk_rstd) -> None:
+    """Turns the gradient at attention's input into the gradient at qkv, in place."""
+    if config.rope:
+        rope_backward(dqkv, dqkv, ws.rope_cos, ws.rope_sin, config.n_head)
+    if config.qk_norm:
+        qknorm_backward(dqkv, dqkv, qkv, qk_rstd, config.n_head)
+
+
+def activation_forward(config, out, inp) -> None:
+    if config.activation == "relu2":
+        relu2_forward(out, inp)
+    else:
+        gelu_forward(out, inp)
+
+
+def activation_backward(config, dinp, inp, dout) -> None:
+    if config.activation == "relu2":
+        relu2_backward(dinp, inp, dout)
+    else:
+        gelu_backward(dinp, inp, dout)
+
+
+def head_weight(config, p: ParameterViews) -> np.ndarray:
+    """The (V, C) output head: the token embedding when tied, else its own matrix."""
+    return p.wte if config.tie_head else p.lm_head
+
+
+def head_forward(config, ws: Workspace, probs, logits, lnf, p: ParameterViews) -> None:
+    """Logits into `probs` (capped when logit_softcap > 0, the raw ones then kept in `logits`)."""
+    if config.logit_softcap > 0:
+        matmul_forward(logits, lnf, head_weight(config, p), ws.zero_bias)
+        softcap_forward(probs, logits, config.logit_softcap)
+    else:
+        matmul_forward(probs, lnf, head_weight(config, p), ws.zero_bias)
+
+
+def head_backward(config, ws: Workspace, dlnf, g: ParameterViews, dprobs, logits, lnf, p: ParameterViews) -> None:
+    """dprobs holds d(capped logits) on entry and is consumed."""
+    if config.logit_softcap > 0:
+        softcap_backward(dprobs, dprobs, logits, config.logit_softcap)
+    V, C = config.vocab_size, config.d_model
+    matmul_backward(dlnf, head_weight(config, g), ws.dzero_bias, ws.weight_scratch((V, C)), dprobs, lnf,
+                    head_weight(config, p))
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
 
 
 def forward(config: ModelConfig, p: ParameterViews, ws: Workspace, inputs: np.ndarray,
@@ -72,7 +182,7 @@ def forward(config: ModelConfig, p: ParameterViews, ws: Workspace, inputs: np.nd
     H = config.mlp_ratio * C
     N = B * T
     a = ws.views(B, T)
-    encoder_forward(a.encoded, inputs, p.wte, p.wpe)
+    embedding_forward(config, a.encoded, inputs, p)
     residual = a.encoded.reshape(N, C)
     for l in range(L):
         ln1, qkv, atty = a.ln1[l].reshape(N, C), a.qkv[l], a.atty[l]
@@ -80,21 +190,22 @@ def forward(config: ModelConfig, p: ParameterViews, ws: Workspace, inputs: np.nd
         ln2, fch, fch_gelu = a.ln2[l].reshape(N, C), a.fch[l].reshape(N, H), a.fch_gelu[l].reshape(N, H)
         fcproj, residual3 = a.fcproj[l].reshape(N, C), a.residual3[l].reshape(N, C)
 
-        layernorm_forward(ln1, a.ln1_mean[l].reshape(N), a.ln1_rstd[l].reshape(N), residual, p.ln1w[l], p.ln1b[l])
+        norm_forward(config, ln1, a.ln1_mean[l].reshape(N), a.ln1_rstd[l].reshape(N), residual, p.ln1w[l], p.ln1b[l])
         matmul_forward(qkv.reshape(N, 3 * C), ln1, p.qkvw[l], p.qkvb[l])
-        attention_forward(atty, a.att[l], qkv, NH)
+        qkv_att = qk_forward(config, ws, a.qkvr[l], a.qk_rstd[l], qkv)
+        attention_forward(atty, a.att[l], qkv_att, NH)
         matmul_forward(attproj, atty.reshape(N, C), p.attprojw[l], p.attprojb[l])
         residual_forward(residual2, residual, attproj)
-        layernorm_forward(ln2, a.ln2_mean[l].reshape(N), a.ln2_rstd[l].reshape(N), residual2, p.ln2w[l], p.ln2b[l])
+        norm_forward(config, ln2, a.ln2_mean[l].reshape(N), a.ln2_rstd[l].reshape(N), residual2, p.ln2w[l], p.ln2b[l])
         matmul_forward(fch, ln2, p.fcw[l], p.fcb[l])
-        gelu_forward(fch_gelu, fch)
+        activation_forward(config, fch_gelu, fch)
         matmul_forward(fcproj, fch_gelu, p.fcprojw[l], p.fcprojb[l])
         residual_forward(residual3, residual2, fcproj)
         residual = residual3
     lnf = a.lnf.reshape(N, C)
-    layernorm_forward(lnf, a.lnf_mean.reshape(N), a.lnf_rstd.reshape(N), residual, p.lnfw, p.lnfb)
+    norm_forward(config, lnf, a.lnf_mean.reshape(N), a.lnf_rstd.reshape(N), residual, p.lnfw, p.lnfb)
     probs = a.probs.reshape(N, V)
-    matmul_forward(probs, lnf, p.wte, ws.zero_bias)  # logits, into the probs buffer
+    head_forward(config, ws, probs, a.logits.reshape(-1, V), lnf, p)  # logits, into the probs buffer
     crossentropy_forward(a.losses.reshape(N), a.expected.reshape(N), a.crystal.reshape(N), probs,
                          inputs.reshape(N), targets.reshape(N), cost, crystalline_weight)
     return a
@@ -118,29 +229,31 @@ def backward(config: ModelConfig, p: ParameterViews, g: ParameterViews, ws: Work
     probs = a.probs.reshape(N, V)
     crossentropy_backward(probs, dloss, inputs.reshape(N), targets.reshape(N), cost, crystalline_weight)
     lnf = a.lnf.reshape(N, C)
-    matmul_backward(dln, g.wte, ws.dzero_bias, ws.weight_scratch((V, C)), probs, lnf, p.wte)
+    head_backward(config, ws, dln, g, probs, a.logits.reshape(-1, V), lnf, p)
     last = a.residual3[L - 1].reshape(N, C)
     dres[:] = 0.0
-    layernorm_backward(dres, g.lnfw, g.lnfb, dln, last, p.lnfw, a.lnf_mean.reshape(N), a.lnf_rstd.reshape(N))
+    norm_backward(config, dres, g.lnfw, g.lnfb, dln, last, p.lnfw, a.lnf_mean.reshape(N), a.lnf_rstd.reshape(N))
     for l in reversed(range(L)):
         residual = a.encoded.reshape(N, C) if l == 0 else a.residual3[l - 1].reshape(N, C)
         ln1, qkv, atty = a.ln1[l].reshape(N, C), a.qkv[l], a.atty[l].reshape(N, C)
+        qkv_att = a.qkvr[l] if config.qk_norm or config.rope else qkv
         residual2, ln2 = a.residual2[l].reshape(N, C), a.ln2[l].reshape(N, C)
         fch, fch_gelu = a.fch[l].reshape(N, H), a.fch_gelu[l].reshape(N, H)
 
         # residual3 = residual2 + fcproj: dres is the gradient of both addends, in place
         matmul_backward(dfch_gelu, g.fcprojw[l], g.fcprojb[l], ws.weight_scratch((C, H)), dres, fch_gelu, p.fcprojw[l])
-        gelu_backward(dfch, fch, dfch_gelu)
+        activation_backward(config, dfch, fch, dfch_gelu)
         matmul_backward(dln, g.fcw[l], g.fcb[l], ws.weight_scratch((H, C)), dfch, ln2, p.fcw[l])
-        layernorm_backward(dres, g.ln2w[l], g.ln2b[l], dln, residual2, p.ln2w[l],
-                           a.ln2_mean[l].reshape(N), a.ln2_rstd[l].reshape(N))
+        norm_backward(config, dres, g.ln2w[l], g.ln2b[l], dln, residual2, p.ln2w[l],
+                      a.ln2_mean[l].reshape(N), a.ln2_rstd[l].reshape(N))
         # residual2 = residual + attproj: again dres serves both addends
         matmul_backward(datty, g.attprojw[l], g.attprojb[l], ws.weight_scratch((C, C)), dres, atty, p.attprojw[l])
-        attention_backward(dqkv, datty.reshape(B, T, C), qkv, a.att[l], NH)
+        attention_backward(dqkv, datty.reshape(B, T, C), qkv_att, a.att[l], NH)
+        qk_backward(config, ws, dqkv, qkv, a.qk_rstd[l])
         matmul_backward(dln, g.qkvw[l], g.qkvb[l], ws.weight_scratch((3 * C, C)), dqkv.reshape(N, 3 * C), ln1, p.qkvw[l])
-        layernorm_backward(dres, g.ln1w[l], g.ln1b[l], dln, residual, p.ln1w[l],
-                           a.ln1_mean[l].reshape(N), a.ln1_rstd[l].reshape(N))
-    encoder_backward(g.wte, g.wpe, dres.reshape(B, T, C), inputs)
+        norm_backward(config, dres, g.ln1w[l], g.ln1b[l], dln, residual, p.ln1w[l],
+                      a.ln1_mean[l].reshape(N), a.ln1_rstd[l].reshape(N))
+    embedding_backward(config, g, dres.reshape(B, T, C), inputs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,12 +6,19 @@ A step has three phases separated by barriers:
      touches G[w] in this phase);
   2. reduce: the rows are summed along the 12-fold tree (below), one barrier per tree level;
      within a level each worker sums one disjoint segment of the flat gradient for its group;
-  3. update: each worker owns one disjoint segment of the final gradient (row 0): it adds its
-     sum of squares to the global norm (a per-worker slot, summed by every worker in the same
-     fixed order, so all agree bit for bit), then clips and applies AdamW to that segment.
-Invariant: in phases 2 and 3 the segments are disjoint, so the reduction takes no lock; the
-barriers are the only synchronisation. Summation orders are fixed, so a run is deterministic for
-a given thread count.
+  3. update: each worker adds the sum of squares of one disjoint segment of the final gradient
+     (row 0) to the global norm (a per-worker slot, summed by every worker in the same fixed
+     order, so all agree bit for bit); after a barrier it clips and updates the part of the
+     buffer its update task owns (`update_plan`): flat ranges updated elementwise (AdamW), and,
+     with Muon, whole matrices, since orthogonalising a matrix needs all of it at once.
+Invariant: in phases 2 and 3 the segments, and the update tasks' ranges and matrices, are
+disjoint, so nothing takes a lock; the barriers are the only synchronisation. Summation orders
+and the plans are fixed, so a run is deterministic for a given thread count, and a matrix's
+update is computed by one thread alone, so it is the same bits whichever worker owns it.
+
+The update plan: matrices go whole to workers by longest-processing-time-first on their cost
+(for Muon, the Newton-Schulz flops): largest first, each to the least-loaded worker, ties to the
+lower index. The rest of the buffer is split evenly, by element count, into aligned ranges.
 
 The 12-fold tree: workers form groups of up to 12 under a coordinator (the group's first
 worker, whose row receives the group's sum). With more than 12 workers the coordinators form
@@ -61,6 +68,48 @@ def split(size: int, parts: int, align: int = ALIGN) -> list[tuple[int, int]]:
 
 
 @dataclass(frozen=True)
+class UpdateTask:
+    matrices: np.ndarray  # int64 indices into the plan's matrix list: whole matrices to update
+    ranges: tuple[tuple[int, int], ...]  # flat (start, stop) ranges to update elementwise
+
+
+def update_plan(n_workers: int, size: int, matrices: np.ndarray | None = None,
+                costs: list[float] | None = None, align: int = ALIGN) -> list[UpdateTask]:
+    """Each worker's share of the update of a flat buffer of `size` elements. `matrices` (k, 3)
+    holds (offset, rows, cols) of disjoint blocks that must each be updated by one worker, with
+    `costs` their relative work. Every element is owned by exactly one task; without matrices,
+    worker w's one range is split(size, n_workers)[w]."""
+    matrices = np.zeros((0, 3), np.int64) if matrices is None else np.asarray(matrices, np.int64)
+    costs = [float(r * c) for _, r, c in matrices] if costs is None else list(costs)
+    # 1: whole matrices, longest first, each to the least-loaded worker
+    load = [0.0] * n_workers
+    owned: list[list[int]] = [[] for _ in range(n_workers)]
+    for k in sorted(range(len(matrices)), key=lambda k: (-costs[k], k)):
+        w = min(range(n_workers), key=lambda w: (load[w], w))
+        owned[w].append(k)
+        load[w] += costs[k]
+    # 2: the gaps between matrices, as one virtual range split evenly
+    gaps, position = [], 0
+    for offset, rows, cols in sorted(matrices.tolist()):
+        if offset > position:
+            gaps.append((position, offset))
+        position = offset + rows * cols
+    if position < size:
+        gaps.append((position, size))
+    total = sum(b - a for a, b in gaps)
+    tasks = []
+    for w, (lo, hi) in enumerate(split(total, n_workers, align)):
+        ranges, seen = [], 0  # seen: virtual position of the current gap's start
+        for a, b in gaps:
+            start, stop = max(lo, seen), min(hi, seen + b - a)
+            if start < stop:
+                ranges.append((a + start - seen, a + stop - seen))
+            seen += b - a
+        tasks.append(UpdateTask(np.array(sorted(owned[w]), dtype=np.int64), tuple(ranges)))
+    return tasks
+
+
+@dataclass(frozen=True)
 class ReduceTask:
     rows: np.ndarray  # int64 rows of G to sum, the first is the destination
     start: int
@@ -96,8 +145,9 @@ class WorkerError(RuntimeError):
 
 class WorkerPool:
     """N threads started once, each running `compute(worker)` then, for training jobs, the
-    reduction and `update(worker, start, stop, grad_norm)` on its segment. `run` blocks the
-    calling thread until every worker has finished the job."""
+    reduction, the norm and `update(worker, grad_norm)`, which updates the part of the buffer
+    the caller's update_plan gives that worker. `run` blocks the calling thread until every
+    worker has finished the job."""
 
     def __init__(self, n_workers: int, size: int, name: str = "engine"):
         self.n = n_workers
@@ -119,9 +169,10 @@ class WorkerPool:
             t.start()
 
     def run(self, compute: Callable[[int], None], G: np.ndarray | None = None,
-            update: Callable[[int, int, int, float], None] | None = None) -> float:
-        """Run one job on all workers. With G and update: reduce G along the tree and call
-        update on each segment; returns the global gradient norm (else 0.0)."""
+            update: Callable[[int, float], None] | None = None) -> float:
+        """Run one job on all workers. With G and update: reduce G along the tree, compute the
+        global gradient norm, then call update(worker, norm) on every worker; returns the norm
+        (else 0.0)."""
         if self._closed or self._error is not None:
             raise WorkerError("the worker pool is closed or broken")
         self._job = (compute, G, update)
@@ -157,7 +208,7 @@ class WorkerPool:
                     self._inner.wait()
                     # every worker sums the slots in the same order: all see the same norm
                     norm = math.sqrt(self.partial_norms.sum())
-                    update(w, a, b, norm)
+                    update(w, norm)
                 self._end.wait()
             except threading.BrokenBarrierError:
                 return

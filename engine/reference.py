@@ -1,11 +1,11 @@
-"""Slow, obvious numpy reference of the GPT-2 forward pass and its cross-entropy loss.
+"""Slow, obvious numpy reference of the model's forward pass and its cross-entropy loss.
 
 This is the yardstick the tests hold the numba kernels and the KV-cache sampler against, as
 llm.c keeps `matmul_forward_naive`. It is not for training or serving: it recomputes every
 position from scratch, allocates freely and computes in float64 by default.
 It relies only on numpy and on `layout.parameter_table` for where each tensor lives.
 
-The model, GPT-2 exactly:
+The model, GPT-2 exactly with the default ModelConfig:
     x = wte[tokens] + wpe[positions]
     per layer l:
         x = x + attproj(causal_attention(qkv(LN1(x))))
@@ -13,6 +13,16 @@ The model, GPT-2 exactly:
     logits = LN_f(x) @ wte.T            (the token embedding is the tied output head)
 LayerNorm: eps 1e-5, biased variance (PyTorch's nn.LayerNorm).
 GELU: the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+
+The architecture options change it at these points:
+    positions "rope": no wpe; "rope" and "both" turn each head's q and k by position
+        (half-split pairs (i, i + hs/2), angle t * 10000^(-2i/hs)), after QK-norm if on
+    norm "rmsnorm": x / sqrt(mean(x^2) + 1e-5) * weight, no shift, for every norm
+    qk_norm: each head's q and k divided by sqrt(mean(.^2) + 1e-5), no gain
+    activation "relu2": max(x, 0)^2 in place of GELU
+    tie_head false: logits = LN_f(x) @ lm_head.T
+    logit_softcap c > 0: logits = c * tanh(logits / c)
+(zero_init_proj changes only the initial values, layout.init_parameters.)
 """
 
 from __future__ import annotations
@@ -40,13 +50,29 @@ def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray
     return (x - mean) / np.sqrt(var + LAYERNORM_EPS) * weight + bias
 
 
+def rmsnorm(x: np.ndarray, weight: np.ndarray | float = 1.0) -> np.ndarray:
+    """RMSNorm over the last axis: x is (..., C); weight is (C,) (QK-norm passes no gain)."""
+    return x / np.sqrt((x**2).mean(axis=-1, keepdims=True) + LAYERNORM_EPS) * weight
+
+
+def rotate(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Rotary embedding of x (..., T, hs) at `positions` (T,): pairs (i, i + hs/2) turned by
+    positions * 10000^(-2i/hs)."""
+    hs = x.shape[-1]
+    angles = np.outer(positions, 10000.0 ** (-np.arange(0, hs, 2) / hs))  # (T, hs/2)
+    cos, sin = np.cos(angles), np.sin(angles)
+    x1, x2 = x[..., : hs // 2], x[..., hs // 2 :]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
 def gelu(x: np.ndarray) -> np.ndarray:
     """GELU, tanh approximation (Hendrycks and Gimpel 2016, as in GPT-2)."""
     return 0.5 * x * (1.0 + np.tanh(GELU_SCALE * (x + 0.044715 * x**3)))
 
 
-def causal_attention(qkv: np.ndarray, n_head: int) -> np.ndarray:
-    """Causal multi-head attention: qkv (B, T, 3*C) packed [q | k | v] -> y (B, T, C)."""
+def causal_attention(qkv: np.ndarray, n_head: int, qk_norm: bool = False, rope: bool = False) -> np.ndarray:
+    """Causal multi-head attention: qkv (B, T, 3*C) packed [q | k | v] -> y (B, T, C); with
+    qk_norm each head's q and k are RMS-normalised, then with rope turned by position."""
     B, T, C3 = qkv.shape
     C = C3 // 3
     hs = C // n_head
@@ -54,6 +80,10 @@ def causal_attention(qkv: np.ndarray, n_head: int) -> np.ndarray:
     q = qkv[..., 0 * C : 1 * C].reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # (B, NH, T, hs)
     k = qkv[..., 1 * C : 2 * C].reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # (B, NH, T, hs)
     v = qkv[..., 2 * C : 3 * C].reshape(B, T, n_head, hs).transpose(0, 2, 1, 3)  # (B, NH, T, hs)
+    if qk_norm:
+        q, k = rmsnorm(q), rmsnorm(k)
+    if rope:
+        q, k = rotate(q, np.arange(T)), rotate(k, np.arange(T))
     scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)  # (B, NH, T, T)
     future = np.triu(np.ones((T, T), dtype=bool), k=1)  # position t sees only 0..t
     scores = np.where(future, -np.inf, scores)
@@ -89,17 +119,27 @@ def reference_forward(
         raise ShapeMismatch(f"params has shape {params.shape}, the config needs ({table.size},)")
     p = table.views(params.astype(dtype))
 
-    x = p.wte[tokens] + p.wpe[np.arange(T)]  # (B, T, C)
+    def norm(x, weight, bias):
+        return rmsnorm(x, weight) if config.norm == "rmsnorm" else layernorm(x, weight, bias)
+
+    act = (lambda u: np.maximum(u, 0.0) ** 2) if config.activation == "relu2" else gelu
+
+    x = p.wte[tokens]  # (B, T, C)
+    if config.learned_positions:
+        x = x + p.wpe[np.arange(T)]
     for l in range(L):
-        h = layernorm(x, p.ln1w[l], p.ln1b[l])  # (B, T, C)
+        h = norm(x, p.ln1w[l], p.ln1b[l])  # (B, T, C)
         qkv = h @ p.qkvw[l].T + p.qkvb[l]  # (B, T, 3*C)
-        y = causal_attention(qkv, NH)  # (B, T, C)
+        y = causal_attention(qkv, NH, config.qk_norm, config.rope)  # (B, T, C)
         x = x + y @ p.attprojw[l].T + p.attprojb[l]  # (B, T, C) residual
-        h2 = layernorm(x, p.ln2w[l], p.ln2b[l])  # (B, T, C)
-        fch = gelu(h2 @ p.fcw[l].T + p.fcb[l])  # (B, T, H)
+        h2 = norm(x, p.ln2w[l], p.ln2b[l])  # (B, T, C)
+        fch = act(h2 @ p.fcw[l].T + p.fcb[l])  # (B, T, H)
         x = x + fch @ p.fcprojw[l].T + p.fcprojb[l]  # (B, T, C) residual
-    xf = layernorm(x, p.lnfw, p.lnfb)  # (B, T, C)
-    return xf @ p.wte.T  # (B, T, V)
+    xf = norm(x, p.lnfw, p.lnfb)  # (B, T, C)
+    logits = xf @ (p.wte if config.tie_head else p.lm_head).T  # (B, T, V)
+    if config.logit_softcap > 0:
+        logits = config.logit_softcap * np.tanh(logits / config.logit_softcap)
+    return logits
 
 
 def reference_loss(

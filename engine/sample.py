@@ -1,17 +1,19 @@
 """Text generation with a key/value cache: each new token costs one position, not a whole window.
 
-`Generator` runs the GPT-2 forward pass (the same maths as reference.py) one position at a time,
-storing each layer's keys and values so later positions attend to them without recomputing.
+`Generator` runs the model's forward pass (the same maths as reference.py, every architecture
+option included) one position at a time, storing each layer's keys and values so later
+positions attend to them without recomputing; with rotary positions the keys are stored turned.
 `sample_next` turns logits into a token id (temperature, top-k, top-p); `sample` joins the two.
 Not a training path: no activations are kept for backward, and the batch size is one.
 Relies on numpy only (float32 matrix-vector products; BLAS does the heavy lifting).
 
-Sliding window: the learned position embedding has context_length rows, so the cache holds at
-most that many positions. When one more token would not fit, the generator keeps the last
-context_length // 2 tokens of its window, rebuilds the cache from them at positions
-0 .. context_length//2 - 1, and appends the new token after them. The logits then equal the
-reference forward pass over that kept window. Rebuilding costs context_length // 2 positions once
-every context_length // 2 tokens, so about one extra position per token on average.
+Sliding window: the learned position embedding has context_length rows (and rotary positions
+are trained only up to it), so the cache holds at most that many positions. When one more token
+would not fit, the generator keeps the last context_length // 2 tokens of its window, rebuilds
+the cache from them at positions 0 .. context_length//2 - 1, and appends the new token after
+them. The logits then equal the reference forward pass over that kept window. Rebuilding costs
+context_length // 2 positions once every context_length // 2 tokens, so about one extra position
+per token on average.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import ShapeMismatch
+from .kernels.rope import rope_tables
 from .layout import parameter_table
 from .reference import GELU_SCALE, LAYERNORM_EPS
 
@@ -44,6 +47,24 @@ def _layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarra
     mean = x.mean()
     var = ((x - mean) ** 2).mean()  # biased, as in GPT-2
     return (x - mean) * np.float32(1.0 / math.sqrt(float(var) + LAYERNORM_EPS)) * weight + bias
+
+
+def _rmsnorm(x: np.ndarray, weight: np.ndarray | float = 1.0) -> np.ndarray:
+    """RMSNorm over the last axis (a gain of 1 for QK-norm)."""
+    ms = (x * x).mean(axis=-1, keepdims=True)
+    return x / np.sqrt(ms + np.float32(LAYERNORM_EPS)) * weight
+
+
+def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """x (NH, hs) turned by one position's angles cos, sin (hs/2,): pairs (i, i + hs/2)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[:, :half], x[:, half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _relu2(x: np.ndarray) -> np.ndarray:
+    r = np.maximum(x, np.float32(0.0))
+    return r * r
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:
@@ -84,6 +105,7 @@ class Generator:
         # a private float32 copy: a trainer updating `params` in place cannot change a generation
         self.params = np.array(params, dtype=np.float32, copy=True)
         self.p = table.views(self.params)
+        self.rope_cos, self.rope_sin = rope_tables(config.context_length if config.rope else 0, config.head_size)
         self.cache = KVCache(config)
         self.window: list[int] = []  # the token ids now held in the cache, oldest first
 
@@ -113,19 +135,29 @@ class Generator:
 
     def _forward_position(self, token: int, with_logits: bool) -> np.ndarray | None:
         """Run one position through every layer, appending its keys and values to the cache."""
-        p, cache = self.p, self.cache
-        NH, hs = self.config.n_head, self.config.head_size
-        C = self.config.d_model
+        p, cache, config = self.p, self.cache, self.config
+        NH, hs = config.n_head, config.head_size
+        C = config.d_model
         t = cache.length
         scale = np.float32(1.0 / math.sqrt(hs))
 
-        x = p.wte[token] + p.wpe[t]  # (C,)
-        for l in range(self.config.n_layer):
+        def norm(x, weight, bias):
+            return _rmsnorm(x, weight) if config.norm == "rmsnorm" else _layernorm(x, weight, bias)
+
+        activation = _relu2 if config.activation == "relu2" else _gelu
+
+        x = p.wte[token] + p.wpe[t] if config.learned_positions else p.wte[token].copy()  # (C,)
+        for l in range(config.n_layer):
             # attention: this position's query against the cached keys 0..t
-            h = _layernorm(x, p.ln1w[l], p.ln1b[l])  # (C,)
+            h = norm(x, p.ln1w[l], p.ln1b[l])  # (C,)
             qkv = p.qkvw[l] @ h + p.qkvb[l]  # (3*C,)
             q = qkv[0 * C : 1 * C].reshape(NH, hs)  # (NH, hs)
-            cache.keys[l, :, t] = qkv[1 * C : 2 * C].reshape(NH, hs)
+            k = qkv[1 * C : 2 * C].reshape(NH, hs)  # (NH, hs)
+            if config.qk_norm:
+                q, k = _rmsnorm(q), _rmsnorm(k)
+            if config.rope:  # each key is stored turned by its own position
+                q, k = _rotate(q, self.rope_cos[t], self.rope_sin[t]), _rotate(k, self.rope_cos[t], self.rope_sin[t])
+            cache.keys[l, :, t] = k
             cache.values[l, :, t] = qkv[2 * C : 3 * C].reshape(NH, hs)
             keys = cache.keys[l, :, : t + 1]  # (NH, t+1, hs)
             values = cache.values[l, :, : t + 1]  # (NH, t+1, hs)
@@ -135,14 +167,18 @@ class Generator:
             y = np.einsum("nt,nth->nh", att, values).reshape(C)  # (C,) heads side by side
             x = x + p.attprojw[l] @ y + p.attprojb[l]  # (C,) residual
             # MLP
-            h2 = _layernorm(x, p.ln2w[l], p.ln2b[l])  # (C,)
-            fch = _gelu(p.fcw[l] @ h2 + p.fcb[l])  # (H,)
+            h2 = norm(x, p.ln2w[l], p.ln2b[l])  # (C,)
+            fch = activation(p.fcw[l] @ h2 + p.fcb[l])  # (H,)
             x = x + p.fcprojw[l] @ fch + p.fcprojb[l]  # (C,) residual
         cache.length = t + 1
         self.window.append(token)
         if not with_logits:
             return None
-        return p.wte @ _layernorm(x, p.lnfw, p.lnfb)  # (V,) tied output head
+        logits = (p.wte if config.tie_head else p.lm_head) @ norm(x, p.lnfw, p.lnfb)  # (V,)
+        if config.logit_softcap > 0:
+            cap = np.float32(config.logit_softcap)
+            logits = cap * np.tanh(logits / cap)
+        return logits
 
 
 # ---------------------------------------------------------------------------------------------

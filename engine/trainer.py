@@ -1,4 +1,7 @@
-"""The trainer: a model's parameters, AdamW state and a worker pool, stepped on token batches.
+"""The trainer: a model's parameters, optimizer state and a worker pool, stepped on token batches.
+
+The optimizer is AdamW, or with `optimizer = "muon"` Muon for the blocks' matrices and AdamW for
+the rest (engine/muon.py); either way its state is the two flat buffers m and v.
 
 One training system for the daemon and the offline commands. Takes and returns token ids
 (np.ndarray) and numbers; knows nothing of files beyond writing its checkpoint where told.
@@ -23,7 +26,8 @@ from .errors import NonFiniteLoss, ShapeMismatch
 from .kernels.crossentropy import crystalline_cost_table
 from .layout import decay_mask, init_parameters, parameter_table
 from .model import Workspace, backward, forward
-from .parallel import WorkerPool
+from .muon import muon_matrices, muon_update, orthogonalisation_flops, scratch_size
+from .parallel import WorkerPool, update_plan
 from .schedule import learning_rate
 
 _blas_limited = False
@@ -52,6 +56,7 @@ class StepStats:
     grad_norm: float  # global norm before clipping
     tokens: int
     seconds: float
+    update_seconds: float = 0.0  # the update phase (clip and optimizer), its slowest worker
 
 
 class Trainer:
@@ -84,6 +89,14 @@ class Trainer:
         self.g_views = [self.table.views(self.G[w]) for w in range(self.threads)]
         self._sums = np.zeros((self.threads, 3), dtype=np.float64)  # loss, expected, crystal
         self.pool = WorkerPool(self.threads, P)
+        # the update phase: with Muon, whole matrices per worker (parallel.update_plan)
+        muon = train_config.optimizer == "muon"
+        self.matrices = muon_matrices(self.table) if muon else np.zeros((0, 3), np.int64)
+        costs = [orthogonalisation_flops(r, c, train_config.ns_steps) for _, r, c in self.matrices]
+        self.tasks = update_plan(self.threads, P, self.matrices, costs)
+        self._owned = [self.matrices[task.matrices] for task in self.tasks]
+        self._scratch = [np.zeros(scratch_size(owned), np.float32) for owned in self._owned]
+        self._update_seconds = np.zeros(self.threads, dtype=np.float64)
 
     def _split_rows(self, B: int) -> list[tuple[int, int]]:
         """Each worker's (start, stop) rows of a B-row batch, as even as integers allow."""
@@ -96,10 +109,19 @@ class Trainer:
 
     @classmethod
     def from_checkpoint(cls, checkpoint, train_config: TrainConfig) -> "Trainer":
-        """Resume parameters, AdamW moments and counters from a loaded `Checkpoint`."""
+        """Resume parameters, optimizer state and counters from a loaded `Checkpoint`. When the
+        checkpoint was trained with the other optimizer, the matrices' state starts afresh."""
         state = checkpoint.train_state or {}
-        return cls(checkpoint.model_config, train_config, checkpoint.params, checkpoint.m,
-                   checkpoint.v, step=checkpoint.step, tokens_trained=int(state.get("tokens_trained", 0)))
+        trainer = cls(checkpoint.model_config, train_config, checkpoint.params, checkpoint.m,
+                      checkpoint.v, step=checkpoint.step, tokens_trained=int(state.get("tokens_trained", 0)))
+        saved = state.get("train_config") or {}
+        if saved.get("optimizer", "adamw") != train_config.optimizer:
+            # the matrices' slots of m hold the other optimizer's state (Muon's momentum, or
+            # AdamW's first moment whose v Muon never kept): both restart from zero
+            for offset, rows, cols in muon_matrices(trainer.table):
+                trainer.m[offset : offset + rows * cols] = 0.0
+                trainer.v[offset : offset + rows * cols] = 0.0
+        return trainer
 
     @property
     def memory_per_thread_mb(self) -> float:
@@ -151,14 +173,25 @@ class Trainer:
 
         clip = tc.grad_clip
         grads = self.G[0]
+        muon_lr = tc.muon_lr * lr / tc.learning_rate  # the schedule's shape, at Muon's peak
 
-        def update(w: int, a: int, b: int, norm: float) -> None:
+        def update(w: int, norm: float) -> None:
+            started = time.perf_counter()
+            task, owned = self.tasks[w], self._owned[w]
             if not math.isfinite(norm):
-                grads[a:b] = 0.0
+                for a, b in task.ranges:
+                    grads[a:b] = 0.0
+                for offset, rows, cols in owned:
+                    grads[offset : offset + rows * cols] = 0.0
                 return
             scale = clip / (norm + 1e-6) if clip and norm > clip else 1.0
-            adamw_update(self.params, grads, self.m, self.v, self.decay, a, b, lr,
-                         tc.beta1, tc.beta2, tc.eps, tc.weight_decay, t, scale)
+            for a, b in task.ranges:
+                adamw_update(self.params, grads, self.m, self.v, self.decay, a, b, lr,
+                             tc.beta1, tc.beta2, tc.eps, tc.weight_decay, t, scale)
+            if len(owned):
+                muon_update(self.params, grads, self.m, owned, self._scratch[w], muon_lr,
+                            tc.muon_momentum, tc.muon_weight_decay, scale, tc.ns_steps)
+            self._update_seconds[w] = time.perf_counter() - started
 
         norm = self.pool.run(compute, self.G, update)
         totals = sums.sum(axis=0) / inputs.size
@@ -168,7 +201,8 @@ class Trainer:
         self.tokens_trained += inputs.size
         return StepStats(step=t, loss=float(totals[0]), crystalline_loss=float(totals[2]),
                          objective=float(totals[0] + weight * totals[1]), lr=lr, grad_norm=norm,
-                         tokens=int(inputs.size), seconds=time.perf_counter() - t0)
+                         tokens=int(inputs.size), seconds=time.perf_counter() - t0,
+                         update_seconds=float(self._update_seconds.max()))
 
     def evaluate(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
         """Forward only: summed cross-entropy in nats over all positions, and their count. Any

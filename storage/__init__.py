@@ -10,7 +10,7 @@ returns rows, token arrays and paths. Callers import from here.
 
 from .config import ConfigError, StorageConfig
 from .db import Database, open_database
-from .errors import SchemaTooNew, StorageError, TokenizerMismatch
+from .errors import DatabaseUnavailable, SchemaTooNew, StorageError, TokenizerMismatch
 from .holdout import HoldoutSplit, draw_window_starts
 from .queue import CorpusQueue
 from .records import (
@@ -30,6 +30,7 @@ __all__ = [
     "CorpusQueue",
     "Cursor",
     "Database",
+    "DatabaseUnavailable",
     "EvaluationRecord",
     "HoldoutSet",
     "HoldoutSplit",

@@ -11,7 +11,9 @@ this: the queue locks the rows it serializes on (SELECT ... FOR UPDATE).
 
 Opening runs Alembic in one write transaction: a fresh database is created at head, an older one
 is upgraded, and one at a revision this code does not know is refused with SchemaTooNew before
-anything is written. Knows nothing of tokens or training; see queue.py.
+anything is written; one that cannot be opened at all (a missing folder, a damaged file, a server
+that does not answer) raises DatabaseUnavailable, one line with the way out. Knows nothing of
+tokens or training; see queue.py.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from .config import StorageConfig
-from .errors import SchemaTooNew, StorageError
+from .errors import DatabaseUnavailable, SchemaTooNew, StorageError
 from .models import metadata
 
 # found next to this file, so an installed package (package data) migrates as a checkout does
@@ -186,11 +188,44 @@ def upgrade_schema(database: Database, revision: str = "head") -> None:
 
 
 def open_database(config: StorageConfig) -> Database:
-    """Validates the config, connects, and brings the schema to head (see upgrade_schema)."""
+    """Validates the config, connects, and brings the schema to head (see upgrade_schema).
+
+    A database that cannot be opened raises DatabaseUnavailable, one line naming the file or
+    server and the way out (a missing folder, a damaged file, a refused connection), never the
+    driver's traceback."""
     database = Database(create_engine(config.validate()), config)
     try:
         upgrade_schema(database)
+    except sa.exc.DBAPIError as exc:
+        database.close()
+        raise unavailable(config.url, exc) from exc
     except BaseException:
         database.close()
         raise
     return database
+
+
+def unavailable(url: str, exc: sa.exc.DBAPIError) -> DatabaseUnavailable:
+    """The one-line DatabaseUnavailable for a driver error met while opening `url`."""
+    detail = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        shown = parsed.render_as_string(hide_password=True)
+        return DatabaseUnavailable(f"cannot open the database {shown}: {detail}; check that the server runs "
+                                   "and the store url names it")
+    path = Path(parsed.database or "")
+    lowered = detail.lower()
+    if not path.parent.is_dir():
+        return DatabaseUnavailable(f"cannot open the database {path}: its folder {path.parent} does not exist; "
+                                   "create it, or set the store url (or the state directory) to an existing folder")
+    if any(text in lowered for text in ("unable to open", "readonly", "read-only")):
+        return DatabaseUnavailable(f"cannot open the database {path}: {detail}; check that the daemon's user "
+                                   f"may read and write {path.parent}")
+    if "locked" in lowered or "busy" in lowered:
+        return DatabaseUnavailable(f"cannot open the database {path}: {detail}; another process holds it")
+    if "full" in lowered:
+        return DatabaseUnavailable(f"cannot open the database {path}: {detail}; free space on its file system")
+    if any(text in lowered for text in ("not a database", "malformed", "corrupt")):
+        return DatabaseUnavailable(f"{path} is damaged ({detail}): restore it from a backup, or move it (and "
+                                   f"any {path.name}-wal) aside to start a new, empty corpus")
+    return DatabaseUnavailable(f"cannot open the database {path}: {detail}")

@@ -9,6 +9,11 @@ class SchemaTooNew(StorageError):
     """The database was migrated by a newer crystalline; it is left untouched."""
 
 
+class DatabaseUnavailable(StorageError):
+    """The database cannot be opened: its folder is missing, its file is damaged, or its server
+    does not answer. The message is one line naming the file or server and the way out."""
+
+
 class TokenizerMismatch(StorageError):
     """Tokens made with one tokenizer offered to a corpus recorded with another."""
 

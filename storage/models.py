@@ -53,13 +53,107 @@ class UTCDateTime(TypeDecorator):
         return None if value is None else value.replace(tzinfo=UTC)
 
 
+# --- file names ----------------------------------------------------------------------------------
+
+# A POSIX file name is bytes; Python hands the bytes that are not UTF-8 over as lone surrogates
+# (os.fsdecode's surrogateescape), which neither SQLite nor PostgreSQL accepts as text. Such a
+# name is stored as ESCAPED_PREFIX + the name with each such byte written %XX (two upper-case hex
+# digits; %uXXXX for a lone surrogate of another kind, which only Windows names can hold) and
+# every "%" written %25. Every other name is stored as it is, unless it starts with the prefix
+# itself (then it is escaped too), so the mapping is lossless both ways and valid names keep
+# their plain form: "/in/caf\udce9.txt" (bytes b"/in/caf\xe9.txt") is stored "escaped:/in/caf%E9.txt".
+ESCAPED_PREFIX = "escaped:"
+
+
+def encode_path(name: str) -> str:
+    """The stored form of a file name (see ESCAPED_PREFIX); a valid name is unchanged."""
+    if not name.startswith(ESCAPED_PREFIX):
+        try:
+            name.encode("utf-8")  # the fast test: only surrogates fail
+            return name
+        except UnicodeEncodeError:
+            pass
+    out = []
+    for ch in name:
+        if ch == "%":
+            out.append("%25")
+        elif "\udc80" <= ch <= "\udcff":  # an undecodable byte, as surrogateescape carries it
+            out.append(f"%{ord(ch) - 0xDC00:02X}")
+        elif "\ud800" <= ch <= "\udfff":
+            out.append(f"%u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return ESCAPED_PREFIX + "".join(out)
+
+
+def decode_path(stored: str) -> str:
+    """The file name a stored form stands for: encode_path's inverse."""
+    if not stored.startswith(ESCAPED_PREFIX):
+        return stored
+    text, out, i = stored[len(ESCAPED_PREFIX):], [], 0
+    try:
+        while i < len(text):
+            if text[i] != "%":
+                out.append(text[i])
+                i += 1
+            elif text[i + 1] == "u":
+                out.append(chr(_hex(text[i + 2:i + 6])))
+                i += 6
+            else:
+                byte = _hex(text[i + 1:i + 3])
+                out.append("%" if byte == 0x25 else chr(0xDC00 + byte))
+                i += 3
+    except (IndexError, ValueError):  # not encode_path's output (a name written by hand): as stored
+        return stored
+    return "".join(out)
+
+
+def _hex(digits: str) -> int:
+    if len(digits) not in (2, 4) or not all(c in "0123456789ABCDEF" for c in digits):
+        raise ValueError(digits)
+    return int(digits, 16)
+
+
+def readable_text(text: str) -> str:
+    """Free text made storable and printable, lossy: undecodable bytes as \\xNN, NUL as \\x00."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace").replace("\0", "\\x00")
+
+
+class PathText(TypeDecorator):
+    """A file name as Python holds it (str, possibly with surrogate escapes), stored as encode_path
+    says: plain text on every dialect, so comparisons and IN lists still run in the database."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else encode_path(value)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else decode_path(value)
+
+
+class ReadableText(TypeDecorator):
+    """Free text (error messages, which may quote a file name) made storable by readable_text."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else readable_text(value)
+
+
 # --- the store (revision 0001) -------------------------------------------------------------------
 
 documents = sa.Table(
     "documents",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("source_path", PathText, nullable=False),  # encode_path's form
     # sha256 hex of the raw file bytes; NULL when the file could not be read
     sa.Column("content_hash", sa.CHAR(64), nullable=True),
     sa.Column("size", sa.BigInteger, nullable=True),
@@ -67,7 +161,7 @@ documents = sa.Table(
     sa.Column("kind", sa.Text, nullable=True),  # "text", "markdown", "html", "pdf", ...
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("reason", sa.Text, nullable=True),  # skip reason code: "binary", "empty", ...
-    sa.Column("detail", sa.Text, nullable=True),  # free text: the error message, the limit hit
+    sa.Column("detail", ReadableText, nullable=True),  # free text: the error message, the limit hit
     # 1, 2, ... per source_path: every row for a path (a modified file, a skip) is a new version
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("duplicate_of", sa.Integer, sa.ForeignKey("documents.id"), nullable=True),

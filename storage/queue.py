@@ -392,8 +392,8 @@ class CorpusQueue:
         One transaction inserts the checkpoints row, moves the cursor, and marks 'trained' every
         queued document that ends at or before `stream_position`. Contract: the caller writes the
         checkpoint file durably first. If the process dies before this commits, the database still
-        names the previous checkpoint: the caller resumes from latest_checkpoint() and deletes any
-        newer checkpoint file not in the table (an orphan). Raises ValueError, changing nothing,
+        names the previous checkpoint: the caller finds the newer file, which no row names, and
+        records it with restore_checkpoint. Raises ValueError, changing nothing,
         when stream_position would move the cursor back or past the stream's end.
         """
         if step < 0 or tokens_trained < 0:
@@ -441,6 +441,52 @@ class CorpusQueue:
                 .where(documents.c.status == "trained", documents.c.stream_end > record.stream_position)
                 .values(status="queued"))
         return record
+
+    def restore_checkpoint(
+        self,
+        *,
+        step: int,
+        path: str,
+        stream_position: int,
+        tokens_trained: int,
+        loss: float | None = None,
+    ) -> CheckpointRecord:
+        """Makes a checkpoint file the database does not name its latest: for when the two disagree
+        (commits lost with a deleted WAL, a crash between file and commit, a restored backup).
+
+        Atomic: one transaction deletes the rows of checkpoints at `step` or later, inserts this
+        one's row, sets the cursor to its position, counters and step (forward or back), marks
+        'trained' the queued documents that end at or before `stream_position` and returns to
+        'queued' the trained ones that end after it. Raises ValueError, changing nothing, for a
+        position beyond the stream's end (the file trained on text this database does not hold)
+        or a negative count.
+        """
+        if step < 0 or tokens_trained < 0 or stream_position < 0:
+            raise ValueError(f"step ({step}), tokens_trained ({tokens_trained}) and stream_position "
+                             f"({stream_position}) must be >= 0")
+        with self.database.write() as connection:
+            _cursor(connection, for_update=True)
+            end = stream_end(connection)
+            if stream_position > end:
+                raise ValueError(f"stream_position ({stream_position}) lies beyond the stream's end ({end})")
+            connection.execute(checkpoints.delete().where(checkpoints.c.step >= step))
+            position = {"stream_position": stream_position, "tokens_trained": tokens_trained}
+            new_id = _insert(connection, checkpoints, {"step": step, "path": path, "loss": loss, **position})
+            _set_cursor(connection, step=step, **position)
+            row = connection.execute(sa.select(checkpoints).where(checkpoints.c.id == new_id)).one()
+        return CheckpointRecord(**row._mapping)
+
+    def reset_training(self) -> int:
+        """Forgets the model's training, keeps the corpus: every checkpoint row and evaluation is
+        deleted, the cursor goes back to the stream's start (step 0) and every trained document is
+        queued again; the held-out split and the tokenizer stay. Atomic. Returns the number of
+        checkpoint rows deleted."""
+        with self.database.write() as connection:
+            _cursor(connection, for_update=True)
+            deleted = connection.execute(checkpoints.delete()).rowcount
+            connection.execute(evaluations.delete())
+            _set_cursor(connection, step=0, stream_position=0, tokens_trained=0)
+        return int(deleted or 0)
 
     def latest_checkpoint(self) -> CheckpointRecord | None:
         """The most recently committed checkpoint, or None before the first."""
@@ -628,6 +674,16 @@ def _cursor(connection: sa.Connection, for_update: bool = False) -> Cursor:
     if for_update:
         query = query.with_for_update()
     return Cursor(*connection.execute(query).one())
+
+
+def _set_cursor(connection: sa.Connection, *, step: int, stream_position: int, tokens_trained: int) -> None:
+    """The cursor at exactly this position, forward or back; documents' statuses follow it."""
+    connection.execute(training_cursor.update().where(training_cursor.c.id == 1).values(
+        step=step, stream_position=stream_position, tokens_trained=tokens_trained))
+    connection.execute(documents.update()
+                       .where(documents.c.status == "trained", documents.c.stream_end > stream_position)
+                       .values(status="queued"))
+    _mark_trained(connection, stream_position)
 
 
 def _mark_trained(connection: sa.Connection, stream_position: int) -> None:

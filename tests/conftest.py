@@ -13,3 +13,14 @@ def no_leaked_threads():
         t.join(timeout=2.0)
     leaked = [t for t in leaked if t.is_alive()]
     assert not leaked, f"test leaked threads: {[t.name for t in leaked]}"
+
+
+@pytest.fixture(autouse=True)
+def structlog_restored():
+    """Put back the logging configuration after each test: a command run in a test (`main()`)
+    points structlog at the sys.stderr of that moment, a capture stream pytest closes after it."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)

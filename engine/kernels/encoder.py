@@ -1,4 +1,8 @@
-"""Token + position embedding. Reference: GPT-2 (Radford et al. 2019), llm.c `encoder_forward`."""
+"""Token + position embedding. Reference: GPT-2 (Radford et al. 2019), llm.c `encoder_forward`.
+
+`token_encoder_*` is the variant without a position table, for positions = "rope" (the
+positions then enter through rope.py, inside attention).
+"""
 
 import numpy as np
 from numba import njit
@@ -28,6 +32,29 @@ def encoder_backward(dwte, dwpe, dout, inp):
             for c in range(C):
                 dwte[ix, c] += dout[b, t, c]
                 dwpe[t, c] += dout[b, t, c]
+
+
+@njit(**KERNEL)
+def token_encoder_forward(out, inp, wte):
+    """out (B, T, C) = wte[inp]; inp (B, T) int token ids; wte (V, C)."""
+    B, T, C = out.shape
+    for b in range(B):
+        for t in range(T):
+            ix = inp[b, t]
+            for c in range(C):
+                out[b, t, c] = wte[ix, c]
+
+
+@njit(**KERNEL)
+def token_encoder_backward(dwte, dout, inp):
+    """dwte (V, C) accumulates; dout (B, T, C); inp (B, T)."""
+    B, T, C = dout.shape
+    for b in range(B):
+        for t in range(T):
+            ix = inp[b, t]
+            # forward: out[b, t, c] = wte[ix, c]
+            for c in range(C):
+                dwte[ix, c] += dout[b, t, c]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -100,6 +100,23 @@ class DaemonProcess:
                     raise AssertionError(f"no {count} x {event} {fields} within {timeout} s:\n{self.tail()}")
                 self.lock.wait(min(remaining, 0.5))
 
+    def wait_for_after(self, earlier: dict, event: str, timeout: float = 60.0, **fields) -> dict:
+        """The first `event` (with fields) logged after the event `earlier`."""
+        with self.lock:
+            index = self.events.index(earlier)
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while True:
+                for e in self.events[index + 1:]:
+                    if e.get("event") == event and all(e.get(k) == v for k, v in fields.items()):
+                        return e
+                if self.proc.poll() is not None and not self.reader.is_alive():
+                    raise AssertionError(f"daemon exited {self.proc.returncode} before {event}:\n{self.tail()}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {event} {fields} after {earlier.get('event')} within {timeout} s:\n{self.tail()}")
+                self.lock.wait(min(remaining, 0.5))
+
     def tail(self, lines: int = 40) -> str:
         with self.lock:
             return "".join(self.raw[-lines:])

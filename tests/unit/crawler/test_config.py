@@ -80,3 +80,60 @@ def test_the_commented_default_file_is_the_defaults(tmp_path):
     assert load_config(path, env={}) == load_config(env={})
     config = load_config(env={})
     assert (config.model.d_model, config.model.n_layer, config.train.schedule) == (128, 4, "constant")
+
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_the_stop_timeout_fits_inside_the_service_managers_limit():
+    """A stop must end before systemd's TimeoutStopSec (then SIGKILL), with a margin for closing
+    the store and the process's exit; the unit, Docker's documented --stop-timeout and the
+    default agree."""
+    import re
+
+    unit = (REPO / "systemd" / "crystalline.service").read_text(encoding="utf-8")
+    limit = float(re.search(r"^TimeoutStopSec=(\d+)$", unit, re.M).group(1))
+    default = Config().daemon.stop_timeout_seconds
+    assert default <= limit - 15
+    deploy = (REPO / "docs" / "DEPLOY.md").read_text(encoding="utf-8")
+    assert f"TimeoutStopSec={limit:.0f}" in deploy and f"--stop-timeout {limit:.0f}" in deploy
+    assert f"stop_timeout_seconds` ({default:.0f} s" in deploy
+
+
+def test_a_value_out_of_range_names_where_it_was_set(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(env={"CRYSTALLINE_DAEMON_STOP_TIMEOUT_SECONDS": "0"}, state_dir=tmp_path)
+    assert str(info.value) == ("[daemon] stop_timeout_seconds (0.0) must be positive "
+                               "(set in environment CRYSTALLINE_DAEMON_STOP_TIMEOUT_SECONDS)")
+    toml = write(tmp_path / "c.toml", "[model]\nn_head = 5\n")
+    with pytest.raises(ConfigError) as info:  # d_model is the built-in default: only n_head was set
+        load_config(toml, env={})
+    assert str(info.value) == f"[model] d_model (128) must be divisible by n_head (5) (set in {toml} [model] n_head)"
+
+
+# ---------------------------------------------------------------------------------------------
+# a setting error that reaches the command line is one line, never a traceback
+
+
+def test_a_bad_setting_for_run_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    from crawler.cli import main
+
+    monkeypatch.setenv("CRYSTALLINE_DAEMON_STOP_TIMEOUT_SECONDS", "soon")
+    assert main(["run", "--state-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == ("crystalline: error: environment CRYSTALLINE_DAEMON_STOP_TIMEOUT_SECONDS: "
+                   "expected float, got 'soon'\n")
+
+
+@pytest.mark.parametrize("status, reason", [(3, "worker_failed"), (4, "storage_failed"), (1, "internal_error")])
+def test_a_daemon_that_cannot_run_is_one_line_with_its_exit_status(monkeypatch, capsys, status, reason):
+    from crawler.cli import main
+    from crawler.daemon import DaemonError
+
+    def run_daemon(**kwargs):
+        raise DaemonError("the trainer worker could not start: d_model: checkpoint=32 expected=64", status, reason)
+
+    monkeypatch.setattr("crawler.daemon.run_daemon", run_daemon)
+    assert main(["run"]) == status
+    assert capsys.readouterr().err == ("crystalline: error: the trainer worker could not start: "
+                                       "d_model: checkpoint=32 expected=64\n")

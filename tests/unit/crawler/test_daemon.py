@@ -1,12 +1,21 @@
-"""The supervisor's restart of dead workers, driven one iteration at a time."""
+"""The supervisor: restarts of dead workers, a stop bounded by stop_timeout_seconds (checkpoint
+first), daemon_stopped on every exit path, blocked writes and unwatched roots in health.json;
+driven one step at a time with injected clocks and stand-in workers."""
 
+import errno
+import queue as queue_module
+import signal
 import threading
 import time
+from dataclasses import replace
+from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from crawler.config import Config
-from crawler.daemon import Daemon, WorkerThread
+from crawler.config import Config, DaemonConfig, WatchConfig
+from crawler.daemon import EXIT_FAILED, EXIT_STORAGE_FAILED, EXIT_WORKER_FAILED, Daemon, DaemonError, WorkerThread
+from crawler.health import HealthFile, read_health
+from engine import ConfigError
 
 
 class Flaky:
@@ -120,3 +129,331 @@ def test_a_second_stop_signal_exits_at_once(tmp_path, monkeypatch):
     daemon.signals.clear()  # the main loop has taken the first one
     daemon._on_signal(signal.SIGINT, None)
     assert exits == [130]
+
+
+# ---------------------------------------------------------------------------------------------
+# the stop: bounded by stop_timeout_seconds on the daemon's clock, checkpoint first
+
+WAIT = 10  # a failure guard for waits on events, never reached when the test passes
+
+
+class Ticking:
+    """A clock that moves `step` seconds each time it is read: a deadline is reached after a
+    known number of reads, whatever the real time."""
+
+    def __init__(self, step: float, start: float = 1000.0):
+        self.now, self.step = start, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+class Part:
+    """A worker with hooks the test controls: `batch` blocks run_once until released (a slow
+    ingest batch), `checkpoint` blocks shutdown until released (a slow final checkpoint)."""
+
+    figures = None
+    trainer = None
+    unsaved_steps = 7
+
+    def __init__(self, name, log, slow_batch=False, slow_checkpoint=False, fail_start=None):
+        self.name, self.log = name, log
+        self.in_batch, self.batch = threading.Event(), threading.Event()
+        self.checkpoint = threading.Event()
+        self.slow_batch = slow_batch
+        if not slow_batch:
+            self.batch.set()
+        if not slow_checkpoint:
+            self.checkpoint.set()
+        self.fail_start = fail_start
+
+    def initialize(self):
+        if self.fail_start is not None:
+            raise self.fail_start
+
+    def run_once(self, now):
+        self.in_batch.set()
+        self.batch.wait(WAIT)
+        if self.slow_batch:
+            self.log.append((self.name, "batch_done"))
+        return 0.01
+
+    def shutdown(self):
+        self.checkpoint.wait(WAIT)
+        self.log.append((self.name, "shutdown"))
+
+
+class PartsDaemon(Daemon):
+    """A Daemon whose store, workers and watcher are stand-ins."""
+
+    def __init__(self, config, clock=time.monotonic, **parts):
+        super().__init__(config, {}, clock=clock)
+        self.calls: list = []
+        self.parts = parts  # name -> Part keyword arguments
+
+    def _open_store(self):
+        self.database = None
+        self.tokenizer = None
+
+    def _make_worker(self, name):
+        return Part(name, self.calls, **self.parts.get(name, {}))
+
+    def _make_watcher(self):
+        return StubWatcher()
+
+
+class StubWatcher:
+    def __init__(self, observers=None):
+        self.observers = observers or {}
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def join(self, timeout=None):
+        pass
+
+
+def config_for(tmp_path, **daemon):
+    return Config(state_dir=tmp_path, daemon=replace(DaemonConfig(), **daemon))
+
+
+def started(daemon):
+    daemon.inbox = queue_module.Queue()
+    daemon._start_worker("trainer")
+    daemon._start_worker("ingest")
+    for thread in daemon.workers.values():
+        assert thread.ready.wait(WAIT)
+
+
+def finish(daemon):
+    """Release whatever the test held, and join every worker (no thread outlives a test)."""
+    for thread in daemon.workers.values():
+        thread.worker.batch.set()
+        thread.worker.checkpoint.set()
+        thread.join(WAIT)
+
+
+def test_a_slow_final_checkpoint_is_cut_short_at_the_stop_timeout(tmp_path):
+    clock = Ticking(step=5.0)
+    daemon = PartsDaemon(config_for(tmp_path, stop_timeout_seconds=30.0), clock=clock,
+                         trainer={"slow_checkpoint": True})
+    started(daemon)
+    try:
+        with capture_logs() as logs:
+            t0 = clock.now
+            daemon._shutdown(HealthFile(tmp_path), "signal", 0)
+            stop_seconds = clock.now - t0
+    finally:
+        finish(daemon)
+    assert stop_seconds <= 30.0 + 2 * clock.step, "the stop ends at its deadline on the daemon's clock"
+    cut = [e for e in logs if e["event"] == "shutdown_cut_short"]
+    assert len(cut) == 1 and list(cut[0]["parts"]) == ["trainer"]
+    assert "the final checkpoint: 7 steps since the start" in cut[0]["parts"]["trainer"]
+    assert [e["worker"] for e in logs if e["event"] == "worker_stuck"] == ["trainer"]
+    stopped = [e for e in logs if e["event"] == "daemon_stopped"]
+    assert len(stopped) == 1 and stopped[0]["cut_short"] == ["trainer"]
+    assert (stopped[0]["reason"], stopped[0]["exit_code"]) == ("signal", 0)
+    assert logs.index(cut[0]) < logs.index(stopped[0])
+    assert read_health(tmp_path)["state"] == "stopping"
+
+
+def test_the_final_checkpoint_does_not_wait_for_a_slow_ingest_batch(tmp_path):
+    clock = Ticking(step=5.0)
+    daemon = PartsDaemon(config_for(tmp_path, stop_timeout_seconds=30.0), clock=clock, ingest={"slow_batch": True})
+    started(daemon)
+    ingest = daemon.workers["ingest"].worker
+    assert ingest.in_batch.wait(WAIT)  # a batch is in flight and will not end by itself
+    for name in ("a.txt", "b.txt", "c.txt"):
+        daemon.inbox.put((tmp_path / name, tmp_path))
+    try:
+        with capture_logs() as logs:
+            daemon._shutdown(HealthFile(tmp_path), "signal", 0)
+    finally:
+        finish(daemon)
+    # the trainer stopped and checkpointed while the ingest batch was still in flight
+    assert daemon.calls[:2] == [("trainer", "shutdown"), ("ingest", "batch_done")]
+    cut = next(e for e in logs if e["event"] == "shutdown_cut_short")
+    assert list(cut["parts"]) == ["ingest"] and "found by the next start's scan" in cut["parts"]["ingest"]
+    stopped = next(e for e in logs if e["event"] == "daemon_stopped")
+    assert stopped["files_left"] == 3 and daemon.inbox.empty(), "queued files were not handed to ingest"
+
+
+def test_a_stop_with_nothing_slow_is_not_cut_short(tmp_path):
+    daemon = PartsDaemon(config_for(tmp_path), clock=Ticking(step=0.001))
+    started(daemon)
+    with capture_logs() as logs:
+        daemon._shutdown(HealthFile(tmp_path), "signal", 0)
+    finish(daemon)
+    events = [e["event"] for e in logs]
+    assert "shutdown_cut_short" not in events and "worker_stuck" not in events
+    assert sorted(c[0] for c in daemon.calls) == ["ingest", "trainer"]
+    assert next(e for e in logs if e["event"] == "daemon_stopped")["cut_short"] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# every exit path logs daemon_stopped, with an exit code that says which
+
+
+def run_daemon_in_test(daemon):
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    with capture_logs() as logs:
+        try:
+            result = daemon.run()
+        except DaemonError as exc:
+            result = exc
+    for thread in daemon.workers.values():
+        thread.join(WAIT)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers, "run() restores the signal handlers"
+    stopped = [e for e in logs if e["event"] == "daemon_stopped"]
+    assert len(stopped) == 1, "daemon_stopped is logged exactly once"
+    return result, stopped[0], logs
+
+
+def test_a_stop_signal_exits_0_with_daemon_stopped(tmp_path):
+    daemon = PartsDaemon(config_for(tmp_path))
+    daemon.signals.append(signal.SIGTERM)  # delivered during the start: the loop stops at once
+    result, stopped, logs = run_daemon_in_test(daemon)
+    assert result == 0 and (stopped["reason"], stopped["exit_code"]) == ("signal", 0)
+    assert "daemon_ready" in [e["event"] for e in logs]
+
+
+def test_a_storage_failure_at_start_exits_4_with_daemon_stopped(tmp_path):
+    class NoStore(PartsDaemon):
+        def _open_store(self):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "corpus.db"))
+
+    result, stopped, _ = run_daemon_in_test(NoStore(config_for(tmp_path)))
+    assert isinstance(result, DaemonError) and result.status == EXIT_STORAGE_FAILED
+    assert str(result).startswith("disk_full: the store could not be opened: ")
+    assert "free space on the state directory's file system, then start again" in str(result)
+    assert "\n" not in str(result)
+    assert (stopped["reason"], stopped["exit_code"], stopped["log_level"]) == ("storage_failed", 4, "error")
+
+
+def test_a_worker_that_cannot_start_exits_3_with_daemon_stopped(tmp_path):
+    error = ConfigError("d_model: checkpoint=32 expected=64; set [model] d_model = 32 or use another --state-dir")
+    daemon = PartsDaemon(config_for(tmp_path), trainer={"fail_start": error})
+    result, stopped, logs = run_daemon_in_test(daemon)
+    assert isinstance(result, DaemonError) and result.status == EXIT_WORKER_FAILED
+    assert str(result) == f"the trainer worker could not start: {error}"
+    assert (stopped["reason"], stopped["exit_code"]) == ("worker_failed", 3)
+    assert "daemon_ready" not in [e["event"] for e in logs]
+
+
+def test_an_unexpected_fault_in_the_loop_exits_1_with_daemon_stopped(tmp_path):
+    class Broken(PartsDaemon):
+        def _supervise(self, now):
+            raise KeyError("a bug")
+
+    result, stopped, logs = run_daemon_in_test(Broken(config_for(tmp_path)))
+    assert isinstance(result, DaemonError) and result.status == EXIT_FAILED
+    assert "the supervisor failed: 'a bug'" in str(result)
+    failed = [e for e in logs if e["event"] == "daemon_failed"]
+    assert len(failed) == 1 and failed[0]["error"] == "KeyError: 'a bug'"
+    assert (stopped["reason"], stopped["exit_code"]) == ("internal_error", 1)
+
+
+def test_a_worker_dying_in_a_loop_on_a_full_disk_still_ends_in_daemon_stopped(tmp_path, monkeypatch):
+    """The issue's ENOSPC case: the worker dies and restarts while health.json cannot be
+    written; the daemon goes on, says disk_full, and a stop ends as usual."""
+
+    class FullDisk(HealthFile):
+        def write(self, report):
+            exc = OSError(errno.ENOSPC, "No space left on device")
+            self._writes.report("health", exc)
+            raise exc
+
+    class Dying(PartsDaemon):
+        rounds = 0
+
+        def _make_worker(self, name):
+            return Flaky() if name == "ingest" else super()._make_worker(name)
+
+        def _supervise(self, now):
+            super()._supervise(now)
+            Dying.rounds += 1
+            if Dying.rounds == 4:
+                self.signals.append(signal.SIGTERM)
+
+    Flaky.failures, Flaky.runs = 1000, 0
+    monkeypatch.setattr("crawler.daemon.HealthFile", FullDisk)
+    monkeypatch.setattr("crawler.writable.probe", lambda state_dir: False)  # and it stays full
+    clock = Ticking(step=10.0)  # every supervisor step is past the restart backoff
+    daemon = Dying(config_for(tmp_path), clock=clock)
+    result, stopped, logs = run_daemon_in_test(daemon)
+    events = [e["event"] for e in logs]
+    assert result == 0 and (stopped["reason"], stopped["exit_code"]) == ("signal", 0)
+    assert events.count("worker_restarted") >= 2
+    assert events.count("disk_full") == 1, "logged once, not once per write"
+    assert events.count("health_write_failed") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# blocked writes and watch roots in the supervisor's health report
+
+
+def test_the_supervisor_rechecks_blocked_writes_and_reports_the_change_at_once(tmp_path):
+    clock = Ticking(step=0.0)
+    daemon = PartsDaemon(config_for(tmp_path), clock=clock)
+    assert daemon._check_writes(clock.now) is False
+    with capture_logs() as logs:
+        assert daemon.writes.report("checkpoint", OSError(errno.ENOSPC, "No space left on device"))
+        assert daemon._check_writes(clock.now) is True, "the block is reported now, not at the next interval"
+        assert daemon._check_writes(clock.now) is False
+        report = daemon._health("ready")
+        assert report["blocked"] == "disk_full" and list(report["blocked_parts"]) == ["checkpoint"]
+        clock.now += daemon.writes.recheck_seconds  # the state directory (tmp_path) is writable
+        assert daemon._check_writes(clock.now) is True
+    assert daemon.writes.blocked is None and daemon._health("ready")["blocked"] is None
+    assert [e["event"] for e in logs] == ["disk_full", "state_writable"]
+
+
+def test_workers_share_the_daemons_write_state_and_hand_back_files_to_the_watcher(tmp_path):
+    from crawler.daemon import IngestWorker
+    from crawler.tokenizer import ByteTokenizer
+    from crawler.training import TrainingWorker
+    from storage import StorageConfig, open_database
+
+    daemon = Daemon(config_for(tmp_path), {})
+    daemon.tokenizer, daemon.inbox = ByteTokenizer(), queue_module.Queue()
+    with open_database(StorageConfig(url=f"sqlite:///{tmp_path / 'c.db'}").validate()) as daemon.database:
+        workers = {name: daemon._make_worker(name) for name in ("ingest", "trainer")}
+    assert isinstance(workers["ingest"], IngestWorker) and isinstance(workers["trainer"], TrainingWorker)
+    assert workers["ingest"].writes is daemon.writes and workers["trainer"].writes is daemon.writes
+    handed_back = []
+    daemon.watcher = StubWatcher()
+    daemon.watcher.reoffer = handed_back.extend
+    workers["ingest"].release([(tmp_path / "a.txt", tmp_path)])
+    assert handed_back == [(tmp_path / "a.txt", tmp_path)]
+
+
+def test_an_inbox_that_cannot_be_watched_is_in_the_health_report(tmp_path):
+    from crawler.watcher import Watcher
+
+    not_a_folder = tmp_path / "inbox.txt"
+    not_a_folder.write_text("a file, not a folder")
+    good = tmp_path / "inbox"
+    roots = (str(not_a_folder), str(good), "/dev/null")
+    daemon = PartsDaemon(config_for(tmp_path))
+    daemon.watcher = Watcher(WatchConfig(roots=roots), lambda path, root: True)
+    with capture_logs() as logs:
+        daemon.watcher.start()
+        try:
+            first = daemon._health("ready")["unwatched_roots"]
+            again = daemon._health("ready")["unwatched_roots"]
+        finally:
+            daemon.watcher.stop()
+            daemon.watcher.join(WAIT)
+    assert first == again == {str(not_a_folder): "is a regular file, not a folder",
+                              "/dev/null": "is a character device, not a folder"}
+    unwatched = [e for e in logs if e["event"] == "root_unwatched"]
+    assert sorted(e["root"] for e in unwatched) == sorted([str(not_a_folder), "/dev/null"]), "once per root"
+    assert all(e["setting"] == "watch.roots" for e in unwatched)
+    daemon.watcher = StubWatcher({Path("/dev/null"): object()})  # watched again
+    with capture_logs() as logs:
+        assert daemon._health("ready")["unwatched_roots"] is None
+    assert sorted(e["root"] for e in logs if e["event"] == "root_watched") == sorted([str(not_a_folder), "/dev/null"])

@@ -9,8 +9,9 @@ import zipfile
 import pytest
 from pypdf import PdfReader, PdfWriter
 
+from crawler import extract
 from crawler.extract import (KINDS, SKIP_REASONS, ExtractionFailed, ExtractLimits, Skipped, decode_text,
-                             detect_kind, extract_file)
+                             detect_kind, extract_file, extract_in_process, shutdown_pool)
 from engine import ConfigError
 
 # ---------------------------------------------------------------------------------------------
@@ -474,14 +475,16 @@ def test_zip_bomb_by_size_and_member_count(tmp_path):
 
 
 def test_timeout_between_pdf_pages(tmp_path):
+    # the cooperative check, as an extractor process runs it; the hard limit: test_sandbox.py
     path = write_pdf(tmp_path / "slow.pdf", ["Page one", "Page two", "Page three"])
     ticks = iter([0.0])  # the start; every later reading is far past the 30 s budget
 
     def clock():
         return next(ticks, 1000.0)
 
-    assert skip_reason(path, clock=clock)[0] == "timeout"
-    assert extract_file(path, clock=lambda: 0.0).text.count("Page") == 3
+    with pytest.raises(Skipped, match="timeout"):
+        extract_in_process(path, clock=clock)
+    assert extract_in_process(path, clock=lambda: 0.0).text.count("Page") == 3
 
 
 def test_undecodable(tmp_path):
@@ -492,6 +495,39 @@ def test_undecodable(tmp_path):
     controls = tmp_path / "controls.log"  # valid UTF-8, but control characters through and through
     controls.write_bytes(bytes(rng.choice(b"\x01\x02\x03\x05\x06\x0e\x10\x1b\x1f") for _ in range(4000)))
     assert skip_reason(controls) == ("undecodable", "mostly control or replacement characters once decoded")
+
+
+# ---------------------------------------------------------------------------------------------
+# Where each kind is parsed: documents in an extractor process, text here
+
+
+def test_documents_go_through_an_extractor_process_and_come_back_the_same(tmp_path):
+    files = [write_pdf(tmp_path / "a.pdf", ["Page one", "Page two"]), write_docx(tmp_path / "b.docx"),
+             write_epub(tmp_path / "c.epub")]
+    shutdown_pool()
+    for path in files:
+        assert extract_file(path) == extract_in_process(path)
+    assert extract._shared_pool is not None and extract._shared_pool.started == 1
+    shutdown_pool()
+    assert extract._shared_pool is None
+    shutdown_pool()  # twice is fine
+    assert extract_file(files[0]).kind == "pdf"  # a later call starts a new pool
+
+
+def test_text_kinds_never_start_an_extractor_process(tmp_path):
+    shutdown_pool()
+    for name, body in (("a.txt", "plain"), ("b.html", "<p>hi</p>"), ("c.json", '["x"]'), ("d.csv", "a,b")):
+        (tmp_path / name).write_text(body)
+        extract_file(tmp_path / name)
+    with pytest.raises(Skipped):
+        extract_file(tmp_path / "missing.pdf")
+    assert extract._shared_pool is None
+
+
+def test_a_document_whose_name_is_not_utf8_goes_through_the_process(tmp_path):
+    name = os.fsdecode(b"r\xe9sum\xe9.pdf")  # Latin-1 bytes: a surrogate-escaped str
+    path = write_pdf(tmp_path / name, ["Resume page"])
+    assert extract_file(path).text == extract_in_process(path).text == "Resume page"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,6 +551,8 @@ def test_limits_validate():
         ExtractLimits(max_compression_ratio=0.5).validate()
     with pytest.raises(ConfigError, match="time_budget_seconds"):
         ExtractLimits(time_budget_seconds=0).validate()
+    with pytest.raises(ConfigError, match=r"max_memory_bytes \(1048576\) must be >= 134217728"):
+        ExtractLimits(max_memory_bytes=2**20).validate()
 
 
 @pytest.mark.parametrize("name, head, kind", [

@@ -1,17 +1,23 @@
-"""The daemon lock (across processes, and after kill -9), health.json, and check_health."""
+"""The daemon lock (across processes, and after kill -9), health.json (in place when it cannot be
+replaced), and check_health (a full disk, a read-only state, an inbox that cannot be watched)."""
 
+import errno
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from crawler.health import (FIELDS, HEALTH_FILE, LOCK_FILE, DaemonAlreadyRunning, DaemonLock,
-                            HealthFile, check_health, lock_holder, read_health)
+                            HealthFile, check_health, lock_holder, read_health, root_problem, state_dir_problem)
+from crawler.writable import PROBE_BYTES, WriteState
 
 # A stand-in daemon: takes the lock, reports "ready", says so, then waits to be killed.
 HOLDER = textwrap.dedent("""
@@ -227,3 +233,129 @@ def test_check_health_of_a_ready_daemon(daemon):
     assert healthy and reason == f"daemon (pid {os.getpid()}) is ready at step 40"
     assert report["tokens_trained"] == 81920 and report["lock_pid"] == os.getpid()
     assert report["age_s"] == 59.0
+
+
+# ---------------------------------------------------------------------------------------------
+# when the state cannot be written: health.json in place, and a check that looks for itself
+
+
+def refuse_replace(monkeypatch, error=errno.ENOSPC):
+    def replace(src, dst):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr("crawler.health.os.replace", replace)
+
+
+def test_health_is_rewritten_in_place_when_the_replace_fails(tmp_path, monkeypatch):
+    writes = WriteState(tmp_path, structlog.get_logger())
+    health = HealthFile(tmp_path, writes=writes)
+    health.write({"state": "ready", "step": 1})
+    refuse_replace(monkeypatch)
+    with capture_logs() as logs:
+        health.write({"state": "ready", "step": 2, "blocked": "disk_full"})
+        health.write({"state": "ready", "step": 3, "blocked": "disk_full"})
+    data = read_health(tmp_path)
+    assert (data["step"], data["blocked"]) == (3, "disk_full")
+    assert writes.blocked == "disk_full"
+    assert [(e["event"], e["part"]) for e in logs] == [("disk_full", "health")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [HEALTH_FILE], "no temp file left"
+
+
+def test_health_raises_the_first_error_when_it_cannot_be_written_either_way(tmp_path, monkeypatch):
+    refuse_replace(monkeypatch, errno.EROFS)
+    with pytest.raises(OSError) as info:  # no health.json to rewrite: creating one needs a block
+        HealthFile(tmp_path).write({"state": "ready"})
+    assert info.value.errno == errno.EROFS and not (tmp_path / HEALTH_FILE).exists()
+
+
+def can_mount_tmpfs(path) -> bool:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_on_a_really_full_disk_health_is_rewritten_and_the_check_says_disk_full(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    if not can_mount_tmpfs(state):
+        pytest.skip("needs root and mount(8) for a 1 MiB tmpfs (the monkeypatched variant above always runs)")
+    try:
+        with DaemonLock(state):
+            writes = WriteState(state, structlog.get_logger())
+            health = HealthFile(state, writes=writes)
+            health.write({"state": "ready", "step": 1})
+            fd = os.open(state / "filler", os.O_WRONLY | os.O_CREAT)
+            try:
+                with pytest.raises(OSError) as full:
+                    while True:
+                        os.write(fd, b"\0" * 4096)
+                assert full.value.errno == errno.ENOSPC
+            finally:
+                os.close(fd)
+            with capture_logs():
+                health.write({"state": "ready", "step": 2, "blocked": writes.blocked})
+            assert writes.blocked == "disk_full" and read_health(state)["step"] == 2
+            healthy, reason, _ = check_health(state, max_age_s=60)
+            assert not healthy and reason.startswith("disk_full: ") and str(state) in reason
+    finally:
+        subprocess.run(["umount", str(state)], check=True)
+
+
+class FakeStatvfs:
+    def __init__(self, free: int, flag: int = 0):
+        self.f_bavail = self.f_bfree = free // 4096
+        self.f_frsize, self.f_flag = 4096, flag
+
+
+def test_check_health_sees_a_full_disk_without_the_daemons_word(daemon, monkeypatch):
+    state, health = daemon
+    health.write({"state": "ready", "step": 5})
+    monkeypatch.setattr("crawler.health.os.statvfs", lambda path: FakeStatvfs(free=8192))
+    healthy, reason, _ = check_health(state, max_age_s=60, now=NOW + 500)  # the report is stale too
+    assert not healthy
+    assert reason == (f"disk_full: 8192 bytes free on the file system of {state}, the daemon needs at least "
+                      f"{PROBE_BYTES}; free space on the state directory's file system; ingest and checkpoints "
+                      "resume by themselves")
+
+
+def test_check_health_sees_a_read_only_state_directory(daemon, monkeypatch):
+    state, health = daemon
+    health.write({"state": "ready"})
+    monkeypatch.setattr("crawler.health.os.statvfs", lambda path: FakeStatvfs(free=1 << 30, flag=os.ST_RDONLY))
+    healthy, reason, _ = check_health(state, max_age_s=60, now=NOW)
+    assert not healthy and reason.startswith(f"state_unwritable: {state} is on a read-only file system; make ")
+
+
+def test_state_dir_problem_of_a_writable_folder_is_none(tmp_path):
+    assert state_dir_problem(tmp_path) is None
+
+
+def test_check_health_reports_the_block_the_daemon_wrote(daemon):
+    state, health = daemon
+    health.write({"state": "ready", "blocked": "state_unwritable", "blocked_parts": {"checkpoint": "OSError: ..."}})
+    healthy, reason, _ = check_health(state, max_age_s=60, now=NOW)
+    assert not healthy
+    assert reason.startswith(f"state_unwritable: writes to {state} fail (checkpoint); make the state directory")
+
+
+def test_check_health_reports_an_inbox_that_cannot_be_watched(daemon):
+    state, health = daemon
+    health.write({"state": "ready", "unwatched_roots": {"/dev/null": "is a character device, not a folder",
+                                                        "/srv/x": "does not exist"}})
+    healthy, reason, _ = check_health(state, max_age_s=60, now=NOW)
+    assert not healthy
+    assert reason == ("watch root /dev/null is a character device, not a folder (and 1 more); "
+                      "set [watch] roots (CRYSTALLINE_WATCH_ROOTS) to folders the daemon can read")
+
+
+def test_root_problem_names_what_is_wrong(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "inbox").mkdir()
+    assert root_problem(tmp_path / "inbox") is None
+    assert root_problem("/dev/null") == "is a character device, not a folder"
+    assert root_problem(tmp_path / "file.txt") == "is a regular file, not a folder"
+    assert root_problem("/dev/null/inbox") == "does not exist and cannot be created: /dev/null is not a folder"
+    assert root_problem(tmp_path / "file.txt" / "a" / "b") == (
+        f"does not exist and cannot be created: {tmp_path / 'file.txt'} is not a folder")
+    assert root_problem(tmp_path / "new" / "inbox") == "does not exist"

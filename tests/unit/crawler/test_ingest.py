@@ -8,12 +8,21 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from crawler.cli import main
 from crawler.extract import extract_file
 from crawler.ingest import Ingestor, iter_files
 from crawler.tokenizer import ByteTokenizer
 from storage import CorpusQueue, StorageConfig, open_database
+
+
+@pytest.fixture(autouse=True)
+def logs_in_memory():
+    """Every test logs into memory, whatever an earlier test configured: a command run in an earlier
+    test (`crystalline ingest`) may have pointed structlog at a stream pytest has closed since."""
+    with capture_logs():
+        yield
 
 
 @pytest.fixture
@@ -161,3 +170,508 @@ def test_a_tokenizer_change_under_an_existing_corpus_is_refused(tmp_path, capsys
     assert main(["ingest", str(root), "--state-dir", str(state)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "tokenizer" in err and "Traceback" not in err
+
+
+# --- the daemon's path: Watcher -> IngestWorker -> store, one step at a time ----------------------
+
+POSTGRES_ENV = "CRYSTALLINE_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request, tmp_path):
+    """A CorpusQueue on an empty database of each kind (PostgreSQL: a fresh schema, dropped after)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    if request.param == "sqlite":
+        database = open_database(StorageConfig(url=f"sqlite:///{tmp_path / 'corpus.db'}").validate())
+        yield CorpusQueue(database)
+        database.close()
+        return
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} is not set, so there is no PostgreSQL server to test against")
+    admin = sa.create_engine(base)
+    schema = f"crystalline_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.skip(f"PostgreSQL is unreachable: {exc.orig}")
+    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    database = open_database(StorageConfig(url=url.render_as_string(hide_password=False)).validate())
+    try:
+        yield CorpusQueue(database)
+    finally:
+        database.close()
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Pipeline:
+    """The daemon's ingest path without threads: the real Watcher's scan and debouncer feed the
+    real IngestWorker's inbox; `step()` runs both until the inbox is empty, with a fake clock."""
+
+    def __init__(self, root: Path, queue, clock: FakeClock | None = None, writes=None, state_dir: Path | None = None,
+                 tokenizer=None):
+        import queue as queue_module
+
+        import structlog
+
+        from crawler.config import Config
+        from crawler.daemon import IngestWorker
+        from crawler.watcher import WatchConfig, Watcher
+
+        self.clock = clock or FakeClock()
+        self.inbox = queue_module.Queue()
+        config = WatchConfig(roots=(str(root),), settle_seconds=0.5, rescan_interval_seconds=0)
+        self.watcher = Watcher(config, self._offer, clock=self.clock)
+        self.worker = IngestWorker(Config(state_dir=state_dir or root.parent / "state"), queue, tokenizer or ByteTokenizer(),
+                                   self.inbox, structlog.get_logger(), writes=writes, release=self.watcher.reoffer)
+        self.worker.initialize()
+
+    def _offer(self, path: Path, root: Path) -> bool:
+        self.inbox.put_nowait((path, root))
+        return True
+
+    def step(self, rescan: bool = True) -> None:
+        if rescan:
+            self.watcher.rescan("test")
+        self.clock.t += 1
+        self.watcher.run_once(self.clock.t)
+        while not self.inbox.empty() or self.worker.held:
+            if self.worker.run_once(self.clock.t):  # paused: writes are blocked
+                break
+
+
+def events(logs, name: str) -> list[dict]:
+    return [e for e in logs if e["event"] == name]
+
+
+def good_files(root: Path, n: int = 10) -> list[Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = root / f"good{i:02d}.txt"
+        path.write_text(f"good document number {i}\n")
+        paths.append(path)
+    return paths
+
+
+def stored_paths(queue) -> dict[str, str]:
+    """source_path -> status of every row, as the store hands it back."""
+    import sqlalchemy as sa
+
+    from storage.models import documents
+
+    with queue.database.read() as connection:
+        return {row.source_path: row.status for row in connection.execute(sa.select(documents))}
+
+
+def test_a_batch_with_a_name_that_is_not_utf8_and_a_symlink_loop_stores_every_good_file(tmp_path, store):
+    from structlog.testing import capture_logs
+
+    root = tmp_path / "inbox"
+    good = good_files(root)
+    poison = Path(os.fsdecode(os.fsencode(root) + b"/caf\xe9 notes.txt"))  # Latin-1, not UTF-8
+    poison.write_text("written on an old system\n")
+    os.symlink(root / "loop_b", root / "loop_a")
+    os.symlink(root / "loop_a", root / "loop_b")
+    pipeline = Pipeline(root, store)
+    with capture_logs() as logs:
+        pipeline.step()
+        pipeline.step()  # a second rescan finds nothing new to offer
+    ingested = events(logs, "file_ingested")
+    assert sorted(e["path"] for e in ingested) == sorted([str(p) for p in good] + [f"{root}/caf\\xe9 notes.txt"])
+    assert all(not e["duplicate"] for e in ingested)
+    skipped = events(logs, "file_skipped")
+    assert sorted((Path(e["path"]).name, e["reason"]) for e in skipped) == [("loop_a", "unreadable"),
+                                                                              ("loop_b", "unreadable")]
+    assert "symlink loop" in skipped[0]["detail"]
+    assert not events(logs, "file_failed") and not events(logs, "watcher_error")
+    for e in logs:
+        json.dumps(e, ensure_ascii=False).encode("utf-8")  # every line prints: no lone surrogate
+    # stored losslessly: the name comes back byte for byte, and the same version is not read again
+    rows = stored_paths(store)
+    assert rows[str(poison)] == "queued" and os.fsencode(next(p for p in rows if "caf" in p)).endswith(b"caf\xe9 notes.txt")
+    assert store.seen(str(poison), poison.stat().st_size, poison.stat().st_mtime)
+    again = Pipeline(root, store)  # a restart: a new watcher offers everything again
+    with capture_logs() as logs:
+        again.step()
+    assert not events(logs, "file_ingested") and not events(logs, "file_skipped")
+    assert again.worker.counts["unchanged"] == 13
+
+
+def test_the_stored_form_of_a_name_that_is_not_utf8_is_ascii_text(tmp_path, store):
+    import sqlalchemy as sa
+
+    path = Path(os.fsdecode(os.fsencode(tmp_path) + b"/r\xe9sum\xe9 100%.txt"))
+    path.write_text("a curriculum\n")
+    assert Ingestor(store, ByteTokenizer()).ingest_file(path).status == "ingested"
+    with store.database.read() as connection:
+        [raw] = connection.execute(sa.text("SELECT source_path FROM documents")).scalars()
+    assert raw == f"escaped:{tmp_path}/r%E9sum%E9 100%25.txt"
+
+
+def test_a_file_whose_tokenizing_raises_is_failed_alone(tmp_path, store):
+    from structlog.testing import capture_logs
+
+    class Tokenizer(ByteTokenizer):
+        def encode_text(self, text):
+            if "poison" in text:
+                raise RecursionError("maximum recursion depth exceeded")
+            return super().encode_text(text)
+
+    root = tmp_path / "inbox"
+    good = good_files(root)
+    (root / "bad.txt").write_text("a poison text for this tokenizer\n")
+    with capture_logs() as logs:
+        Pipeline(root, store, tokenizer=Tokenizer()).step()
+    assert sorted(e["path"] for e in events(logs, "file_ingested")) == [str(p) for p in good]
+    [failed] = events(logs, "file_failed")
+    assert failed["path"] == str(root / "bad.txt") and "RecursionError" in failed["error"]
+    assert nonzero(store.stats().documents) == {"queued": 10, "failed": 1}
+
+
+class FailingQueue:
+    """A CorpusQueue whose document writes raise `error` while `failing` holds (a path predicate,
+    or True for every write); everything else goes to the real queue."""
+
+    def __init__(self, queue, error: Exception, failing=True):
+        self.queue, self.error, self.failing = queue, error, failing
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self.queue, name)
+
+    def _check(self, paths) -> None:
+        self.calls += 1
+        failing = self.failing
+        if failing is True or (callable(failing) and any(failing(p) for p in paths)):
+            raise self.error
+
+    def add_documents(self, items, **kwargs):
+        self._check([item.source_path for item in items])
+        return self.queue.add_documents(items, **kwargs)
+
+    def record_skip(self, **kwargs):
+        self._check([kwargs["source_path"]])
+        return self.queue.record_skip(**kwargs)
+
+
+def disk_full() -> Exception:
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    return sa.exc.OperationalError("INSERT INTO documents ...", {}, sqlite3.OperationalError("database or disk is full"))
+
+
+def test_a_file_whose_storage_write_fails_alone_does_not_take_its_neighbours_with_it(tmp_path, store):
+    import sqlalchemy as sa
+    from structlog.testing import capture_logs
+
+    root = tmp_path / "inbox"
+    good = good_files(root)
+    (root / "poison.txt").write_text("this one the store refuses\n")
+    error = sa.exc.IntegrityError("INSERT INTO documents ...", {}, Exception("a constraint this file breaks"))
+    queue = FailingQueue(store, error, failing=lambda p: p.endswith("poison.txt"))
+    pipeline = Pipeline(root, queue)
+    with capture_logs() as logs:
+        pipeline.step()
+    assert sorted(e["path"] for e in events(logs, "file_ingested")) == [str(p) for p in good]
+    [failed] = events(logs, "file_failed")
+    assert failed["path"] == str(root / "poison.txt") and "IntegrityError" in failed["error"]
+    assert nonzero(store.stats().documents) == {"queued": 10}
+    assert pipeline.worker.held == [] and not pipeline.worker.writes.blocked
+
+
+def test_a_worker_that_dies_mid_batch_hands_its_files_back_to_be_offered_again(tmp_path, store):
+    """Without a daemon restart: the supervisor starts a new worker; the watcher offers again."""
+    import threading
+
+    import structlog
+    from structlog.testing import capture_logs
+
+    from crawler.daemon import IngestWorker, WorkerThread
+
+    class Killed(BaseException):
+        """Escapes every `except Exception`, as a worker's death would."""
+
+    root = tmp_path / "inbox"
+    good = good_files(root)
+    killing = FailingQueue(store, Killed(), failing=True)
+    pipeline = Pipeline(root, killing)
+    with capture_logs() as logs:
+        pipeline.watcher.rescan("test")
+        pipeline.clock.t += 1
+        assert len(pipeline.watcher.run_once(pipeline.clock.t)) == 10
+        thread = WorkerThread(pipeline.worker, threading.Event(), structlog.get_logger(), pipeline.clock,
+                              threading.Event())
+        thread.start()
+        thread.join(timeout=20)
+    assert isinstance(thread.error, Killed) and events(logs, "worker_failed")
+    assert pipeline.inbox.empty() and pipeline.watcher.stats["pending"] == 10  # handed back
+    restarted = IngestWorker(pipeline.worker.config, store, ByteTokenizer(), pipeline.inbox, structlog.get_logger())
+    restarted.initialize()
+    pipeline.worker = restarted
+    with capture_logs() as logs:
+        pipeline.step(rescan=False)  # no rescan needed: the watcher offers them at its next step
+    assert sorted(e["path"] for e in events(logs, "file_ingested")) == [str(p) for p in good]
+
+
+def test_a_full_disk_holds_the_batch_pauses_and_retries_once_writing_works(tmp_path, store):
+    from structlog.testing import capture_logs
+
+    from crawler.writable import WriteState
+
+    root = tmp_path / "inbox"
+    first = good_files(root / "first")
+    (root / "first" / "empty.txt").write_text("")  # its skip is a write too
+    clock = FakeClock()
+    state = tmp_path / "state"
+    state.mkdir()
+    with capture_logs() as logs:
+        writes = WriteState(state, __import__("structlog").get_logger(), clock=clock, recheck_seconds=10.0)
+        queue = FailingQueue(store, disk_full(), failing=True)
+        pipeline = Pipeline(root, queue, clock=clock, writes=writes, state_dir=state)
+        pipeline.step()
+        assert writes.blocked == "disk_full" and len(pipeline.worker.held) == 11
+        second = [root / "second" / f"new{i}.txt" for i in range(3)]  # arrives while blocked: left in the inbox
+        for i, path in enumerate(second):
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(f"a newer document {i}\n")
+        pipeline.watcher.rescan("test")
+        pipeline.watcher.run_once(clock.t + 1)
+        calls = queue.calls
+        assert pipeline.worker.run_once(clock.t + 2) == pipeline.worker.BLOCKED_PAUSE_SECONDS
+        assert queue.calls == calls and pipeline.inbox.qsize() == 3, "paused: nothing read, nothing written"
+        queue.failing = False  # space was freed; nothing happens before the next re-check
+        clock.t += 10
+        pipeline.step(rescan=False)
+    assert writes.blocked is None and writes.generation == 1
+    assert len(events(logs, "disk_full")) == 1 and events(logs, "ingest_resumed")[0]["files"] == 11
+    ingested = sorted(e["path"] for e in events(logs, "file_ingested"))
+    assert ingested == sorted(str(p) for p in first + second)
+    assert [e["reason"] for e in events(logs, "file_skipped")] == ["empty"]
+    assert nonzero(store.stats().documents) == {"queued": 13, "skipped": 1}
+
+
+def test_a_full_disk_after_part_of_a_batch_was_committed_stores_nothing_twice(tmp_path, store):
+    from structlog.testing import capture_logs
+
+    from crawler.writable import WriteState
+
+    root = tmp_path / "inbox"
+    root.mkdir()
+    for i in range(3):  # about 600 kB each: the batch commits after the second file
+        (root / f"big{i}.txt").write_text(f"{i} " + "word " * 120_000)
+    clock = FakeClock()
+    writes = WriteState(tmp_path, __import__("structlog").get_logger(), clock=clock, recheck_seconds=1.0)
+    queue = FailingQueue(store, disk_full(), failing=lambda p: p.endswith("big2.txt"))
+    pipeline = Pipeline(root, queue, clock=clock, writes=writes)
+    with capture_logs() as logs:
+        pipeline.step()
+        assert [p.name for p, _ in pipeline.worker.held] == ["big2.txt"]
+        queue.failing = False
+        clock.t += 5
+        pipeline.step()
+    assert sorted(Path(e["path"]).name for e in events(logs, "file_ingested")) == ["big0.txt", "big1.txt", "big2.txt"]
+    assert nonzero(store.stats().documents) == {"queued": 3}
+    assert store.stats().tokens_total == sum(len(p.read_text().rstrip()) + 1 for p in root.iterdir())
+
+
+def test_a_real_full_disk_under_the_database(tmp_path):
+    """A 1 MB tmpfs holds the database: ingest fills it, stops without dying, and finishes every
+    file once space is freed. Needs root (mount); skipped otherwise."""
+    import shutil
+    import subprocess
+
+    from structlog.testing import capture_logs
+
+    from crawler.writable import WriteState
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not shutil.which("mount") or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                                                   capture_output=True).returncode != 0:
+        pytest.skip("mounting a 1 MB tmpfs needs root (CAP_SYS_ADMIN); the injected variants above always run")
+    try:
+        database = open_database(StorageConfig(url=f"sqlite:///{disk / 'corpus.db'}").validate())
+        queue = CorpusQueue(database)
+        ballast = disk / "ballast"
+        with open(ballast, "wb") as f:  # leave about 60 kB: too little for the batch (about 200 kB)
+            f.write(b"\0" * (shutil.disk_usage(disk).free - 60_000))
+        root = tmp_path / "inbox"
+        root.mkdir()
+        for i in range(20):  # about 3 kB of text each, 6 kB of tokens
+            (root / f"doc{i:02d}.txt").write_text(f"{i} " + " ".join(f"w{i}x{j}" for j in range(500)))
+        clock = FakeClock()
+        writes = WriteState(disk, __import__("structlog").get_logger(), clock=clock, recheck_seconds=10.0)
+        pipeline = Pipeline(root, queue, clock=clock, writes=writes, state_dir=disk)
+        with capture_logs() as logs:
+            pipeline.step()
+            assert writes.blocked == "disk_full" and pipeline.worker.held
+            clock.t += 10
+            pipeline.step()  # the re-check's probe fails: still blocked, nothing lost
+            assert writes.blocked == "disk_full"
+            ballast.unlink()
+            clock.t += 10
+            pipeline.step()
+        assert writes.blocked is None and len(events(logs, "disk_full")) == 1
+        names = sorted(Path(e["path"]).name for e in events(logs, "file_ingested"))
+        assert names == [f"doc{i:02d}.txt" for i in range(20)]
+        assert nonzero(queue.stats().documents) == {"queued": 20}
+        assert queue.stats().tokens_total == sum(len(p.read_text()) + 1 for p in root.iterdir())
+        database.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_fifo_and_socket_are_skipped_as_unsupported_once_and_never_opened(tmp_path, store, monkeypatch):
+    import socket
+
+    from structlog.testing import capture_logs
+
+    import crawler.ingest as ingest_module
+
+    root = tmp_path / "inbox"
+    good = good_files(root, 2)
+    os.mkfifo(root / "pipe")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(root / "sock"))
+    (root / "#notes.txt#").write_text("an emacs autosave")
+    (root / ".#notes.txt").write_text("an emacs lock")
+    real = ingest_module.extract_file
+    opened = []
+    monkeypatch.setattr(ingest_module, "extract_file", lambda path, limits=None: opened.append(Path(path).name) or real(path, limits))
+    try:
+        pipeline = Pipeline(root, store)
+        with capture_logs() as logs:
+            pipeline.step()
+            pipeline.step()
+        again = Pipeline(root, store)  # after a restart: unchanged, not reported again
+        with capture_logs() as later:
+            again.step()
+    finally:
+        server.close()
+    skipped = sorted((Path(e["path"]).name, e["reason"], e["detail"]) for e in events(logs, "file_skipped"))
+    assert skipped == [("pipe", "unsupported", "a FIFO, not a regular file"),
+                       ("sock", "unsupported", "a socket, not a regular file")]
+    assert sorted(e["path"] for e in events(logs, "file_ingested")) == [str(p) for p in good]
+    assert sorted(opened) == ["good00.txt", "good01.txt"]
+    assert not events(later, "file_skipped") and not events(later, "file_ingested")
+
+
+def test_a_file_in_a_folder_the_daemon_may_not_enter_is_skipped_as_unreadable_once(tmp_path, store, monkeypatch):
+    """Injected (root is not stopped by permissions); the real case runs below under setpriv."""
+    from structlog.testing import capture_logs
+
+    root = tmp_path / "inbox"
+    good = good_files(root, 2)
+    locked = root / "locked"
+    locked.mkdir()
+    (locked / "secret.txt").write_text("you may not read me\n")
+    real_lstat = os.lstat
+
+    def lstat(path, *args, **kwargs):
+        if Path(path).parent == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_lstat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    pipeline = Pipeline(root, store)
+    with capture_logs() as logs:
+        pipeline.step()
+        pipeline.step()
+    assert [(e["path"], e["reason"], e["detail"]) for e in events(logs, "file_skipped")] == [
+        (str(locked / "secret.txt"), "unreadable", "Permission denied")]
+    assert len(events(logs, "file_ingested")) == len(good) and not events(logs, "watcher_error")
+
+
+UNPRIVILEGED_SCRIPT = r'''
+import json, os, sys, time
+from pathlib import Path
+import structlog
+from structlog.testing import capture_logs
+from crawler.config import Config
+from crawler.daemon import IngestWorker
+from crawler.tokenizer import ByteTokenizer
+from crawler.watcher import WatchConfig, Watcher
+from storage import CorpusQueue, StorageConfig, open_database
+import queue as queue_module
+base = Path(sys.argv[1])
+database = open_database(StorageConfig(url=f"sqlite:///{base / 'state' / 'corpus.db'}").validate())
+inbox = queue_module.Queue()
+clock = [1000.0]
+watcher = Watcher(WatchConfig(roots=(str(base / "inbox"),), settle_seconds=0.5, rescan_interval_seconds=0),
+                  lambda p, r: inbox.put_nowait((p, r)) or True, clock=lambda: clock[0])
+worker = IngestWorker(Config(state_dir=base / "state"), CorpusQueue(database), ByteTokenizer(), inbox,
+                      structlog.get_logger(), release=watcher.reoffer)
+worker.initialize()
+with capture_logs() as logs:
+    for _ in range(2):
+        watcher.rescan("test")
+        clock[0] += 1
+        watcher.run_once(clock[0])
+        while not inbox.empty():
+            worker.run_once(clock[0])
+database.close()
+print(json.dumps([{k: v for k, v in e.items() if k != "exc_info"} for e in logs]))
+'''
+
+
+def test_unreadable_files_and_folders_for_real_under_an_unprivileged_user(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    command = [sys.executable, "-c", UNPRIVILEGED_SCRIPT]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("as root, permissions stop nothing, and setpriv (util-linux) is missing to drop them")
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    base = Path(tempfile.mkdtemp(prefix="crystalline-perm-"))  # tmp_path is not open to another user
+    try:
+        root = base / "inbox"
+        good_files(root, 2)
+        (base / "state").mkdir()
+        for folder, mode in (("noenter", 0o644), ("nolist", 0o000)):  # r without x; nothing at all
+            (root / folder).mkdir()
+            (root / folder / "inside.txt").write_text("private\n")
+        for path in (base, root, base / "state", *root.glob("good*")):
+            path.chmod(0o777 if path.is_dir() else 0o666)
+        (root / "noenter").chmod(0o644)
+        (root / "nolist").chmod(0o000)
+        repo = Path(__file__).resolve().parents[3]
+        result = subprocess.run([*command, str(base)], capture_output=True, text=True, cwd=repo, timeout=120,
+                                env=os.environ | {"PYTHONPATH": str(repo)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        logs = json.loads(result.stdout.strip().splitlines()[-1])
+    finally:
+        for folder in ("noenter", "nolist"):
+            (base / "inbox" / folder).chmod(0o755)
+        shutil.rmtree(base)
+    assert [(Path(e["path"]).relative_to(root).as_posix(), e["reason"]) for e in events(logs, "file_skipped")] == [
+        ("noenter/inside.txt", "unreadable")]
+    [folder] = events(logs, "folder_unreadable")
+    assert Path(folder["path"]).name == "nolist" and folder["log_level"] == "warning"
+    assert len(events(logs, "file_ingested")) == 2 and not events(logs, "watcher_error")
+
+
+def test_emacs_leftovers_are_not_ingested(tmp_path):
+    for name in ("notes.txt", "#notes.txt#", ".#notes.txt"):
+        (tmp_path / name).write_text("text")
+    assert [p.name for p, _ in iter_files([tmp_path])] == ["notes.txt"]

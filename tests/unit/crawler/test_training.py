@@ -61,7 +61,9 @@ def test_trains_checkpoints_with_the_cursor_and_resumes(tmp_path, store):
     latest = queue.latest_checkpoint()
     assert latest.step == worker.figures.step
     assert queue.cursor().stream_position == latest.stream_position == worker.figures.position
-    assert latest.stream_position > 0 and Path(latest.path).exists()
+    assert latest.stream_position > 0
+    assert latest.path == "checkpoints/" + Path(latest.path).name  # relative to the state directory
+    assert (tmp_path / "state" / latest.path).exists()
 
     again = make_worker(tmp_path, store)
     with capture_logs() as logs:
@@ -96,7 +98,7 @@ def test_a_corrupt_newest_checkpoint_rewinds_to_the_previous(tmp_path, store):
     queue = CorpusQueue(store)
     records = queue.checkpoints(limit=5)
     assert [r.step for r in records][:2] == [10, 5]
-    newest = Path(records[0].path)
+    newest = tmp_path / "state" / records[0].path
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     newest.write_bytes(bytes(data))
@@ -110,20 +112,23 @@ def test_a_corrupt_newest_checkpoint_rewinds_to_the_previous(tmp_path, store):
         assert again.trainer.step_count == 5
         assert queue.cursor().stream_position == records[1].stream_position == again.figures.position
         assert queue.latest_checkpoint().step == 5
+        assert not newest.exists() and (tmp_path / "state" / "quarantine" / newest.name).exists()  # moved aside
     finally:
         again.shutdown()
 
 
-def test_an_uncommitted_checkpoint_file_is_an_orphan(tmp_path, store):
+def test_an_uncommitted_checkpoint_file_is_recovered_not_deleted(tmp_path, store):
+    """A crash between the file and its commit: the file holds the newest training, so the
+    database is made to agree with it; a newer file without the loop's state is moved aside."""
     add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
     worker = make_worker(tmp_path, store)
     worker.initialize()
-    for now in range(6):  # one committed checkpoint at step 5
+    for now in range(8):  # one committed checkpoint at step 5, then 3 more steps
         worker.run_once(float(now))
     # a crash after the file was written, before the database commit
-    orphan = worker.trainer.save_checkpoint(worker.directory, extra={"tokenizer": ByteTokenizer().identity(),
-                                                                     "stream_position": 0, "tokens_trained": 0})
-    # a checkpoint of something else (no loop state), newer still: not this loop's to delete
+    orphan = worker.trainer.save_checkpoint(worker.directory, extra=worker._extra(), keep_last=None)
+    position, tokens = worker.figures.position, worker.figures.tokens_trained
+    # a checkpoint of something else (no loop state), newer still: not this loop's to use or delete
     ones = np.ones((4, 16), np.int32)
     for _ in range(2):
         worker.trainer.step(ones, ones)
@@ -133,9 +138,14 @@ def test_an_uncommitted_checkpoint_file_is_an_orphan(tmp_path, store):
     with capture_logs() as logs:
         again.initialize()
     try:
-        assert not orphan.exists() and foreign.exists()
-        assert any(e["event"] == "checkpoint_orphan_removed" for e in logs)
-        assert again.trainer.step_count == 5
+        events = [e["event"] for e in logs]
+        assert "checkpoint_recovered" in events and "checkpoint_orphan_removed" not in events
+        assert orphan.exists() and again.trainer.step_count == 8
+        assert not foreign.exists() and (tmp_path / "state" / "quarantine" / foreign.name).exists()
+        queue = CorpusQueue(store)
+        assert queue.latest_checkpoint().step == 8 and queue.latest_checkpoint().path == "checkpoints/" + orphan.name
+        assert queue.cursor().stream_position == position == again.figures.position
+        assert queue.cursor().tokens_trained == tokens
     finally:
         again.shutdown()
 
@@ -410,3 +420,302 @@ def test_the_trained_text_in_memory_draws_what_the_store_draws(tmp_path, store):
     np.testing.assert_array_equal(got, queue.sample_replay(8, 16, np.random.default_rng(5), end=2000,
                                                            holdout=SMALL_SPLIT))
     assert small.size == 0
+
+
+# --- a state directory that moves, loses commits or files, or cannot be written ------------------
+
+
+def state_store(state: Path):
+    """A store inside the state directory, as the daemon keeps it."""
+    state.mkdir(parents=True, exist_ok=True)
+    return open_database(StorageConfig(url=f"sqlite:///{(state / 'corpus.db').resolve()}").validate())
+
+
+def run_steps(worker, start: int, stop: int) -> None:
+    for now in range(start, stop):
+        worker.run_once(float(now))
+
+
+TROUBLE = {"checkpoint_missing", "checkpoint_corrupt", "checkpoint_recovered", "checkpoint_rewound",
+           "checkpoint_quarantined", "checkpoint_unusable"}
+
+
+def test_the_state_directory_works_from_any_directory_after_a_move_and_from_a_backup(tmp_path, monkeypatch):
+    import shutil
+
+    first = tmp_path / "first"
+    first.mkdir()
+    monkeypatch.chdir(first)
+    state = Path("crystalline-state")  # relative to the working directory, as the CLI's default
+    database = state_store(state)
+    add_text(database, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+    worker = TrainingWorker(tiny_config(state), CorpusQueue(database), ByteTokenizer(), structlog.get_logger())
+    worker.initialize()
+    run_steps(worker, 0, 12)  # checkpoints at 5 and 10, and at 12 on shutdown
+    worker.shutdown()
+    database.close()
+    shutil.copytree(first / state, tmp_path / "backup")  # a backup, restored into a new folder below
+    (first / state).rename(tmp_path / "moved")  # `mv state moved`
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for folder in (Path("../moved"), tmp_path / "backup"):
+        database = state_store(folder)
+        again = TrainingWorker(tiny_config(folder), CorpusQueue(database), ByteTokenizer(), structlog.get_logger())
+        try:
+            with capture_logs() as logs:
+                again.initialize()
+                run_steps(again, 12, 18)  # a checkpoint at 17, in the folder it now lives in
+            assert not TROUBLE & {e["event"] for e in logs}, folder
+            assert again.figures.step == 18 and CorpusQueue(database).latest_checkpoint().step == 17
+            assert (folder / "checkpoints" / "ckpt-000000017.safetensors").exists()
+        finally:
+            again.shutdown()
+            database.close()
+
+
+@pytest.mark.parametrize("old", ["/srv/old/crystalline-state/checkpoints/", "crystalline-state/checkpoints/"])
+def test_rows_of_an_earlier_version_are_read_by_their_file_name(tmp_path, store, old):
+    import sqlalchemy as sa
+
+    from storage.models import checkpoints
+
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+    worker = make_worker(tmp_path, store)
+    worker.initialize()
+    run_steps(worker, 0, 6)
+    worker.trainer.close()
+    with store.write() as connection:  # as an earlier version stored them: as given
+        connection.execute(checkpoints.update().values(path=old + "ckpt-000000005.safetensors"))
+    again = make_worker(tmp_path, store)
+    with capture_logs() as logs:
+        again.initialize()
+    try:
+        assert again.trainer.step_count == 5 and not TROUBLE & {e["event"] for e in logs}
+    finally:
+        again.shutdown()
+
+
+def test_commits_lost_with_the_wal_keep_every_checkpoint_and_rebuild_the_cursor(tmp_path):
+    """kill -9, then `rm corpus.db-wal`: the database falls back to its last WAL checkpoint and no
+    longer names the three newer checkpoint files; they hold the training, so they are used."""
+    state = tmp_path / "state"
+    database = state_store(state)
+    add_text(database, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+    queue = CorpusQueue(database)
+    worker = TrainingWorker(tiny_config(state, keep_checkpoints=10), queue, ByteTokenizer(), structlog.get_logger())
+    worker.initialize()
+    run_steps(worker, 0, 6)  # checkpoint 5, then copied into the main database file
+    with database.engine.connect() as connection:
+        connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    run_steps(worker, 6, 21)  # checkpoints 10, 15 and 20: committed in the WAL only
+    cursor = queue.cursor()
+    assert queue.latest_checkpoint().step == 20
+    lost = (state / "corpus.db").read_bytes()  # the main file alone: what the deleted WAL leaves
+    worker.trainer.close()
+    database.close()
+    (state / "corpus.db").write_bytes(lost)
+    for suffix in ("-wal", "-shm"):
+        (state / f"corpus.db{suffix}").unlink(missing_ok=True)
+
+    database = state_store(state)
+    queue = CorpusQueue(database)
+    assert queue.latest_checkpoint().step == 5  # the commits are really lost
+    again = TrainingWorker(tiny_config(state, keep_checkpoints=10), queue, ByteTokenizer(), structlog.get_logger())
+    try:
+        with capture_logs() as logs:
+            again.initialize()
+        events = [e["event"] for e in logs]
+        assert "checkpoint_recovered" in events and "checkpoint_orphan_removed" not in events
+        assert again.trainer.step_count == 20 and again.figures.position == cursor.stream_position
+        assert queue.cursor() == cursor and queue.latest_checkpoint().step == 20
+        assert [p.name for p in list_checkpoints(state / "checkpoints")] == [
+            f"ckpt-{step:09d}.safetensors" for step in (5, 10, 15, 20)]
+    finally:
+        again.shutdown()
+        database.close()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_with_no_checkpoint_left_the_start_is_one_line_naming_the_way_out(tmp_path, store, damage):
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+    worker = make_worker(tmp_path, store)
+    worker.initialize()
+    run_steps(worker, 0, 11)  # checkpoints 5 and 10
+    worker.trainer.close()
+    for path in list_checkpoints(worker.directory):
+        if damage == "deleted":
+            path.unlink()
+        else:
+            path.write_bytes(path.read_bytes()[:1000])
+    again = make_worker(tmp_path, store)
+    with pytest.raises(CheckpointError) as raised:
+        again.initialize()
+    message = str(raised.value)
+    assert "\n" not in message and "crystalline reset --keep-corpus" in message
+    assert "ckpt-000000010.safetensors: " + ("missing" if damage == "deleted" else "truncated") in message
+    if damage == "truncated":  # moved aside, never deleted
+        assert sorted(p.name for p in (tmp_path / "state" / "quarantine").iterdir()) == [
+            "ckpt-000000005.safetensors", "ckpt-000000010.safetensors"]
+
+
+def test_a_checkpoint_of_a_newer_format_is_one_line_and_never_called_corrupt(tmp_path, store):
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+    worker = make_worker(tmp_path, store)
+    worker.initialize()
+    run_steps(worker, 0, 11)
+    worker.trainer.close()
+    newest = worker.directory / "ckpt-000000010.safetensors"
+    data = newest.read_bytes()
+    newest.write_bytes(data.replace(b'"format_version":"1"', b'"format_version":"7"', 1))
+    again = make_worker(tmp_path, store)
+    with capture_logs() as logs, pytest.raises(CheckpointError) as raised:
+        again.initialize()
+    message = str(raised.value)
+    assert "\n" not in message and "newer than this program reads" in message and "upgrade crystalline" in message
+    assert "checkpoint_corrupt" not in [e["event"] for e in logs]
+    assert newest.exists() and CorpusQueue(store).latest_checkpoint().step == 10  # nothing moved, nothing rewound
+
+
+def test_a_changed_model_shape_names_the_setting_and_the_way_out(tmp_path, store):
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+    worker = make_worker(tmp_path, store)
+    worker.initialize()
+    run_steps(worker, 0, 6)
+    worker.shutdown()
+    config = tiny_config(tmp_path / "state")
+    config = replace(config, model=replace(config.model, d_model=32))
+    again = TrainingWorker(config, CorpusQueue(store), ByteTokenizer(), structlog.get_logger())
+    with capture_logs() as logs:
+        again.initialize()
+    try:
+        assert again.trainer.step_count == 6 and again.trainer.model_config.d_model == 16
+        assert not TROUBLE & {e["event"] for e in logs}  # the intact checkpoints are not called corrupt
+        ignored = next(e for e in logs if e["event"] == "model_config_ignored")
+        assert "model.d_model = 32" in ignored["message"] and "d_model = 16" in ignored["message"]
+        assert "crystalline reset --keep-corpus" in ignored["message"] and "\n" not in ignored["message"]
+    finally:
+        again.shutdown()
+
+
+def test_a_stop_always_names_the_checkpoint_it_stands_on(tmp_path, store):
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+    worker = make_worker(tmp_path, store)
+    worker.initialize()
+    run_steps(worker, 0, 5)  # the scheduled checkpoint lands on the last step: nothing left to save
+    with capture_logs() as logs:
+        worker.shutdown()
+    stopped = [e for e in logs if e["event"] == "trainer_stopped"]
+    assert len(stopped) == 1 and "checkpoint_saved" not in [e["event"] for e in logs]
+    assert stopped[0]["checkpoint_step"] == 5 and stopped[0]["saved"] is False and stopped[0]["unsaved_steps"] == 0
+    assert stopped[0]["checkpoint_path"] == str(worker.directory / "ckpt-000000005.safetensors")
+
+    again = make_worker(tmp_path, store)
+    again.initialize()
+    run_steps(again, 5, 7)
+    with capture_logs() as logs:
+        again.shutdown()
+    stopped = next(e for e in logs if e["event"] == "trainer_stopped")
+    assert (stopped["checkpoint_step"], stopped["saved"]) == (7, True)
+
+
+class FullDisk:
+    """os.fsync failing with ENOSPC (or `error`) while `full`: every checkpoint write fails after
+    its data."""
+
+    def __init__(self, monkeypatch, error: str = "ENOSPC"):
+        import errno
+        import os
+
+        self.full, real = True, os.fsync
+        code = getattr(errno, error)
+
+        def fsync(fd):
+            if self.full:
+                raise OSError(code, os.strerror(code))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("error, blocked", [("ENOSPC", "disk_full"), ("EROFS", "state_unwritable")])
+def test_a_full_disk_defers_the_checkpoint_and_training_goes_on(tmp_path, store, monkeypatch, error, blocked):
+    from crawler.writable import WriteState
+
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+    log = structlog.get_logger()
+    writes = WriteState(tmp_path / "state", log, clock=lambda: 0.0)
+    config = tiny_config(tmp_path / "state")
+    worker = TrainingWorker(config, CorpusQueue(store), ByteTokenizer(), log, writes=writes)
+    worker.initialize()
+    disk = FullDisk(monkeypatch, error)
+    try:
+        with capture_logs() as logs:
+            run_steps(worker, 0, 12)  # checkpoints due at 5 and 10: both blocked
+        events = [e["event"] for e in logs]
+        assert worker.figures.step == 12, "training went on in memory"
+        assert events.count(blocked) == 1 and events.count("checkpoint_deferred") == 2
+        assert writes.blocked == blocked and "checkpoint_saved" not in events
+        assert list((tmp_path / "state" / "checkpoints").iterdir()) == []  # no file, no partial file
+        assert CorpusQueue(store).latest_checkpoint() is None and CorpusQueue(store).cursor().stream_position == 0
+
+        disk.full = False  # space freed: the next re-check clears the block, the loop writes at once
+        assert writes.recheck(0.0, force=True) and writes.generation == 1
+        with capture_logs() as logs:
+            run_steps(worker, 12, 13)
+        saved = [e for e in logs if e["event"] == "checkpoint_saved"]
+        assert [(e["step"], e["reason"]) for e in saved] == [(12, "retry")]
+        assert CorpusQueue(store).latest_checkpoint().step == 12
+    finally:
+        worker.shutdown()
+
+
+def test_a_full_disk_at_shutdown_is_reported_not_raised(tmp_path, store, monkeypatch):
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+    worker = make_worker(tmp_path, store)
+    worker.initialize()
+    run_steps(worker, 0, 7)  # a checkpoint at 5, two steps after it
+    FullDisk(monkeypatch)
+    with capture_logs() as logs:
+        worker.shutdown()
+    stopped = next(e for e in logs if e["event"] == "trainer_stopped")
+    assert (stopped["checkpoint_step"], stopped["saved"], stopped["unsaved_steps"]) == (5, False, 2)
+    assert [p.name for p in list_checkpoints(worker.directory)] == ["ckpt-000000005.safetensors"]
+
+
+def test_a_really_full_disk_defers_the_checkpoint(tmp_path, store):
+    """The same on a real 1 MiB file system (root only: mount a tmpfs as the state directory)."""
+    import os
+    import subprocess
+
+    from crawler.writable import WriteState
+
+    state = tmp_path / "state"
+    state.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(state)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (CAP_SYS_ADMIN); the injected ENOSPC test covers the logic")
+    try:
+        add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+        log = structlog.get_logger()
+        writes = WriteState(state, log, clock=lambda: 0.0)
+        worker = TrainingWorker(tiny_config(state), CorpusQueue(store), ByteTokenizer(), log, writes=writes)
+        worker.initialize()
+        filler = state / "filler"
+        free = os.statvfs(state).f_bavail * os.statvfs(state).f_frsize
+        filler.write_bytes(b"\0" * (free - 40_000))  # less room than one checkpoint (about 95 kB)
+        try:
+            with capture_logs() as logs:
+                run_steps(worker, 0, 6)
+            assert worker.figures.step == 6 and writes.blocked == "disk_full"
+            assert "checkpoint_deferred" in [e["event"] for e in logs]
+            assert sorted(p.name for p in state.iterdir()) == ["checkpoints", "filler"]
+            assert list((state / "checkpoints").iterdir()) == []
+            filler.unlink()
+            assert writes.recheck(0.0, force=True)
+            run_steps(worker, 6, 7)
+            assert CorpusQueue(store).latest_checkpoint().step == 6
+        finally:
+            worker.shutdown()
+    finally:
+        subprocess.run(["umount", str(state)], check=True)

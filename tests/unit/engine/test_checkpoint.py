@@ -14,6 +14,7 @@ import safetensors.numpy
 from engine.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
+    CheckpointIncompatible,
     _digest,
     list_checkpoints,
     load_checkpoint,
@@ -180,6 +181,25 @@ def test_newer_format_version_is_rejected(tmp_path):
     bad = resave(path, tensors, {**meta, "format_version": str(FORMAT_VERSION + 1)})
     with pytest.raises(CheckpointError, match="format_version"):
         load_checkpoint(bad)
+
+
+def test_an_intact_but_unusable_checkpoint_is_never_called_corrupt(tmp_path):
+    path = save(tmp_path, 5)
+    tensors, meta = read_parts(path)
+    with pytest.raises(CheckpointIncompatible, match="newer than this program reads"):
+        load_checkpoint(resave(path, tensors, {**meta, "format_version": str(FORMAT_VERSION + 1)}))
+    with pytest.raises(CheckpointIncompatible, match="d_model: checkpoint=8 expected=16"):
+        load_checkpoint(path, expect=ModelConfig(vocab_size=11, context_length=8, d_model=16, n_layer=1, n_head=2))
+
+
+@pytest.mark.parametrize("key", ["extra", "train_state"])
+def test_metadata_that_is_not_an_object_is_rejected(tmp_path, key):
+    path = save(tmp_path, 5)
+    tensors, meta = read_parts(path)
+    bad = {**meta, key: "[1, 2]"}
+    bad["sha256"] = _digest([tensors[name] for name in ("params", "adam_m", "adam_v")], bad)  # re-signed
+    with pytest.raises(CheckpointError, match="must be JSON objects"):
+        load_checkpoint(resave(path, tensors, bad))
 
 
 def test_missing_tensor_is_rejected(tmp_path):

@@ -67,7 +67,8 @@ def test_every_parameter_receives_gradient():
     for name, view in zip(views._fields, views):
         if name == "wpe":
             view = view[:8]
-        assert np.abs(view).sum() > 0, f"{name} got no gradient"
+        if view.size:  # an entry the architecture turns off is empty (lm_head when tied)
+            assert np.abs(view).sum() > 0, f"{name} got no gradient"
 
 
 def test_reduction_plan_sums_every_row_for_tree_sizes():

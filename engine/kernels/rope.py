@@ -1,0 +1,110 @@
+"""Rotary position embeddings (Su et al. 2021, "RoFormer"), in the half-split layout of GPT-NeoX
+and Llama: within each head, channel i pairs with channel i + hs/2 and the pair is turned by the
+angle t * base^(-2i/hs) of its position t.
+
+    out1 = x1 cos - x2 sin,  out2 = x2 cos + x1 sin
+
+Only q and k turn: q . k then depends on the positions through their difference alone. The
+kernels work on the fused (B, T, 3C) buffer of attention.py: the heads of q and then of k are
+the 2*NH contiguous hs-wide slices of its first 2C channels; v is copied through. A rotation is
+linear and orthogonal, so the backward is the opposite turn and needs nothing cached.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import KERNEL
+
+BASE = 10000.0
+
+
+def rope_tables(maxT: int, hs: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin (maxT, hs/2) float32: row t holds the angles t * BASE^(-2i/hs), computed in
+    float64 and rounded once."""
+    inv_freq = BASE ** (-np.arange(0, hs, 2, dtype=np.float64) / hs)  # (hs/2,)
+    angles = np.outer(np.arange(maxT, dtype=np.float64), inv_freq)  # (maxT, hs/2)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+@njit(**KERNEL)
+def rope_forward(out, inp, cos, sin, NH):
+    """out (B, T, 3C) is written and may be the same array as inp (B, T, 3C); cos, sin
+    (maxT, hs/2) with maxT >= T, row t for position t."""
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    hs = C // NH
+    half = hs // 2
+    for b in range(B):
+        for t in range(T):
+            x = inp[b, t]
+            o = out[b, t]
+            co = cos[t]
+            si = sin[t]
+            # pass 1: turn each head of q and of k (both values are read before either is written)
+            for h in range(2 * NH):
+                base = h * hs
+                for i in range(half):
+                    x1 = x[base + i]
+                    x2 = x[base + half + i]
+                    o[base + i] = x1 * co[i] - x2 * si[i]
+                    o[base + half + i] = x2 * co[i] + x1 * si[i]
+            # pass 2: v goes through unchanged
+            for c in range(2 * C, C3):
+                o[c] = x[c]
+
+
+@njit(**KERNEL)
+def rope_backward(dinp, dout, cos, sin, NH):
+    """dinp (B, T, 3C) is overwritten (one producer) and may be the same array as dout."""
+    B, T, C3 = dout.shape
+    C = C3 // 3
+    hs = C // NH
+    half = hs // 2
+    for b in range(B):
+        for t in range(T):
+            g = dout[b, t]
+            d = dinp[b, t]
+            co = cos[t]
+            si = sin[t]
+            for h in range(2 * NH):
+                base = h * hs
+                for i in range(half):
+                    # forward: out1 = x1 cos - x2 sin; out2 = x2 cos + x1 sin  (the transpose turns back)
+                    g1 = g[base + i]
+                    g2 = g[base + half + i]
+                    d[base + i] = g1 * co[i] + g2 * si[i]
+                    d[base + half + i] = g2 * co[i] - g1 * si[i]
+            for c in range(2 * C, C3):
+                d[c] = g[c]
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy references
+
+
+def rope_rotate_reference(x, positions):
+    """x (..., T, hs) turned by the angles of `positions` (T,), in float64."""
+    hs = x.shape[-1]
+    inv_freq = BASE ** (-np.arange(0, hs, 2, dtype=np.float64) / hs)
+    angles = np.outer(np.asarray(positions, dtype=np.float64), inv_freq)  # (T, hs/2)
+    cos, sin = np.cos(angles), np.sin(angles)
+    x1, x2 = x[..., : hs // 2], x[..., hs // 2 :]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def rope_forward_reference(inp, NH):
+    B, T, C3 = inp.shape
+    C = C3 // 3
+    hs = C // NH
+    heads = inp[..., : 2 * C].reshape(B, T, 2 * NH, hs).transpose(0, 2, 1, 3)  # (B, 2NH, T, hs)
+    turned = rope_rotate_reference(heads, np.arange(T)).transpose(0, 2, 1, 3).reshape(B, T, 2 * C)
+    return np.concatenate([turned, inp[..., 2 * C :]], axis=-1)
+
+
+def rope_backward_reference(dout, NH):
+    B, T, C3 = dout.shape
+    C = C3 // 3
+    hs = C // NH
+    heads = dout[..., : 2 * C].reshape(B, T, 2 * NH, hs).transpose(0, 2, 1, 3)
+    back = rope_rotate_reference(heads, -np.arange(T)).transpose(0, 2, 1, 3).reshape(B, T, 2 * C)
+    return np.concatenate([back, dout[..., 2 * C :]], axis=-1)

@@ -1,0 +1,172 @@
+"""Muon (Jordan et al. 2024): momentum orthogonalised by a Newton-Schulz iteration, for the
+transformer blocks' 2-D weight matrices. Everything else keeps AdamW (engine/adamw.py).
+
+Reference: K. Jordan et al., "Muon: An optimizer for hidden layers in neural networks" (2024),
+https://kellerjordan.github.io/posts/muon/, and its code (github.com/KellerJordan/Muon, muon.py,
+`zeropower_via_newtonschulz5` and `muon_update`), which this follows step by step:
+  momentum = beta * momentum + (1 - beta) * g          (the reference's momentum.lerp_(g, 1 - beta))
+  u        = (1 - beta) * g + beta * momentum          (Nesterov: g.lerp_(momentum, beta))
+  O        = NewtonSchulz5(u)                          (close to the polar factor U V^T of u)
+  p        = p - lr * weight_decay * p - lr * sqrt(max(1, rows / cols)) * O
+Shape-dependent scale: the reference's max(1, rows/cols)**0.5 with rows the output dimension
+(our weights are (OC, C), as torch.nn.Linear's): the MLP's fc (4C, C) steps 2x, square and
+wide matrices 1x. The rate is in spectral-norm units, so muon_lr (0.02) is not AdamW's rate.
+
+Newton-Schulz: the quintic X <- a X + (b A + c A^2) X with A = X X^T and (a, b, c) = (3.4445,
+-4.7750, 2.0315), on X = u / ||u||_F (spectral norm <= 1), transposed so that X is m x n with
+m <= n (A is then the smaller Gram matrix). It keeps the singular vectors and maps each singular
+value x = sigma / ||u||_F through p(x) = a x + b x^3 + c x^5 once a step. The coefficients push
+small values up fast (slope 3.4 at 0) rather than converge to exactly 1: after 5 steps every
+singular value with x >= 0.0016 lies in [0.68, 1.21] (the band p oscillates in; tests check it),
+which the reference found does not hurt training. Smaller ones stay below it: 3 steps lift only
+x >= 0.018 into the band, 4 steps x >= 0.0052. It runs in float32 through numba's np.dot (SciPy's
+sgemm), the matmul kernels' BLAS path; the caller holds BLAS to one thread.
+
+Which matrices: the query, key and value blocks of qkvw are orthogonalised as three (C, C)
+matrices (they are three linear maps; the speedrun's batched Muon treats its (4, C, C) qkvo
+weight the same way), attprojw (C, C), fcw (H, C) and fcprojw (C, H), per layer. The momentum
+lives in the matrices' slots of AdamW's first-moment buffer `m` (both are exponential averages of
+the gradient), so checkpoints, cool-down copies and resume carry it unchanged; their slots of
+`v` stay unused. Knows nothing of threads: parallel.update_plan hands each worker whole matrices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .kernels import KERNEL
+from .layout import Table
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NORM_EPS = 1e-7
+# (tensor, number of row blocks it is cut into): tensors of shape (L, rows, cols) in the table
+MUON_TENSORS = (("qkvw", 3), ("attprojw", 1), ("fcw", 1), ("fcprojw", 1))
+
+
+def muon_matrices(table: Table) -> np.ndarray:
+    """The matrices Muon updates, as an int64 array of (offset, rows, cols) rows into the flat
+    parameter buffer, in table order. A tensor the table lacks is skipped."""
+    found = []
+    for name, blocks in MUON_TENSORS:
+        if name not in table.offsets:
+            continue
+        L, rows, cols = table.shapes[name]
+        rows //= blocks
+        offset = table.offsets[name].offset
+        for _ in range(L * blocks):
+            found.append((offset, rows, cols))
+            offset += rows * cols
+    return np.array(found, dtype=np.int64).reshape(-1, 3)
+
+
+def orthogonalisation_flops(rows: int, cols: int, steps: int) -> int:
+    """Floating-point operations of `steps` Newton-Schulz steps on a rows x cols matrix."""
+    m, n = min(rows, cols), max(rows, cols)
+    return steps * (4 * m * m * n + 2 * m**3)  # A = X X^T, A A, B X
+
+
+def scratch_size(matrices: np.ndarray) -> int:
+    """float32 elements of one worker's working memory for muon_update: X, Y (m, n), A, B (m, m)."""
+    sizes = [2 * r * c + 2 * min(r, c) ** 2 for _, r, c in matrices]
+    return max(sizes, default=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+
+
+@njit(**KERNEL)
+def newton_schulz(X, A, B, Y, steps):
+    """X (m, n), m <= n and ||X||_F <= 1, is overwritten with NewtonSchulz5(X); A, B (m, m) and
+    Y (m, n) are scratch."""
+    a = np.float32(NS_COEFFICIENTS[0])
+    b = np.float32(NS_COEFFICIENTS[1])
+    c = np.float32(NS_COEFFICIENTS[2])
+    m, n = X.shape
+    for _ in range(steps):
+        # pass 1: A = X X^T, then B = b A + c A A
+        np.dot(X, X.T, A)
+        np.dot(A, A, B)
+        for i in range(m):
+            for j in range(m):
+                B[i, j] = b * A[i, j] + c * B[i, j]
+        # pass 2: X = a X + B X
+        np.dot(B, X, Y)
+        for i in range(m):
+            for j in range(n):
+                X[i, j] = a * X[i, j] + Y[i, j]
+
+
+@njit(**KERNEL)
+def muon_update(params, grads, momentum, matrices, scratch, lr, beta, weight_decay, grad_scale, steps):
+    """Update each matrix of `matrices` (k, 3) int64 rows (offset, rows, cols) in place in the flat
+    params, from grads (scaled by grad_scale) and momentum; zero the matrices' gradient.
+    scratch is flat float32 of at least scratch_size(matrices) elements."""
+    bt = np.float32(beta)
+    one_minus = np.float32(1.0) - bt
+    s = np.float32(grad_scale)
+    shrink = np.float32(1.0 - lr * weight_decay)
+    for k in range(matrices.shape[0]):
+        offset, R, C = matrices[k, 0], matrices[k, 1], matrices[k, 2]
+        transpose = R > C  # X is u^T, so that X is m x n with m <= n
+        m, n = min(R, C), max(R, C)
+        X = scratch[: m * n].reshape((m, n))
+        Y = scratch[m * n : 2 * m * n].reshape((m, n))
+        A = scratch[2 * m * n : 2 * m * n + m * m].reshape((m, m))
+        B = scratch[2 * m * n + m * m : 2 * m * n + 2 * m * m].reshape((m, m))
+        # pass 1: momentum, the Nesterov look-ahead u into X, and ||u||_F
+        norm2 = 0.0
+        for i in range(R):
+            for j in range(C):
+                idx = offset + i * C + j
+                g = grads[idx] * s
+                mom = bt * momentum[idx] + one_minus * g
+                momentum[idx] = mom
+                u = one_minus * g + bt * mom
+                if transpose:
+                    X[j, i] = u
+                else:
+                    X[i, j] = u
+                norm2 += np.float64(u) * np.float64(u)
+                grads[idx] = np.float32(0.0)
+        # pass 2: scale to Frobenius norm 1, so the spectral norm is at most 1
+        inv = np.float32(1.0 / (math.sqrt(norm2) + NORM_EPS))
+        for i in range(m):
+            for j in range(n):
+                X[i, j] *= inv
+        # pass 3: orthogonalise
+        newton_schulz(X, A, B, Y, steps)
+        # pass 4: decoupled decay, then the step of size lr * sqrt(max(1, rows/cols))
+        step = np.float32(lr * math.sqrt(max(1.0, R / C)))
+        for i in range(R):
+            for j in range(C):
+                idx = offset + i * C + j
+                o = X[j, i] if transpose else X[i, j]
+                params[idx] = params[idx] * shrink - step * o
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy references (float64)
+
+
+def newton_schulz_reference(G: np.ndarray, steps: int) -> np.ndarray:
+    """NewtonSchulz5 of G (any shape (rows, cols)), as the reference's zeropower_via_newtonschulz5."""
+    a, b, c = NS_COEFFICIENTS
+    X = G.T if G.shape[0] > G.shape[1] else G
+    X = X / (np.linalg.norm(X) + NORM_EPS)
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return X.T if G.shape[0] > G.shape[1] else X
+
+
+def muon_update_reference(param, grad, momentum, lr, beta, weight_decay, steps):
+    """One Muon step on one matrix; returns new (param, momentum)."""
+    momentum = beta * momentum + (1 - beta) * grad
+    u = (1 - beta) * grad + beta * momentum
+    rows, cols = param.shape
+    update = newton_schulz_reference(u, steps) * max(1.0, rows / cols) ** 0.5
+    return param * (1 - lr * weight_decay) - lr * update, momentum
