@@ -3,31 +3,41 @@
 #   docker run -d --name crystalline -v crystalline-data:/data -v "$PWD/inbox:/inbox" crystalline
 #   docker stop -t 90 crystalline      (the default 10 s may cut the final checkpoint short)
 #
-# python:3.11-slim on Debian 12 (bookworm), named so that the pinned tini below exists in it.
-FROM python:3.11-slim-bookworm
+# The base is a build argument: the official python:3.11-slim on Debian 12 (bookworm) by default,
+# or any Debian 12 with python3 and python3-venv (CI builds on one made with mmdebstrap:
+# tests/deploy/). tini comes from the base when it has it (Debian's /usr/bin/tini), else from apt,
+# pinned to bookworm's version.
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
 
 # tini is PID 1: it forwards SIGTERM to the daemon and reaps any child processes.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
-    && rm -rf /var/lib/apt/lists/*
+RUN if [ ! -x /usr/bin/tini ]; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends tini=0.19.0-1+b3 \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
 
 # A fixed numeric uid/gid, so volume ownership is predictable (chown 10001:10001 a host folder).
-RUN groupadd --system --gid 10001 crystalline \
-    && useradd --system --no-log-init --uid 10001 --gid 10001 --home-dir /data \
-        --no-create-home --shell /usr/sbin/nologin crystalline \
+# (Written into /etc/passwd and /etc/group directly: a minimal Debian has no useradd.)
+RUN echo "crystalline:x:10001:" >>/etc/group \
+    && echo "crystalline:x:10001:10001:crystalline:/data:/usr/sbin/nologin" >>/etc/passwd \
     && mkdir -p /data /inbox /opt/crystalline/numba-cache \
     && chown 10001:10001 /data /inbox /opt/crystalline/numba-cache
 
-# The dependencies exactly as locked (requirements.lock: every version pinned, every file's hash
-# checked), then the package alone; the sources are then removed, so only the installed copy
-# under site-packages is ever imported.
+# A virtualenv of its own, first on PATH (Debian's python3 refuses a system-wide pip install).
+# Into it, the dependencies exactly as locked (requirements.lock: every version pinned, every
+# file's hash checked), then the package alone; the sources are then removed, so only the
+# installed copy under the venv's site-packages is ever imported.
+ENV VIRTUAL_ENV=/opt/crystalline/venv
+ENV PATH=/opt/crystalline/venv/bin:$PATH
 COPY requirements.lock /tmp/src/
-RUN pip install --no-cache-dir --require-hashes -r /tmp/src/requirements.lock
+RUN python3 -m venv "$VIRTUAL_ENV" \
+    && pip install --no-cache-dir --disable-pip-version-check --require-hashes -r /tmp/src/requirements.lock
 COPY pyproject.toml README.md LICENSE /tmp/src/
 COPY engine /tmp/src/engine
 COPY storage /tmp/src/storage
 COPY crawler /tmp/src/crawler
-RUN pip install --no-cache-dir --no-deps /tmp/src \
+RUN pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/src \
     && pip check \
     && rm -rf /tmp/src
 
@@ -61,5 +71,5 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 \
     CMD ["crystalline", "status", "--health"]
 
-ENTRYPOINT ["tini", "--", "crystalline"]
+ENTRYPOINT ["/usr/bin/tini", "--", "crystalline"]
 CMD ["run"]

@@ -2,8 +2,8 @@
 
 Each cycle starts `python -m crawler run` on one state directory (a tiny model, a checkpoint every
 5 steps, idle "replay" so that it always trains), drops 1-4 good text files and, at random, bad
-inputs (binary, empty, too large, a name that is not UTF-8, a symlink loop, a symlink out of the
-root, a FIFO, an editor autosave, a file deleted at once), waits a random 0.5-4 s, and SIGKILLs
+inputs (binary, empty, too large, a symlink loop, a symlink out of the root, a FIFO, an editor
+autosave, a file deleted at once; and a good file whose name is not UTF-8), waits a random 0.5-4 s, and SIGKILLs
 it. A last daemon then runs until every good file is stored and stops with SIGTERM (exit 0 is
 required). The check, on the database and the files:
 
@@ -84,8 +84,9 @@ def drop_good(inbox: Path, name: str, seed: int, size: int) -> None:
     os.rename(tmp, path)
 
 
-def drop_bad(inbox: Path, kind: str, n: int) -> None:
-    """One bad input of `kind`; its name starts with "bad" (or is an editor leftover)."""
+def drop_bad(inbox: Path, kind: str, n: int) -> str | None:
+    """One bad input of `kind` in its own folder; returns the key (folder/name, as stored) of
+    the one kind that must be stored all the same, the file whose name is not UTF-8."""
     folder = inbox / f"bad{n:03d}"
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "binary":
@@ -94,8 +95,8 @@ def drop_bad(inbox: Path, kind: str, n: int) -> None:
         (folder / "bad-empty.txt").write_bytes(b"")
     elif kind == "huge":
         (folder / "bad-huge.txt").write_text("x" * 60_000)
-    elif kind == "name":  # a name that is not UTF-8, holding text that is never stored elsewhere
-        with open(os.path.join(os.fsencode(folder), b"bad-\xff\xfename.txt"), "w") as f:
+    elif kind == "name":  # a name that is not UTF-8: a good file all the same, stored (escaped) once
+        with open(os.path.join(os.fsencode(folder), b"odd-\xff\xfename.txt"), "w") as f:
             f.write(good_text(10_000_000 + n, 2000))
     elif kind == "loop":
         os.symlink(folder / "bad-loop-b", folder / "bad-loop-a")
@@ -112,6 +113,13 @@ def drop_bad(inbox: Path, kind: str, n: int) -> None:
         gone = folder / "bad-gone.txt"
         gone.write_text("here for a moment\n")
         gone.unlink()
+    return f"{folder.name}/odd-%FF%FEname.txt" if kind == "name" else None
+
+
+def key_of(source_path: str) -> str:
+    """folder/name of a stored source path (names that are not UTF-8 are stored escaped)."""
+    path = Path(source_path.removeprefix("escaped:"))
+    return f"{path.parent.name}/{path.name}"
 
 
 BAD_KINDS = ("binary", "empty", "huge", "name", "loop", "outside", "fifo", "autosave", "deleted")
@@ -151,7 +159,7 @@ def check(state: Path, good: set[str]) -> dict:
     failures: list[str] = []
     documents = rows(state)
     in_stream = [r for r in documents if r["status"] in IN_STREAM]
-    names = [Path(r["source_path"]).name for r in in_stream]
+    names = [key_of(r["source_path"]) for r in in_stream]
     missing = sorted(good - set(names))
     twice = sorted({n for n in names if names.count(n) > 1})
     bad = sorted(n for n in names if n not in good)
@@ -224,10 +232,11 @@ def main(argv=None) -> int:
             for _ in range(rng.randint(1, 4)):
                 name = f"good-{len(good):04d}.txt"
                 drop_good(inbox / f"c{cycle:03d}", name, seed=len(good), size=rng.randint(500, 6000))
-                good.add(name)
+                good.add(f"c{cycle:03d}/{name}")
             if rng.random() < args.bad_share:
                 kind = rng.choice(BAD_KINDS)
-                drop_bad(inbox, kind, cycle)
+                if (stored := drop_bad(inbox, kind, cycle)) is not None:
+                    good.add(stored)
                 bad_counts[kind] = bad_counts.get(kind, 0) + 1
             time.sleep(rng.uniform(0.5, 4.0))
             proc.send_signal(signal.SIGKILL)
@@ -239,7 +248,7 @@ def main(argv=None) -> int:
         proc = start(state, final_log)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            stored = {Path(r["source_path"]).name for r in rows(state) if r["status"] in IN_STREAM} \
+            stored = {key_of(r["source_path"]) for r in rows(state) if r["status"] in IN_STREAM} \
                 if (state / "corpus.db").exists() else set()
             if good <= stored and any(e.get("event") == "train_step" for e in events(final_log)):
                 break

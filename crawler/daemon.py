@@ -43,6 +43,8 @@ EXIT_FAILED = 1  # the supervisor itself failed: a bug (daemon_failed holds the 
 EXIT_WORKER_FAILED = 3  # a worker could not start: a setting, a checkpoint (one line says which)
 EXIT_STORAGE_FAILED = 4  # the store or the state directory could not be opened at start
 EXIT_AT_ONCE = 130  # the second stop signal
+# a stop signal this soon after the first is the same request delivered twice, not a second one
+REPEAT_SIGNAL_SECONDS = 1.0
 LOOP_SECONDS = 0.2  # the supervisor's step
 WATCHER_JOIN_SECONDS = 5.0  # of the stop budget, at most this for the watcher
 JOIN_SLICE_SECONDS = 0.1  # the stop's joins wait this long at a time and then ask the clock
@@ -260,6 +262,7 @@ class Daemon:
         self.stop_event = threading.Event()  # the workers' stop flag
         self.signals: list[int] = []
         self.stop_requested = False  # set by the first SIGTERM or SIGINT
+        self.stop_requested_at = 0.0
         self.notifier = Notifier.from_environment()
         self.workers: dict[str, WorkerThread] = {}
         self.restarts: dict[str, tuple[int, float]] = {}  # name -> (count, not before)
@@ -274,9 +277,12 @@ class Daemon:
 
     def _on_signal(self, signum, frame) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
+            now = self.clock()
             if self.stop_requested:
+                if now - self.stop_requested_at < REPEAT_SIGNAL_SECONDS:
+                    return  # the same stop delivered twice (`timeout make run` signals make and its group)
                 os._exit(EXIT_AT_ONCE)  # the second stop signal: at once
-            self.stop_requested = True
+            self.stop_requested, self.stop_requested_at = True, now
         self.signals.append(signum)
 
     # --- run ------------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Every event carries `timestamp` (ISO-8601, UTC), `level` and `event` (a snake_ca
 past-tense verb, such as `checkpoint_saved`); variable data goes in fields. Off a TTY each event
 is one JSON line (orjson when installed, else the standard json module); on a TTY it is rendered
 for people by structlog's console renderer. Events go to stdout by default; commands whose stdout
-is their result (`generate`, `eval --json`) pass stderr instead.
+is their result (`generate`, `eval --json`) pass stderr instead. When that stream is the journal
+(systemd's JOURNAL_STREAM names its device and inode), each line starts with its syslog priority,
+`<4>` for a warning, so that `journalctl -p warning` selects by level; nowhere else.
 It is not an event catalogue: the modules that log choose their own events.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json as _json
 import logging as _stdlib_logging
+import os
 import sys
 from pathlib import PurePath
 from typing import IO, Any
@@ -24,6 +27,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     orjson = None
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# syslog priorities (sd-daemon(3)'s <N> prefixes) by structlog method name; anything else is info
+JOURNAL_PRIORITY = {"debug": 7, "info": 6, "msg": 6, "warning": 4, "warn": 4, "error": 3, "exception": 3,
+                    "critical": 2, "fatal": 2}
 
 
 def _default(value: Any) -> Any:
@@ -82,6 +89,8 @@ def configure_logging(
         ]
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=on_tty))
+    if is_journal(stream):
+        processors.append(_journal_prefix)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -92,6 +101,23 @@ def configure_logging(
         # to loggers that already exist
         cache_logger_on_first_use=False,
     )
+
+
+def is_journal(stream: IO[str], environ: Any = None) -> bool:
+    """True when `stream` is connected to the journal: JOURNAL_STREAM ("DEVICE:INODE", set by
+    systemd for a service's stdout and stderr) names the file `stream` writes to."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):  # unset or malformed; a stream with no file
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
+def _journal_prefix(logger: Any, method: str, rendered: str) -> str:
+    """After the renderer: `<N>` before the line, read (and removed) by journald as its priority."""
+    return f"<{JOURNAL_PRIORITY.get(method, 6)}>{rendered}"
 
 
 def _dropper(names: frozenset[str]):
