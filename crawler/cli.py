@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -47,7 +48,7 @@ from .config import DATABASE_FILE, load_config
 from .corpus_commands import add_commands as add_corpus_commands
 from .service_commands import add_commands as add_service_commands
 from .state_commands import add_commands as add_state_commands
-from .daemon import DaemonError
+from .daemon import REPEAT_SIGNAL_SECONDS, DaemonError
 from .health import DaemonAlreadyRunning
 from .data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
 from .logging import configure_logging, get_logger
@@ -292,18 +293,28 @@ def _load_corpus(paths: Sequence[str], tokenizer: Tokenizer, log: Any):
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM handlers that only set a flag; a second signal stops at once."""
+    """SIGINT/SIGTERM handlers that only set a flag; a second signal stops at once, unless it
+    comes within REPEAT_SIGNAL_SECONDS of the first (the same stop delivered twice, as the
+    daemon takes it)."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._clock = clock
+        self._first_at = 0.0
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        for sig in self.SIGNALS:  # the next signal takes the default path: stop now
-            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+        now = self._clock()
+        if self.signum is None:
+            self.signum, self._first_at = signum, now
+            return
+        if now - self._first_at < REPEAT_SIGNAL_SECONDS:
+            return
+        if signum == signal.SIGINT:  # stop now: main() reports it as interrupted
+            raise KeyboardInterrupt
+        os._exit(128 + signum)
 
     def __enter__(self) -> "_StopFlag":
         if threading.current_thread() is not threading.main_thread():
