@@ -21,7 +21,7 @@ from engine import ConfigError
 from .config import DATABASE_FILE, Config, load_config
 from .ingest import IngestSummary, Ingestor, iter_files
 from .logging import get_logger
-from .progress import IngestProgress
+from .progress import IngestProgress, on_terminal
 
 
 def add_commands(commands: Any, state: dict) -> None:
@@ -71,9 +71,12 @@ def ingest_paths(paths, queue, tokenizer, config: Config, log, level: str = "deb
     summary = IngestSummary()
     ingestor = Ingestor(queue, tokenizer, config.extract)
     emit = getattr(log, level)
-    files = list(iter_files(paths))  # walked first: the bar needs the totals
-    sizes = {os.path.abspath(f): _size(f) for f, _ in files}
-    progress = IngestProgress(len(files), sum(sizes.values()), stream=progress_stream)
+    stream = progress_stream if progress_stream is not None else sys.stderr
+    files, sizes = iter_files(paths), {}
+    if on_terminal(stream):  # the bar needs the totals: walk first (off a terminal, walk as we go)
+        files = list(files)
+        sizes = {os.path.abspath(f): _size(f) for f, _ in files}
+    progress = IngestProgress(len(sizes), sum(sizes.values()), stream=stream)
     try:
         for outcome in ingestor.ingest_files(files):
             summary.add(outcome)
