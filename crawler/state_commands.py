@@ -9,8 +9,17 @@ files are moved into STATE_DIR/quarantine/reset-<time>/, the checkpoint rows and
 history are deleted, the cursor goes back to the start) and keeps the stored text, which the next
 start trains on from the beginning. Neither deletes a checkpoint file.
 
-Both hold the state directory's lock, so neither runs beside a daemon or `train`. Wired into the
-parser by crawler/cli.py; every expected failure is one line there.
+Both hold the state directory's lock, so neither runs beside a daemon or `train`.
+
+`backup DEST` is the one that runs beside them: a consistent copy of a state directory whose
+store is SQLite, daemon running or not. The database through SQLite's online backup API (one
+snapshot, even while the daemon writes), then the checkpoint files that snapshot names (files
+are never rewritten in place, so a copy is whole), best.safetensors, tokenizer.json and
+crystalline.toml; into DEST.partial, renamed to DEST when complete. Should the daemon prune the
+newest file the snapshot names before it is copied, the whole copy is taken again. DEST restores
+by being used as a state directory (checkpoint rows name files relative to it). A PostgreSQL
+store is copied with pg_dump (docs/STORAGE.md). Wired into the parser by crawler/cli.py; every
+expected failure is one line there.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from engine import ConfigError
+from engine.checkpoint import fsync_path
 
-from .checkpoints import QUARANTINE_DIR, check_best, reconcile, remove_temporary_files, set_aside_model
+from .checkpoints import (CHECKPOINT_DIR as CHECKPOINT_DIR_NAME, QUARANTINE_DIR, check_best, checkpoint_directory,
+                          reconcile, remove_temporary_files, resolve, set_aside_model)
 from .config import load_config
 from .logging import get_logger
 
@@ -41,6 +52,12 @@ def add_commands(commands: Any, state: dict) -> None:
     for flag, kw in common.items():
         reset.add_argument(flag, **kw)
     reset.set_defaults(handler=command_reset)
+
+    backup = commands.add_parser("backup", help="copy the state directory consistently, even while a daemon runs")
+    backup.add_argument("dest", metavar="DEST", help="a new folder; it becomes a state directory to run on")
+    for flag, kw in common.items():
+        backup.add_argument(flag, **kw)
+    backup.set_defaults(handler=command_backup)
 
 
 class _OpenState:
@@ -126,3 +143,94 @@ def command_reset(args: argparse.Namespace) -> int:
     print(f"reset: the model and its training state are dropped ({where}); the corpus keeps {kept:,} documents, "
           f"{stats.tokens_total:,} tokens, which the next start trains on from the beginning")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# backup
+
+BACKUP_ATTEMPTS = 3  # snapshots taken before giving up on a daemon that prunes faster than we copy
+STATE_FILES = ("tokenizer.json", "crystalline.toml")  # copied when present
+
+
+def command_backup(args: argparse.Namespace) -> int:
+    """Copy the state directory into DEST (see the module docstring); one summary line."""
+    import os
+    import shutil
+
+    from sqlalchemy.engine import make_url
+
+    config = load_config(args.config, state_dir=args.state_dir)
+    state, dest = config.state_dir, Path(args.dest)
+    url = make_url(config.database_url)
+    if url.get_backend_name() != "sqlite":
+        raise ConfigError("backup copies a SQLite store; for PostgreSQL run pg_dump on the database and copy "
+                          f"{checkpoint_directory(state)} (docs/STORAGE.md)")
+    database = Path(url.database)
+    if not database.is_file():
+        raise ConfigError(f"{database}: no database to back up (pass --state-dir)")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ConfigError(f"{dest} already exists and is not an empty folder: name a new one")
+    partial = dest.with_name(dest.name + ".partial")
+    if partial.exists():
+        raise ConfigError(f"{partial} is left from an interrupted backup: remove it, then run backup again")
+    for _ in range(BACKUP_ATTEMPTS):
+        shutil.rmtree(partial, ignore_errors=True)
+        copied = _copy_state(state, database, partial)
+        if copied is not None:
+            break
+    else:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ConfigError(f"the daemon pruned the newest checkpoint before it could be copied, {BACKUP_ATTEMPTS} "
+                          "times: run backup again")
+    files, size, step, documents = copied
+    if dest.exists():
+        dest.rmdir()  # the empty folder named
+    os.replace(partial, dest)
+    fsync_path(dest.parent)
+    get_logger("backup").info("state_backed_up", state_dir=str(state), dest=str(dest), files=files, bytes=size,
+                              checkpoint_step=step, documents=documents)
+    newest = f"the model at step {step}" if step is not None else "no checkpoint yet"
+    print(f"backup: {dest}: the database ({documents:,} documents), {newest}, {files} file(s), {size / 1e6:.1f} MB; "
+          f"run on it with --state-dir {dest}")
+    return 0
+
+
+def _copy_state(state: Path, database: Path, out: Path):
+    """One attempt: (files, bytes, newest step, documents), or None when the newest checkpoint
+    the snapshot names was pruned before it was copied."""
+    import shutil
+    import sqlite3
+
+    (out / CHECKPOINT_DIR_NAME).mkdir(parents=True)
+    snapshot = out / database.name
+    source = sqlite3.connect(database, timeout=30)
+    try:
+        target = sqlite3.connect(snapshot)
+        try:
+            source.backup(target)  # one consistent snapshot, while the daemon goes on writing
+            rows = target.execute("SELECT step, path FROM checkpoints ORDER BY id DESC").fetchall()
+            documents = target.execute("SELECT count(*) FROM documents WHERE status IN ('queued', 'trained')").fetchone()[0]
+        finally:
+            target.close()
+    finally:
+        source.close()
+    copies = [snapshot]
+    for index, (_, stored) in enumerate(rows):
+        path = resolve(state, stored)
+        try:
+            copies.append(Path(shutil.copy2(path, out / CHECKPOINT_DIR_NAME / path.name)))
+        except FileNotFoundError:
+            if index == 0:
+                return None  # the newest: pruned behind the snapshot's back; take another snapshot
+            continue  # an older row whose file the retention pruned long ago
+    best = checkpoint_directory(state) / "best.safetensors"
+    for path, target in [(best, out / CHECKPOINT_DIR_NAME / best.name)] + [(state / n, out / n) for n in STATE_FILES]:
+        try:
+            copies.append(Path(shutil.copy2(path, target)))
+        except FileNotFoundError:
+            pass
+    for path in copies:
+        fsync_path(path)
+    fsync_path(out / CHECKPOINT_DIR_NAME)
+    fsync_path(out)
+    return len(copies), sum(p.stat().st_size for p in copies), rows[0][0] if rows else None, documents

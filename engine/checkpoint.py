@@ -75,9 +75,10 @@ def _digest(tensors: list[np.ndarray], metadata: dict[str, str]) -> str:
     return h.hexdigest()
 
 
-def _fsync_directory(directory: Path) -> None:
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    fd = os.open(directory, flags)
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (that a rename or a new name is durable), to the disk."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if Path(path).is_dir() else 0)
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
@@ -160,7 +161,7 @@ def write_atomically(final: Path, data: bytes, what: str) -> None:
             os.fsync(f.fileno())
         os.replace(temp, final)
         temp = None
-        _fsync_directory(directory)
+        fsync_path(directory)
     except OSError as exc:
         raise CheckpointError(final, f"cannot write {what}: {exc}") from exc
     finally:

@@ -126,3 +126,58 @@ def test_a_store_url_in_a_missing_folder_is_one_line(capsys, tmp_path, monkeypat
     status, _, err = run(capsys, "status", "--state-dir", tmp_path / "state")
     line = error_line(err)
     assert status == 1 and f"{tmp_path / 'nowhere'} does not exist" in line and "store url" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# backup: beside a running daemon, restored by running on the copy
+
+
+def test_backup_beside_a_running_daemon_restores_by_running_on_the_copy(capsys, tmp_path, text):
+    from crawler.health import DaemonLock
+
+    state, dest = tmp_path / "state", tmp_path / "backup"
+    train(capsys, text, state, 8)
+    with DaemonLock(state):  # as a running daemon holds it: backup needs no lock
+        status, out, err = run(capsys, "backup", dest, "--state-dir", state)
+    assert status == 0, err
+    assert out.startswith(f"backup: {dest}: the database (1 documents), the model at step 8")
+    assert (dest / "corpus.db").is_file() and (dest / "checkpoints" / "ckpt-000000008.safetensors").is_file()
+    best = Path("checkpoints") / "best.safetensors"
+    assert (dest / best).is_file() == (state / best).is_file()
+    assert sorted(p.name for p in (dest / "checkpoints").iterdir()) == \
+        sorted(p.name for p in (state / "checkpoints").iterdir())
+    assert not (tmp_path / "backup.partial").exists()
+    logged = train(capsys, text, dest, 12)  # the copy is a state directory of its own
+    assert next(e for e in logged if e["event"] == "checkpoint_loaded")["step"] == 8
+    assert not any(e["event"] == "file_ingested" and e.get("doc_id") and not e.get("duplicate") for e in logged
+                   if e.get("tokens")), "the copy already holds the text"
+
+
+def test_backup_takes_another_snapshot_when_the_newest_checkpoint_is_pruned_meanwhile(capsys, tmp_path, text, monkeypatch):
+    import shutil
+
+    state, dest = tmp_path / "state", tmp_path / "backup"
+    train(capsys, text, state, 8)
+    real, pruned = shutil.copy2, []
+
+    def copy2(src, dst, **kw):
+        if Path(src).name == "ckpt-000000008.safetensors" and not pruned:
+            pruned.append(src)  # the daemon pruned it between the snapshot and the copy, once
+            raise FileNotFoundError(src)
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copy2", copy2)
+    status, out, err = run(capsys, "backup", dest, "--state-dir", state)
+    assert status == 0, err and pruned
+    assert (dest / "checkpoints" / "ckpt-000000008.safetensors").is_file()
+
+
+def test_backup_refuses_a_folder_that_is_not_empty(capsys, tmp_path, text):
+    state, dest = tmp_path / "state", tmp_path / "backup"
+    train(capsys, text, state, 4)
+    dest.mkdir()
+    (dest / "something").write_text("mine")
+    status, _, err = run(capsys, "backup", dest, "--state-dir", state)
+    assert status != 0
+    assert "already exists and is not an empty folder" in error_line(err)
+    assert (dest / "something").read_text() == "mine"
