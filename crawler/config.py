@@ -134,6 +134,22 @@ class LogConfig:
         return self
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    # HOST:PORT of the Prometheus endpoint (crawler/metrics.py); empty: off
+    listen: str = ""
+
+    def validate(self) -> "MetricsConfig":
+        if self.listen:
+            from .metrics import parse_listen
+
+            try:
+                parse_listen(self.listen)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        return self
+
+
 # The product's defaults where they differ from the engine's, for every command (`run` and
 # `train` are one training loop). It trains continuously: warm up once, then hold the rate (no
 # decay to a fixed end). The model size is the one that reached the lowest held-out bits per
@@ -159,6 +175,7 @@ class Config:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(**DAEMON_DEFAULTS["train"]))
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def database_url(self) -> str:
@@ -182,7 +199,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "store": StoreSettings, "extract": ExtractLimits, "watch": WatchConfig, "model": ModelConfig,
-    "train": TrainConfig, "daemon": DaemonConfig, "log": LogConfig,
+    "train": TrainConfig, "daemon": DaemonConfig, "log": LogConfig, "metrics": MetricsConfig,
 }
 
 

@@ -254,8 +254,11 @@ class DaemonError(RuntimeError):
 class Daemon:
     """Builds every part from a Config and runs until a stop signal."""
 
-    def __init__(self, config: Config, config_source: dict, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: Config, config_source: dict, clock: Callable[[], float] = time.monotonic,
+                 metrics=None):
         self.config = config
+        self.metrics = metrics  # crawler.metrics.EventMetrics when [metrics] listen is set (observing the log)
+        self.metrics_server = None
         self.config_source = config_source  # how to reload it: load_config keyword arguments
         self.clock = clock
         self.log = get_logger("daemon")
@@ -307,6 +310,7 @@ class Daemon:
         try:
             self.log.info("daemon_started", pid=os.getpid(), state_dir=str(state), database=_safe_url(config.database_url))
             self.log.info("config_loaded", config=config.to_dict())
+            self._serve_metrics()
             self._write_health(health, self._health("starting"))
             self._start(t0, health)
             self._loop(health)
@@ -538,7 +542,7 @@ class Daemon:
         changed = [name for name in ("watch", "daemon", "log") if getattr(new, name) != getattr(self.config, name)]
         # the model, the training recipe and the store need a restart; the rest applies now
         self.config = dataclasses.replace(self.config, watch=new.watch, daemon=new.daemon, log=new.log)
-        configure_logging(new.log.level, json=_json_flag(new.log.format))
+        configure_logging(new.log.level, json=_json_flag(new.log.format), observer=self.metrics)
         for thread in self.workers.values():
             thread.worker.config = self.config
         self.watcher.update_config(new.watch)
@@ -574,6 +578,8 @@ class Daemon:
             if thread.is_alive():
                 cut_short[name] = self._unfinished(name)
                 self.log.error("worker_stuck", worker=name, stop_timeout_seconds=budget)
+        if self.metrics_server is not None:
+            self._guarded("metrics", self.metrics_server.shutdown)
         database = getattr(self, "database", None)
         if database is not None and not cut_short:  # never closed under a worker still using it
             self._guarded("storage", database.close)
@@ -586,6 +592,20 @@ class Daemon:
             self.log.info("daemon_stopped", **fields)
         else:
             self.log.error("daemon_stopped", **fields)
+
+    def _serve_metrics(self) -> None:
+        """Start the Prometheus endpoint when configured; an address that cannot be bound is
+        logged (metrics_failed) and the daemon runs on without it: training never waits on it."""
+        listen = self.config.metrics.listen
+        if self.metrics is None or not listen:
+            return
+        try:
+            self.metrics_server = self.metrics.serve(listen)
+        except OSError as exc:
+            self.log.error("metrics_failed", listen=listen, error=str(exc),
+                           action="free the port or set another [metrics] listen; the daemon runs without metrics")
+            return
+        self.log.info("metrics_serving", listen=listen, url=f"http://{listen}/metrics")
 
     def _join(self, thread: "WorkerThread", deadline: float) -> None:
         """Wait for a thread until the deadline on the daemon's clock (short real waits, so an
@@ -670,5 +690,11 @@ def run_daemon(config_file=None, state_dir=None, overrides=None) -> int:
     """Resolve the configuration, configure logging, and run the daemon in this process."""
     source = {"config_file": config_file, "state_dir": state_dir, "overrides": overrides}
     config = load_config(**source)
-    configure_logging(config.log.level, json=_json_flag(config.log.format))
-    return Daemon(config, source).run()
+    metrics = None
+    if config.metrics.listen:
+        from .cli import installed_version
+        from .metrics import EventMetrics
+
+        metrics = EventMetrics(installed_version())
+    configure_logging(config.log.level, json=_json_flag(config.log.format), observer=metrics)
+    return Daemon(config, source, metrics=metrics).run()

@@ -58,13 +58,15 @@ def _serialize(event_dict: dict, **_: Any) -> str:
 
 
 def configure_logging(
-    level: str = "info", json: bool | None = None, stream: IO[str] | None = None, drop: tuple[str, ...] = ()
+    level: str = "info", json: bool | None = None, stream: IO[str] | None = None, drop: tuple[str, ...] = (),
+    observer: Any = None,
 ) -> None:
     """Configure structlog for the whole process; safe to call again (the last call wins).
 
     `json=None` picks JSON lines when `stream` (default stdout) is not a TTY, console output when
-    it is. Events named in `drop` are not written (a progress bar shows them instead). Raises
-    ValueError for a level not in LEVELS.
+    it is. Events named in `drop` are not written (a progress bar shows them instead). An
+    `observer` (a structlog processor: the metrics) sees every event from info up, whatever the
+    level, before the level decides what is written. Raises ValueError for a level not in LEVELS.
     """
     if level.lower() not in LEVELS:
         raise ValueError(f"log level ({level!r}) must be one of {', '.join(LEVELS)}")
@@ -79,6 +81,11 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
+    levels = _stdlib_logging.getLevelNamesMapping()
+    produced = levels[level.upper()]
+    if observer is not None:  # produce info and up for the observer, then write from `level` up
+        produced = min(produced, levels["INFO"])
+        processors += [observer, _level_gate(levels[level.upper()])]
     if drop:
         processors.insert(0, _dropper(frozenset(drop)))
     if json:
@@ -93,9 +100,7 @@ def configure_logging(
         processors.append(_journal_prefix)
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            _stdlib_logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(produced),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         # not cached, so a later configure_logging (or structlog.testing.capture_logs) applies
         # to loggers that already exist
@@ -118,6 +123,17 @@ def is_journal(stream: IO[str], environ: Any = None) -> bool:
 def _journal_prefix(logger: Any, method: str, rendered: str) -> str:
     """After the renderer: `<N>` before the line, read (and removed) by journald as its priority."""
     return f"<{JOURNAL_PRIORITY.get(method, 6)}>{rendered}"
+
+
+def _level_gate(least: int):
+    levels = _stdlib_logging.getLevelNamesMapping()
+
+    def gate(logger: Any, method: str, event_dict: dict) -> dict:
+        if levels.get(method.upper(), levels["INFO"]) < least:
+            raise structlog.DropEvent
+        return event_dict
+
+    return gate
 
 
 def _dropper(names: frozenset[str]):

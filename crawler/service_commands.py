@@ -87,6 +87,9 @@ max_memory_bytes = 2147483648  # address space of the child process that parses 
 [log]
 level = "info"                 # debug, info, warning, error
 format = "auto"                # auto: JSON lines off a terminal, readable on one; or json, console
+
+[metrics]
+listen = ""                    # HOST:PORT of a Prometheus endpoint, such as 127.0.0.1:9464; empty: off
 """
 
 
@@ -99,6 +102,8 @@ def add_commands(commands: Any, state: dict) -> None:
     run.add_argument("--threads", type=int, default=None, metavar="N", help="engine worker threads; 0 = every core")
     run.add_argument("--polling", action="store_true", default=None, help="poll instead of inotify events")
     run.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
+    run.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                     help="serve Prometheus metrics there, such as 127.0.0.1:9464 ([metrics] listen)")
     run.set_defaults(handler=command_run)
 
     init = commands.add_parser("init", help=f"write a commented default {CONFIG_FILE} into the state directory")
@@ -115,6 +120,7 @@ def command_run(args: argparse.Namespace) -> int:
         "train": {"threads": args.threads},
         "log": {"format": args.log_format,
                 "level": args.log_level if args.log_level != "info" else None},
+        "metrics": {"listen": args.metrics},
     }
     return run_daemon(config_file=args.config, state_dir=args.state_dir, overrides=overrides)
 

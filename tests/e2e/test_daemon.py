@@ -275,3 +275,35 @@ def test_train_and_the_daemon_are_one_loop(tmp_path, daemon_factory):
     assert set(written) <= set(left), "the daemon deleted a checkpoint that train wrote"
     own = [p for p in left if p not in written and p.startswith("ckpt-")]
     assert len(own) == 3, left  # its own rolling checkpoints, pruned to keep_checkpoints
+
+
+def test_metrics_scraped_from_a_running_daemon_agree_with_its_events(tmp_path, daemon_factory):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    d = daemon_factory(env={"CRYSTALLINE_METRICS_LISTEN": f"127.0.0.1:{port}"})
+    d.wait_for("metrics_serving")
+    for i in range(3):
+        write_text_file(tmp_path / "inbox" / f"m{i}.txt", seed=40 + i)
+    (tmp_path / "inbox" / "empty.txt").write_bytes(b"")
+    d.wait_for("file_ingested", count=3)
+    d.wait_for("file_skipped", reason="empty")
+    d.wait_for("train_step", count=2)
+    last_status = d.wait_for("status", count=2)[-1]  # a status after training began
+    logged_step = max(e["step"] for e in d.find("train_step"))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    found = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for family in text_string_to_metric_families(text) for s in family.samples}
+    ingested = d.find("file_ingested")
+    assert found[("crystalline_files_total", (("reason", ""), ("result", "ingested")))] == len(ingested) == 3
+    assert found[("crystalline_files_total", (("reason", "empty"), ("result", "skipped")))] == 1
+    assert found[("crystalline_ingested_bytes_total", ())] == sum(e["bytes"] for e in ingested)
+    assert found[("crystalline_ingested_tokens_total", ())] == sum(e["tokens"] for e in ingested)
+    assert found[("crystalline_training_step", ())] >= logged_step  # training goes on between log and scrape
+    assert found[("crystalline_training_threads", ())] == last_status["threads"]
+    assert any(name == "crystalline_build_info" for name, _ in found)
+    assert d.stop() == 0
