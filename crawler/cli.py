@@ -48,6 +48,7 @@ from .config import DATABASE_FILE, load_config
 from .corpus_commands import add_commands as add_corpus_commands
 from .service_commands import add_commands as add_service_commands
 from .state_commands import add_commands as add_state_commands
+from .plot import add_commands as add_plot_commands
 from .daemon import REPEAT_SIGNAL_SECONDS, DaemonError
 from .health import DaemonAlreadyRunning
 from .data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_commands(commands, state)
     add_service_commands(commands, state)
     add_state_commands(commands, state)
+    add_plot_commands(commands, state)
     return parser
 
 

@@ -1,0 +1,88 @@
+"""`crystalline plot`: the learning curve from the store, without a monitoring stack.
+
+Draws held-out bits per byte and training bits per byte (measured at each evaluation on recent
+training windows) against tokens trained (steps times the configured batch_size x seq_len), from the `evaluations` history the training loop keeps
+in the database, into a PNG (matplotlib with the Agg backend: no display needed). matplotlib is
+an optional extra (`pip install 'crystalline[plot]'`); without it the command says so in one
+line. Reads the store only: it runs beside a daemon. Wired into the parser by crawler/cli.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from engine import ConfigError
+
+from .config import load_config
+
+PAGE = 10_000  # evaluations read per query
+
+
+def add_commands(commands: Any, state: dict) -> None:
+    """Register `plot` on the CLI's subparsers."""
+    plot = commands.add_parser("plot", help="draw the learning curve (held-out and training bits per byte)")
+    plot.add_argument("--output", "-o", default="learning-curve.png", metavar="FILE.png",
+                      help="the picture to write (default: learning-curve.png)")
+    plot.add_argument("--state-dir", **dict(state, default=None))
+    plot.add_argument("--config", default=None, metavar="FILE",
+                      help="TOML configuration (default: STATE_DIR/crystalline.toml when present)")
+    plot.set_defaults(handler=command_plot)
+
+
+def read_history(queue) -> list:
+    """Every evaluation the store holds, oldest first."""
+    history, since = [], 0
+    while page := queue.evaluations(since=since, limit=PAGE):
+        history += page
+        since = page[-1].id
+    return history
+
+
+def command_plot(args: argparse.Namespace) -> int:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("plot needs matplotlib: pip install 'crystalline[plot]'") from None
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    from storage import CorpusQueue, open_database
+
+    config = load_config(args.config, state_dir=args.state_dir)
+    if not config.state_dir.is_dir():
+        raise ConfigError(f"{config.state_dir}: no such state directory (pass --state-dir)")
+    database = open_database(config.storage_config())
+    try:
+        history = read_history(CorpusQueue(database))
+    finally:
+        database.close()
+    if not history:
+        raise ConfigError(f"no evaluation in {config.state_dir} yet: the daemon measures the held-out text every "
+                          "daemon.eval_every_steps steps or eval_every_seconds seconds")
+    # all tokens trained, replay included (the store's tokens_trained counts new text only, so it
+    # stands still while the loop trains further passes): steps times the tokens of a step
+    per_step = config.train.batch_size * config.train.seq_len
+    tokens = [e.step * per_step / 1e6 for e in history]
+    figure, axes = pyplot.subplots(figsize=(8, 4.5), dpi=120)
+    axes.plot(tokens, [e.val_bits_per_byte for e in history], marker="o", markersize=3, label="held-out")
+    trained = [(t, e.train_bits_per_byte) for t, e in zip(tokens, history) if e.train_bits_per_byte is not None]
+    if trained:
+        axes.plot(*zip(*trained), marker=".", markersize=3, alpha=0.7, label="training (recent windows)")
+    best = min(history, key=lambda e: e.val_bits_per_byte)
+    axes.annotate(f"best {best.val_bits_per_byte:.3f} at step {best.step:,}",
+                  (best.step * per_step / 1e6, best.val_bits_per_byte), textcoords="offset points", xytext=(0, 12),
+                  ha="center", fontsize=8)
+    axes.set_xlabel(f"tokens trained, replay included (millions; {per_step:,} a step)")
+    axes.set_ylabel("bits per byte")
+    axes.set_title(f"{config.state_dir.resolve().name}: {len(history)} evaluations, step {history[-1].step:,}")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    output = Path(args.output)
+    figure.savefig(output)
+    pyplot.close(figure)
+    print(f"plot: {output}: {len(history)} evaluations, held-out {history[-1].val_bits_per_byte:.4f} bits per byte "
+          f"at step {history[-1].step:,} (best {best.val_bits_per_byte:.4f} at step {best.step:,})")
+    return 0

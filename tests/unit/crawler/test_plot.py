@@ -1,0 +1,55 @@
+"""`crystalline plot`: the learning curve from the store's evaluation history."""
+
+import builtins
+
+import pytest
+
+from crawler.cli import main
+
+pytest.importorskip("matplotlib", reason="plot is an optional extra: pip install 'crystalline[plot]'")
+
+
+def stored_history(state, values):
+    from crawler.config import load_config
+    from storage import CorpusQueue, open_database
+
+    state.mkdir(parents=True, exist_ok=True)
+    database = open_database(load_config(state_dir=state).storage_config())
+    try:
+        queue = CorpusQueue(database)
+        for i, value in enumerate(values, start=1):
+            queue.record_evaluation(step=100 * i, epoch=0.1 * i, tokens_trained=1000 * i, val_bits_per_byte=value,
+                                    train_bits_per_byte=value - 0.1 if i % 2 else None, holdout_tokens=512,
+                                    seconds=0.1, best=value == min(values[:i]))
+    finally:
+        database.close()
+
+
+def test_plot_draws_the_stored_history(tmp_path, capsys):
+    state, out = tmp_path / "state", tmp_path / "curve.png"
+    stored_history(state, [3.0, 2.5, 2.2, 2.3])
+    assert main(["plot", "--state-dir", str(state), "--output", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    line = capsys.readouterr().out.strip()
+    assert line == f"plot: {out}: 4 evaluations, held-out 2.3000 bits per byte at step 400 (best 2.2000 at step 300)"
+
+
+def test_plot_without_evaluations_says_when_there_will_be_some(tmp_path, capsys):
+    stored_history(tmp_path / "state", [])
+    assert main(["plot", "--state-dir", str(tmp_path / "state"), "--output", str(tmp_path / "x.png")]) != 0
+    err = capsys.readouterr().err
+    assert "no evaluation in" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    real = builtins.__import__
+
+    def no_matplotlib(name, *args, **kw):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError(name)
+        return real(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main(["plot", "--state-dir", str(tmp_path), "--output", str(tmp_path / "x.png")]) != 0
+    assert "pip install 'crystalline[plot]'" in capsys.readouterr().err
