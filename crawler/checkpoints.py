@@ -24,7 +24,8 @@ damaged one moved aside) takes no cursor from a file: the newest valid file's we
 as the starting point, and every stored text is trained on.
 
 Retention (`prune`): the files of committed checkpoints older than the newest `keep`, written by
-the same command; never the newest committed one, never best.safetensors, never a file the
+the same command, then, under a `checkpoints_max_mb` cap, the lowest steps of any command until
+the folder fits; never the newest committed one, never best.safetensors, never a file the
 database does not name.
 
 Knows nothing of training or threads; relies on engine.checkpoint for the file format and on the
@@ -54,11 +55,12 @@ from engine.checkpoint import (
     read_extra,
 )
 
-CHECKPOINT_DIR = "checkpoints"
+from .disk import CHECKPOINT_DIR, QUARANTINE_DIR, Trimmed, folder_usage, log_trimmed
+
 BEST_CHECKPOINT = "best.safetensors"
-QUARANTINE_DIR = "quarantine"
 DIGEST_TOKENS = 256  # the stream tokens before a checkpoint's position that its digest covers
 ROWS_EXAMINED = 1000  # newest rows compared with the files (older ones name pruned files)
+ROWS_NAMED = 100_000  # rows read to tell a named file (the cap may delete) from an unknown one
 RESET_HINT = "`crystalline reset --keep-corpus` trains a new model on the stored text"
 
 
@@ -247,23 +249,67 @@ def _adopt(directory: Path, tokenizer_identity: dict, log: Any) -> Checkpoint | 
 # retention, repair and reset
 
 
-def prune(state_dir: str | Path, queue, keep: int, latest: Path, command: str) -> list[Path]:
-    """Delete the files of committed checkpoints older than the newest `keep` (their rows stay, as
-    history), when `command` wrote them. Never `latest`, never best.safetensors, never a file the
-    database does not name. Returns the deleted paths."""
-    deleted = []
+def prune(state_dir: str | Path, queue, keep: int, latest: Path, command: str, max_bytes: int = 0,
+          log: Any = None) -> list[Path]:
+    """Retention, after each committed checkpoint; returns the deleted paths.
+
+    1. The files of committed checkpoints older than the newest `keep`, when `command` wrote them
+       (their rows stay, as history).
+    2. With `max_bytes` (the checkpoints_max_mb cap; 0: none), while STATE_DIR/checkpoints holds
+       more than that: the files of committed checkpoints of any command, the lowest step first.
+    Never `latest`, never the checkpoint the database names newest, never best.safetensors, never a
+    file no row names (these count toward the cap; a cap they alone exceed is `disk_cap_unmet`,
+    a warning). One `disk_trimmed` (files, bytes, steps) when anything was deleted."""
+    deleted: list[tuple[Path, int]] = []
     protected = {Path(latest).name, BEST_CHECKPOINT}
-    for record in queue.checkpoints(limit=keep + 50)[keep:]:
+    records = queue.checkpoints(limit=keep + 50)
+    if records:
+        protected.add(resolve(state_dir, records[0].path).name)
+    for record in records[keep:]:
         path = resolve(state_dir, record.path)
         if path.name in protected or not path.exists():
             continue
         try:
             if read_extra(path).get("command") == command:
-                path.unlink(missing_ok=True)
-                deleted.append(path)
+                _delete(path, deleted)
         except (CheckpointError, OSError):
             continue
-    return deleted
+    if max_bytes > 0:
+        trimmed = _trim_checkpoints(state_dir, queue, max_bytes, protected, deleted)
+    else:
+        used = folder_usage(checkpoint_directory(state_dir)).bytes if deleted else 0
+        trimmed = Trimmed(len(deleted), sum(size for _, size in deleted), used, 0)
+    if log is not None:
+        steps = sorted(int(m.group(1)) for p, _ in deleted if (m := NAME_PATTERN.fullmatch(p.name)))
+        log_trimmed(log, CHECKPOINT_DIR, trimmed, "checkpoints_max_mb",
+                    "the newest checkpoint, best.safetensors and files no row names", steps=steps)
+    return [path for path, _ in deleted]
+
+
+def _delete(path: Path, deleted: list[tuple[Path, int]]) -> None:
+    size = path.stat().st_size
+    path.unlink(missing_ok=True)
+    deleted.append((path, size))
+
+
+def _trim_checkpoints(state_dir: str | Path, queue, max_bytes: int, protected: set[str],
+                      deleted: list[tuple[Path, int]]) -> Trimmed:
+    """Delete named, unprotected checkpoint files, the lowest step first, until the folder holds
+    at most `max_bytes`; `deleted` already holds this sweep's earlier deletions."""
+    used = folder_usage(checkpoint_directory(state_dir)).bytes
+    if used > max_bytes:
+        named = {resolve(state_dir, r.path).name for r in queue.checkpoints(limit=ROWS_NAMED)}
+        for path in list_checkpoints(checkpoint_directory(state_dir)):  # lowest step first
+            if used <= max_bytes:
+                break
+            if path.name in protected or path.name not in named:
+                continue
+            try:
+                _delete(path, deleted)
+            except OSError:
+                continue
+            used -= deleted[-1][1]
+    return Trimmed(len(deleted), sum(size for _, size in deleted), used, max_bytes)
 
 
 def remove_temporary_files(state_dir: str | Path) -> list[Path]:

@@ -83,6 +83,14 @@ class DaemonConfig:
     checkpoint_every_steps: int = 1000
     checkpoint_every_seconds: float = 600.0
     keep_checkpoints: int = 3
+    # disk caps in MB (1,000,000 bytes); 0: no cap. Enforced oldest first (docs/STORAGE.md):
+    # checkpoints/ by step, never the newest committed checkpoint nor best.safetensors
+    # (keep_checkpoints already bounds it for one model size); processed/ (your own files, moved
+    # there by after_ingest = "move") and quarantine/ (checkpoint files set aside, kept for you to
+    # judge) by modification time. Off by default: each deletes what cannot be made again
+    checkpoints_max_mb: int = 0
+    processed_max_mb: int = 0
+    quarantine_max_mb: int = 0
     log_every: int = 10  # a train_step event every this many steps
     status_interval_seconds: float = 30.0  # a status event, health.json and STATUS= this often
     ingest_queue_size: int = 10_000  # files waiting for the ingest worker; the watcher holds the rest
@@ -109,6 +117,9 @@ class DaemonConfig:
                               "must be 0 or more")
         if self.replay_memory_mb < 0:
             raise ConfigError(f"replay_memory_mb ({self.replay_memory_mb}) must be 0 or more")
+        for name in ("checkpoints_max_mb", "processed_max_mb", "quarantine_max_mb"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be 0 (no cap) or more megabytes")
         for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every", "ingest_queue_size",
                      "eval_every_steps", "plateau_patience"):
             if getattr(self, name) < 1:

@@ -19,6 +19,7 @@ from typing import Any
 from engine import ConfigError
 
 from .config import DATABASE_FILE, Config, load_config
+from .disk import disk_usage
 from .ingest import IngestSummary, Ingestor, iter_files
 from .logging import get_logger
 from .progress import IngestProgress, on_terminal
@@ -101,7 +102,8 @@ def _log_outcome(outcome, log, emit) -> None:
         log.warning("file_failed", path=outcome.path, error=outcome.detail)
     elif outcome.status in ("ingested", "duplicate"):
         emit("file_ingested", path=outcome.path, doc_id=outcome.document_id, bytes=outcome.bytes,
-             tokens=outcome.tokens, ms=round(outcome.ms, 2), duplicate=outcome.status == "duplicate")
+             tokens=outcome.tokens, ms=round(outcome.ms, 2), duplicate=outcome.status == "duplicate",
+             offset=outcome.offset)
 
 
 def command_ingest(args: argparse.Namespace) -> int:
@@ -132,10 +134,11 @@ def command_ingest(args: argparse.Namespace) -> int:
 
 
 def status_report(config: Config) -> dict:
-    """The corpus queue's figures as a JSON-able dict; does not create a database."""
+    """The corpus queue's figures and the state directory's disk use by part (`disk`, with the
+    caps) as a JSON-able dict; does not create a database."""
     report: dict[str, Any] = {"state_dir": str(config.state_dir), "database": _display_url(config.database_url)}
     if not config.store.url and not (config.state_dir / DATABASE_FILE).exists():
-        return report | {"exists": False}
+        return report | {"exists": False, "disk": disk_usage(config.state_dir, config.daemon, None)}
     database, queue = open_queue(config)
     try:
         stats = queue.stats()
@@ -152,11 +155,38 @@ def status_report(config: Config) -> dict:
                 "step": last.step, "path": last.path, "tokens_trained": last.tokens_trained,
                 "loss": last.loss, "created_at": str(last.created_at)},
             "evaluation": {"latest": _evaluation(queue.latest_evaluation()),
-                           "best": _evaluation(queue.best_evaluation())},
+                           "best": _evaluation(queue.best_evaluation()),
+                           "recent": [_evaluation(e) for e in _recent_evaluations(queue)]},
         }
     finally:
         database.close()
+    report["disk"] = disk_usage(config.state_dir, config.daemon, report["database_bytes"])
     return report
+
+
+def _megabytes(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1e6:.1f} MB"
+
+
+def _disk_line(disk: dict) -> str:
+    """`database 1.2 MB, checkpoints 48.0 MB (cap 100.0 MB), ...; 20.1 GB free`."""
+    parts = [f"database {_megabytes(disk['database']['bytes'])}"]
+    for part in ("checkpoints", "processed", "quarantine"):
+        figures = disk[part]
+        cap = f" (cap {_megabytes(figures['cap_bytes'])})" if figures["cap_bytes"] else ""
+        parts.append(f"{part} {_megabytes(figures['bytes'])}{cap}")
+    free = disk["free_bytes"]
+    return ", ".join(parts) + ("" if free is None else f"; {free / 1e9:.1f} GB free")
+
+
+TREND_EVALUATIONS = 5  # the held-out trend in `status`: the change over the last few evaluations
+
+
+def _recent_evaluations(queue) -> list:
+    latest = queue.latest_evaluation()
+    if latest is None:
+        return []
+    return queue.evaluations(since=max(0, latest.id - TREND_EVALUATIONS), limit=TREND_EVALUATIONS)
 
 
 def _evaluation(record) -> dict | None:
@@ -189,32 +219,119 @@ def command_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, sort_keys=True, default=str))
         return 0
-    daemon = report["daemon"]
-    if daemon["running"]:
-        h = daemon["health"] or {}
-        loss, rate = h.get("loss"), h.get("tokens_per_s")
-        print(f"daemon     running, pid {daemon['pid']}, {h.get('state', '?')}; step {h.get('step')}, "
-              f"loss {'-' if loss is None else f'{loss:.4f}'}, {'-' if rate is None else f'{rate:,.0f}'} tokens/s "
-              f"(as of {h.get('updated_at')})")
-    else:
-        print("daemon     not running")
-    print(f"state dir  {report['state_dir']}")
-    print(f"database   {report['database']}" + ("" if report.get("exists") else "  (not created yet)"))
-    if report.get("exists"):
-        docs = ", ".join(f"{k} {v}" for k, v in sorted(report["documents"].items())) or "none"
-        print(f"documents  {docs}")
-        print(f"tokens     {report['tokens_queued']} queued, {report['tokens_trained']} trained, "
-              f"{report['tokens_total']} in all")
-        print(f"size       {report['database_bytes'] / 1e6:.1f} MB")
-        last = report["last_checkpoint"]
-        print("checkpoint " + ("none" if last is None else f"step {last['step']} at {last['created_at']} ({last['path']})"))
-        latest, best = report["evaluation"]["latest"], report["evaluation"]["best"]
-        if latest is None:
-            print("held-out   not measured yet")
-        else:
-            print(f"held-out   {latest['val_bits_per_byte']:.4f} bits/byte at step {latest['step']} "
-                  f"(epoch {latest['epoch']:.2f}); best {best['val_bits_per_byte']:.4f} at step {best['step']}")
-        h = (daemon.get("health") or {}) if daemon["running"] else {}
-        if h.get("plateaued"):
-            print("training   plateaued: idle until new text arrives")
+    print(describe_status(report, config, time.time()))
     return 0
+
+
+def describe_status(report: dict, config: Config, now: float) -> str:
+    """The status report for a person: rounded figures with units, what the daemon is doing,
+    the held-out figure and its trend, ages, and the time to drain the queue at the current rate."""
+    daemon = report["daemon"]
+    h = (daemon.get("health") or {}) if daemon["running"] else {}
+    lines = []
+    if daemon["running"]:
+        started = _age(h.get("started_at"), now)
+        lines.append(f"daemon     running, pid {daemon['pid']}" + (f", up {started}" if started else "")
+                     + f"; {_doing(h)}")
+        if h.get("step") is not None:
+            loss, rate = h.get("loss"), h.get("tokens_per_s")
+            figures = [f"step {h['step']:,}"]
+            if loss is not None:
+                figures.append(f"loss {loss:.3f}")
+            if rate:
+                figures.append(f"{_count(rate)} tokens/s")
+            updated = _age(h.get("updated_at"), now)
+            lines.append("training   " + ", ".join(figures) + (f" (as of {updated} ago)" if updated else ""))
+    else:
+        lines.append("daemon     not running")
+    if report.get("exists"):
+        docs = report["documents"]
+        stored = docs.get("queued", 0) + docs.get("trained", 0)
+        lines.append(f"documents  {stored:,} stored ({docs.get('trained', 0):,} trained, {docs.get('queued', 0):,} "
+                     f"queued); {docs.get('duplicate', 0):,} duplicate, {docs.get('skipped', 0):,} skipped, "
+                     f"{docs.get('failed', 0):,} failed")
+        queued, total = report["tokens_queued"], report["tokens_total"]
+        text = f"text       {_count(total)} tokens stored, {_count(queued)} not yet trained"
+        rate = h.get("tokens_per_s")
+        if queued and rate:  # the share of a batch that is new text: the rest is replay
+            seconds = queued / (rate * (1.0 - config.daemon.replay_fraction))
+            text += f" (about {_duration(seconds)} to train at the current rate)"
+        lines.append(text)
+        last = report["last_checkpoint"]
+        if last is None:
+            lines.append("checkpoint none yet")
+        else:
+            age = _age(last["created_at"], now)
+            lines.append(f"checkpoint step {last['step']:,}" + (f", {age} ago" if age else "") + f" ({last['path']})")
+        lines.append(_held_out_line(report["evaluation"], now))
+    lines.append(f"disk       {_disk_line(report['disk'])}")
+    lines.append(f"state dir  {report['state_dir']}")
+    lines.append(f"database   {report['database']}" + ("" if report.get("exists") else "  (not created yet)"))
+    return "\n".join(lines)
+
+
+def _doing(h: dict) -> str:
+    """What the daemon does now, from its health report."""
+    if h.get("state") != "ready":
+        return str(h.get("state") or "starting")
+    if h.get("blocked"):
+        return f"writes blocked ({h['blocked']}): training goes on in memory, ingest waits"
+    if h.get("paused"):
+        return "training paused by the operator (`crystalline resume` lets it go on); ingesting"
+    if h.get("plateaued"):
+        return "idle: the held-out figure stopped improving; waits for new text"
+    if h.get("idle"):
+        return "idle: waiting for text"
+    if h.get("queue_tokens"):
+        return "training on new text"
+    return "training on earlier text (every stored token has been trained on once)"
+
+
+def _held_out_line(evaluation: dict, now: float) -> str:
+    latest, best, recent = evaluation["latest"], evaluation["best"], evaluation.get("recent") or []
+    if latest is None:
+        return "held-out   not measured yet"
+    age = _age(latest["created_at"], now)
+    line = (f"held-out   {latest['val_bits_per_byte']:.3f} bits/byte at step {latest['step']:,}"
+            + (f", {age} ago" if age else "") + f"; best {best['val_bits_per_byte']:.3f} at step {best['step']:,}")
+    if len(recent) >= 2:
+        change = recent[-1]["val_bits_per_byte"] - recent[0]["val_bits_per_byte"]
+        trend = "improving" if change < -0.001 else "worse" if change > 0.001 else "flat"
+        line += f"; {trend} ({change:+.3f} over the last {len(recent)} evaluations)"
+    return line
+
+
+def _count(value: float) -> str:
+    """4,071,523 -> 4.07M; 24360.2 -> 24.4k."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{unit}" if value / size < 100 else f"{value / size:.0f}{unit}"
+    return f"{value:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min" + (f" {seconds} s" if minutes < 10 and seconds else "")
+    return f"{seconds} s"
+
+
+def _age(timestamp: Any, now: float) -> str | None:
+    """How long ago an ISO time (or a datetime's str()) was, for a person; None if unreadable."""
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return _duration(now - when.timestamp())
+

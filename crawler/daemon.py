@@ -28,6 +28,7 @@ from typing import Any, Callable
 from engine import CheckpointError, ConfigError
 
 from .config import Config, load_config
+from .disk import PROCESSED_DIR, FolderCaps
 from .extract import shutdown_pool
 from .health import DaemonLock, HealthFile, root_problem
 from .ingest import Ingestor, display_path
@@ -36,13 +37,13 @@ from .notify import Notifier
 from .training import TrainingWorker
 from .writable import DISK_FULL, STATE_UNWRITABLE, WriteState, classify
 
-PROCESSED_DIR = "processed"
 # exit statuses: which way the daemon ended (daemon_stopped says it too)
 EXIT_STOPPED = 0  # a stop signal, as asked
 EXIT_FAILED = 1  # the supervisor itself failed: a bug (daemon_failed holds the traceback)
 EXIT_WORKER_FAILED = 3  # a worker could not start: a setting, a checkpoint (one line says which)
 EXIT_STORAGE_FAILED = 4  # the store or the state directory could not be opened at start
 EXIT_AT_ONCE = 130  # the second stop signal
+PAUSE_FILE = "paused"  # STATE_DIR/paused: training held by the operator (`crystalline pause`)
 # a stop signal this soon after the first is the same request delivered twice, not a second one
 REPEAT_SIGNAL_SECONDS = 1.0
 LOOP_SECONDS = 0.2  # the supervisor's step
@@ -151,7 +152,8 @@ class IngestWorker:
         path = display_path(outcome.path)
         if outcome.status in ("ingested", "duplicate"):
             self.log.info("file_ingested", path=path, doc_id=outcome.document_id, bytes=outcome.bytes,
-                          tokens=outcome.tokens, ms=round(outcome.ms, 1), duplicate=outcome.status == "duplicate")
+                          tokens=outcome.tokens, ms=round(outcome.ms, 1), duplicate=outcome.status == "duplicate",
+                          offset=outcome.offset)
             if self.config.daemon.after_ingest == "move":
                 self._move(Path(outcome.path), batch)
         elif outcome.status == "skipped":
@@ -275,6 +277,7 @@ class Daemon:
         self._reported_block: str | None = None  # writes.blocked as health.json last said it
         self._unwatched: dict[str, str] = {}  # watch root -> why it cannot be watched
         self._health_error: str | None = None  # the last health.json failure logged
+        self.folder_caps = FolderCaps(config.state_dir, self.log)  # processed/ and quarantine/ caps
 
     # --- signals: handlers only record ----------------------------------------------------------
 
@@ -304,7 +307,7 @@ class Daemon:
         lock = DaemonLock(state)
         lock.acquire()
         previous = {signum: signal.signal(signum, self._on_signal)
-                    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+                    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)}
         health = HealthFile(state, writes=self.writes)
         failure: DaemonError | None = DaemonError("interrupted", EXIT_FAILED, "internal_error")  # until proven
         try:
@@ -413,19 +416,30 @@ class Daemon:
                 signum = self.signals.pop(0)
                 if signum == signal.SIGHUP:
                     self._reload()
+                elif signum == signal.SIGUSR1:  # a checkpoint now, at the trainer's next step
+                    if (trainer := self._trainer()) is not None:
+                        trainer.checkpoint_requested.set()
                 else:
                     self.log.info("daemon_stopping", signal=signal.Signals(signum).name)
                     self.notifier.stopping("stopping: checkpointing, then finishing the ingest batch")
                     return
             now = self.clock()
             self._supervise(now)
+            self._follow_pause()
             if self._check_writes(now) or now >= next_status:
                 next_status = now + self.config.daemon.status_interval_seconds
                 self._report(health)
+                self._trim_folders()
             if now >= next_watchdog:
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog
             time.sleep(LOOP_SECONDS)
+
+    def _follow_pause(self) -> None:
+        """`crystalline pause` / `resume` create and remove STATE_DIR/paused; the trainer follows."""
+        trainer = self._trainer()
+        if trainer is not None:
+            trainer.pause_requested = (Path(self.config.state_dir) / PAUSE_FILE).exists()
 
     def _supervise(self, now: float) -> None:
         """Restart a worker that died, with a backoff that doubles up to a minute."""
@@ -477,6 +491,7 @@ class Daemon:
             "val_bits_per_byte": f.val_bits_per_byte if f else None,
             "best_val_bits_per_byte": f.best_val_bits_per_byte if f else None,
             "plateaued": f.plateaued if f else None, "idle": f.idle if f else None,
+            "paused": f.paused if f else None,
             "rss_mb": round(current_rss_mb(), 1),
             "threads": trainer.trainer.threads if trainer and trainer.trainer else None,
             "workers": {name: t.is_alive() for name, t in self.workers.items()},
@@ -529,6 +544,19 @@ class Daemon:
         self._write_health(health, report)
         self.log.info("status", **{k: v for k, v in report.items() if k not in ("pid", "state", "started_at")})
         self.notifier.status(self._status_line())
+
+    def _trim_folders(self) -> None:
+        """The processed/ and quarantine/ caps (disk.FolderCaps): processed/ is walked again only
+        after the ingest worker stored files with after_ingest = "move"; never fatal."""
+        thread = self.workers.get("ingest")
+        counts = getattr(thread.worker, "counts", {}) if thread is not None else {}
+        moved = None
+        if self.config.daemon.after_ingest == "move":
+            moved = (id(thread), counts.get("ingested", 0) + counts.get("duplicate", 0))
+        try:
+            self.folder_caps.sweep(self.config.daemon, moved)
+        except Exception as exc:  # noqa: BLE001 - a sweep must not stop the daemon
+            self.log.error("disk_trim_failed", error=f"{type(exc).__name__}: {exc}")
 
     def _reload(self) -> None:
         """SIGHUP: re-read the configuration; roots, log level and intervals apply at once."""

@@ -3,7 +3,10 @@
 Joins `crawler.extract`, a tokenizer and `storage.CorpusQueue`; used by `crystalline ingest`
 and by the daemon. Every file ends as exactly one outcome: ingested, duplicate (the same bytes
 are already queued under another name), unchanged (this path, size and mtime were seen
-before: nothing is read), skipped (a reason from SKIP_REASONS) or failed (an error text). A bad
+before: nothing is read), skipped (a reason from SKIP_REASONS) or failed (an error text).
+A changed text file that only grew since its stored version (its old bytes unchanged) stores
+only its new text, as a version that continues the earlier one; any other change is a whole new
+version (docs/STORAGE.md, "What a changed file means"). A bad
 file never raises out of `ingest_file`; only a storage failure does, because that is the
 caller's to handle (nothing of that transaction was committed). Every per-file fault (a
 symlink loop, a name that is not UTF-8, a parser's bug) is that file's own outcome: the looks
@@ -15,7 +18,9 @@ makes them printable for logs. Knows nothing of the engine.
 
 from __future__ import annotations
 
+import codecs
 import errno
+import hashlib
 import os
 import stat
 import time
@@ -26,13 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from storage import NewDocument
+from storage import NewDocument, StoredVersion
 
-from .extract import ExtractionFailed, ExtractLimits, Skipped, extract_file
+from .extract import PROBE_BYTES, Extraction, ExtractionFailed, ExtractLimits, Skipped, detect_kind, extract_file
 
 # Skip reasons decided here, beside the extractor's own.
 OUTSIDE_ROOT = "outside_root"
 HIDDEN_SUFFIXES = ("~", ".part", ".tmp", ".swp", ".crdownload")
+# kinds whose text is their decoded bytes, so text appended to the file is text appended to the
+# document; every other kind (a parser's output, a zip, a PDF) changes as a whole: a rewrite
+GROWTH_KINDS = frozenset(("text", "markdown"))
 
 
 @dataclass(frozen=True)
@@ -42,9 +50,10 @@ class IngestOutcome:
     reason: str | None = None  # skip reason code, or the error text of a failure
     detail: str | None = None
     document_id: int | None = None
-    bytes: int = 0
+    bytes: int = 0  # the bytes this version added: for a file that only grew, the new bytes
     tokens: int = 0
     ms: float = 0.0
+    offset: int | None = None  # a file that only grew: where its new bytes start (the earlier size)
 
 
 @dataclass
@@ -136,10 +145,12 @@ class Ingestor:
     def _ingest_group(self, group: list[tuple[Path, Path | None]], batch_bytes: int) -> Iterator[IngestOutcome]:
         looks = [_look(path, root) for path, root in group]
         seen = self.queue.seen_many([look.version for look in looks if look.version is not None])
+        changed = [look.source for look in looks if look.version is not None and look.version not in seen]
+        bases = self.queue.latest_versions(changed) if changed else {}
         pending: list[_Pending] = []
         pending_bytes = 0
         for look in looks:
-            prepared = self._prepare(look, seen)
+            prepared = self._prepare(look, seen, bases)
             if isinstance(prepared, IngestOutcome):
                 yield prepared
                 continue
@@ -151,23 +162,30 @@ class Ingestor:
         if pending:
             yield from self._commit(pending)
 
-    def _prepare(self, look: "_Look", seen: set) -> "IngestOutcome | _Pending":
+    def _prepare(self, look: "_Look", seen: set, bases: dict) -> "IngestOutcome | _Pending":
         """Everything for one file short of the database write: an outcome, or its tokens."""
         t0 = time.perf_counter()
         try:
-            verdict = self._examine(look, seen)
+            verdict = self._examine(look, seen, bases.get(look.source))
         except Exception as exc:  # noqa: BLE001 - one file's fault, whatever it is, is that file's outcome
             verdict = _Verdict("failed", "extraction_failed", f"{type(exc).__name__}: {exc}", remember=True)
         if isinstance(verdict, _Pending):
             return verdict
         if verdict.remember:  # outside the guard: a storage error is the caller's, not this file's
             size, mtime = look.version[1:] if look.version is not None else (None, None)
-            self.queue.record_skip(source_path=look.source, reason=verdict.reason, detail=verdict.detail,
-                                   status=verdict.status, size=size, mtime=mtime)
+            grown = verdict.growth
+            if grown is not None:  # grew by whitespace only: the next growth is measured from here
+                self.queue.record_skip(source_path=look.source, reason=verdict.reason, detail=verdict.detail,
+                                       kind=grown.kind, size=grown.size, mtime=grown.mtime,
+                                       content_hash=grown.content_hash, byte_offset=grown.offset,
+                                       continues=grown.continues)
+            else:
+                self.queue.record_skip(source_path=look.source, reason=verdict.reason, detail=verdict.detail,
+                                       status=verdict.status, size=size, mtime=mtime)
         return IngestOutcome(look.source, verdict.status, verdict.reason, verdict.detail,
                              ms=(time.perf_counter() - t0) * 1e3)
 
-    def _examine(self, look: "_Look", seen: set) -> "_Verdict | _Pending":
+    def _examine(self, look: "_Look", seen: set, base: StoredVersion | None) -> "_Verdict | _Pending":
         """The verdict on one file from its looks: no storage call, so any exception is its own."""
         t0 = time.perf_counter()
         if look.error is not None:
@@ -176,6 +194,15 @@ class Ingestor:
             return _Verdict("unchanged")
         if look.skip is not None:
             return _Verdict("skipped", *look.skip, remember=True)
+        if base is not None and base.kind in GROWTH_KINDS and look.version[1] > base.size:
+            grown = _read_growth(look.path, base, self.limits)
+            if grown is not None and not grown.text:
+                return _Verdict("skipped", "empty", f"grew by {grown.size - grown.offset} bytes of whitespace only",
+                                remember=True, growth=grown)
+            if grown is not None:
+                extraction = Extraction(grown.text, grown.kind, grown.size, grown.mtime, grown.content_hash)
+                return _Pending(look.source, extraction, self._tokens(grown.text), time.perf_counter() - t0,
+                                offset=grown.offset, continues=grown.continues)
         try:
             extraction = extract_file(look.path, self.limits)
         except Skipped as skip:
@@ -184,25 +211,28 @@ class Ingestor:
         except Exception as exc:  # noqa: BLE001 - a parser error or a pathological file: never fatal
             failure = exc.detail if isinstance(exc, ExtractionFailed) and getattr(exc, "detail", None) else None
             return _Verdict("failed", "extraction_failed", failure or f"{type(exc).__name__}: {exc}", remember=True)
-        body = self.tokenizer.encode_text(extraction.text)
+        return _Pending(look.source, extraction, self._tokens(extraction.text), time.perf_counter() - t0)
+
+    def _tokens(self, text: str) -> np.ndarray:
+        body = self.tokenizer.encode_text(text)
         tokens = np.empty(body.size + 1, dtype=body.dtype)
-        tokens[0] = self.tokenizer.eod_id  # a separator opens every document in the stream
+        tokens[0] = self.tokenizer.eod_id  # a separator opens every document (and every growth) in the stream
         tokens[1:] = body
-        return _Pending(look.source, extraction, tokens, time.perf_counter() - t0)
+        return tokens
 
     def _commit(self, pending: list["_Pending"]) -> Iterator[IngestOutcome]:
         t0 = time.perf_counter()
         items = [NewDocument(p.source, p.extraction.content_hash, p.extraction.size, p.extraction.mtime,
-                             p.extraction.kind, p.tokens) for p in pending]
+                             p.extraction.kind, p.tokens, p.offset, p.continues) for p in pending]
         results = self.queue.add_documents(items, tokenizer=self.tokenizer_identity)
         share = (time.perf_counter() - t0) / len(pending)  # the commit's cost, split evenly
         for p, result in zip(pending, results):
             duplicate = result.status == "duplicate"
             yield IngestOutcome(p.source, "duplicate" if duplicate else "ingested", None,
                                 f"same content as document {result.duplicate_of}" if duplicate else None,
-                                document_id=result.document_id, bytes=p.extraction.size,
+                                document_id=result.document_id, bytes=p.extraction.size - (p.offset or 0),
                                 tokens=0 if duplicate else int(p.tokens.size),
-                                ms=(p.seconds + share) * 1e3)
+                                ms=(p.seconds + share) * 1e3, offset=p.offset)
 
 
 @dataclass(frozen=True)
@@ -259,6 +289,7 @@ class _Verdict:
     reason: str | None = None
     detail: str | None = None
     remember: bool = False  # recorded in the store, so the same version is not reported again
+    growth: "_Growth | None" = None  # a file that grew by whitespace only
 
 
 @dataclass(frozen=True)
@@ -267,3 +298,81 @@ class _Pending:
     extraction: object  # crawler.extract.Extraction
     tokens: np.ndarray
     seconds: float
+    offset: int | None = None  # a file that only grew: the earlier version's size
+    continues: int | None = None  # ... and that version's id
+
+
+# --- files that only grew ---------------------------------------------------------------------
+
+_WIDE_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+@dataclass(frozen=True)
+class _Growth:
+    text: str  # the new text: from where the earlier version's text ended, normalised as extract does
+    kind: str
+    size: int  # the whole file's
+    mtime: float
+    content_hash: str  # sha256 of the whole file's bytes, as for any version
+    offset: int  # the earlier version's size: the first new byte
+    continues: int  # the earlier version's id
+
+
+def _read_growth(path: Path, base: StoredVersion, limits: ExtractLimits) -> _Growth | None:
+    """The text appended to `path` since `base`, or None when the file did not only grow (a
+    rewrite, or something extract_file must judge: then it reads the file as a whole).
+
+    Only grew: the file is still a GROWTH_KINDS kind, its first base.size bytes hash to
+    base.content_hash (the hash always covers a version's bytes [0, size)), the byte at the old
+    end starts a UTF-8 character (it does not when the earlier version was read mid-character),
+    and the new bytes are strict UTF-8 without NUL in a file without a UTF-16/32 byte order
+    mark. The new text starts where the earlier version's text ended: its trailing whitespace,
+    which extract strips and so never stored, opens the new part, so the texts of a file's
+    versions joined are its text. Reads the file once, bounded by max_file_bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not base.size < st.st_size <= limits.max_file_bytes:
+            return None
+        parts, total = [], 0
+        while total <= limits.max_file_bytes:
+            want = st.st_size + 1 - total if total < st.st_size else 1 << 20  # one read, unless it grows
+            part = os.read(fd, min(want, limits.max_file_bytes + 1 - total))
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    data = b"".join(parts)
+    old = base.size
+    if not old < len(data) <= limits.max_file_bytes or data.startswith(_WIDE_BOMS):
+        return None
+    if detect_kind(path, data[:PROBE_BYTES]) != base.kind or 0x80 <= data[old] < 0xC0:
+        return None
+    view = memoryview(data)
+    digest = hashlib.sha256(view[:old])
+    if digest.hexdigest() != base.content_hash:
+        return None
+    digest.update(view[old:])
+    try:
+        text = str(view[old - _trailing_space(view[:old]):], "utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\0" in text:
+        return None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    return _Growth(text.rstrip(), base.kind, len(data), st.st_mtime, digest.hexdigest(), old, base.document_id)
+
+
+def _trailing_space(data: memoryview) -> int:
+    """How many ASCII whitespace bytes end `data` (what extract strips from a text's end)."""
+    tail = bytes(data[-4096:])
+    count = len(tail) - len(tail.rstrip())
+    return count if count < len(tail) else len(data) - len(bytes(data).rstrip())

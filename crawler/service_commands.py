@@ -42,6 +42,9 @@ cooldown_fraction = 0.2        # best.safetensors is a copy cooled for this shar
 checkpoint_every_steps = 1000  # each checkpoint is also evaluated
 checkpoint_every_seconds = 600.0
 keep_checkpoints = 3
+checkpoints_max_mb = 0         # disk caps in MB, enforced oldest first; 0: no cap. Checkpoints by
+processed_max_mb = 0           # step (never the newest nor best.safetensors); processed/ and
+quarantine_max_mb = 0          # quarantine/ by modification time (docs/STORAGE.md)
 log_every = 10                 # a train_step event every N steps
 status_interval_seconds = 30.0 # a status event, health.json and the systemd STATUS= line
 ingest_queue_size = 10000
@@ -106,6 +109,12 @@ def add_commands(commands: Any, state: dict) -> None:
                      help="serve Prometheus metrics there, such as 127.0.0.1:9464 ([metrics] listen)")
     run.set_defaults(handler=command_run)
 
+    for name, text in (("pause", "hold training (ingest goes on) until `resume`; a checkpoint is written first"),
+                       ("resume", "let training go on after `pause`")):
+        control = commands.add_parser(name, help=text)
+        control.add_argument("--state-dir", **dict(state, default=DEFAULT_STATE_DIR))
+        control.set_defaults(handler=command_pause if name == "pause" else command_resume)
+
     init = commands.add_parser("init", help=f"write a commented default {CONFIG_FILE} into the state directory")
     init.add_argument("--state-dir", **dict(state, default=DEFAULT_STATE_DIR))
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -123,6 +132,38 @@ def command_run(args: argparse.Namespace) -> int:
         "metrics": {"listen": args.metrics},
     }
     return run_daemon(config_file=args.config, state_dir=args.state_dir, overrides=overrides)
+
+
+def command_pause(args: argparse.Namespace) -> int:
+    """Create STATE_DIR/paused: a running daemon checkpoints and holds training at its next step,
+    and a daemon started later starts paused. Ingest goes on."""
+    from .daemon import PAUSE_FILE
+    from .health import lock_holder
+
+    state = Path(args.state_dir)
+    if not state.is_dir():
+        raise ConfigError(f"{state}: no such state directory (pass --state-dir)")
+    (state / PAUSE_FILE).touch()
+    pid = lock_holder(state)
+    where = f"the daemon (pid {pid}) holds training at its next step" if pid else "no daemon runs: it will start paused"
+    print(f"pause: {where}; `crystalline resume --state-dir {state}` lets it go on")
+    return 0
+
+
+def command_resume(args: argparse.Namespace) -> int:
+    """Remove STATE_DIR/paused: training goes on at the daemon's next look (within a second)."""
+    from .daemon import PAUSE_FILE
+    from .health import lock_holder
+
+    state = Path(args.state_dir)
+    try:
+        (state / PAUSE_FILE).unlink()
+    except FileNotFoundError:
+        print(f"resume: {state} was not paused")
+        return 0
+    pid = lock_holder(state)
+    print(f"resume: training goes on{f' in the daemon (pid {pid})' if pid else ' at the next start'}")
+    return 0
 
 
 def command_init(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ owns the thread.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
@@ -51,6 +52,7 @@ from storage import HoldoutSplit, draw_window_starts
 from .checkpoints import BEST_CHECKPOINT, CHECKPOINT_DIR, checkpoint_directory  # noqa: F401 (callers import them here)
 from .checkpoints import RESET_HINT, prune, reconcile, stored_path, stream_digest
 from .config import Config
+from .disk import MB
 from .writable import WriteState
 
 FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
@@ -88,6 +90,9 @@ class TrainedText:
         return self._tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)  # (n, T + 1)
 
 
+PAUSED_POLL_SECONDS = 0.5  # how often a paused trainer looks for resume or a checkpoint request
+
+
 @dataclass
 class TrainingFigures:
     """What the supervisor reports in `status` events and health.json."""
@@ -104,6 +109,7 @@ class TrainingFigures:
     last_checkpoint_path: str | None = None  # the checkpoint the loop stands on
     idle: bool = False
     plateaued: bool = False
+    paused: bool = False  # by the operator (`crystalline pause`): no steps, ingest goes on
     val_bits_per_byte: float | None = None
     train_bits_per_byte: float | None = None
     best_val_bits_per_byte: float | None = None
@@ -134,6 +140,9 @@ class TrainingWorker:
         self.clock = clock
         self.writes = writes if writes is not None else WriteState(config.state_dir, self.log, clock)
         self._deferred: tuple[int, int, float] | None = None  # a blocked checkpoint: (generation, step, time)
+        # operator controls, set from the supervisor's thread and read at the next step
+        self.checkpoint_requested = threading.Event()  # SIGUSR1: a checkpoint now
+        self.pause_requested = False  # STATE_DIR/paused exists: hold training, keep ingesting
         self.pinned = dict(pinned or {})
         self.trainer = None
         self.figures = TrainingFigures()
@@ -297,6 +306,13 @@ class TrainingWorker:
         rng = np.random.default_rng([self.config.train.seed, 1, step])  # replay draws of this step
         if self._deferred is not None and self._since_checkpoint and self._checkpoint_due(now):
             self.checkpoint(reason="retry")  # a deferred checkpoint, idle or not
+        if self.checkpoint_requested.is_set():
+            self.checkpoint_requested.clear()
+            self._checkpoint_on_request()
+        if self.pause_requested != self.figures.paused:
+            self._set_paused(self.pause_requested)
+        if self.figures.paused:
+            return PAUSED_POLL_SECONDS
         trained_end = self._buffer_start  # text before this offset has been trained on
         can_replay = trained_end > T
         credit = self._replay_credit + daemon.replay_fraction * B
@@ -563,6 +579,23 @@ class TrainingWorker:
         if self._since_checkpoint > 0:
             self.checkpoint(reason="plateau")
 
+    def _checkpoint_on_request(self) -> None:
+        """SIGUSR1: write a checkpoint now, or say which one already holds every step."""
+        if self._since_checkpoint:
+            self.checkpoint(reason="requested")
+        else:
+            self.log.info("checkpoint_requested", saved=False, step=self.trainer.step_count,
+                          checkpoint_step=self.figures.last_checkpoint_step,
+                          checkpoint_path=self.figures.last_checkpoint_path)
+
+    def _set_paused(self, paused: bool) -> None:
+        """Pause (after checkpointing the steps since the last checkpoint) or resume."""
+        if paused and self._since_checkpoint:
+            self.checkpoint(reason="paused")
+        self.figures.paused = paused
+        self.log.info("training_paused" if paused else "training_unpaused", step=self.trainer.step_count,
+                      checkpoint_step=self.figures.last_checkpoint_step)
+
     def _idle(self, idle: bool) -> float:
         if idle and not self.figures.idle:
             self.log.info("trainer_idle", step=self.figures.step, position=self.figures.position,
@@ -618,7 +651,8 @@ class TrainingWorker:
         self._since_checkpoint, self._deferred = 0, None
         self._last_checkpoint_at = self.clock()
         f.last_checkpoint_step, f.last_checkpoint_time, f.last_checkpoint_path = step, self._last_checkpoint_at, str(path)
-        prune(self.config.state_dir, self.queue, self.config.daemon.keep_checkpoints, path, self.command)
+        prune(self.config.state_dir, self.queue, self.config.daemon.keep_checkpoints, path, self.command,
+              max_bytes=self.config.daemon.checkpoints_max_mb * MB, log=self.log)
         self.log.info("checkpoint_saved", step=step, path=str(path), reason=reason,
                       stream_position=f.position, tokens_trained=f.tokens_trained,
                       ms=round((self.clock() - t0) * 1e3, 1))

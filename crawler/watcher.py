@@ -3,7 +3,11 @@
 Events (created, modified, attrib, closed, moved in) and scans put a path into `pending` with its
 (size, mtime). `run_once(now)` hands a pending file to `ready(path, root)` at the next step after a
 close-after-write or a move into a root, else once two looks `settle_seconds` apart see the same
-(size, mtime); an event with a new size restarts the wait. A file written to and not yet closed
+(size, mtime); an event with a new size restarts the wait. A close-after-write less than
+`settle_seconds` after the file's previous one (a writer appending in open-write-close cycles,
+as `>>` does) does not make it ready at once: the file is still being written, and is handed over
+once it settles, so it arrives as one version, not one per cycle; a single write-and-close is
+ready at the next step as before. A file written to and not yet closed
 (inotify tells; polling cannot) waits for its close however long the writer pauses, or
 OPEN_WRITE_CAP_SECONDS without a change. ready() returning False (the
 consumer's bounded queue is full) keeps the file pending: only vanished files are dropped. Handed
@@ -173,6 +177,7 @@ class Watcher:
         self._pending: dict[Path, _Pending] = {}
         self._offered: dict[Path, tuple[int, int]] = {}  # handed-over versions: path -> (size, mtime_ns)
         self._writing: set[Path] = set()  # written to and not closed since (inotify events only)
+        self._closed_at: dict[Path, float] = {}  # last close-after-write, kept settle_seconds
         self._scan_due: list[tuple[list[Path] | None, str]] = []  # owed scans (None: every root)
         self._last_rescan: float | None = None
         self._counts = {"handed_over": 0, "rescans": 0, "observer_errors": 0}
@@ -250,6 +255,8 @@ class Watcher:
             self._scan(None, "interval", now)
         settle = self._config.settle_seconds
         with self._lock:  # settled, unless still open for writing (then: closed, or quiet for the cap)
+            for path in [p for p, t in self._closed_at.items() if now - t >= settle]:
+                del self._closed_at[path]
             due = [(p, e) for p, e in self._pending.items() if e.quick or (
                 now - e.since >= (OPEN_WRITE_CAP_SECONDS if p in self._writing else settle))]
         handed: list[tuple[Path, Path]] = []
@@ -308,6 +315,7 @@ class Watcher:
                     self._pending.pop(Path(src), None)
                     self._offered.pop(Path(src), None)
                     self._writing.discard(Path(src))
+                    self._closed_at.pop(Path(src), None)
             target = dest if kind == "moved" else src
             if not target or kind == "deleted":
                 return
@@ -322,12 +330,17 @@ class Watcher:
             version = _version(path)
             if version is None:
                 return  # created and deleted at once (its deleted event follows), or a folder
+            quick = kind == "moved"
             with self._lock:
                 if kind == "modified" and self._sees_closes(root):
                     self._writing.add(path)
                 elif kind == "closed":
                     self._writing.discard(path)
-            self._consider(path, root, version, now, quick=kind in ("closed", "moved"))
+                    # closed again within the settle time: written in cycles, so let it settle
+                    last = self._closed_at.get(path)
+                    quick = last is None or now - last >= self._config.settle_seconds
+                    self._closed_at[path] = now
+            self._consider(path, root, version, now, quick=quick)
         except Exception as exc:  # noqa: BLE001 - an observer thread must not die of one event
             self._log.exception("watcher_error", error=f"{type(exc).__name__}: {exc}")
 
@@ -354,6 +367,7 @@ class Watcher:
             if full:  # what was handed over and is gone need not be remembered
                 self._offered = {p: v for p, v in self._offered.items() if p in seen}
                 self._writing &= seen
+                self._closed_at = {p: t for p, t in self._closed_at.items() if p in seen}
                 self._last_rescan = now
             self._counts["rescans"] += 1
         self._log.info("rescan_finished", reason=reason, roots=len(roots), files=files, added=added,

@@ -21,6 +21,7 @@ from .records import (
     HoldoutSet,
     NewDocument,
     QueueStats,
+    StoredVersion,
 )
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "SchemaTooNew",
     "StorageConfig",
     "StorageError",
+    "StoredVersion",
     "TokenizerMismatch",
     "open_database",
 ]

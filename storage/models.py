@@ -172,6 +172,10 @@ documents = sa.Table(
     sa.Column("stream_end", sa.BigInteger, nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
     sa.Column("updated_at", UTCDateTime, nullable=False, default=utcnow, onupdate=utcnow),
+    # (revision 0004) a version of a file that only grew holds only its new text: the byte of
+    # the file its text starts at, and the id of the version it continues; NULL for a whole file
+    sa.Column("byte_offset", sa.BigInteger, nullable=True),
+    sa.Column("continues", sa.Integer, nullable=True),
     sa.CheckConstraint(
         "status IN ('queued', 'trained', 'duplicate', 'skipped', 'failed')", name="status"
     ),

@@ -18,6 +18,7 @@ one transaction through db.Database; this module knows nothing of the engine or 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import re
@@ -47,6 +48,7 @@ from .records import (
     HoldoutSet,
     NewDocument,
     QueueStats,
+    StoredVersion,
 )
 from .stream import (
     advance_stream,
@@ -157,7 +159,8 @@ class CorpusQueue:
                 versions[item.source_path] = version = versions.get(item.source_path, 0) + 1
                 row = {"source_path": item.source_path, "content_hash": item.content_hash,
                        "size": item.size, "mtime": item.mtime, "kind": item.kind,
-                       "version": version, "tokenizer": tokenizer}
+                       "version": version, "tokenizer": tokenizer,
+                       "byte_offset": item.byte_offset, "continues": item.continues}
                 if item.content_hash in originals:
                     row |= {"status": "duplicate", "duplicate_of": originals[item.content_hash], "token_count": 0}
                     plans.append((row, None))
@@ -214,11 +217,15 @@ class CorpusQueue:
         size: int | None = None,
         mtime: float | None = None,
         content_hash: str | None = None,
+        byte_offset: int | None = None,
+        continues: int | None = None,
     ) -> int:
         """Records a file version that put nothing in the stream; returns its row id. Atomic.
 
         `status` is "skipped" (not for training: `reason` is a code such as "binary") or "failed"
         (reading it went wrong: `detail` holds the error). Raises ValueError for another status.
+        A row with a content_hash (a file that grew by whitespace only) is a version later
+        growth is measured from (latest_versions).
         """
         if status not in ("skipped", "failed"):
             raise ValueError(f"status ({status!r}) must be 'skipped' or 'failed'")
@@ -235,6 +242,8 @@ class CorpusQueue:
                 "detail": detail,
                 "token_count": 0,
                 "version": _next_version(connection, source_path),
+                "byte_offset": byte_offset,
+                "continues": continues,
             }
             return _insert(connection, documents, row)
 
@@ -248,6 +257,28 @@ class CorpusQueue:
                 query = sa.select(documents.c.source_path, documents.c.size, documents.c.mtime).where(
                     documents.c.source_path.in_(group))
                 found |= {tuple(row) for row in connection.execute(query)} & wanted
+        return found
+
+    def latest_versions(self, paths: Sequence[str]) -> dict[str, StoredVersion]:
+        """For each path with one, its latest version whose bytes are all accounted for (stored,
+        a duplicate, or a growth by whitespace only; not a skip). One snapshot, a few IN
+        queries. What a changed file is compared with (docs/STORAGE.md, "What a changed file
+        means")."""
+        found: dict[str, StoredVersion] = {}
+        columns = (documents.c.source_path, documents.c.version, documents.c.id, documents.c.size,
+                   documents.c.mtime, documents.c.content_hash, documents.c.kind, documents.c.status)
+        with self.database.read() as connection:
+            for group in _in_groups(set(paths)):
+                latest = (sa.select(documents.c.source_path, sa.func.max(documents.c.version).label("version"))
+                          .where(documents.c.source_path.in_(group), documents.c.content_hash.is_not(None),
+                                 documents.c.size.is_not(None),
+                                 sa.or_(documents.c.status.in_((*IN_STREAM, "duplicate")),
+                                        documents.c.byte_offset.is_not(None)))
+                          .group_by(documents.c.source_path).subquery())
+                query = sa.select(*columns).join(latest, sa.and_(
+                    documents.c.source_path == latest.c.source_path, documents.c.version == latest.c.version))
+                for path, _, *fields in connection.execute(query):
+                    found[path] = StoredVersion(int(fields[0]), int(fields[1]), fields[2], *fields[3:])
         return found
 
     def seen(self, source_path: str, size: int, mtime: float) -> bool:
@@ -625,7 +656,7 @@ def _check_tokenizer(connection: sa.Connection, identity: str) -> None:
 
 
 def replace_tokens(item: NewDocument, tokens: np.ndarray) -> NewDocument:
-    return NewDocument(item.source_path, item.content_hash, item.size, item.mtime, item.kind, tokens)
+    return dataclasses.replace(item, tokens=tokens)
 
 
 def _in_groups(values, size: int = 500):

@@ -18,6 +18,22 @@ class NewDocument:
     mtime: float
     kind: str
     tokens: object  # np.ndarray (N,) of token ids
+    # a file that only grew: its tokens are the text from this byte of the file on, and it
+    # continues that version (the id of the path's previous version); None for a whole file
+    byte_offset: int | None = None
+    continues: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """The latest version of a path whose bytes were read: what a changed file is compared with."""
+
+    document_id: int
+    size: int
+    mtime: float
+    content_hash: str  # sha256 hex of the file's bytes [0, size)
+    kind: str | None
+    status: str
 
 
 @dataclass(frozen=True)

@@ -307,3 +307,24 @@ def test_metrics_scraped_from_a_running_daemon_agree_with_its_events(tmp_path, d
     assert found[("crystalline_training_threads", ())] == last_status["threads"]
     assert any(name == "crystalline_build_info" for name, _ in found)
     assert d.stop() == 0
+
+
+def test_operator_controls_on_a_running_daemon(tmp_path, daemon_factory):
+    """SIGUSR1 writes a checkpoint now; `pause` holds training (after a checkpoint) while ingest
+    goes on; `resume` lets it go on."""
+    d = daemon_factory(checkpoint_every=100_000)
+    write_text_file(tmp_path / "inbox" / "a.txt", seed=5, size=20_000)
+    d.wait_for("train_step", count=2)
+    d.proc.send_signal(signal.SIGUSR1)
+    requested = d.wait_for("checkpoint_saved", reason="requested")[0]
+    assert d.proc.poll() is None and Path(requested["path"]).exists()
+    assert crystalline("pause", "--state-dir", tmp_path / "state").returncode == 0
+    paused = d.wait_for("training_paused")[0]
+    write_text_file(tmp_path / "inbox" / "b.txt", seed=6)
+    d.wait_for("file_ingested", count=2)  # ingest goes on while training is held
+    assert max(e["step"] for e in d.find("train_step")) <= paused["step"]
+    assert paused["checkpoint_step"] == paused["step"], "the steps before the pause are checkpointed"
+    assert crystalline("resume", "--state-dir", tmp_path / "state").returncode == 0
+    d.wait_for("training_unpaused")
+    d.wait_for_after(d.find("training_unpaused")[0], "train_step")
+    assert d.stop() == 0

@@ -434,3 +434,82 @@ def test_a_second_stop_signal_to_train_stops_at_once_unless_it_repeats_the_first
         flag._handle(signal.SIGINT, None)
     flag._handle(signal.SIGTERM, None)
     assert exits == [128 + signal.SIGTERM]
+
+
+def test_status_shows_disk_use_by_part_with_the_caps(capsys, tmp_path, corpus, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "crystalline.toml").write_text("[daemon]\ncheckpoints_max_mb = 50\nquarantine_max_mb = 2\n")
+    for part, name, size in (("checkpoints", "ckpt-000000004.safetensors", 3_000_000),
+                             ("checkpoints", "best.safetensors", 1_000_000),
+                             ("processed", "corpus/a.txt", 250_000), ("quarantine", "reset-x/ckpt-1.safetensors", 70)):
+        (state / part / name).parent.mkdir(parents=True, exist_ok=True)
+        (state / part / name).write_bytes(b"x" * size)
+    free = namedtuple("usage", "total used free")(10**12, 10**11, 123_400_000_000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: free)
+
+    status, out, _ = run(capsys, "status", "--json", "--state-dir", state)  # no database yet
+    assert status == 0
+    disk = json.loads(out)["disk"]
+    assert disk["database"] == {"bytes": None} and disk["free_bytes"] == 123_400_000_000
+    assert disk["checkpoints"] == {"files": 2, "bytes": 4_000_000, "cap_bytes": 50_000_000}
+    assert disk["processed"] == {"files": 1, "bytes": 250_000, "cap_bytes": 0}
+    assert disk["quarantine"] == {"files": 1, "bytes": 70, "cap_bytes": 2_000_000}
+
+    assert run(capsys, "ingest", corpus, "--state-dir", state)[0] == 0
+    status, out, _ = run(capsys, "status", "--json", "--state-dir", state)
+    report = json.loads(out)
+    assert report["disk"]["database"]["bytes"] == report["database_bytes"] > 0
+    status, out, _ = run(capsys, "status", "--state-dir", state)
+    line = next(line for line in out.splitlines() if line.startswith("disk "))
+    assert line.endswith("checkpoints 4.0 MB (cap 50.0 MB), processed 0.2 MB, quarantine 0.0 MB (cap 2.0 MB); "
+                         "123.4 GB free"), line
+    assert line.startswith(f"disk       database {report['database_bytes'] / 1e6:.1f} MB, ")
+
+
+def test_status_for_a_person_rounds_says_what_the_daemon_does_and_when_the_queue_drains():
+    from datetime import datetime, timezone
+
+    from crawler.config import Config
+    from crawler.corpus_commands import describe_status
+
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc).timestamp()
+    evaluation = lambda step, value, at: {"step": step, "epoch": 0.5, "val_bits_per_byte": value,  # noqa: E731
+                                          "train_bits_per_byte": None, "holdout_tokens": 512, "created_at": at}
+    recent = [evaluation(1000 * i, 3.0 - 0.1 * i, f"2026-11-30 11:5{i}:00+00:00") for i in range(1, 6)]
+    report = {
+        "state_dir": "crystalline-state", "database": "sqlite:///x.db", "exists": True,
+        "documents": {"queued": 17, "trained": 17, "duplicate": 1, "skipped": 2, "failed": 0},
+        "tokens_total": 4_071_523, "tokens_queued": 1_945_699, "tokens_trained": 2_125_824,
+        "last_checkpoint": {"step": 5000, "path": "checkpoints/ckpt-000005000.safetensors",
+                            "created_at": "2026-11-30 11:58:30+00:00"},
+        "evaluation": {"latest": recent[-1], "best": recent[-1], "recent": recent},
+        "disk": {"database": {"bytes": 8_800_000}, "checkpoints": {"bytes": 20_200_000, "cap_bytes": 0},
+                 "processed": {"bytes": 0, "cap_bytes": 0}, "quarantine": {"bytes": 0, "cap_bytes": 0},
+                 "free_bytes": 77_300_000_000},
+        "daemon": {"running": True, "pid": 42, "health": {
+            "state": "ready", "started_at": "2026-11-30T10:00:00Z", "updated_at": "2026-11-30T11:59:54Z",
+            "step": 5123, "loss": 1.52639, "tokens_per_s": 24360.2, "queue_tokens": 1_945_699,
+            "idle": False, "plateaued": False, "paused": False, "blocked": None}},
+    }
+    base = dict(report["daemon"]["health"])
+    text = describe_status(report, Config(), now)
+    assert text.splitlines()[:6] == [
+        "daemon     running, pid 42, up 2 h 0 min; training on new text",
+        "training   step 5,123, loss 1.526, 24.4k tokens/s (as of 6 s ago)",
+        "documents  34 stored (17 trained, 17 queued); 1 duplicate, 2 skipped, 0 failed",
+        # 1,945,699 / (24,360.2 x 0.95 of a batch new text) = 84 s
+        "text       4.07M tokens stored, 1.95M not yet trained (about 1 min 24 s to train at the current rate)",
+        "checkpoint step 5,000, 1 min 30 s ago (checkpoints/ckpt-000005000.safetensors)",
+        "held-out   2.500 bits/byte at step 5,000, 5 min ago; best 2.500 at step 5,000; "
+        "improving (-0.400 over the last 5 evaluations)",
+    ]
+    for health, doing in (({"paused": True}, "training paused by the operator"),
+                          ({"plateaued": True}, "idle: the held-out figure stopped improving"),
+                          ({"queue_tokens": 0}, "training on earlier text"),
+                          ({"blocked": "disk_full"}, "writes blocked (disk_full)")):
+        report["daemon"]["health"] = base | health
+        assert doing in describe_status(report, Config(), now).splitlines()[0]

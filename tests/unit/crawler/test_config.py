@@ -58,6 +58,11 @@ def test_state_dir_config_file_is_found(tmp_path):
     ("[store]\nchunk_size = 1\n", {}, "unknown setting [store] chunk_size; allowed: busy_timeout_ms"),
     ("[nonsense]\na = 1\n", {}, "unknown section [nonsense]"),
     ("[store]\nchunk_tokens = 'many'\n", {}, "chunk_tokens: expected int, got 'many'"),
+    ("[daemon]\nprocessed_max_mb = -5\n", {},
+     "[daemon] processed_max_mb (-5) must be 0 (no cap) or more megabytes (set in "),
+    ("", {"CRYSTALLINE_DAEMON_CHECKPOINTS_MAX_MB": "-1"},
+     "checkpoints_max_mb (-1) must be 0 (no cap) or more megabytes (set in environment"),
+    ("[daemon]\nquarantine_max_mb = 1.5\n", {}, "quarantine_max_mb: expected int, got 1.5"),
     ("", {"CRYSTALLINE_STORE_BUSY_TIMEOUT_MS": "soon"}, "environment CRYSTALLINE_STORE_BUSY_TIMEOUT_MS: expected int"),
     ("[store\n", {}, "c.toml"),
 ])
@@ -80,6 +85,15 @@ def test_the_commented_default_file_is_the_defaults(tmp_path):
     assert load_config(path, env={}) == load_config(env={})
     config = load_config(env={})
     assert (config.model.d_model, config.model.n_layer, config.train.schedule) == (128, 4, "constant")
+    for name in ("checkpoints_max_mb", "processed_max_mb", "quarantine_max_mb"):  # shown, with the default
+        assert f"\n{name} = {getattr(config.daemon, name)} " in DEFAULT_CONFIG
+
+
+def test_disk_caps_are_read_from_the_file_and_the_environment(tmp_path):
+    toml = write(tmp_path / "c.toml", "[daemon]\ncheckpoints_max_mb = 2000\nprocessed_max_mb = 500\n")
+    config = load_config(toml, env={"CRYSTALLINE_DAEMON_QUARANTINE_MAX_MB": "100"})
+    assert (config.daemon.checkpoints_max_mb, config.daemon.processed_max_mb,
+            config.daemon.quarantine_max_mb) == (2000, 500, 100)
 
 
 REPO = Path(__file__).resolve().parents[3]

@@ -461,3 +461,23 @@ def test_an_inbox_that_cannot_be_watched_is_in_the_health_report(tmp_path):
     with capture_logs() as logs:
         assert daemon._health("ready")["unwatched_roots"] is None
     assert sorted(e["root"] for e in logs if e["event"] == "root_watched") == sorted([str(not_a_folder), "/dev/null"])
+
+
+def test_the_pause_file_holds_the_trainer_and_resume_releases_it(tmp_path, capsys):
+    import threading
+    from types import SimpleNamespace
+
+    from crawler.cli import main
+
+    trainer = SimpleNamespace(checkpoint_requested=threading.Event(), pause_requested=False)
+    daemon = FakeDaemon(Config(state_dir=tmp_path), {})
+    daemon._trainer = lambda: trainer
+    assert main(["pause", "--state-dir", str(tmp_path)]) == 0
+    assert "no daemon runs: it will start paused" in capsys.readouterr().out
+    daemon._follow_pause()
+    assert trainer.pause_requested
+    assert main(["resume", "--state-dir", str(tmp_path)]) == 0
+    daemon._follow_pause()
+    assert not trainer.pause_requested
+    assert main(["resume", "--state-dir", str(tmp_path)]) == 0
+    assert "was not paused" in capsys.readouterr().out

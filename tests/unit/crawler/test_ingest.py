@@ -2,6 +2,8 @@
 
 import json
 import os
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -675,3 +677,164 @@ def test_emacs_leftovers_are_not_ingested(tmp_path):
     for name in ("notes.txt", "#notes.txt#", ".#notes.txt"):
         (tmp_path / name).write_text("text")
     assert [p.name for p, _ in iter_files([tmp_path])] == ["notes.txt"]
+
+
+# --- what a changed file means ---------------------------------------------------------------------
+
+def stored_rows(queue, path: Path) -> list[dict]:
+    import sqlalchemy as sa
+
+    from storage.models import documents
+
+    with queue.database.read() as connection:
+        query = sa.select(documents).where(documents.c.source_path == str(path)).order_by(documents.c.version)
+        return [row._asdict() for row in connection.execute(query)]
+
+
+def stored_text(queue, row: dict) -> str:
+    tokens = queue.read_tokens(row["stream_start"], row["stream_end"])
+    assert tokens[0] == ByteTokenizer().eod_id  # each version opens with one separator
+    return bytes(tokens[1:].tolist()).decode("utf-8")
+
+
+def append(path: Path, data: bytes) -> None:
+    with path.open("ab") as f:  # what `>>` does: open, append, close
+        f.write(data)
+
+
+def test_a_file_that_only_grew_stores_only_its_new_text(tmp_path, store):
+    path = tmp_path / "app.log"
+    path.write_bytes(b"first line\n")
+    ingestor = Ingestor(store, ByteTokenizer())
+    first = ingestor.ingest_file(path)
+    assert (first.status, first.tokens, first.offset) == ("ingested", 1 + 10, None)
+    append(path, b"second line\r\n")
+    second = ingestor.ingest_file(path)
+    # the new bytes, opened by the whitespace the first version's text left at its end
+    assert (second.status, second.offset, second.bytes, second.tokens) == ("ingested", 11, 13, 1 + 12)
+    append(path, b"  \n")  # whitespace only: nothing to store, but the version is remembered
+    blank = ingestor.ingest_file(path)
+    assert (blank.status, blank.reason) == ("skipped", "empty")
+    assert ingestor.ingest_file(path).status == "unchanged"
+    append(path, "third, café\n".encode())
+    third = ingestor.ingest_file(path)
+    assert (third.status, third.offset) == ("ingested", 27)
+    rows = stored_rows(store, path)
+    assert [(r["version"], r["status"], r["byte_offset"], r["continues"]) for r in rows] == [
+        (1, "queued", None, None), (2, "queued", 11, rows[0]["id"]),
+        (3, "skipped", 24, rows[1]["id"]), (4, "queued", 27, rows[2]["id"])]
+    assert [r["size"] for r in rows] == [11, 24, 27, 40]
+    # every byte stored once: the versions' texts joined are the file's text
+    texts = [stored_text(store, r) for r in rows if r["status"] == "queued"]
+    assert texts == ["first line", "\nsecond line", "\n  \nthird, café"]
+    assert "".join(texts) == extract_file(path).text
+    assert store.stats().tokens_total == len(extract_file(path).text.encode()) + 3
+    assert rows[-1]["content_hash"] == extract_file(path).content_hash  # the whole file's bytes, as always
+    # a copy of the grown file under another name is a duplicate: its bytes are all in the stream
+    copy = tmp_path / "copy.log"
+    copy.write_bytes(path.read_bytes())
+    assert ingestor.ingest_file(copy).status == "duplicate"
+
+
+def test_a_file_that_grew_from_a_duplicate_stores_only_its_new_text(tmp_path, store):
+    ingestor = Ingestor(store, ByteTokenizer())
+    (tmp_path / "a.txt").write_text("shared start\n")
+    path = tmp_path / "b.txt"
+    path.write_text("shared start\n")
+    assert [ingestor.ingest_file(p).status for p in (tmp_path / "a.txt", path)] == ["ingested", "duplicate"]
+    append(path, b"and more\n")
+    grown = ingestor.ingest_file(path)
+    assert (grown.status, grown.offset, grown.tokens) == ("ingested", 13, 1 + len("\nand more"))
+
+
+@pytest.mark.parametrize("name, before, after", [
+    ("edited.txt", b"first line\n", b"First line\nsecond\n"),  # an earlier byte changed
+    ("shrunk.txt", b"a longer first text\n", b"shorter\n"),
+    ("page.html", b"<p>one</p>\n", b"<p>one</p>\n<p>two</p>\n"),  # a parsed kind changes as a whole
+    ("cut.txt", "café".encode()[:4], "café au lait\n".encode()),  # first read cut mid-character
+    ("wide.txt", "one\n".encode("utf-16"), "one\ntwo\n".encode("utf-16")),  # not UTF-8
+])
+def test_a_file_that_did_not_only_grow_is_a_whole_new_version(tmp_path, store, name, before, after):
+    path = tmp_path / name
+    path.write_bytes(before)
+    ingestor = Ingestor(store, ByteTokenizer())
+    assert ingestor.ingest_file(path).status == "ingested"
+    path.write_bytes(after)
+    os.utime(path, (2e9, 2e9))
+    outcome = ingestor.ingest_file(path)
+    whole = extract_file(path)
+    assert (outcome.status, outcome.offset, outcome.bytes) == ("ingested", None, len(after))
+    assert outcome.tokens == 1 + len(whole.text.encode())
+    row = stored_rows(store, path)[-1]
+    assert (row["byte_offset"], row["continues"]) == (None, None)
+    assert stored_text(store, row) == whole.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="close-after-write events are inotify's")
+def test_a_file_written_by_twenty_append_cycles_stores_each_byte_once(tmp_path, store):
+    """The daemon's path, watcher events included: the real Watcher (inotify, a fake clock) hands
+    the file to the real IngestWorker. 20 open-append-close cycles in four bursts: each burst's
+    first close is a single write-and-close (handed over at once), the rest are closes within the
+    settle time (handed over once quiet), so the file arrives 8 times, and is stored once."""
+    import queue as queue_module
+
+    import structlog
+
+    from crawler.config import Config
+    from crawler.daemon import IngestWorker
+    from crawler.watcher import WatchConfig, Watcher
+
+    root = tmp_path / "inbox"
+    root.mkdir()
+    path = root / "app.log"
+    clock, inbox = FakeClock(), queue_module.Queue()
+
+    def offer(p: Path, r: Path) -> bool:
+        inbox.put_nowait((p, r))
+        return True
+
+    watcher = Watcher(WatchConfig(roots=(str(root),), settle_seconds=2.0, rescan_interval_seconds=0), offer,
+                      clock=clock)
+    worker = IngestWorker(Config(state_dir=tmp_path / "state"), store, ByteTokenizer(), inbox,
+                          structlog.get_logger(), release=watcher.reoffer)
+    worker.initialize()
+
+    def handed_over_and_ingested() -> None:
+        assert wait_for(lambda: not inbox.empty())
+        while not inbox.empty():
+            worker.run_once(clock.t)
+
+    with capture_logs() as logs, watcher:
+        assert wait_for(lambda: watcher.stats["rescans"] == 1)
+        for burst in range(4):
+            for j in range(5):
+                append(path, f"cycle {burst * 5 + j:02d}: a line of text\n".encode())
+                size = path.stat().st_size
+                if j == 0:
+                    handed_over_and_ingested()
+                else:  # this cycle's write and close seen, and the file not handed over
+                    assert wait_for(lambda: path not in watcher._writing and watcher._pending.get(path) is not None
+                                    and watcher._pending[path].size == size)
+                    assert watcher.run_once(clock.t) == [] and inbox.empty()
+                clock.t += 0.5
+            clock.t += 2.0  # quiet for the settle time
+            handed_over_and_ingested()
+    ingested = events(logs, "file_ingested")
+    assert len(ingested) == 8 and not events(logs, "file_skipped") and not events(logs, "file_failed")
+    rows = stored_rows(store, path)
+    assert [r["version"] for r in rows] == list(range(1, 9))
+    assert [r["byte_offset"] for r in rows] == [None, *(r["size"] for r in rows[:-1])]
+    text = extract_file(path).text
+    assert "".join(stored_text(store, r) for r in rows) == text  # each byte once
+    assert store.stats().tokens_total == sum(r["token_count"] for r in rows) == len(text.encode()) + 8
+    assert sum(e["tokens"] for e in ingested) == len(text.encode()) + 8
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    """Poll until predicate() holds; the timeout only bounds a failing test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

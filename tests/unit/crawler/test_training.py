@@ -719,3 +719,41 @@ def test_a_really_full_disk_defers_the_checkpoint(tmp_path, store):
             worker.shutdown()
     finally:
         subprocess.run(["umount", str(state)], check=True)
+
+
+def test_operator_controls_checkpoint_now_and_pause_without_losing_a_step(tmp_path, store):
+    from crawler.training import PAUSED_POLL_SECONDS
+
+    add_text(store, tmp_path, "a.txt", "the quick brown fox jumps over the lazy dog. " * 40)
+    worker = make_worker(tmp_path, store, checkpoint_every_steps=1000)
+    worker.initialize()
+    try:
+        for now in range(3):
+            worker.run_once(float(now))
+        with capture_logs() as logs:
+            worker.checkpoint_requested.set()  # SIGUSR1
+            worker.run_once(3.0)
+        saved = [e for e in logs if e["event"] == "checkpoint_saved"]
+        assert [e["reason"] for e in saved] == ["requested"] and saved[0]["step"] == 3
+        assert worker.figures.step == 4, "the step goes on after the checkpoint"
+
+        with capture_logs() as logs:
+            worker.pause_requested = True  # STATE_DIR/paused
+            assert worker.run_once(4.0) == PAUSED_POLL_SECONDS
+            assert worker.run_once(5.0) == PAUSED_POLL_SECONDS
+        assert worker.figures.step == 4 and worker.figures.paused
+        events = [e["event"] for e in logs]
+        assert events == ["checkpoint_saved", "training_paused"], "the steps before the pause are saved first"
+        assert CorpusQueue(store).latest_checkpoint().step == 4
+
+        with capture_logs() as logs:
+            worker.checkpoint_requested.set()  # nothing new since the pause's checkpoint
+            worker.run_once(6.0)
+        assert [(e["event"], e.get("saved")) for e in logs] == [("checkpoint_requested", False)]
+
+        with capture_logs() as logs:
+            worker.pause_requested = False
+            assert worker.run_once(7.0) == 0.0
+        assert logs[0]["event"] == "training_unpaused" and worker.figures.step == 5 and not worker.figures.paused
+    finally:
+        worker.shutdown()

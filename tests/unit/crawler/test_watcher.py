@@ -266,6 +266,37 @@ def test_a_file_open_for_writing_waits_for_its_close_however_long_the_writer_pau
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="close-after-write events are inotify's")
+def test_a_file_closed_and_written_again_within_the_settle_time_is_still_being_written(tmp_path):
+    ready, clock = Collector(), FakeClock()
+    path = tmp_path / "cycles.log"
+
+    def append(text: str) -> None:  # what `>>` does: open, append, close
+        with path.open("a") as f:
+            f.write(text)
+
+    with Watcher(config(tmp_path, settle_seconds=2.0), ready, clock=clock) as w:
+        assert wait_for(lambda: w.stats["rescans"] == 1)
+        append("line 00\n")  # a single write-and-close: ready at the next step, the clock frozen
+        assert wait_for(lambda: len(ready.items) == 1)
+        for i in range(1, 20):  # then 19 more cycles, 0.5 s apart: closed again within the settle time
+            clock.t += 0.5
+            append(f"line {i:02d}\n")
+            size = 8 * (i + 1)  # this cycle's events seen: its write (the size), then its close
+            assert wait_for(lambda: path not in w._writing and (
+                (w._pending.get(path) is not None and w._pending[path].size == size)
+                or any(s == size for *_, s in ready.items)))
+            assert w.run_once(clock.t) == []  # not ready at its close: still being written
+        assert len(ready.items) == 1
+        clock.t += 2.0  # quiet for the settle time: handed over once, whole
+        assert wait_for(lambda: len(ready.items) == 2)
+        clock.t += 2.0  # long after the last close, a single write-and-close is quick again
+        append("one more\n")
+        assert wait_for(lambda: len(ready.items) == 3)
+    assert nothing_more(w)
+    assert [size for _, _, size in ready.items] == [8, 160, 169]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="close-after-write events are inotify's")
 def test_a_file_left_open_is_handed_over_after_the_cap_without_a_change(tmp_path):
     ready, clock = Collector(), FakeClock()
     path = tmp_path / "held.log"

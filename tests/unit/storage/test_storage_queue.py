@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 import storage.db
 import storage.queue
-from storage import CorpusQueue, Cursor, TokenizerMismatch, open_database
+from storage import CorpusQueue, Cursor, NewDocument, StoredVersion, TokenizerMismatch, open_database
 from storage.models import chunks, documents
 
 
@@ -78,6 +78,30 @@ def test_versions_and_duplicates(queue, add):
         ("/in/a.txt", 4, "skipped"),
     ]
     assert queue.stats().tokens_total == 5
+
+
+def test_a_grown_version_records_its_offset_and_what_it_continues(queue, add):
+    # the file's whole bytes are hashed; only the appended part's tokens go into the stream
+    first = add(queue, "/in/log.txt", [1, 2, 3], content_hash="a" * 64, size=30)
+    assert queue.latest_versions(["/in/log.txt", "/in/none"]) == {"/in/log.txt": StoredVersion(
+        first.document_id, 30, 1_700_000_000.25, "a" * 64, "text", "queued")}
+    grown = NewDocument("/in/log.txt", "b" * 64, 50, 2.0, "text", np.array([4, 5]),
+                        byte_offset=30, continues=first.document_id)
+    (result,) = queue.add_documents([grown], tokenizer=TOKENIZER)
+    assert (result.status, result.version, result.stream_start, result.stream_end) == ("queued", 2, 3, 5)
+    row = rows(queue, documents)[-1]
+    assert (row["byte_offset"], row["continues"], row["size"]) == (30, first.document_id, 50)
+    assert rows(queue, documents)[0]["byte_offset"] is None  # a whole file
+    # a growth by whitespace only is a version growth is measured from; other skips are not
+    blank = queue.record_skip(source_path="/in/log.txt", reason="empty", kind="text", size=52, mtime=3.0,
+                              content_hash="c" * 64, byte_offset=50, continues=result.document_id)
+    queue.record_skip(source_path="/in/log.txt", reason="too_large", size=10**9, mtime=4.0, content_hash="d" * 64)
+    queue.record_skip(source_path="/in/log.txt", reason="unreadable")
+    latest = queue.latest_versions(["/in/log.txt"])["/in/log.txt"]
+    assert (latest.document_id, latest.size, latest.content_hash, latest.status) == (blank, 52, "c" * 64, "skipped")
+    copy = add(queue, "/in/copy.txt", [9], content_hash="b" * 64)  # the grown file's bytes are in the stream
+    assert (copy.status, copy.duplicate_of) == ("duplicate", result.document_id)
+    assert queue.latest_versions(["/in/copy.txt"])["/in/copy.txt"].status == "duplicate"
 
 
 def test_a_skipped_or_failed_row_is_not_an_original(queue, add):
