@@ -49,7 +49,7 @@ from .corpus_commands import add_commands as add_corpus_commands
 from .service_commands import add_commands as add_service_commands
 from .state_commands import add_commands as add_state_commands
 from .plot import add_commands as add_plot_commands
-from .daemon import REPEAT_SIGNAL_SECONDS, DaemonError
+from .daemon import REPEAT_SIGNAL_SECONDS, DaemonError, lower_priority
 from .health import DaemonAlreadyRunning
 from .data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
 from .logging import configure_logging, get_logger
@@ -380,6 +380,7 @@ def command_train(args: argparse.Namespace) -> int:
     try:
         database, queue = open_queue(config)
         tokenizer = load_state_tokenizer(config.state_dir)
+        lower_priority(config.daemon.nice, log)
         summary = ingest_paths(args.paths, queue, tokenizer, config, log, level="info")
         with _StopFlag() as stop:
             worker = TrainingWorker(config, queue, tokenizer, get_logger("trainer"), pinned=pinned, command="train",

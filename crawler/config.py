@@ -102,6 +102,10 @@ class DaemonConfig:
     # service manager's limit (systemd TimeoutStopSec=90, docker --stop-timeout 90), which sends
     # SIGKILL: the margin covers closing the store and the process's own exit
     stop_timeout_seconds: float = 60.0
+    # CPU priority of `run` and `train` outside a service manager (under systemd use Nice= and
+    # CPUWeight=): added to the process's niceness at start, before any worker thread exists,
+    # so every thread inherits it; 0 leaves it alone, 19 is the lowest priority
+    nice: int = 0
 
     def validate(self) -> "DaemonConfig":
         if not 0.0 <= self.replay_fraction < 1.0:
@@ -115,6 +119,8 @@ class DaemonConfig:
         if self.plateau_margin < 0 or self.max_passes < 0:
             raise ConfigError(f"plateau_margin ({self.plateau_margin}) and max_passes ({self.max_passes}) "
                               "must be 0 or more")
+        if not 0 <= self.nice <= 19:
+            raise ConfigError(f"nice ({self.nice}) must be in [0, 19]: 0 leaves the priority alone, 19 is the lowest")
         if self.replay_memory_mb < 0:
             raise ConfigError(f"replay_memory_mb ({self.replay_memory_mb}) must be 0 or more")
         for name in ("checkpoints_max_mb", "processed_max_mb", "quarantine_max_mb"):

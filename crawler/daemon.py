@@ -313,6 +313,7 @@ class Daemon:
         try:
             self.log.info("daemon_started", pid=os.getpid(), state_dir=str(state), database=_safe_url(config.database_url))
             self.log.info("config_loaded", config=config.to_dict())
+            lower_priority(config.daemon.nice, self.log)
             self._serve_metrics()
             self._write_health(health, self._health("starting"))
             self._start(t0, health)
@@ -712,6 +713,21 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def lower_priority(increment: int, log) -> None:
+    """Add `increment` ([daemon] nice) to this process's niceness, before any worker thread
+    starts (on Linux niceness is per thread and a new thread inherits its creator's); logged as
+    priority_lowered. A refusal is logged and training goes on at the priority it has."""
+    if not increment:
+        return
+    try:
+        before = os.nice(0)
+        after = os.nice(increment)
+    except OSError as exc:
+        log.warning("priority_lowered", nice=None, error=str(exc))
+        return
+    log.info("priority_lowered", nice=after, was=before)
 
 
 def run_daemon(config_file=None, state_dir=None, overrides=None) -> int:

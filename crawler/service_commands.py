@@ -51,6 +51,7 @@ ingest_queue_size = 10000
 after_ingest = "keep"          # "move": ingested files go to STATE_DIR/processed/
 health_max_age_seconds = 120.0 # `crystalline status --health` fails past this
 stop_timeout_seconds = 60.0    # a stop ends within this (checkpoint first); below TimeoutStopSec=90
+nice = 0                       # CPU priority outside systemd: 0 leaves it, 19 is the lowest
 
 [model]                        # fixed once the first checkpoint exists (docs/BENCHMARKS.md: the
 context_length = 128           # size that learned most in an hour of the daemon on 2 cores)

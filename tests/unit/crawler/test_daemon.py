@@ -481,3 +481,23 @@ def test_the_pause_file_holds_the_trainer_and_resume_releases_it(tmp_path, capsy
     assert not trainer.pause_requested
     assert main(["resume", "--state-dir", str(tmp_path)]) == 0
     assert "was not paused" in capsys.readouterr().out
+
+
+def test_nice_lowers_the_priority_of_every_thread_started_after_it(tmp_path):
+    import subprocess
+    import sys
+
+    # in a child process: niceness cannot be raised back, and the test process must keep its own
+    code = (
+        "import os, threading, structlog\n"
+        "from crawler.daemon import lower_priority\n"
+        "before = os.nice(0)\n"
+        "lower_priority(5, structlog.get_logger())\n"
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))\n"
+        "t.start(); t.join()\n"
+        "print(before, os.nice(0), seen[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    before, after, thread = map(int, out[-3:])
+    assert after == min(before + 5, 19) and thread == after
