@@ -79,10 +79,13 @@ def resolve(state_dir: str | Path, stored: str) -> Path:
     return checkpoint_directory(state_dir) / Path(stored).name
 
 
-def stream_digest(queue, position: int) -> str:
+def stream_digest(queue, position: int) -> str | None:
     """sha256 of the DIGEST_TOKENS stream tokens before `position` (int32, little-endian): a
-    checkpoint records it, so a file can be matched with the stream it was trained on."""
-    tokens = queue.read_tokens(max(0, position - DIGEST_TOKENS), position)
+    checkpoint records it, so a file can be matched with the stream it was trained on. None when
+    some of those tokens were forgotten (`crystalline forget`): nothing to match them with."""
+    tokens = queue.read_tokens(max(0, position - DIGEST_TOKENS), position, missing=-1)
+    if (tokens < 0).any():
+        return None
     return hashlib.sha256(np.ascontiguousarray(tokens, "<i4").tobytes()).hexdigest()
 
 
@@ -221,7 +224,8 @@ def _unusable(checkpoint: Checkpoint, record, tokenizer_identity: dict, queue, e
     if position > end:
         return "beyond_stream"  # it trained on text this database does not hold
     digest = extra.get("stream_digest")
-    if digest is not None and digest != stream_digest(queue, position):
+    current = None if digest is None else stream_digest(queue, position)
+    if digest is not None and current is not None and digest != current:
         return "other_stream"  # the store holds other text at its position
     return None
 

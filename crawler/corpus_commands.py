@@ -1,4 +1,4 @@
-"""`crystalline ingest` and `crystalline status`: the corpus store from the command line.
+"""`crystalline ingest`, `status` and `forget`: the corpus store from the command line.
 
 Both resolve the same configuration as the daemon (`--state-dir`, `--config`, CRYSTALLINE_*
 variables) and open the same database. `ingest` exits non-zero only on a hard error (bad
@@ -19,7 +19,7 @@ from typing import Any
 from engine import ConfigError
 
 from .config import DATABASE_FILE, Config, load_config
-from .disk import disk_usage
+from .disk import PROCESSED_DIR, disk_usage
 from .ingest import IngestSummary, Ingestor, iter_files
 from .logging import get_logger
 from .progress import IngestProgress, on_terminal
@@ -43,6 +43,16 @@ def add_commands(commands: Any, state: dict) -> None:
     for flag, kw in common.items():
         status.add_argument(flag, **kw)
     status.set_defaults(handler=command_status)
+
+    forget = commands.add_parser("forget", help="remove a file's text from the corpus and from all future training")
+    forget.add_argument("targets", nargs="+", metavar="PATH|DOC_ID",
+                        help="a file as it was ingested (or its copy under STATE_DIR/processed), a folder "
+                             "(everything under it), or a document id from the logs")
+    forget.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
+    forget.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    for flag, kw in common.items():
+        forget.add_argument(flag, **kw)
+    forget.set_defaults(handler=command_forget)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
@@ -103,7 +113,7 @@ def _log_outcome(outcome, log, emit) -> None:
     elif outcome.status in ("ingested", "duplicate"):
         emit("file_ingested", path=outcome.path, doc_id=outcome.document_id, bytes=outcome.bytes,
              tokens=outcome.tokens, ms=round(outcome.ms, 2), duplicate=outcome.status == "duplicate",
-             offset=outcome.offset)
+             offset=outcome.offset, withdrawn_tokens=outcome.withdrawn)
 
 
 def command_ingest(args: argparse.Namespace) -> int:
@@ -133,6 +143,76 @@ def command_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def forget_forms(target: str, config: Config) -> tuple[list[str], list[str], list[int]]:
+    """What a `forget` argument may name: (paths, folder prefixes, document ids). A number that
+    is not an existing file is an id; a folder (or a name ending in "/") names everything under
+    it; a path under STATE_DIR/processed also names the file it was moved from."""
+    if target.isdigit() and not os.path.lexists(target):
+        return [], [], [int(target)]
+    path = os.path.abspath(target)
+    candidates = [path]
+    processed = os.path.abspath(config.state_dir / PROCESSED_DIR)
+    if path.startswith(processed + os.sep):
+        name, _, rest = path[len(processed) + 1:].partition(os.sep)
+        for root in config.watch.roots:
+            root = os.path.abspath(root)
+            if os.path.basename(root) == name:
+                candidates.append(os.path.join(root, rest) if rest else root)
+    if target.endswith("/") or os.path.isdir(path):
+        return [], [c.rstrip(os.sep) + os.sep for c in candidates], []
+    return candidates, [], []
+
+
+def command_forget(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    log = get_logger("forget")
+    forms = {target: forget_forms(target, config) for target in args.targets}
+    paths = [p for f in forms.values() for p in f[0]]
+    prefixes = [p for f in forms.values() for p in f[1]]
+    ids = [i for f in forms.values() for i in f[2]]
+    database, queue = open_queue(config)
+    try:
+        result = queue.forget(paths=paths, prefixes=prefixes, document_ids=ids, dry_run=args.dry_run)
+    finally:
+        database.close()
+    missing = set(result.not_found)
+    unknown = [t for t, (p, f, i) in forms.items() if all(str(x) in missing for x in (*p, *f, *i))]
+    report = {"dry_run": args.dry_run, "documents": result.documents, "paths": result.paths,
+              "tokens": result.tokens, "sharing": result.sharing, "already_forgotten": result.already,
+              "not_found": unknown}
+    if not args.dry_run and result.documents:
+        log.info("text_forgotten", documents=result.documents, paths=result.paths, tokens=result.tokens,
+                 sharing=result.sharing)
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+    else:
+        print(describe_forget(report))
+    return 1 if unknown and not result.documents else 0
+
+
+def describe_forget(report: dict) -> str:
+    """What `forget` did (or would do), for a person: the documents, the files, what the model keeps."""
+    verb = "would remove" if report["dry_run"] else "removed"
+    lines = []
+    if report["documents"]:
+        n = len(report["documents"])
+        lines.append(f"{verb} the text of {n} document{'s' if n > 1 else ''} ({report['tokens']:,} tokens) "
+                     f"from the corpus, its held-out set and all future training:")
+        lines += [f"  {path}" for path in report["paths"]]
+        if report["sharing"]:
+            lines.append("the same text was also stored for these files, and goes with it:")
+            lines += [f"  {path}" for path in report["sharing"]]
+        lines.append("The model keeps what it has already learned from this text: `crystalline reset "
+                     "--keep-corpus` trains a new model on what the corpus still holds. Your files are not "
+                     "touched; an unchanged file is not ingested again.")
+    for doc in report["already_forgotten"]:
+        lines.append(f"document {doc}: no text stored (already forgotten, or a skipped file)")
+    for target in report["not_found"]:
+        lines.append(f"{target}: no document of that name or id (see `crystalline status`, or the "
+                     f"file_ingested events for paths and doc_id)")
+    return "\n".join(lines) or "nothing to forget"
+
+
 def status_report(config: Config) -> dict:
     """The corpus queue's figures and the state directory's disk use by part (`disk`, with the
     caps) as a JSON-able dict; does not create a database."""
@@ -149,6 +229,7 @@ def status_report(config: Config) -> dict:
             "tokens_total": stats.tokens_total,
             "tokens_queued": stats.tokens_queued,
             "tokens_trained": stats.tokens_trained,
+            "tokens_withdrawn": stats.tokens_withdrawn,
             "database_bytes": stats.database_bytes,
             "tokenizer": queue.tokenizer(),
             "last_checkpoint": None if last is None else {
@@ -250,8 +331,11 @@ def describe_status(report: dict, config: Config, now: float) -> str:
         lines.append(f"documents  {stored:,} stored ({docs.get('trained', 0):,} trained, {docs.get('queued', 0):,} "
                      f"queued); {docs.get('duplicate', 0):,} duplicate, {docs.get('skipped', 0):,} skipped, "
                      f"{docs.get('failed', 0):,} failed")
-        queued, total = report["tokens_queued"], report["tokens_total"]
+        queued, withdrawn = report["tokens_queued"], report.get("tokens_withdrawn", 0)
+        total = report["tokens_total"] - withdrawn
         text = f"text       {_count(total)} tokens stored, {_count(queued)} not yet trained"
+        if withdrawn:
+            text += f" ({_count(withdrawn)} withdrawn: forgotten, or earlier versions of rewritten files)"
         rate = h.get("tokens_per_s")
         if queued and rate:  # the share of a batch that is new text: the rest is replay
             seconds = queued / (rate * (1.0 - config.daemon.replay_fraction))

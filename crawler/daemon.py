@@ -153,7 +153,7 @@ class IngestWorker:
         if outcome.status in ("ingested", "duplicate"):
             self.log.info("file_ingested", path=path, doc_id=outcome.document_id, bytes=outcome.bytes,
                           tokens=outcome.tokens, ms=round(outcome.ms, 1), duplicate=outcome.status == "duplicate",
-                          offset=outcome.offset)
+                          offset=outcome.offset, withdrawn_tokens=outcome.withdrawn)
             if self.config.daemon.after_ingest == "move":
                 self._move(Path(outcome.path), batch)
         elif outcome.status == "skipped":

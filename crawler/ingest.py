@@ -54,6 +54,7 @@ class IngestOutcome:
     tokens: int = 0
     ms: float = 0.0
     offset: int | None = None  # a file that only grew: where its new bytes start (the earlier size)
+    withdrawn: int = 0  # a rewrite: tokens of the earlier version withdrawn before training reached them
 
 
 @dataclass
@@ -232,7 +233,7 @@ class Ingestor:
                                 f"same content as document {result.duplicate_of}" if duplicate else None,
                                 document_id=result.document_id, bytes=p.extraction.size - (p.offset or 0),
                                 tokens=0 if duplicate else int(p.tokens.size),
-                                ms=(p.seconds + share) * 1e3, offset=p.offset)
+                                ms=(p.seconds + share) * 1e3, offset=p.offset, withdrawn=result.withdrawn_tokens)
 
 
 @dataclass(frozen=True)

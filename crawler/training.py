@@ -12,6 +12,10 @@ training loop. Each `run_once(now)` builds one batch and takes one `Trainer.step
 - Never the held-out split: `storage.HoldoutSplit` reserves a fixed share of fixed-size blocks
   of the stream (recorded in the store on first use, so it never changes); every read here
   passes it, so no held-out token reaches a batch.
+- Never withdrawn text (a rewritten file's untrained tokens, a forgotten document): every read
+  passes a `storage.StreamMask` of the split and the withdrawn ranges. The loop looks for new
+  withdrawals every WITHDRAWAL_POLL_SECONDS and at each refill; a new one drops the windows of
+  the shuffle buffer it touches and blanks the in-memory copy of the trained text there.
 
 On a schedule (every `eval_every_steps` steps or `eval_every_seconds`, and at every checkpoint)
 the worker measures held-out bits per byte, records it in the store's history and logs
@@ -47,7 +51,7 @@ import numpy as np
 
 from engine import CheckpointError, ConfigError, NonFiniteLoss
 from engine.checkpoint import load_checkpoint
-from storage import HoldoutSplit, draw_window_starts
+from storage import HoldoutSplit, StreamMask, draw_window_starts
 
 from .checkpoints import BEST_CHECKPOINT, CHECKPOINT_DIR, checkpoint_directory  # noqa: F401 (callers import them here)
 from .checkpoints import RESET_HINT, prune, reconcile, stored_path, stream_digest
@@ -56,6 +60,7 @@ from .disk import MB
 from .writable import WriteState
 
 FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
+WITHDRAWAL_POLL_SECONDS = 1.0  # how often the loop asks the store for new withdrawals
 TRAIN_WINDOW = 50  # steps in the recent-window estimate of training bits per byte
 LN2 = math.log(2.0)
 
@@ -84,10 +89,17 @@ class TrainedText:
                 grown = np.empty(max(end, 2 * self._tokens.size), self._tokens.dtype)
                 grown[: self.size] = self._tokens[: self.size]
                 self._tokens = grown
-            self._tokens[self.size : end] = self.queue.read_tokens(self.size, end)
+            # forgotten text reads as 0: the mask keeps every draw away from it
+            self._tokens[self.size : end] = self.queue.read_tokens(self.size, end, missing=0)
             self.size = end
         starts = draw_window_starts(rng, high, count, seq_len, holdout)  # (n,)
         return self._tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)  # (n, T + 1)
+
+    def blank(self, mask: StreamMask) -> None:
+        """Zero the held tokens inside withdrawn ranges: no copy of forgotten text stays in memory."""
+        for start, end in zip(mask.starts.tolist(), mask.ends.tolist()):
+            if start < self.size:
+                self._tokens[start : min(end, self.size)] = 0
 
 
 PAUSED_POLL_SECONDS = 0.5  # how often a paused trainer looks for resume or a checkpoint request
@@ -149,9 +161,12 @@ class TrainingWorker:
         self.directory = checkpoint_directory(config.state_dir)
         self.best_path = self.directory / BEST_CHECKPOINT
         self.split: HoldoutSplit | None = None
+        self.mask: StreamMask | None = None  # the split and the withdrawn ranges: what no read may touch
+        self._mask_checked_at = -math.inf  # the `now` of the last look for withdrawals
         # the shuffle buffer of new text: windows read from stream offset _buffer_start up to
         # figures.position, served in _order; _taken of them already trained
         self._buffer = np.empty((0, 1), np.int32)
+        self._starts = np.empty(0, np.int64)  # each buffered window's stream offset
         self._order = np.empty(0, np.int64)
         self._buffer_start = 0
         self._taken = 0
@@ -167,6 +182,7 @@ class TrainingWorker:
         self._stream_end = 0  # the stream's length, read at each refill of the shuffle buffer
         self._last_cooldown_step = 0  # the live step the last cool-down started from
         self._best_holdout = 0  # the held-out size the best figure was measured on
+        self._best_key = ""  # ... and the held-out blocks it was measured on (HoldoutSet.key)
         self._last_eval_step = -1
         self._last_eval_at = clock()
         self._no_holdout_logged = False
@@ -177,6 +193,7 @@ class TrainingWorker:
         from engine import Trainer
 
         self.split = self.queue.holdout(HoldoutSplit())
+        self.mask = self.queue.stream_mask(self.split)
         limit = self.config.daemon.replay_memory_mb * 1_000_000 // (2 if self.tokenizer.vocab_size <= 1 << 16 else 4)
         self.trained = TrainedText(self.queue, limit, self.tokenizer.vocab_size)
         model = replace(self.config.model, vocab_size=self.tokenizer.vocab_size).validate()
@@ -253,11 +270,19 @@ class TrainingWorker:
         self._buffer_start = position
         self._stream_end = self.queue.stream_end()
         fresh = extra.get("fresh")
-        if fresh and int(fresh["windows"]) > int(fresh["taken"]):
+        if fresh and "pending" in fresh:  # the windows not yet served, in serving order
+            starts = np.asarray(fresh["pending"], np.int64)  # (n,)
+            starts = starts[~self.mask.overlaps(starts, self.seq_len + 1)]  # withdrawn since: dropped
+            self._buffer, self._starts = self.queue.read_windows_at(starts, self.seq_len), starts
+            self._order, self._taken = np.arange(starts.size), 0
+            self._buffer_start = int(fresh["start"])
+        elif fresh and int(fresh["windows"]) > int(fresh["taken"]):  # an earlier version's checkpoint
             start, count = int(fresh["start"]), int(fresh["windows"])
-            windows, end = self.queue.read_windows(start, count, self.seq_len, holdout=self.split)
+            windows, end, starts = self.queue.read_windows(start, count, self.seq_len, holdout=self.split,
+                                                           return_starts=True)
             if end == position and windows.shape[0] == count:
-                self._fill(windows, start, taken=int(fresh["taken"]))
+                self._fill(windows, start, starts, taken=int(fresh["taken"]))
+                self._withdraw_buffered()
         self._update_epoch()
 
     def _restore_best(self) -> None:
@@ -268,6 +293,7 @@ class TrainingWorker:
             best = load_checkpoint(self.best_path)
             value = float(best.extra["val_bits_per_byte"])
             self._best_holdout = int(best.extra["holdout_tokens"])
+            self._best_key = str(best.extra.get("holdout_key", ""))
         except (CheckpointError, KeyError, TypeError, ValueError) as exc:
             self.log.warning("best_checkpoint_unreadable", path=str(self.best_path), error=str(exc))
             return
@@ -313,6 +339,9 @@ class TrainingWorker:
             self._set_paused(self.pause_requested)
         if self.figures.paused:
             return PAUSED_POLL_SECONDS
+        if now - self._mask_checked_at >= WITHDRAWAL_POLL_SECONDS:
+            self._mask_checked_at = now
+            self._follow_withdrawals()
         trained_end = self._buffer_start  # text before this offset has been trained on
         can_replay = trained_end > T
         credit = self._replay_credit + daemon.replay_fraction * B
@@ -331,7 +360,7 @@ class TrainingWorker:
             return self._idle(True)
         shortfall = B - fresh.shape[0]
         trained_end = self._buffer_start  # a refill above moved it: everything before is trained
-        replay = (self.trained.sample(shortfall, T, rng, end=trained_end, holdout=self.split) if shortfall
+        replay = (self.trained.sample(shortfall, T, rng, end=trained_end, holdout=self.mask) if shortfall
                   else np.empty((0, T + 1), np.int32))
         if replay.shape[0] < shortfall:  # not enough data yet to fill a batch: wait for files
             self._untake(fresh.shape[0])
@@ -378,8 +407,8 @@ class TrainingWorker:
 
     # --- new text: the shuffle buffer ----------------------------------------------------------
 
-    def _fill(self, windows: np.ndarray, start: int, taken: int = 0) -> None:
-        self._buffer, self._buffer_start, self._taken = windows, start, taken
+    def _fill(self, windows: np.ndarray, start: int, starts: np.ndarray, taken: int = 0) -> None:
+        self._buffer, self._buffer_start, self._taken, self._starts = windows, start, taken, starts
         rng = np.random.default_rng([self.config.train.seed, 0, start])
         self._order = rng.permutation(windows.shape[0])
 
@@ -389,23 +418,50 @@ class TrainingWorker:
         taken: list[np.ndarray] = []
         have = 0
         while have < count:
-            if self._taken >= self._buffer.shape[0]:
+            if self._taken >= self._order.size:
                 position = self.figures.position
                 self._stream_end = self.queue.stream_end()
                 if self._stream_end - position <= T:  # no complete window of new text: no read
                     self._buffer_start = position  # the buffer is used up: all before is trained
                     break
-                windows, end = self.queue.read_windows(position, FRESH_BUFFER, T, holdout=self.split)
+                self._follow_withdrawals()
+                windows, end, starts = self.queue.read_windows(position, FRESH_BUFFER, T, holdout=self.mask,
+                                                               return_starts=True)
                 if windows.shape[0] == 0:
-                    self.figures.position = self._buffer_start = end  # past any held-out stretch
+                    self.figures.position = self._buffer_start = end  # past any held-out or withdrawn stretch
                     break
-                self._fill(windows, position)
+                self._fill(windows, position, starts)
                 self.figures.position = end
-            n = min(count - have, self._buffer.shape[0] - self._taken)
+            n = min(count - have, self._order.size - self._taken)
             taken.append(self._buffer[self._order[self._taken : self._taken + n]])
             self._taken += n
             have += n
         return np.concatenate(taken) if taken else np.empty((0, T + 1), np.int32)
+
+    def _follow_withdrawals(self) -> None:
+        """Take up withdrawals made since the mask was read (a rewrite's ingest, `forget`)."""
+        generation = self.queue.withdrawal_generation()
+        if generation == self.mask.generation:
+            return
+        before = self.mask.withdrawn_tokens
+        self.mask = self.queue.stream_mask(self.split)
+        dropped = self._withdraw_buffered()
+        self.trained.blank(self.mask)
+        self.log.info("withdrawal_applied", generation=generation, withdrawn_tokens=self.mask.withdrawn_tokens,
+                      new_tokens=self.mask.withdrawn_tokens - before, buffered_windows_dropped=dropped,
+                      step=self.trainer.step_count if self.trainer is not None else 0)
+
+    def _withdraw_buffered(self) -> int:
+        """Drop the buffered windows not yet served that meet withdrawn text; returns how many.
+        The windows left keep their serving order."""
+        pending = self._order[self._taken :]  # (n,) buffer rows still to serve, in order
+        if pending.size == 0:
+            return 0
+        gone = self.mask.overlaps(self._starts[pending], self.seq_len + 1)  # (n,)
+        if not gone.any():
+            return 0
+        self._order = np.concatenate([self._order[: self._taken], pending[~gone]])
+        return int(gone.sum())
 
     def _untake(self, count: int) -> None:
         """Give back the last `count` windows taken from the current buffer (a batch not built)."""
@@ -416,7 +472,8 @@ class TrainingWorker:
         stream's length less its held-out regions (so 0 to 1 during the first pass)."""
         split, end = self.split, self._stream_end
         held = 0 if split is None else len(split.blocks(end)) * (split.block_tokens + 1)
-        self.figures.epoch = self.figures.tokens_seen / max(1, end - held)
+        withdrawn = 0 if self.mask is None else self.mask.withdrawn_tokens
+        self.figures.epoch = self.figures.tokens_seen / max(1, end - held - withdrawn)
 
     # --- evaluation and the plateau rule -------------------------------------------------------
 
@@ -439,7 +496,7 @@ class TrainingWorker:
         Returns the figure, or None while the stream holds no complete held-out block."""
         self._last_eval_at, self._last_eval_step = now, self.trainer.step_count
         t0 = self.clock()
-        holdout = self.queue.holdout_set(self.split, self.seq_len)
+        holdout = self.queue.holdout_set(self.mask, self.seq_len)
         if holdout.blocks == 0:
             if not self._no_holdout_logged:
                 self.log.info("eval_skipped", reason="no_holdout", step=self.trainer.step_count,
@@ -447,8 +504,9 @@ class TrainingWorker:
                 self._no_holdout_logged = True
             return None
         f, daemon = self.figures, self.config.daemon
-        if f.best_val_bits_per_byte is not None and self._best_holdout != holdout.tokens:
-            self._remeasure_best(holdout)
+        if f.best_val_bits_per_byte is not None and (
+                self._best_holdout != holdout.tokens or (self._best_key and self._best_key != holdout.key)):
+            self._remeasure_best(holdout)  # grown by new text, or changed by a withdrawal
         f.holdout_tokens = holdout.tokens
         # the model handed out is measured: the cooled copy when there is one (the live weights
         # are then not measured at all, which would cost as much again), else the live model
@@ -468,6 +526,7 @@ class TrainingWorker:
         f.train_bits_per_byte = recent_nats / LN2 / recent_bytes if recent_bytes else None
         if is_best:
             f.best_val_bits_per_byte, f.best_step, self._best_holdout = value, self.trainer.step_count, holdout.tokens
+            self._best_key = holdout.key
         seconds = self.clock() - t0
         self._write("evaluation", lambda: self.queue.record_evaluation(
             step=self.trainer.step_count, epoch=f.epoch, tokens_trained=f.tokens_trained, val_bits_per_byte=value,
@@ -479,7 +538,7 @@ class TrainingWorker:
                       best_val_bits_per_byte=round(f.best_val_bits_per_byte, 4), improved=improved,
                       stale=self._stale, holdout_tokens=holdout.tokens, seconds=round(seconds, 3))
         if is_best:
-            self._write("checkpoint", lambda: self._save_best(value, holdout.tokens, cooled))
+            self._write("checkpoint", lambda: self._save_best(value, holdout, cooled))
         if self._stale >= daemon.plateau_patience and not f.plateaued and daemon.idle == "sleep":
             self._plateau(now, reason="no_improvement")
         return value
@@ -506,7 +565,7 @@ class TrainingWorker:
                     done = 0
                     break
                 rng = np.random.default_rng([self.config.train.seed, 2, saved[3], i])
-                windows = self.trained.sample(B, T, rng, end=self._buffer_start, holdout=self.split)
+                windows = self.trained.sample(B, T, rng, end=self._buffer_start, holdout=self.mask)
                 if windows.shape[0] < B:
                     break
                 t.step(windows[:, :-1], windows[:, 1:], lr=lr * (1.0 - i / steps))
@@ -540,7 +599,7 @@ class TrainingWorker:
         self.log.info("holdout_changed", holdout_tokens_before=self._best_holdout, holdout_tokens=holdout.tokens,
                       best_val_bits_per_byte_before=before,
                       best_val_bits_per_byte=None if value is None else round(value, 4))
-        f.best_val_bits_per_byte, self._best_holdout = value, holdout.tokens
+        f.best_val_bits_per_byte, self._best_holdout, self._best_key = value, holdout.tokens, holdout.key
         if value is None:
             f.best_step = None
             return
@@ -550,12 +609,15 @@ class TrainingWorker:
         self._write("checkpoint", lambda: save_checkpoint(
             self.directory, step=best.step, model_config=best.model_config, params=best.params, m=best.m, v=best.v,
             train_state=best.train_state, name=BEST_CHECKPOINT,
-            extra=best.extra | {"val_bits_per_byte": value, "holdout_tokens": holdout.tokens}))
+            extra=best.extra | {"val_bits_per_byte": value, "holdout_tokens": holdout.tokens,
+                                "holdout_key": holdout.key}))
 
-    def _save_best(self, value: float, holdout_tokens: int, cooled=None) -> None:
+    def _save_best(self, value: float, holdout, cooled=None) -> None:
         """Write best.safetensors (atomically), with its held-out figure: the cooled copy when
         there is one, else the live model."""
+        holdout_tokens = holdout.tokens
         extra = self._extra() | {"val_bits_per_byte": value, "holdout_tokens": holdout_tokens,
+                                 "holdout_key": holdout.key,
                                  "cooldown_steps": 0 if cooled is None else cooled[3]}
         if cooled is None:
             path = self.trainer.save_checkpoint(self.directory, extra=extra, name=BEST_CHECKPOINT)
@@ -611,7 +673,8 @@ class TrainingWorker:
         return {
             "command": self.command, "tokenizer": self.tokenizer.identity(), "stream_position": f.position,
             "tokens_trained": f.tokens_trained, "tokens_seen": f.tokens_seen,
-            "fresh": {"start": self._buffer_start, "windows": int(self._buffer.shape[0]), "taken": self._taken},
+            "fresh": {"start": self._buffer_start, "windows": int(self._order.size), "taken": self._taken,
+                      "pending": self._starts[self._order[self._taken :]].tolist()},
             "replay_credit": self._replay_credit,
             "plateau": {"stale": self._stale, "plateaued": f.plateaued, "stream_end": self._plateau_end},
             "evaluated": self._last_eval_step == self.trainer.step_count,

@@ -12,12 +12,14 @@ from .config import ConfigError, StorageConfig
 from .db import Database, open_database
 from .errors import DatabaseUnavailable, SchemaTooNew, StorageError, TokenizerMismatch
 from .holdout import HoldoutSplit, draw_window_starts
+from .mask import StreamMask
 from .queue import CorpusQueue
 from .records import (
     AddResult,
     CheckpointRecord,
     Cursor,
     EvaluationRecord,
+    ForgetResult,
     HoldoutSet,
     NewDocument,
     QueueStats,
@@ -33,6 +35,7 @@ __all__ = [
     "Database",
     "DatabaseUnavailable",
     "EvaluationRecord",
+    "ForgetResult",
     "HoldoutSet",
     "HoldoutSplit",
     "draw_window_starts",
@@ -41,6 +44,7 @@ __all__ = [
     "SchemaTooNew",
     "StorageConfig",
     "StorageError",
+    "StreamMask",
     "StoredVersion",
     "TokenizerMismatch",
     "open_database",

@@ -127,6 +127,20 @@ class Database:
         with self.read() as connection:
             return sum(int(connection.execute(query, {"name": n}).scalar_one()) for n in names)
 
+    def truncate_log(self) -> bool:
+        """SQLite: copy the write-ahead log into the database and truncate it to zero bytes
+        (PRAGMA wal_checkpoint(TRUNCATE)), so pages a delete overwrote leave the log file too.
+        Best effort: returns False when a reader kept it from finishing (the next checkpoint
+        that completes does it); True on PostgreSQL, which has no such file."""
+        if self.dialect != "sqlite":
+            return True
+        raw = self.engine.raw_connection()
+        try:
+            busy = raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            raw.close()
+        return busy == 0
+
     def close(self) -> None:
         """Closes every pooled connection. Idempotent."""
         self.engine.dispose()

@@ -20,9 +20,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .config import ConfigError
+
+if TYPE_CHECKING:
+    from .mask import StreamMask
 
 
 @dataclass(frozen=True)
@@ -111,38 +116,46 @@ class HoldoutSplit:
     def training_windows(
         self, position: int, seq_len: int, available: int, count: int
     ) -> tuple[np.ndarray, int]:
-        """Which windows at position + j*seq_len (seq_len + 1 tokens, j < available) to train on.
+        """Which windows at position + j*seq_len (seq_len + 1 tokens, j < available) to train on:
+        free_windows with this split's overlaps."""
+        return free_windows(self.overlaps, position, seq_len, available, count)
 
-        Returns (j of the first `count` windows touching no region, int64 ascending; windows
-        examined). Examined is one past the last j taken when `count` were found, else
-        `available`: every window it passes over is one that touches a region, and stays so.
-        Scans in doubling batches, so a long held-out stretch costs a few vectorised rounds.
-        """
-        if count <= 0 or available <= 0:
-            return np.empty(0, np.int64), 0
-        taken: list[np.ndarray] = []
-        found, examined, batch = 0, 0, max(count, 64)
-        while found < count and examined < available:
-            j = np.arange(examined, min(available, examined + batch), dtype=np.int64)  # (batch,)
-            free = j[~self.overlaps(position + j * seq_len, seq_len + 1)]
-            free = free[: count - found]
-            taken.append(free)
-            found += len(free)
-            examined = int(free[-1]) + 1 if found == count else int(j[-1]) + 1
-            batch *= 2
-        return np.concatenate(taken), examined
+
+def free_windows(overlaps, position: int, seq_len: int, available: int, count: int) -> tuple[np.ndarray, int]:
+    """Which windows at position + j*seq_len (seq_len + 1 tokens, j < available) to train on,
+    given `overlaps(starts, length)` (bool (N,): the window meets text training must not read).
+
+    Returns (j of the first `count` windows that meet none, int64 ascending; windows examined).
+    Examined is one past the last j taken when `count` were found, else `available`: every
+    window it passes over is one that meets such text, and stays so. Scans in doubling batches,
+    so a long excluded stretch costs a few vectorised rounds.
+    """
+    if count <= 0 or available <= 0:
+        return np.empty(0, np.int64), 0
+    taken: list[np.ndarray] = []
+    found, examined, batch = 0, 0, max(count, 64)
+    while found < count and examined < available:
+        j = np.arange(examined, min(available, examined + batch), dtype=np.int64)  # (batch,)
+        free = j[~overlaps(position + j * seq_len, seq_len + 1)]
+        free = free[: count - found]
+        taken.append(free)
+        found += len(free)
+        examined = int(free[-1]) + 1 if found == count else int(j[-1]) + 1
+        batch *= 2
+    return np.concatenate(taken), examined
 
 
 REPLAY_ROUNDS = 32  # draw_window_starts redraws windows that touch held-out text at most this often
 
 
 def draw_window_starts(rng: np.random.Generator, high: int, count: int, seq_len: int,
-                       holdout: HoldoutSplit | None) -> np.ndarray:
+                       holdout: HoldoutSplit | StreamMask | None) -> np.ndarray:
     """Up to `count` window starts drawn uniformly from [0, high): int64 (n,), in the order drawn.
 
     The first round is rng.integers(0, high, size=count); with `holdout`, starts whose window of
-    seq_len + 1 tokens touches a held-out region are dropped and the missing ones redrawn the
-    same way, in up to REPLAY_ROUNDS rounds in all; n < count only when they are still missing.
+    seq_len + 1 tokens touches a held-out region (with a StreamMask: or withdrawn text) are
+    dropped and the missing ones redrawn the same way, in up to REPLAY_ROUNDS rounds in all;
+    n < count only when they are still missing.
     Callers: CorpusQueue.sample_replay, and any in-memory copy of the stream that must draw
     exactly what the store would.
     """

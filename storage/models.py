@@ -5,7 +5,7 @@ spell out each step on their own and never import this module, so old revisions 
 A test checks that the migrated database and these tables agree.
 
 The token stream is the concatenation of every queued or trained document's tokens in arrival
-order. `documents.stream_start/stream_end` and `chunks.stream_start` are offsets into it; the
+order; `withdrawn` lists the ranges of it training no longer reads. `documents.stream_start/stream_end` and `chunks.stream_start` are offsets into it; the
 next free offset is `meta["stream_end"]`. Not here: any query (see queue.py).
 """
 
@@ -253,4 +253,27 @@ evaluations = sa.Table(
     # the best val_bits_per_byte so far, as the caller judged it; best_evaluation() reads it
     sa.Column("best", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+)
+
+# --- withdrawn text (revision 0005) --------------------------------------------------------------
+
+WITHDRAW_REASONS = ("superseded", "forgotten")
+
+# stream ranges [stream_start, stream_end) that no training read, replay or held-out evaluation
+# touches any more: "superseded", the tokens of a rewritten file's earlier version that training
+# had not reached when the new version arrived (the chunks stay: the text is history); and
+# "forgotten", a document's whole text, removed by `crystalline forget` (its chunks are deleted).
+# Offsets never move, so the rest of the stream keeps its place. Ranges may overlap.
+withdrawn = sa.Table(
+    "withdrawn",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("document_id", sa.Integer, sa.ForeignKey("documents.id"), nullable=False),
+    sa.Column("stream_start", sa.BigInteger, nullable=False),
+    sa.Column("stream_end", sa.BigInteger, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    sa.CheckConstraint("reason IN ('superseded', 'forgotten')", name="reason"),
+    sa.CheckConstraint("stream_start < stream_end", name="range"),
+    sa.Index(None, "document_id"),
 )

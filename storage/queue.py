@@ -10,6 +10,12 @@ Held-out text: with a HoldoutSplit (holdout.py, recorded once in meta["holdout"]
 reads skip every window that touches a held-out region, and holdout_set returns the regions cut
 into evaluation windows; evaluation results go to the `evaluations` table.
 
+Withdrawn text: a rewritten file's earlier version loses the tokens training has not reached
+(add_documents records them as "superseded"), and `forget` removes a document's text (its chunks
+are deleted, its range recorded as "forgotten"). stream_mask(split) returns the held-out split
+and every withdrawn range as one StreamMask (mask.py): passed where a HoldoutSplit is accepted,
+the training reads, replay draws and the held-out set skip withdrawn text too.
+
 Concurrency: every write that allocates stream offsets or document versions first locks the
 `meta["stream_end"]` row (stream.lock_stream), so concurrent writers, in threads or processes,
 get disjoint, contiguous offsets and the committed stream never has a gap. Each public method is
@@ -19,6 +25,7 @@ one transaction through db.Database; this module knows nothing of the engine or 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import operator
 import re
@@ -30,7 +37,9 @@ import sqlalchemy as sa
 from .db import Database
 from .errors import TokenizerMismatch
 from .holdout import HoldoutSplit, draw_window_starts, evaluation_windows
+from .mask import StreamMask
 from .models import (
+    ESCAPED_PREFIX,
     IN_STREAM,
     STATUSES,
     checkpoints,
@@ -39,12 +48,14 @@ from .models import (
     evaluations,
     meta,
     training_cursor,
+    withdrawn,
 )
 from .records import (
     AddResult,
     CheckpointRecord,
     Cursor,
     EvaluationRecord,
+    ForgetResult,
     HoldoutSet,
     NewDocument,
     QueueStats,
@@ -135,7 +146,10 @@ class CorpusQueue:
         Atomic and durable: one transaction, committed at synchronous=FULL on SQLite, holds every
         document row, all chunks and the advanced stream end; once this returns, the caller may
         delete or move the source files. Content already in the stream, or earlier in `items`,
-        becomes a 'duplicate' row pointing at the first copy. One lock and a few statements for
+        becomes a 'duplicate' row pointing at the first copy. A whole new version of a path that
+        has versions (a rewrite; not a growth, which `continues` one) supersedes them: their
+        tokens at or after the committed cursor are withdrawn (AddResult.withdrawn_tokens), in
+        the same transaction; the text it duplicates, if any, stays. One lock and a few statements for
         the whole batch, which is what makes many small files cheap. May block up to
         busy_timeout_ms for another writer. Raises ValueError for empty or out-of-range tokens
         or a malformed hash (nothing is written), and TokenizerMismatch when `tokenizer` is not
@@ -151,6 +165,9 @@ class CorpusQueue:
             position = lock_stream(connection)
             _check_tokenizer(connection, tokenizer)
             versions = _max_versions(connection, {item.source_path for item in items})
+            rewrites = [i for i, item in enumerate(items)
+                        if item.continues is None and (item.source_path in versions
+                                                       or any(o.source_path == item.source_path for o in items[:i]))]
             originals = _stream_documents(connection, {item.content_hash for item in items})
             # pass 1: decide each item's fate; new content goes into the stream in order
             plans = []  # (row, index of the first copy in this batch or None)
@@ -197,13 +214,22 @@ class CorpusQueue:
                 connection.execute(chunks.insert(), pending)
             if queued:
                 advance_stream(connection, position)
+            # pass 4: a rewritten file's earlier versions lose the tokens training has not reached
+            withdrawn_tokens = {}
+            if rewrites:
+                cursor = _cursor(connection).stream_position
+                for i in rewrites:
+                    keep = {ids[i], plans[i][0].get("duplicate_of")}  # the new text itself stays
+                    withdrawn_tokens[i] = _supersede(connection, items[i].source_path, ids[i], keep, cursor)
         results = []
         for i, (row, _) in enumerate(plans):
             if row["status"] == "queued":
                 results.append(AddResult(ids[i], "queued", None, row["version"], row["token_count"],
-                                         counts.get(i, 0), row["stream_start"], row["stream_end"]))
+                                         counts.get(i, 0), row["stream_start"], row["stream_end"],
+                                         withdrawn_tokens.get(i, 0)))
             else:
-                results.append(AddResult(ids[i], "duplicate", row["duplicate_of"], row["version"], 0, 0, None, None))
+                results.append(AddResult(ids[i], "duplicate", row["duplicate_of"], row["version"], 0, 0, None, None,
+                                         withdrawn_tokens.get(i, 0)))
         return results
 
     def record_skip(
@@ -293,16 +319,17 @@ class CorpusQueue:
 
     # --- windows out ------------------------------------------------------------------------------
 
-    def read_tokens(self, start: int, stop: int) -> np.ndarray:
+    def read_tokens(self, start: int, stop: int, missing: int | None = None) -> np.ndarray:
         """Stream tokens [start, stop) as int32 (stop - start,), in one snapshot. Raises ValueError
-        for a range that is empty-negative or beyond the stream's end."""
+        for a range that is empty-negative or beyond the stream's end. A forgotten token raises
+        StorageError, or with `missing` (say -1) is that value instead."""
         with self.database.read() as connection:
             end = stream_end(connection)
             if not 0 <= start <= stop <= end:
                 raise ValueError(f"range [{start}, {stop}) must lie within the stream [0, {end})")
             if start == stop:
                 return np.empty(0, np.int32)
-            return read_range(connection, start, stop)
+            return read_range(connection, start, stop, missing)
 
     def stream_end(self) -> int:
         """The stream's length in tokens, as last committed: one small read."""
@@ -315,8 +342,9 @@ class CorpusQueue:
             return _cursor(connection)
 
     def read_windows(
-        self, position: int, count: int, seq_len: int, holdout: HoldoutSplit | None = None
-    ) -> tuple[np.ndarray, int]:
+        self, position: int, count: int, seq_len: int, holdout: HoldoutSplit | StreamMask | None = None,
+        return_starts: bool = False,
+    ) -> tuple[np.ndarray, int] | tuple[np.ndarray, int, np.ndarray]:
         """Up to `count` windows of seq_len + 1 consecutive stream tokens, from `position` on.
 
         Window j covers [position + j*seq_len, position + j*seq_len + seq_len + 1), so consecutive
@@ -327,7 +355,9 @@ class CorpusQueue:
         With `holdout`, windows touching a held-out region are skipped (never read): it examines
         windows in order until `count` are taken or no complete window is left, and returns
         (the windows taken, position + examined*seq_len), skipped windows counted as examined.
-        Tokens are read one run of adjacent taken windows at a time.
+        Tokens are read one run of adjacent taken windows at a time. With a StreamMask, windows
+        touching withdrawn text are skipped the same way. With `return_starts`, a third value:
+        each window's stream offset, int64 (n,).
         """
         if position < 0 or count < 0 or seq_len < 1:
             raise ValueError(
@@ -336,11 +366,11 @@ class CorpusQueue:
         if holdout is None:
             with self.database.read() as connection:
                 n = max(0, min(count, (stream_end(connection) - position - 1) // seq_len))
-                if n == 0:
-                    return np.empty((0, seq_len + 1), np.int32), position
-                flat = read_range(connection, position, position + n * seq_len + 1)  # (n*T + 1,)
+                flat = read_range(connection, position, position + n * seq_len + 1) if n else None  # (n*T + 1,)
             index = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (n, T + 1)
-            return flat[index], position + n * seq_len
+            windows = flat[index] if n else np.empty((0, seq_len + 1), np.int32)
+            result = windows, position + n * seq_len
+            return (*result, position + np.arange(n, dtype=np.int64) * seq_len) if return_starts else result
         with self.database.read() as connection:
             available = max(0, (stream_end(connection) - position - 1) // seq_len)
             taken, examined = holdout.training_windows(position, seq_len, available, count)
@@ -353,7 +383,29 @@ class CorpusQueue:
                 index = np.arange(len(run))[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
                 out[row : row + len(run)] = flat[index]  # (m, T + 1)
                 row += len(run)
-        return out, position + examined * seq_len
+        result = out, position + examined * seq_len
+        return (*result, position + taken.astype(np.int64) * seq_len) if return_starts else result
+
+    def read_windows_at(self, starts: np.ndarray, seq_len: int) -> np.ndarray:
+        """The windows of seq_len + 1 tokens at these stream offsets, in their order: int32
+        (n, seq_len + 1). One snapshot; runs of adjacent windows (seq_len apart) are read at once.
+        Raises StorageError for a window on forgotten text (check with a StreamMask first)."""
+        starts = np.asarray(starts, np.int64).reshape(-1)  # (n,)
+        out = np.empty((starts.size, seq_len + 1), np.int32)  # (n, T + 1)
+        if starts.size == 0:
+            return out
+        order = np.argsort(starts, kind="stable")
+        ordered = starts[order]
+        breaks = np.flatnonzero(np.diff(ordered) != seq_len) + 1  # where a run of adjacent windows ends
+        row = 0
+        with self.database.read() as connection:
+            for run in np.split(ordered, breaks):
+                first = int(run[0])
+                flat = read_range(connection, first, first + len(run) * seq_len + 1)  # (m*T + 1,)
+                index = np.arange(len(run))[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+                out[order[row : row + len(run)]] = flat[index]  # (m, T + 1)
+                row += len(run)
+        return out
 
     def sample_replay(
         self,
@@ -361,7 +413,7 @@ class CorpusQueue:
         seq_len: int,
         rng: np.random.Generator,
         end: int | None = None,
-        holdout: HoldoutSplit | None = None,
+        holdout: HoldoutSplit | StreamMask | None = None,
     ) -> np.ndarray:
         """`count` windows of the trained stream: int32 (count, seq_len + 1), for replay.
 
@@ -388,24 +440,120 @@ class CorpusQueue:
                 out[i] = read_range(connection, start, start + seq_len + 1)
         return out
 
-    def holdout_set(self, holdout: HoldoutSplit, seq_len: int) -> HoldoutSet:
+    def holdout_set(self, holdout: HoldoutSplit | StreamMask, seq_len: int) -> HoldoutSet:
         """The evaluation windows of every complete held-out block, in stream order.
 
-        Blocks are holdout.complete_blocks(stream end); each region [k*S, k*S + S + 1) is cut as
+        Blocks are holdout.complete_blocks(stream end), less (with a StreamMask) those whose
+        region meets withdrawn text; each region [k*S, k*S + S + 1) is cut as
         holdout.evaluation_windows says (n = S // seq_len windows of seq_len + 1 tokens, plus a
         tail window of r + 1 tokens when r = S % seq_len > 0), so every target of every region is
         scored exactly once. One snapshot, one read per block (at most max_blocks of them).
+        HoldoutSet.key names the blocks: a withdrawal can change the set without changing its size.
         """
         if seq_len < 1:
             raise ValueError(f"seq_len ({seq_len}) must be >= 1")
-        S = holdout.validate().block_tokens
+        mask = holdout if isinstance(holdout, StreamMask) else None
+        split = holdout.split if mask is not None else holdout
+        S = split.validate().block_tokens
         with self.database.read() as connection:
-            ks = holdout.complete_blocks(stream_end(connection))  # (B,)
+            ks = split.complete_blocks(stream_end(connection))  # (B,)
+            if mask is not None:
+                ks = ks[~mask.withdrawn_overlaps(ks * S, S + 1)]
             regions = np.empty((len(ks), S + 1), np.int32)  # (B, S + 1)
             for i, k in enumerate(ks.tolist()):
                 regions[i] = read_range(connection, k * S, k * S + S + 1)
         windows, tail = evaluation_windows(regions, seq_len)
-        return HoldoutSet(blocks=len(ks), tokens=len(ks) * S, windows=windows, tail=tail)
+        key = hashlib.sha256(np.ascontiguousarray(ks, "<i8").tobytes()).hexdigest()[:16]
+        return HoldoutSet(blocks=len(ks), tokens=len(ks) * S, windows=windows, tail=tail, key=f"{len(ks)}-{key}")
+
+    # --- withdrawn text ---------------------------------------------------------------------------
+
+    def withdrawal_generation(self) -> int:
+        """The newest withdrawn row's id (0 before the first): one small read, for a reader to
+        tell whether its StreamMask is stale."""
+        with self.database.read() as connection:
+            return int(connection.execute(sa.select(sa.func.max(withdrawn.c.id))).scalar() or 0)
+
+    def stream_mask(self, split: HoldoutSplit | None) -> StreamMask:
+        """`split` and every withdrawn range as one StreamMask, from one snapshot."""
+        query = sa.select(withdrawn.c.id, withdrawn.c.stream_start, withdrawn.c.stream_end)
+        with self.database.read() as connection:
+            rows = np.array(connection.execute(query).all(), np.int64).reshape(-1, 3)  # (R, 3)
+        generation = int(rows[:, 0].max()) if len(rows) else 0
+        return StreamMask.of(split, rows[:, 1], rows[:, 2], generation)
+
+    def forget(self, *, paths: Sequence[str] = (), document_ids: Sequence[int] = (),
+               prefixes: Sequence[str] = (), dry_run: bool = False) -> ForgetResult:
+        """Removes documents' text from the store and from all future training, replay and
+        held-out evaluation. Atomic and durable; with `dry_run`, says what it would remove and
+        changes nothing.
+
+        Names documents by source path (every version of it), by id, or by path prefix (a
+        folder: end it with "/"). A named duplicate stands for the text it duplicates, so that
+        text goes (with every other path that shares it: ForgetResult.sharing). Each document
+        whose text is in the stream has its chunks deleted (on SQLite with secure_delete, and
+        the write-ahead log truncated afterwards, so the bytes leave the files too; PostgreSQL
+        frees them at its next VACUUM), its range recorded as withdrawn ("forgotten"), and
+        becomes `skipped` with reason "forgotten" (its row stays: the file is not ingested again
+        unless it changes). Offsets do not move; the cursor and the checkpoints stay valid.
+        """
+        wanted_ids = {int(i) for i in document_ids}
+        columns = (documents.c.id, documents.c.source_path, documents.c.status, documents.c.duplicate_of,
+                   documents.c.stream_start, documents.c.stream_end)
+        with self.database.write(durable=True) as connection:
+            lock_stream(connection)
+            named: dict[int, sa.Row] = {}
+            found: set[str] = set()  # the paths and prefixes that named something
+            for group in _in_groups(set(paths)):
+                for row in connection.execute(sa.select(*columns).where(documents.c.source_path.in_(group))):
+                    named[row.id] = row
+                    found.add(row.source_path)
+            for prefix in prefixes:
+                forms = {prefix, ESCAPED_PREFIX + prefix.replace("%", "%25")}  # plain and escaped names
+                condition = sa.or_(*(documents.c.source_path.startswith(form, autoescape=True) for form in forms))
+                for row in connection.execute(sa.select(*columns).where(condition)):
+                    if row.source_path.startswith(prefix):
+                        named[row.id] = row
+                        found.add(prefix)
+            for group in _in_groups(wanted_ids):
+                for row in connection.execute(sa.select(*columns).where(documents.c.id.in_(group))):
+                    named[row.id] = row
+            not_found = [p for p in (*paths, *prefixes) if p not in found]
+            not_found += [str(i) for i in sorted(wanted_ids - set(named))]
+            # the documents whose text is in the stream: the named ones, and the originals of named duplicates
+            targets = {i for i, row in named.items() if row.status in IN_STREAM}
+            originals = {row.duplicate_of for row in named.values() if row.status == "duplicate" and row.duplicate_of}
+            for group in _in_groups(originals - targets):
+                query = sa.select(documents.c.id).where(documents.c.id.in_(group), documents.c.status.in_(IN_STREAM))
+                targets |= {int(i) for i in connection.execute(query).scalars()}
+            already = sorted(i for i in wanted_ids & set(named)
+                             if i not in targets and named[i].duplicate_of not in targets)
+            rows = []
+            for group in _in_groups(targets):
+                rows += connection.execute(sa.select(*columns).where(documents.c.id.in_(group))).all()
+            sharing: set[str] = set()
+            for group in _in_groups(targets):
+                query = sa.select(documents.c.source_path).where(documents.c.duplicate_of.in_(group))
+                sharing |= set(connection.execute(query).scalars())
+            forgotten_paths = sorted({row.source_path for row in rows})
+            sharing -= set(forgotten_paths)
+            tokens = sum(int(row.stream_end) - int(row.stream_start) for row in rows)
+            result = ForgetResult(sorted(targets), forgotten_paths, tokens, sorted(sharing), already, not_found)
+            if dry_run or not targets:
+                return result
+            if self.database.dialect == "sqlite":
+                connection.exec_driver_sql("PRAGMA secure_delete = ON")
+            for group in _in_groups(targets):
+                connection.execute(chunks.delete().where(chunks.c.document_id.in_(group)))
+                connection.execute(documents.update().where(documents.c.id.in_(group)).values(
+                    status="skipped", reason="forgotten", detail="text removed by `crystalline forget`"))
+            connection.execute(withdrawn.insert(), [
+                {"document_id": row.id, "stream_start": row.stream_start, "stream_end": row.stream_end,
+                 "reason": "forgotten"} for row in rows])
+            if self.database.dialect == "sqlite":
+                connection.exec_driver_sql("PRAGMA secure_delete = OFF")
+        self.database.truncate_log()
+        return result
 
     # --- checkpoints ------------------------------------------------------------------------------
 
@@ -595,15 +743,20 @@ class CorpusQueue:
         counts = dict.fromkeys(STATUSES, 0)
         query = sa.select(documents.c.status, sa.func.count()).group_by(documents.c.status)
         latest = sa.select(checkpoints).order_by(checkpoints.c.id.desc()).limit(1)
+        ranges = sa.select(withdrawn.c.stream_start, withdrawn.c.stream_end)
         with self.database.read() as connection:
             counts.update({status: int(n) for status, n in connection.execute(query)})
             end = stream_end(connection)
             cursor = _cursor(connection)
             last = connection.execute(latest).first()
+            pulled = np.array(connection.execute(ranges).all(), np.int64).reshape(-1, 2)  # (R, 2)
+        mask = StreamMask.of(None, pulled[:, 0], pulled[:, 1])
+        ahead = np.maximum(mask.ends - np.maximum(mask.starts, cursor.stream_position), 0).sum()
         return QueueStats(
             documents=counts,
             tokens_total=end,
-            tokens_queued=end - cursor.stream_position,
+            tokens_queued=end - cursor.stream_position - int(ahead),
+            tokens_withdrawn=mask.withdrawn_tokens,
             tokens_trained=cursor.tokens_trained,
             database_bytes=self.database.size_bytes(),
             last_checkpoint=None if last is None else CheckpointRecord(**last._mapping),
@@ -715,6 +868,25 @@ def _set_cursor(connection: sa.Connection, *, step: int, stream_position: int, t
                        .where(documents.c.status == "trained", documents.c.stream_end > stream_position)
                        .values(status="queued"))
     _mark_trained(connection, stream_position)
+
+
+def _supersede(connection: sa.Connection, source_path: str, new_id: int, keep: set, cursor: int) -> int:
+    """Withdraws the tokens at or after `cursor` of the path's earlier versions in the stream
+    (not those in `keep`, nor one already superseded); returns how many tokens that was."""
+    already = sa.select(withdrawn.c.id).where(withdrawn.c.document_id == documents.c.id,
+                                              withdrawn.c.reason == "superseded").exists()
+    query = sa.select(documents.c.id, documents.c.stream_start, documents.c.stream_end).where(
+        documents.c.source_path == source_path, documents.c.status.in_(IN_STREAM),
+        documents.c.id != new_id, documents.c.stream_end > cursor, ~already)
+    total = 0
+    for document_id, start, end in connection.execute(query).all():
+        if document_id in keep:
+            continue
+        start = max(int(start), cursor)
+        connection.execute(withdrawn.insert().values(document_id=document_id, stream_start=start,
+                                                     stream_end=int(end), reason="superseded"))
+        total += int(end) - start
+    return total
 
 
 def _mark_trained(connection: sa.Connection, stream_position: int) -> None:

@@ -46,6 +46,8 @@ class AddResult:
     chunks: int
     stream_start: int | None  # [stream_start, stream_end): the document's place in the stream
     stream_end: int | None
+    # a rewrite: tokens of the path's earlier versions withdrawn because training had not reached them
+    withdrawn_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,11 @@ class CheckpointRecord:
 class QueueStats:
     documents: dict[str, int]  # status -> rows, every status present
     tokens_total: int  # the stream's length
-    tokens_queued: int  # stream tokens training has not reached yet
+    tokens_queued: int  # stream tokens training has not reached yet (withdrawn ones not counted)
     tokens_trained: int  # as the trainer counts them (replay included), at the last checkpoint
     database_bytes: int
     last_checkpoint: CheckpointRecord | None
+    tokens_withdrawn: int = 0  # stream tokens no training reads: superseded or forgotten
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,16 @@ class HoldoutSet:
     tokens: int  # blocks * S: the targets scored
     windows: np.ndarray  # int32 (blocks * n, seq_len + 1)
     tail: np.ndarray  # int32 (blocks, r + 1) when r > 0; (0, 1) when r == 0
+    key: str = ""  # names the set of blocks: equal keys, equal held-out text (withdrawals change it)
+
+
+@dataclass(frozen=True)
+class ForgetResult:
+    """What CorpusQueue.forget removed."""
+
+    documents: list[int]  # ids of the documents whose text was removed
+    paths: list[str]  # their source paths
+    tokens: int  # stream tokens removed
+    sharing: list[str]  # other paths stored as duplicates of that text: forgotten with it
+    already: list[int]  # ids asked for whose text was already gone (forgotten, or never stored)
+    not_found: list[str]  # paths or ids asked for that name no document

@@ -2,8 +2,10 @@
 
 A document's tokens are cut into chunks of at most `chunk_tokens` ids, each stored as raw
 little-endian bytes (uint8, uint16 or uint32: the narrowest every id in the chunk fits) with its dtype and its
-offset in the stream. Chunks tile the stream without gaps or overlaps, because offsets are
-allocated under the lock on `meta["stream_end"]` (see `lock_stream`). Reads select only the
+offset in the stream. Chunks tile the stream without overlaps, because offsets are allocated
+under the lock on `meta["stream_end"]` (see `lock_stream`), and without gaps but where a
+forgotten document's chunks were deleted (its range is withdrawn, so no training read asks
+for it; readers that may cross one pass `missing`). Reads select only the
 chunks overlapping the requested range. Each function runs inside the caller's transaction;
 nothing here commits.
 """
@@ -84,31 +86,38 @@ def overlapping_chunks(start: int, stop: int) -> sa.Select:
     """The chunks overlapping stream range [start, stop), in order; both bounds use the index.
 
     The first is the one holding `start` (the greatest stream_start <= start); chunks tile the
-    stream, so the rest are exactly those starting before `stop`. Equivalent to
+    stream, so the rest are exactly those starting before `stop` (from 0 when no chunk starts at
+    or before `start`: a forgotten document's chunks are deleted). Equivalent to
     "stream_start < stop AND stream_start + token_count > start", without scanning every earlier
     chunk to evaluate the second condition.
     """
     first = sa.select(sa.func.max(chunks.c.stream_start)).where(chunks.c.stream_start <= start)
     return (
         sa.select(chunks.c.stream_start, chunks.c.token_count, chunks.c.dtype, chunks.c.tokens)
-        .where(chunks.c.stream_start >= first.scalar_subquery(), chunks.c.stream_start < stop)
+        .where(chunks.c.stream_start >= sa.func.coalesce(first.scalar_subquery(), 0),
+               chunks.c.stream_start < stop)
         .order_by(chunks.c.stream_start)
     )
 
 
-def read_range(connection: sa.Connection, start: int, stop: int) -> np.ndarray:
-    """Stream tokens [start, stop) as int32 (stop - start,); StorageError if any is not stored."""
+def read_range(connection: sa.Connection, start: int, stop: int, missing: int | None = None) -> np.ndarray:
+    """Stream tokens [start, stop) as int32 (stop - start,).
+
+    A token that is not stored (a forgotten document's chunks are deleted) raises StorageError,
+    or with `missing` is that value instead (readers that skip withdrawn text use -1)."""
     out = np.empty(stop - start, np.int32)  # (stop - start,)
+    if missing is not None:
+        out.fill(missing)
     filled = start  # every token before this offset is in `out`
     for chunk_start, count, dtype, blob in connection.execute(overlapping_chunks(start, stop)):
         low, high = max(start, chunk_start), min(stop, chunk_start + count)
         if high <= low:
             continue  # ends before the range: not expected from the query, harmless
-        if low != filled:
+        if low != filled and missing is None:
             break
         values = np.frombuffer(blob, dtype=DTYPE_CODES[dtype])  # (count,)
         out[low - start : high - start] = values[low - chunk_start : high - chunk_start]
         filled = high
-    if filled != stop:
+    if filled != stop and missing is None:
         raise StorageError(f"stream tokens [{start}, {stop}) are not all stored: gap at {filled}")
     return out
