@@ -167,7 +167,7 @@ class ActivationViews(NamedTuple):
     qkvr: np.ndarray  # (L, B, T, 3*C) q, k after qk_norm and rope, v copied; (L, 0, T, 3*C) when neither
     qk_rstd: np.ndarray  # (L, B, T, 2*NH) 1/rms of each head's q then k; (L, 0, T, 2*NH) without qk_norm
     atty: np.ndarray  # (L, B, T, C) attention output before the projection
-    att: np.ndarray  # (L, B, NH, T, T) softmax probabilities (causal; upper triangle unused)
+    att_lse: np.ndarray  # (L, B, NH, T) log of each attention row's softmax normaliser
     attproj: np.ndarray  # (L, B, T, C)
     residual2: np.ndarray  # (L, B, T, C)
     ln2: np.ndarray  # (L, B, T, C)
@@ -202,7 +202,7 @@ def activation_table(config: ModelConfig, B: int, T: int) -> Table:
         ("qkvr", (L, Br, T, 3 * C)),
         ("qk_rstd", (L, Bn, T, 2 * NH)),
         ("atty", (L, B, T, C)),
-        ("att", (L, B, NH, T, T)),
+        ("att_lse", (L, B, NH, T)),
         ("attproj", (L, B, T, C)),
         ("residual2", (L, B, T, C)),
         ("ln2", (L, B, T, C)),

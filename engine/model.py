@@ -193,7 +193,7 @@ def forward(config: ModelConfig, p: ParameterViews, ws: Workspace, inputs: np.nd
         norm_forward(config, ln1, a.ln1_mean[l].reshape(N), a.ln1_rstd[l].reshape(N), residual, p.ln1w[l], p.ln1b[l])
         matmul_forward(qkv.reshape(N, 3 * C), ln1, p.qkvw[l], p.qkvb[l])
         qkv_att = qk_forward(config, ws, a.qkvr[l], a.qk_rstd[l], qkv)
-        attention_forward(atty, a.att[l], qkv_att, NH)
+        attention_forward(atty, a.att_lse[l], qkv_att, NH)
         matmul_forward(attproj, atty.reshape(N, C), p.attprojw[l], p.attprojb[l])
         residual_forward(residual2, residual, attproj)
         norm_forward(config, ln2, a.ln2_mean[l].reshape(N), a.ln2_rstd[l].reshape(N), residual2, p.ln2w[l], p.ln2b[l])
@@ -248,7 +248,7 @@ def backward(config: ModelConfig, p: ParameterViews, g: ParameterViews, ws: Work
                       a.ln2_mean[l].reshape(N), a.ln2_rstd[l].reshape(N))
         # residual2 = residual + attproj: again dres serves both addends
         matmul_backward(datty, g.attprojw[l], g.attprojb[l], ws.weight_scratch((C, C)), dres, atty, p.attprojw[l])
-        attention_backward(dqkv, datty.reshape(B, T, C), qkv_att, a.att[l], NH)
+        attention_backward(dqkv, datty.reshape(B, T, C), qkv_att, a.att_lse[l], NH)
         qk_backward(config, ws, dqkv, qkv, a.qk_rstd[l])
         matmul_backward(dln, g.qkvw[l], g.qkvb[l], ws.weight_scratch((3 * C, C)), dqkv.reshape(N, 3 * C), ln1, p.qkvw[l])
         norm_backward(config, dres, g.ln1w[l], g.ln1b[l], dln, residual, p.ln1w[l],
