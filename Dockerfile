@@ -44,7 +44,10 @@ RUN pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/src \
 ENV CRYSTALLINE_STATE_DIR=/data \
     CRYSTALLINE_WATCH_ROOTS=/inbox \
     NUMBA_CACHE_DIR=/opt/crystalline/numba-cache \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    CRYSTALLINE_HTTP_LISTEN=off
+# The page and API are off in the image unless configured: -e CRYSTALLINE_HTTP_LISTEN=0.0.0.0:8484
+# with a token (CRYSTALLINE_HTTP_TOKEN_FILE=/run/secrets/...) and -p 127.0.0.1:8484:8484 (docs/DEPLOY.md).
 
 # Warm numba's cache: compile every kernel once, as the runtime user, into NUMBA_CACHE_DIR.
 # numba keys its cache by the source file's path and mtime (and by the CPU), so this runs after

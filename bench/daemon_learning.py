@@ -6,7 +6,8 @@ invocation skips the runs whose key is already there, so a long campaign is carr
 sittings (--force runs them again and appends; the summary reads the last line of each key). A
 run stopped half-way records nothing and starts over next time.
 
-  daemon:SIZE:MIN  `python -m crawler run --state-dir STATE` (cwd: the repo root) on a fresh
+  daemon:SIZE[+RECIPE...]:MIN
+                   `python -m crawler run --state-dir STATE` (cwd: the repo root) on a fresh
                    temporary STATE with its own crystalline.toml: [watch] roots = [INBOX],
                    settle_seconds = 0.5; [log] format = "json"; and [model] d_model/n_layer/n_head
                    unless SIZE is "default" (SIZE: a --sizes name, or d:L:H). Everything else is
@@ -45,6 +46,11 @@ run stopped half-way records nothing and starts over next time.
                    (crawler.data.eval_windows), bits per byte = summed nats / ln 2 / target bytes
                    (ByteTokenizer.token_bytes), the same count the daemon's eval divides by.
 
+  A RECIPE (--recipes NAME=section.key=value/section.key=value,...) adds those settings to the
+  run's crystalline.toml: `daemon:default+rope+muon:5` is the default size with both recipes.
+  Values are TOML scalars as written (numbers, true/false; anything else is a string). The
+  recipes are part of the run's key, and recorded with its result.
+
 Summary (printed after the runs, or alone with --summary): a markdown table of every run key in
 the results (one row per daemon checkpoint), the best torch bpb per minutes over the learning
 rates, and daemon/torch: the daemon's bpb (best checkpoint, else latest) over that best torch bpb
@@ -54,6 +60,8 @@ at the same minutes; below 1 the daemon is ahead.
                                                          # torch at 3e-4, 1e-3, 2e-3 for 10 and 60 min
     python bench/daemon_learning.py --runs daemon:default:10,torch:1e-3:10 --at 10,60
     python bench/daemon_learning.py --runs daemon:M:60 --sizes S=128:4:4,M=192:6:6,L=256:6:8
+    python bench/daemon_learning.py --runs daemon:default:5,daemon:default+muon:5 \
+        --recipes muon=train.optimizer=muon,rope=model.positions=rope --at 5
     python bench/daemon_learning.py --summary [--results FILE]
 Not a test: the machine should otherwise be quiet. Exit 2 when the corpus, or PyTorch for a
 torch run (pip install -e '.[bench]'), is missing; 1 when a run failed (it is not recorded).
@@ -104,6 +112,7 @@ class Run:
     arg: str  # daemon: "default", a --sizes name or d:L:H; torch: the learning rate
     minutes: float
     size: tuple[int, int, int] | None = None  # daemon: (d_model, n_layer, n_head); None = defaults
+    recipe: tuple[tuple[str, str, object], ...] = ()  # daemon: (section, key, value) added to its toml
 
     @property
     def key(self) -> str:
@@ -145,10 +154,46 @@ def parse_minutes(text: str, what: str) -> float:
     return value
 
 
-def parse_run(text: str, sizes: dict) -> Run:
-    """daemon:SIZE:MIN or torch:LR:MIN (SIZE may itself be d:L:H)."""
+def parse_value(text: str):
+    """A recipe value as TOML would read it: an int, a float, true/false, else the string."""
+    if text in ("true", "false"):
+        return text == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_recipes(text: str) -> dict[str, tuple[tuple[str, str, object], ...]]:
+    """NAME=section.key=value/section.key=value,... -> {NAME: ((section, key, value), ...)}."""
+    recipes = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, spec = item.partition("=")
+        settings = []
+        for setting in spec.split("/"):
+            dotted, _, value = setting.partition("=")
+            section, _, key = dotted.partition(".")
+            if not (name and section and key and value):
+                raise ValueError(f"--recipes item {item!r} must be NAME=section.key=value[/section.key=value...]")
+            settings.append((section, key, parse_value(value)))
+        recipes[name] = tuple(settings)
+    return recipes
+
+
+def parse_run(text: str, sizes: dict, recipes: dict | None = None) -> Run:
+    """daemon:SIZE[+RECIPE...]:MIN or torch:LR:MIN (SIZE may itself be d:L:H)."""
     kind, _, rest = text.strip().partition(":")
     arg, _, minutes = rest.rpartition(":")
+    if kind == "daemon" and "+" in arg:
+        arg, *names = arg.split("+")
+        unknown = [n for n in names if n not in (recipes or {})]
+        if unknown:
+            raise ValueError(f"run {text!r}: no recipe {unknown[0]!r} in --recipes")
+        run = parse_run(f"daemon:{arg}:{minutes}", sizes)
+        recipe = tuple(setting for n in names for setting in recipes[n])
+        return Run("daemon", "+".join([arg, *names]), run.minutes, run.size, recipe)
     if kind not in ("daemon", "torch") or not arg:
         raise ValueError(f"run {text!r} must be daemon:SIZE:MINUTES or torch:LR:MINUTES")
     minutes_value = parse_minutes(minutes, f"minutes of run {text!r}")
@@ -180,10 +225,12 @@ def default_runs(at: list[float]) -> str:
 # the daemon
 
 
-def config_toml(inbox: Path, size: tuple[int, int, int] | None) -> str:
+def config_toml(inbox: Path, size: tuple[int, int, int] | None, recipe=()) -> str:
     sections = {"watch": {"roots": [str(inbox)], "settle_seconds": 0.5}, "log": {"format": "json"}}
     if size is not None:
         sections["model"] = dict(zip(("d_model", "n_layer", "n_head"), size))
+    for section, key, value in recipe:
+        sections.setdefault(section, {})[key] = value
     # JSON scalars, strings and lists are valid TOML
     return "".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()) + "\n"
                    for name, keys in sections.items())
@@ -331,7 +378,7 @@ def run_daemon(run: Run, args, corpus: Path) -> dict:
     state, inbox = work / "state", work / "inbox"
     state.mkdir()
     inbox.mkdir()
-    (state / "crystalline.toml").write_text(config_toml(inbox, run.size))
+    (state / "crystalline.toml").write_text(config_toml(inbox, run.size, run.recipe))
     segments: list[Segment] = []
     checkpoints, stopped_s = [], 0.0
 
@@ -376,6 +423,7 @@ def run_daemon(run: Run, args, corpus: Path) -> dict:
     model = (first_event(segments, "trainer_ready") or {}).get("model") or config.get("model")
     last = checkpoints[-1]
     return {"key": run.key, "kind": "daemon", "size": run.arg, "minutes": run.minutes, "at": marks,
+            "recipe": [f"{section}.{key}={value}" for section, key, value in run.recipe],
             "model": model, "params": (first_event(segments, "trainer_ready") or {}).get("params"),
             "train_files": files, "bpb_best": last["bpb_best"], "bpb_latest": last["bpb_latest"],
             **event_figures(segments), "stopped_s": round(stopped_s, 1), "restarts": len(segments) - 1,
@@ -585,6 +633,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--runs", default=None, help="comma-separated daemon:SIZE:MIN and torch:LR:MIN, run in this order "
                    f"(default daemon:default:<last --at> and torch at {', '.join(DEFAULT_LRS)} for each --at)")
     p.add_argument("--at", default=DEFAULT_AT, help=f"daemon minutes to evaluate at (default {DEFAULT_AT})")
+    p.add_argument("--recipes", default="", help="NAME=section.key=value/...,...: settings a run adds with +NAME")
     p.add_argument("--sizes", default=DEFAULT_SIZES, help=f"NAME=d_model:layers:heads,... (default {DEFAULT_SIZES})")
     p.add_argument("--results", default=str(REPO / "bench" / "results" / "daemon_learning.jsonl"),
                    help="JSON-lines results file (default bench/results/daemon_learning.jsonl)")
@@ -617,7 +666,8 @@ def main(argv=None) -> int:
         if not args.at:
             raise ValueError("--at must name at least one minute")
         sizes = parse_sizes(args.sizes)
-        runs = [parse_run(t, sizes) for t in (args.runs or default_runs(args.at)).split(",") if t.strip()]
+        recipes = parse_recipes(args.recipes)
+        runs = [parse_run(t, sizes, recipes) for t in (args.runs or default_runs(args.at)).split(",") if t.strip()]
     except ValueError as exc:
         print(f"bench/daemon_learning.py: {exc}", file=sys.stderr)
         return 2

@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=_integer(1), default=None,
                        help="total step count to reach (default: until the held-out measure plateaus)")
     train.add_argument("--threads", type=_integer(0), default=None, help="worker threads; 0 = all cores")
+    train.add_argument("--distributed", action="store_true",
+                       help="under `mpiexec -n N`: N processes train one model ([distributed], docs/SCALE-OUT.md)")
     train.add_argument("--context", type=_integer(2), default=None, metavar="T", help="window length")
     train.add_argument("--d-model", type=_integer(1), default=None, metavar="C")
     train.add_argument("--layers", type=_integer(1), default=None, metavar="L")
@@ -365,32 +367,52 @@ def command_train(args: argparse.Namespace) -> int:
     """Store PATH... in the state directory's corpus (as `ingest` does), then run the daemon's
     training loop until --steps total steps, or until the held-out measure plateaus."""
     from .corpus_commands import ingest_paths, open_queue
+    import socket
+
+    from storage import TrainingLock
+
     from .health import DaemonLock
     from .training import TrainingWorker
 
     log = get_logger("cli")
     overrides, pinned = _train_overrides(args)
     config = load_config(args.config, state_dir=args.state_dir, overrides=overrides)
+    team = None
+    if args.distributed:  # under mpiexec: rank 0 runs all of this, the others follow its steps
+        from .distributed import follow, join
+
+        team, comm = join(config.distributed)
+        if comm.rank > 0:
+            return follow(comm, log, config.distributed.timeout_seconds)
     missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]
     if missing:
+        if team is not None:
+            team.stop()
         raise CliError(f"no such file or folder: {missing[0]}")
     lock = DaemonLock(config.state_dir)  # one trainer per state directory: not beside a daemon
-    lock.acquire()
-    database = None
+    database = training_lock = None
     try:
+        lock.acquire()
         database, queue = open_queue(config)
+        # one training job per corpus, even a PostgreSQL corpus shared by several state directories
+        training_lock = TrainingLock(database, f"crystalline train on {socket.gethostname()}, pid {os.getpid()}")
+        training_lock.acquire()
         tokenizer = load_state_tokenizer(config.state_dir)
         lower_priority(config.daemon.nice, log)
         summary = ingest_paths(args.paths, queue, tokenizer, config, log, level="info")
         with _StopFlag() as stop:
             worker = TrainingWorker(config, queue, tokenizer, get_logger("trainer"), pinned=pinned, command="train",
-                                    stopping=lambda: stop.signum is not None)
+                                    stopping=lambda: stop.signum is not None, team=team)
             worker.initialize()
             try:
                 return _train_loop(args, worker, summary, tokenizer, stop, log)
             finally:
                 worker.shutdown()  # checkpoints the steps since the last checkpoint
     finally:
+        if team is not None:
+            team.stop()  # the other ranks end after the final checkpoint
+        if training_lock is not None:
+            training_lock.release()
         if database is not None:
             database.close()
         lock.release()

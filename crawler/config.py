@@ -23,6 +23,7 @@ from typing import Any
 
 from engine import ConfigError
 from engine.config import ModelConfig, TrainConfig
+from engine.distributed import DistributedConfig
 
 from .extract import ExtractLimits
 from .watcher import WatchConfig
@@ -106,6 +107,14 @@ class DaemonConfig:
     # CPUWeight=): added to the process's niceness at start, before any worker thread exists,
     # so every thread inherits it; 0 leaves it alone, 19 is the lowest priority
     nice: int = 0
+    # false: an ingest-only daemon (`run --no-train`), no trainer: one of several writing a
+    # shared PostgreSQL corpus that one other daemon trains on (docs/SCALE-OUT.md)
+    train: bool = True
+    # PostgreSQL: several daemons watching one folder claim each file before reading it; a
+    # claim not renewed for this long (its daemon died) is taken over, and a file claimed
+    # claim_attempts times without being finished is recorded as failed
+    claim_lease_seconds: float = 300.0
+    claim_attempts: int = 3
 
     def validate(self) -> "DaemonConfig":
         if not 0.0 <= self.replay_fraction < 1.0:
@@ -127,11 +136,11 @@ class DaemonConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be 0 (no cap) or more megabytes")
         for name in ("checkpoint_every_steps", "keep_checkpoints", "log_every", "ingest_queue_size",
-                     "eval_every_steps", "plateau_patience"):
+                     "eval_every_steps", "plateau_patience", "claim_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be at least 1")
         for name in ("checkpoint_every_seconds", "status_interval_seconds", "health_max_age_seconds",
-                     "eval_every_seconds", "stop_timeout_seconds"):
+                     "eval_every_seconds", "stop_timeout_seconds", "claim_lease_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be positive")
         return self
@@ -167,6 +176,61 @@ class MetricsConfig:
         return self
 
 
+@dataclass(frozen=True)
+class HttpConfig:
+    # HOST:PORT of the daemon's page and API (crawler/http.py); empty: off. `crystalline run`
+    # serves it on the loopback address by default; any other address needs a token
+    listen: str = "127.0.0.1:8484"
+    # the bearer token every request must carry (Authorization: Bearer, or ?token= for the page);
+    # or a file holding it (systemd's LoadCredential=, a Docker secret). Empty: no token
+    token: str = ""
+    token_file: str = ""
+    # further names the page may be reached by (the Host header), such as the machine's name;
+    # the listen address, localhost, 127.0.0.1 and ::1 always are. "*": any (only with a token)
+    allowed_hosts: tuple[str, ...] = ()
+    max_generations: int = 1  # completions at once; a 429 beyond
+    max_new_tokens: int = 512  # the most a completion may ask for
+    # the share of one core a completion may use (its own CPU time against the wall clock), so
+    # training keeps its cores (docs/BENCHMARKS.md measures the cost)
+    generation_cpu_share: float = 0.2
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen not in ("", "off")
+
+    def validate(self) -> "HttpConfig":
+        if self.enabled:
+            from .http import parse_address
+
+            try:
+                host, _ = parse_address(self.listen)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+            if not (self.token or self.token_file) and not _loopback(host):
+                raise ConfigError(f"listen ({self.listen!r}) is not a loopback address: set token or token_file "
+                                  "(CRYSTALLINE_HTTP_TOKEN_FILE) so that every request must carry it, or listen "
+                                  "on 127.0.0.1")
+        if "*" in self.allowed_hosts and not (self.token or self.token_file):
+            raise ConfigError('allowed_hosts "*" needs a token or token_file')
+        if not 1 <= self.max_generations <= 64 or not 1 <= self.max_new_tokens <= 100_000:
+            raise ConfigError(f"max_generations ({self.max_generations}) must be in [1, 64] and max_new_tokens "
+                              f"({self.max_new_tokens}) in [1, 100000]")
+        if not 0 < self.generation_cpu_share <= 1:
+            raise ConfigError(f"generation_cpu_share ({self.generation_cpu_share}) must be in (0, 1]")
+        return self
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # The product's defaults where they differ from the engine's, for every command (`run` and
 # `train` are one training loop). It trains continuously: warm up once, then hold the rate (no
 # decay to a fixed end). The model size is the one that reached the lowest held-out bits per
@@ -193,6 +257,9 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    # `mpiexec -n N crystalline run|train --distributed`: how the ranks agree (docs/SCALE-OUT.md)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
     def database_url(self) -> str:
@@ -211,12 +278,15 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["state_dir"] = str(self.state_dir)
+        if data["http"]["token"]:  # (logged in config_loaded)
+            data["http"]["token"] = "<hidden>"
         return data
 
 
 SECTIONS: dict[str, type] = {
     "store": StoreSettings, "extract": ExtractLimits, "watch": WatchConfig, "model": ModelConfig,
     "train": TrainConfig, "daemon": DaemonConfig, "log": LogConfig, "metrics": MetricsConfig,
+    "http": HttpConfig, "distributed": DistributedConfig,
 }
 
 

@@ -62,6 +62,8 @@ class IngestWorker:
     stored. Nothing is stored twice: a committed file is never retried, and a retried file whose
     version is already stored is `unchanged`. If the worker dies anyway, `shutdown` hands the
     files it held back through `release` (the daemon passes `Watcher.reoffer`), else the inbox.
+    With a `gate` (PostgreSQL), it reads only the files this daemon claims; a file another
+    daemon holds waits for that daemon's lease (crawler/claiming.py).
     """
 
     name = "ingest"
@@ -69,8 +71,9 @@ class IngestWorker:
     BLOCKED_PAUSE_SECONDS = 1.0  # between re-checks while writes are blocked
 
     def __init__(self, config: Config, queue, tokenizer, inbox: queue_module.Queue, log, *,
-                 writes: WriteState | None = None, release: Callable[[list], None] | None = None):
+                 writes: WriteState | None = None, release: Callable[[list], None] | None = None, gate=None):
         self.config, self.queue, self.tokenizer, self.inbox = config, queue, tokenizer, inbox
+        self.gate = gate  # crawler.claiming.ClaimGate on PostgreSQL: several daemons may watch one folder
         self.log = log.bind(component="ingest")
         self.writes = writes if writes is not None else WriteState(config.state_dir, self.log)
         self.release = release
@@ -93,13 +96,22 @@ class IngestWorker:
             try:
                 batch = [self.inbox.get(timeout=0.5)]
             except queue_module.Empty:
-                return 0.0
+                if self.gate is None or not self.gate.deferred:
+                    return 0.0
+                batch = []  # files another daemon held may be due
             while len(batch) < self.BATCH_FILES:
                 try:
                     batch.append(self.inbox.get_nowait())
                 except queue_module.Empty:
                     break
+            if self.gate is not None:  # only the files this daemon claims; the rest wait or are failed
+                self._in_flight = list(batch)  # handed back by shutdown if claiming fails
+                batch, self._in_flight = self.gate.admit(batch, now, self.counts), []
+                if not batch:
+                    return 0.0
         self._ingest(batch)
+        if self.gate is not None:
+            self.gate.finish([item for item in batch if item not in self.held])
         return 0.0
 
     def _ingest(self, batch: list[tuple[Path, Path]]) -> None:
@@ -178,6 +190,8 @@ class IngestWorker:
         shutdown_pool()
         unfinished = list(dict.fromkeys(self.held + self._in_flight + self._isolating))
         self.held, self._in_flight, self._isolating = [], [], []
+        if self.gate is not None:  # others may take these over at once; the deferred go back too
+            unfinished = self.gate.shutdown(unfinished)
         if not unfinished:
             return
         if self.release is not None:
@@ -257,10 +271,12 @@ class Daemon:
     """Builds every part from a Config and runs until a stop signal."""
 
     def __init__(self, config: Config, config_source: dict, clock: Callable[[], float] = time.monotonic,
-                 metrics=None):
+                 metrics=None, window=None, team=None):
         self.config = config
-        self.metrics = metrics  # crawler.metrics.EventMetrics when [metrics] listen is set (observing the log)
+        self.team = team  # crawler.distributed.Team under mpiexec: this daemon is rank 0
+        self.metrics = metrics  # crawler.metrics.EventMetrics when [metrics] or [http] listen is set (observing the log)
         self.metrics_server = None
+        self.window = window  # crawler.http.Window when [http] listen is set: the page and API (observing the log too)
         self.config_source = config_source  # how to reload it: load_config keyword arguments
         self.clock = clock
         self.log = get_logger("daemon")
@@ -315,6 +331,8 @@ class Daemon:
             self.log.info("config_loaded", config=config.to_dict())
             lower_priority(config.daemon.nice, self.log)
             self._serve_metrics()
+            if self.window is not None:
+                self.window.serve(self)  # http_serving, or http_failed and on without it
             self._write_health(health, self._health("starting"))
             self._start(t0, health)
             self._loop(health)
@@ -328,6 +346,8 @@ class Daemon:
         finally:
             reason, status = ("signal", EXIT_STOPPED) if failure is None else (failure.reason, failure.status)
             self._shutdown(health, reason, status)
+            if self.team is not None:
+                self.team.stop()  # the other ranks end after the final checkpoint
             lock.release()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -343,7 +363,9 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - any failure here is the store's or the state's
             raise _start_failure("the store could not be opened", exc, EXIT_STORAGE_FAILED, "storage_failed") from exc
         self.inbox: queue_module.Queue = queue_module.Queue(maxsize=self.config.daemon.ingest_queue_size)
-        self._start_worker("trainer")
+        if self.config.daemon.train:  # else ingest only (`run --no-train`)
+            self._hold_training_lock()
+            self._start_worker("trainer")
         self._start_worker("ingest")
         for name, thread in self.workers.items():
             while not thread.ready.wait(LOOP_SECONDS):
@@ -357,7 +379,8 @@ class Daemon:
         self.notifier.ready(self._status_line())
         trainer = self._trainer()
         self.log.info("daemon_ready", seconds=round(self.clock() - t0, 3), roots=list(self.config.watch.roots),
-                      threads=trainer.trainer.threads if trainer is not None and trainer.trainer else None)
+                      threads=trainer.trainer.threads if trainer is not None and trainer.trainer else None,
+                      train=self.config.daemon.train)
         self._write_health(health, self._health("ready"))
 
     def _open_store(self) -> None:
@@ -368,6 +391,27 @@ class Daemon:
         self.database = open_database(self.config.storage_config())
         self.tokenizer = load_state_tokenizer(self.config.state_dir)
         CorpusQueue(self.database).set_tokenizer(self.tokenizer.identity_string())
+
+    def _hold_training_lock(self) -> None:
+        """One training job per corpus (storage.TrainingLock: a PostgreSQL advisory lock held
+        until the stop; the state directory's lock on SQLite). Raises DaemonError when another
+        job holds it, naming that job."""
+        import socket
+
+        from storage import TrainingLock, TrainingLocked
+
+        if getattr(self.database, "dialect", None) != "postgresql":
+            return  # a SQLite corpus: the state directory's lock, taken in run(), is the training lock
+        holder = f"crystalline run on {socket.gethostname()}, pid {os.getpid()}"
+        self.training_lock = TrainingLock(self.database, holder)
+        try:
+            self.training_lock.acquire()
+        except TrainingLocked as exc:
+            raise DaemonError(str(exc), EXIT_WORKER_FAILED, "training_locked") from exc
+        except Exception as exc:  # noqa: BLE001 - the server failed us: the store's failure
+            raise _start_failure("the training lock could not be taken", exc, EXIT_STORAGE_FAILED,
+                                 "storage_failed") from exc
+        self.log.info("training_lock_held", database=_safe_url(self.config.database_url), holder=holder)
 
     def _make_watcher(self):
         from .watcher import Watcher
@@ -387,9 +431,12 @@ class Daemon:
         queue = CorpusQueue(self.database)
         if name == "trainer":
             return TrainingWorker(self.config, queue, self.tokenizer, get_logger("trainer"), clock=self.clock,
-                                  stopping=self.stop_event.is_set, writes=self.writes)
-        return IngestWorker(self.config, queue, self.tokenizer, self.inbox, get_logger("ingest"), writes=self.writes,
-                            release=self._reoffer)
+                                  stopping=self.stop_event.is_set, writes=self.writes, team=self.team)
+        from .claiming import make_gate
+
+        log = get_logger("ingest")
+        return IngestWorker(self.config, queue, self.tokenizer, self.inbox, log, writes=self.writes,
+                            release=self._reoffer, gate=make_gate(self.config, self.database, queue, log))
 
     def _reoffer(self, files: list) -> None:
         """The ingest worker's way to hand back files it could not store: the watcher offers
@@ -426,6 +473,7 @@ class Daemon:
                     return
             now = self.clock()
             self._supervise(now)
+            self._renew_claims(now)
             self._follow_pause()
             if self._check_writes(now) or now >= next_status:
                 next_status = now + self.config.daemon.status_interval_seconds
@@ -435,6 +483,13 @@ class Daemon:
                 self.notifier.watchdog()
                 next_watchdog = now + watchdog
             time.sleep(LOOP_SECONDS)
+
+    def _renew_claims(self, now: float) -> None:
+        """Keep the leases on the files the ingest worker holds (crawler/claiming.py)."""
+        thread = self.workers.get("ingest")
+        gate = getattr(thread.worker, "gate", None) if thread is not None else None
+        if gate is not None:
+            gate.renew(now)
 
     def _follow_pause(self) -> None:
         """`crystalline pause` / `resume` create and remove STATE_DIR/paused; the trainer follows."""
@@ -468,7 +523,7 @@ class Daemon:
         trainer = self._trainer()
         f = trainer.figures if trainer else None
         if f is None:
-            return "starting"
+            return "starting" if self.config.daemon.train else "ingest only (no trainer: [daemon] train = false)"
         loss = "-" if f.loss is None else f"{f.loss:.3f}"
         line = f"step {f.step}, loss {loss}, {f.tokens_trained} tokens trained"
         if f.val_bits_per_byte is not None:
@@ -484,6 +539,7 @@ class Daemon:
         writes = self.writes.snapshot()
         return {
             "pid": os.getpid(), "state": state, "started_at": _iso(self.started_wall),
+            "train": self.config.daemon.train,
             "step": f.step if f else None, "tokens_trained": f.tokens_trained if f else None,
             "loss": f.loss if f else None, "tokens_per_s": f.tokens_per_s if f else None,
             "last_checkpoint_step": f.last_checkpoint_step if f else None,
@@ -571,7 +627,7 @@ class Daemon:
         changed = [name for name in ("watch", "daemon", "log") if getattr(new, name) != getattr(self.config, name)]
         # the model, the training recipe and the store need a restart; the rest applies now
         self.config = dataclasses.replace(self.config, watch=new.watch, daemon=new.daemon, log=new.log)
-        configure_logging(new.log.level, json=_json_flag(new.log.format), observer=self.metrics)
+        configure_logging(new.log.level, json=_json_flag(new.log.format), observer=self.window or self.metrics)
         for thread in self.workers.values():
             thread.worker.config = self.config
         self.watcher.update_config(new.watch)
@@ -592,6 +648,8 @@ class Daemon:
         deadline = self.clock() + budget
         cut_short: dict[str, str] = {}
         self._guarded("health", lambda: self._write_health(health, self._health("stopping")))
+        if self.window is not None:  # no new requests; streams and completions end
+            self._guarded("http", self.window.stop)
         watcher = getattr(self, "watcher", None)
         if watcher is not None:
             self._guarded("watcher", watcher.stop)
@@ -609,6 +667,9 @@ class Daemon:
                 self.log.error("worker_stuck", worker=name, stop_timeout_seconds=budget)
         if self.metrics_server is not None:
             self._guarded("metrics", self.metrics_server.shutdown)
+        training_lock = getattr(self, "training_lock", None)
+        if training_lock is not None and "trainer" not in cut_short:  # after the final checkpoint
+            self._guarded("storage", training_lock.release)
         database = getattr(self, "database", None)
         if database is not None and not cut_short:  # never closed under a worker still using it
             self._guarded("storage", database.close)
@@ -730,15 +791,33 @@ def lower_priority(increment: int, log) -> None:
     log.info("priority_lowered", nice=after, was=before)
 
 
-def run_daemon(config_file=None, state_dir=None, overrides=None) -> int:
-    """Resolve the configuration, configure logging, and run the daemon in this process."""
+def run_daemon(config_file=None, state_dir=None, overrides=None, distributed: bool = False) -> int:
+    """Resolve the configuration, configure logging, and run the daemon in this process. With
+    `distributed` (under mpiexec), rank 0 runs the daemon and the other ranks follow its steps."""
     source = {"config_file": config_file, "state_dir": state_dir, "overrides": overrides}
     config = load_config(**source)
-    metrics = None
-    if config.metrics.listen:
+    team = None
+    if distributed:
+        from .distributed import follow, join
+
+        team, comm = join(config.distributed)
+        if comm.rank > 0:
+            configure_logging(config.log.level, json=_json_flag(config.log.format))
+            return follow(comm, get_logger("daemon"), config.distributed.timeout_seconds)
+    metrics = window = None
+    if config.metrics.listen or config.http.enabled:  # /metrics is served on the [http] address too
         from .cli import installed_version
         from .metrics import EventMetrics
 
         metrics = EventMetrics(installed_version())
-    configure_logging(config.log.level, json=_json_flag(config.log.format), observer=metrics)
-    return Daemon(config, source, metrics=metrics).run()
+    if config.http.enabled:
+        from .http import Window
+
+        window = Window(config.http, metrics)  # reads the token file: a ConfigError before anything starts
+    configure_logging(config.log.level, json=_json_flag(config.log.format), observer=window or metrics)
+    try:
+        return Daemon(config, source, metrics=metrics, window=window, team=team).run()
+    except BaseException:
+        if team is not None:  # a start that failed before the supervisor ran: the followers end too
+            team.stop()
+        raise

@@ -57,6 +57,22 @@ def _serialize(event_dict: dict, **_: Any) -> str:
     return _json.dumps(event_dict, default=_default, ensure_ascii=False)
 
 
+# fields every event of this process carries (the MPI rank under --distributed)
+_process_fields: dict[str, Any] = {}
+
+
+def set_process_fields(**fields: Any) -> None:
+    """Add these fields to every event this process logs from now on (configure_logging's
+    processors read them at each event, so the order of the two calls does not matter)."""
+    _process_fields.update(fields)
+
+
+def _add_process_fields(logger: Any, method: str, event_dict: dict) -> dict:
+    for key, value in _process_fields.items():
+        event_dict.setdefault(key, value)
+    return event_dict
+
+
 def configure_logging(
     level: str = "info", json: bool | None = None, stream: IO[str] | None = None, drop: tuple[str, ...] = (),
     observer: Any = None,
@@ -77,6 +93,7 @@ def configure_logging(
         json = not on_tty
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _add_process_fields,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),

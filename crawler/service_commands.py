@@ -52,6 +52,9 @@ after_ingest = "keep"          # "move": ingested files go to STATE_DIR/processe
 health_max_age_seconds = 120.0 # `crystalline status --health` fails past this
 stop_timeout_seconds = 60.0    # a stop ends within this (checkpoint first); below TimeoutStopSec=90
 nice = 0                       # CPU priority outside systemd: 0 leaves it, 19 is the lowest
+train = true                   # false (`run --no-train`): ingest only, into a shared corpus
+claim_lease_seconds = 300.0    # PostgreSQL, one folder watched by several daemons: a dead one's
+claim_attempts = 3             # files are taken over after this; failed after this many claims
 
 [model]                        # fixed once the first checkpoint exists (docs/BENCHMARKS.md: the
 context_length = 128           # size that learned most in an hour of the daemon on 2 cores)
@@ -94,6 +97,23 @@ format = "auto"                # auto: JSON lines off a terminal, readable on on
 
 [metrics]
 listen = ""                    # HOST:PORT of a Prometheus endpoint, such as 127.0.0.1:9464; empty: off
+
+[http]
+listen = "127.0.0.1:8484"      # the page and API of `run` (crawler/http.py); "" or "off": off
+token = ""                     # required beyond loopback: every request carries it (or token_file)
+token_file = ""
+allowed_hosts = []             # further Host names the page is reached by (DNS rebinding guard)
+max_generations = 1            # completions at once; a 429 beyond
+max_new_tokens = 512
+generation_cpu_share = 0.2     # of one core, for a completion: training keeps its cores
+
+[distributed]                  # only under `mpiexec -n N crystalline run|train --distributed`
+mode = "sync"                  # "sync": gradients summed every step (a fast LAN); "local": each
+sync_every = 32                # machine takes this many steps, then parameters are averaged (slow links)
+outer_lr = 1.0                 # "local": the outer step on the averaged change (1.0, momentum 0:
+outer_momentum = 0.0           # plain averaging; DiLoCo's outer Nesterov: 0.7 and 0.9)
+average_state = false          # "local": average the optimizer's moments too (3x the traffic)
+timeout_seconds = 600.0
 """
 
 
@@ -108,6 +128,13 @@ def add_commands(commands: Any, state: dict) -> None:
     run.add_argument("--log-format", choices=("auto", "json", "console"), default=None)
     run.add_argument("--metrics", default=None, metavar="HOST:PORT",
                      help="serve Prometheus metrics there, such as 127.0.0.1:9464 ([metrics] listen)")
+    run.add_argument("--http", default=None, metavar="HOST:PORT|off",
+                     help="serve the page and API there ([http] listen, default 127.0.0.1:8484); off: not at all")
+    run.add_argument("--distributed", action="store_true",
+                     help="under `mpiexec -n N`: N processes train one model ([distributed], docs/SCALE-OUT.md)")
+    run.add_argument("--no-train", dest="train", action="store_false", default=None,
+                     help="ingest only, no trainer ([daemon] train = false): one of several daemons "
+                          "writing a shared corpus (docs/SCALE-OUT.md)")
     run.set_defaults(handler=command_run)
 
     for name, text in (("pause", "hold training (ingest goes on) until `resume`; a checkpoint is written first"),
@@ -128,11 +155,14 @@ def command_run(args: argparse.Namespace) -> int:
     overrides = {
         "watch": {"roots": tuple(args.watch) if args.watch else None, "polling": args.polling},
         "train": {"threads": args.threads},
+        "daemon": {"train": args.train},
         "log": {"format": args.log_format,
                 "level": args.log_level if args.log_level != "info" else None},
         "metrics": {"listen": args.metrics},
+        "http": {"listen": args.http},
     }
-    return run_daemon(config_file=args.config, state_dir=args.state_dir, overrides=overrides)
+    return run_daemon(config_file=args.config, state_dir=args.state_dir, overrides=overrides,
+                      distributed=args.distributed)
 
 
 def command_pause(args: argparse.Namespace) -> int:

@@ -142,10 +142,13 @@ class TrainingWorker:
 
     def __init__(self, config: Config, queue, tokenizer, log, clock=time.monotonic,
                  pinned: dict[str, str] | None = None, command: str = "run", stopping=lambda: False,
-                 writes: WriteState | None = None):
+                 writes: WriteState | None = None, team=None):
         self.config = config
         self.stopping = stopping  # true once a stop was asked for: a cool-down gives way to it
         self.command = command  # recorded in each checkpoint: retention deletes only its own
+        # crawler.distributed.Team under mpiexec (rank 0): each batch is every rank's rows
+        self.team = team
+        self.ranks = 1 if team is None else team.size
         self.queue = queue
         self.tokenizer = tokenizer
         self.log = log.bind(component="trainer")
@@ -155,6 +158,7 @@ class TrainingWorker:
         # operator controls, set from the supervisor's thread and read at the next step
         self.checkpoint_requested = threading.Event()  # SIGUSR1: a checkpoint now
         self.pause_requested = False  # STATE_DIR/paused exists: hold training, keep ingesting
+        self._snapshots: list = []  # weights wanted between two steps: [(Event, [result])] (snapshot())
         self.pinned = dict(pinned or {})
         self.trainer = None
         self.figures = TrainingFigures()
@@ -205,11 +209,13 @@ class TrainingWorker:
         self.seq_len = train.seq_len
         cursor = self.queue.cursor()
         extra = {} if checkpoint is None else checkpoint.extra
+        across = {} if self.team is None else {"comm": self.team.comm, "distributed": self.team.config}
         if checkpoint is None or "stream_position" not in extra:  # fresh, or adopted weights
-            self.trainer = Trainer(model, train) if checkpoint is None else Trainer.from_checkpoint(checkpoint, train)
+            self.trainer = (Trainer(model, train, **across) if checkpoint is None
+                            else Trainer.from_checkpoint(checkpoint, train, **across))
             position, tokens = cursor.stream_position, cursor.tokens_trained
         else:
-            self.trainer = Trainer.from_checkpoint(checkpoint, train)
+            self.trainer = Trainer.from_checkpoint(checkpoint, train, **across)
             position, tokens = int(extra["stream_position"]), int(extra["tokens_trained"])
             self.log.info("checkpoint_loaded", step=checkpoint.step, path=str(checkpoint.path),
                           stream_position=position, tokens_trained=tokens)
@@ -218,6 +224,8 @@ class TrainingWorker:
                                        last_checkpoint_step=None if checkpoint is None else checkpoint.step,
                                        last_checkpoint_time=self.clock() if checkpoint is not None else None,
                                        last_checkpoint_path=None if checkpoint is None else str(checkpoint.path))
+        if self.team is not None:
+            self.team.share(self.trainer)  # every rank starts from this checkpoint
         self._restore_loop_state(extra, position)
         self._restore_best()
         latest = self.queue.latest_evaluation()
@@ -228,7 +236,7 @@ class TrainingWorker:
         self._last_eval_step = self.trainer.step_count if extra.get("evaluated") else -1
         self.log.info("trainer_ready", threads=self.trainer.threads, params=int(self.trainer.params.size),
                       mb_per_thread=round(self.trainer.memory_per_thread_mb, 1), step=self.trainer.step_count,
-                      model=model.to_dict(), plateaued=self.figures.plateaued,
+                      model=model.to_dict(), plateaued=self.figures.plateaued, ranks=self.ranks,
                       best_val_bits_per_byte=self.figures.best_val_bits_per_byte)
 
     def _resumed_model(self, configured, checkpoint):
@@ -300,6 +308,19 @@ class TrainingWorker:
         self.figures.best_val_bits_per_byte, self.figures.best_step = value, best.step
         self.figures.holdout_tokens = self._best_holdout
 
+    def snapshot(self, timeout: float) -> tuple[np.ndarray, int] | None:
+        """A copy of the live weights and its step, taken on the training thread between two
+        steps (so never half updated); None when it is not served within `timeout` seconds."""
+        done, result = threading.Event(), []
+        self._snapshots.append((done, result))
+        return result[0] if done.wait(timeout) and result else None
+
+    def _serve_snapshots(self) -> None:
+        while self._snapshots and self.trainer is not None:
+            done, result = self._snapshots.pop(0)
+            result.append((self.trainer.params.copy(), self.trainer.step_count))
+            done.set()
+
     @property
     def unsaved_steps(self) -> int:
         """Steps taken since the last checkpoint."""
@@ -319,6 +340,12 @@ class TrainingWorker:
             f = self.figures
             self.log.info("trainer_stopped", step=self.trainer.step_count, checkpoint_step=f.last_checkpoint_step,
                           checkpoint_path=f.last_checkpoint_path, saved=saved, unsaved_steps=self._since_checkpoint)
+            if self.team is not None:
+                from .distributed import params_digest
+
+                self.log.info("replicas_released", step=self.trainer.step_count, ranks=self.ranks,
+                              params_sha256=params_digest(self.trainer.params))
+                self.team.release()  # the followers close their replicas too
             self.trainer.close()
             self.trainer = None
 
@@ -326,8 +353,9 @@ class TrainingWorker:
 
     def run_once(self, now: float) -> float:
         """One training step if a batch can be built; returns how long the caller may sleep."""
+        self._serve_snapshots()
         daemon = self.config.daemon
-        B, T = self.config.train.batch_size, self.seq_len
+        B, T = self.config.train.batch_size * self.ranks, self.seq_len  # the batch of every rank
         step = self.trainer.step_count
         rng = np.random.default_rng([self.config.train.seed, 1, step])  # replay draws of this step
         if self._deferred is not None and self._since_checkpoint and self._checkpoint_due(now):
@@ -371,7 +399,7 @@ class TrainingWorker:
         self._idle(False)
         inputs, targets = windows[:, :-1], windows[:, 1:]
         try:
-            stats = self.trainer.step(inputs, targets)
+            stats = self.trainer.step(inputs, targets) if self.team is None else self.team.step(self.trainer, windows)
         except NonFiniteLoss as exc:
             self.log.error("train_step_failed", step=self.trainer.step_count, error=str(exc))
             return 0.0  # the batch that diverged is skipped (its windows count as taken)
@@ -555,32 +583,38 @@ class TrainingWorker:
         steps = int(round(daemon.cooldown_fraction * (t.step_count - self._last_cooldown_step)))
         if steps < 1 or self._buffer_start <= self.seq_len:
             return None
-        B, T = self.config.train.batch_size, self.seq_len
-        saved = (t.params.copy(), t.m.copy(), t.v.copy(), t.step_count, t.tokens_trained)
-        lr = learning_rate(t.train_config, t.step_count)
+        B, T = self.config.train.batch_size * self.ranks, self.seq_len  # the batch of every rank
+        saved = t.state_copy()
+        start = t.step_count
+        lr = learning_rate(t.train_config, start)
         done = 0
+        if self.team is not None:
+            self.team.hold()  # the other ranks keep their state too, and cool their replicas in step
         try:
             for i in range(steps):
                 if self.stopping():  # a half-cooled copy is not worth keeping: stop promptly
                     done = 0
                     break
-                rng = np.random.default_rng([self.config.train.seed, 2, saved[3], i])
+                rng = np.random.default_rng([self.config.train.seed, 2, start, i])
                 windows = self.trained.sample(B, T, rng, end=self._buffer_start, holdout=self.mask)
                 if windows.shape[0] < B:
                     break
-                t.step(windows[:, :-1], windows[:, 1:], lr=lr * (1.0 - i / steps))
+                rate = lr * (1.0 - i / steps)
+                if self.team is None:
+                    t.step(windows[:, :-1], windows[:, 1:], lr=rate)
+                else:
+                    self.team.step(t, windows, lr=rate)
                 done += 1
             cooled = (t.params.copy(), t.m.copy(), t.v.copy(), done) if done else None
         except NonFiniteLoss as exc:
-            self.log.error("cooldown_failed", step=saved[3], error=str(exc))
+            self.log.error("cooldown_failed", step=start, error=str(exc))
             cooled = None
         finally:
-            np.copyto(t.params, saved[0])
-            np.copyto(t.m, saved[1])
-            np.copyto(t.v, saved[2])
-            t.step_count, t.tokens_trained = saved[3], saved[4]
+            t.restore_state(saved)
+            if self.team is not None:
+                self.team.unhold()
         if cooled is not None:
-            self._last_cooldown_step = saved[3]
+            self._last_cooldown_step = start
         return cooled
 
     def _remeasure_best(self, holdout) -> None:

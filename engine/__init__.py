@@ -18,6 +18,7 @@ _EXPORTS = {
     "list_checkpoints": "checkpoint",
     "save_checkpoint": "checkpoint",
     "ConfigError": "config",
+    "DistributedConfig": "distributed",
     "ModelConfig": "config",
     "TrainConfig": "config",
     "CheckpointError": "errors",

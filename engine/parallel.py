@@ -169,13 +169,15 @@ class WorkerPool:
             t.start()
 
     def run(self, compute: Callable[[int], None], G: np.ndarray | None = None,
-            update: Callable[[int, float], None] | None = None) -> float:
-        """Run one job on all workers. With G and update: reduce G along the tree, compute the
-        global gradient norm, then call update(worker, norm) on every worker; returns the norm
-        (else 0.0)."""
+            update: Callable[[int, float], None] | None = None,
+            across: Callable[[], None] | None = None) -> float:
+        """Run one job on all workers. With G and update: reduce G along the tree, then (with
+        `across`) let worker 0 alone call across() on the sum in G[0] (the sum over processes,
+        engine/distributed.py) while the others wait, compute the global gradient norm, then call
+        update(worker, norm) on every worker; returns the norm (else 0.0)."""
         if self._closed or self._error is not None:
             raise WorkerError("the worker pool is closed or broken")
-        self._job = (compute, G, update)
+        self._job = (compute, G, update, across)
         try:
             self._start.wait()
             self._end.wait()
@@ -193,7 +195,7 @@ class WorkerPool:
             job = self._job
             if job is None:
                 return
-            compute, G, update = job
+            compute, G, update, across = job
             try:
                 compute(w)
                 if G is not None:
@@ -202,6 +204,10 @@ class WorkerPool:
                         task = level[w]
                         if task is not None:
                             reduce_rows(G, task.rows, task.start, task.stop)
+                        self._inner.wait()
+                    if across is not None:
+                        if w == 0:
+                            across()
                         self._inner.wait()
                     a, b = self.segments[w]
                     self.partial_norms[w] = sum_squares(G[0], a, b)

@@ -7,6 +7,8 @@ One training system for the daemon and the offline commands. Takes and returns t
 (np.ndarray) and numbers; knows nothing of files beyond writing its checkpoint where told.
 Threads: `Trainer` starts its worker pool once and ends it in `close()`; `step` and `evaluate`
 block the calling thread until the workers are done and must not be called concurrently.
+Across processes (engine/distributed.py): with a Communicator of several ranks, `step` sums the
+gradient across ranks ("sync") or averages the parameters every few steps ("local").
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from .adamw import adamw_update
 from .config import ModelConfig, TrainConfig
+from .distributed import Averager, Communicator, DistributedConfig, all_finite
 from .errors import NonFiniteLoss, ShapeMismatch
 from .kernels.crossentropy import crystalline_cost_table
 from .layout import decay_mask, init_parameters, parameter_table
@@ -57,6 +60,7 @@ class StepStats:
     tokens: int
     seconds: float
     update_seconds: float = 0.0  # the update phase (clip and optimizer), its slowest worker
+    comm_seconds: float = 0.0  # sums across ranks (engine/distributed.py): gradients, or an average
 
 
 class Trainer:
@@ -64,7 +68,8 @@ class Trainer:
 
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig,
                  params: np.ndarray | None = None, m: np.ndarray | None = None,
-                 v: np.ndarray | None = None, step: int = 0, tokens_trained: int = 0):
+                 v: np.ndarray | None = None, step: int = 0, tokens_trained: int = 0,
+                 comm: Communicator | None = None, distributed: DistributedConfig | None = None):
         self.model_config = model_config.validate()
         self.train_config = train_config.validate(model_config)
         limit_blas_threads()
@@ -97,6 +102,12 @@ class Trainer:
         self._owned = [self.matrices[task.matrices] for task in self.tasks]
         self._scratch = [np.zeros(scratch_size(owned), np.float32) for owned in self._owned]
         self._update_seconds = np.zeros(self.threads, dtype=np.float64)
+        # across processes: this rank's place, and how the ranks agree (engine/distributed.py)
+        self.comm = comm if comm is not None else Communicator()
+        self.distributed = (distributed or DistributedConfig()).validate()
+        self.averager = (Averager(self.comm, self.distributed, self.params)
+                         if self.comm.size > 1 and self.distributed.mode == "local" else None)
+        self.comm_seconds = 0.0  # the last step's time in cross-rank sums
 
     def _split_rows(self, B: int) -> list[tuple[int, int]]:
         """Each worker's (start, stop) rows of a B-row batch, as even as integers allow."""
@@ -107,13 +118,32 @@ class Trainer:
             raise ShapeMismatch(f"{name} has shape {array.shape}, the model needs ({self.table.size},)")
         return np.array(array, dtype=np.float32, copy=True)
 
+    def state_copy(self) -> tuple:
+        """A copy of everything `step` changes (parameters, optimizer state, counters, and in
+        "local" mode the averager's anchor): restore_state(copy) undoes any steps taken since."""
+        averager = self.averager
+        outer = None if averager is None else (averager.anchor.copy(),
+                                                None if averager.velocity is None else averager.velocity.copy())
+        return (self.params.copy(), self.m.copy(), self.v.copy(), self.step_count, self.tokens_trained, outer)
+
+    def restore_state(self, saved: tuple) -> None:
+        """Put back a state_copy, in place."""
+        params, m, v, self.step_count, self.tokens_trained, outer = saved
+        np.copyto(self.params, params)
+        np.copyto(self.m, m)
+        np.copyto(self.v, v)
+        if outer is not None:
+            np.copyto(self.averager.anchor, outer[0])
+            if outer[1] is not None:
+                np.copyto(self.averager.velocity, outer[1])
+
     @classmethod
-    def from_checkpoint(cls, checkpoint, train_config: TrainConfig) -> "Trainer":
+    def from_checkpoint(cls, checkpoint, train_config: TrainConfig, **kw) -> "Trainer":
         """Resume parameters, optimizer state and counters from a loaded `Checkpoint`. When the
         checkpoint was trained with the other optimizer, the matrices' state starts afresh."""
         state = checkpoint.train_state or {}
         trainer = cls(checkpoint.model_config, train_config, checkpoint.params, checkpoint.m,
-                      checkpoint.v, step=checkpoint.step, tokens_trained=int(state.get("tokens_trained", 0)))
+                      checkpoint.v, step=checkpoint.step, tokens_trained=int(state.get("tokens_trained", 0)), **kw)
         saved = state.get("train_config") or {}
         if saved.get("optimizer", "adamw") != train_config.optimizer:
             # the matrices' slots of m hold the other optimizer's state (Muon's momentum, or
@@ -154,7 +184,9 @@ class Trainer:
         t0 = time.perf_counter()
         lr = learning_rate(tc, self.step_count) if lr is None else float(lr)
         t = self.step_count + 1
-        dloss = 1.0 / inputs.size
+        comm, sync = self.comm, self.comm.size > 1 and self.distributed.mode == "sync"
+        ranks = comm.size if sync else 1
+        dloss = 1.0 / (inputs.size * ranks)  # "sync": the mean over every rank's rows
         weight = tc.crystalline_weight
         cfg, p, cost = self.model_config, self.p_views, self.cost
         sums = self._sums
@@ -193,16 +225,33 @@ class Trainer:
                             tc.muon_momentum, tc.muon_weight_decay, scale, tc.ns_steps)
             self._update_seconds[w] = time.perf_counter() - started
 
-        norm = self.pool.run(compute, self.G, update)
-        totals = sums.sum(axis=0) / inputs.size
-        if not math.isfinite(norm) or not math.isfinite(totals[0]):
+        self.comm_seconds = 0.0
+
+        def across() -> None:  # worker 0, once the threads' gradients are summed into G[0]
+            started = time.perf_counter()
+            comm.sum_into(grads)
+            self.comm_seconds = time.perf_counter() - started
+
+        norm = self.pool.run(compute, self.G, update, across if sync else None)
+        local = sums.sum(axis=0)
+        totals = (comm.sum_scalars(local) if sync else local) / (inputs.size * ranks)
+        finite = math.isfinite(norm) and math.isfinite(totals[0])
+        if self.averager is not None and not all_finite(comm, norm if finite else math.nan):
+            finite = False  # "local": a rank that diverged makes every rank skip, so counts stay aligned
+        if not finite:
             raise NonFiniteLoss(f"step {t}: loss {totals[0]}, gradient norm {norm}; update skipped")
         self.step_count = t
-        self.tokens_trained += inputs.size
+        self.tokens_trained += inputs.size * ranks
+        if self.averager is not None and t % self.distributed.sync_every == 0:
+            started = time.perf_counter()
+            self.averager.average(self.params)
+            if self.distributed.average_state:
+                self.averager.average_moments(self.m, self.v)
+            self.comm_seconds += time.perf_counter() - started
         return StepStats(step=t, loss=float(totals[0]), crystalline_loss=float(totals[2]),
                          objective=float(totals[0] + weight * totals[1]), lr=lr, grad_norm=norm,
-                         tokens=int(inputs.size), seconds=time.perf_counter() - t0,
-                         update_seconds=float(self._update_seconds.max()))
+                         tokens=int(inputs.size * ranks), seconds=time.perf_counter() - t0,
+                         update_seconds=float(self._update_seconds.max()), comm_seconds=self.comm_seconds)
 
     def evaluate(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
         """Forward only: summed cross-entropy in nats over all positions, and their count. Any

@@ -8,10 +8,12 @@ by Alembic migrations that run on open. Knows nothing of the engine or the crawl
 returns rows, token arrays and paths. Callers import from here.
 """
 
+from .claims import ClaimResult, FileClaims
 from .config import ConfigError, StorageConfig
 from .db import Database, open_database
 from .errors import DatabaseUnavailable, SchemaTooNew, StorageError, TokenizerMismatch
 from .holdout import HoldoutSplit, draw_window_starts
+from .locks import TrainingLock, TrainingLocked
 from .mask import StreamMask
 from .queue import CorpusQueue
 from .records import (
@@ -29,12 +31,14 @@ from .records import (
 __all__ = [
     "AddResult",
     "CheckpointRecord",
+    "ClaimResult",
     "ConfigError",
     "CorpusQueue",
     "Cursor",
     "Database",
     "DatabaseUnavailable",
     "EvaluationRecord",
+    "FileClaims",
     "ForgetResult",
     "HoldoutSet",
     "HoldoutSplit",
@@ -47,5 +51,7 @@ __all__ = [
     "StreamMask",
     "StoredVersion",
     "TokenizerMismatch",
+    "TrainingLock",
+    "TrainingLocked",
     "open_database",
 ]

@@ -277,3 +277,19 @@ withdrawn = sa.Table(
     sa.CheckConstraint("stream_start < stream_end", name="range"),
     sa.Index(None, "document_id"),
 )
+
+# --- file claims (revision 0006) -----------------------------------------------------------------
+
+# which daemon ingests a file when several watch one folder (claims.py): the daemon holding it
+# (a name stable across its restarts), when its lease ends (seconds since the epoch, on the
+# database's clock), and how many times it was claimed without being finished. A row exists
+# only while a file is being read: it is deleted once the file's outcome is stored.
+claims = sa.Table(
+    "claims",
+    metadata,
+    sa.Column("path", PathText, primary_key=True),  # encode_path's form
+    sa.Column("claimed_by", sa.Text, nullable=False),
+    sa.Column("lease_until", sa.Double, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Index(None, "claimed_by"),
+)

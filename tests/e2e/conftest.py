@@ -47,6 +47,9 @@ max_file_bytes = {max_file_bytes}
 [log]
 level = "info"
 format = "json"
+
+[http]
+listen = "off"  # several test daemons at once must not race for one port (tests of it set CRYSTALLINE_HTTP_LISTEN)
 """
 
 

@@ -18,7 +18,8 @@ STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
 # top-level distributions each package may import besides the standard library and itself;
 # None means any (the crawler is where third-party glue lives)
 ALLOWED_THIRD_PARTY = {
-    "engine": {"numpy", "numba", "llvmlite", "scipy", "threadpoolctl", "safetensors"},
+    # mpi4py: the step across processes (engine/distributed.py), imported only under --distributed
+    "engine": {"numpy", "numba", "llvmlite", "scipy", "threadpoolctl", "safetensors", "mpi4py"},
     "storage": {"sqlalchemy", "alembic", "numpy"},
     "crawler": None,
 }
