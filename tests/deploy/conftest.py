@@ -16,7 +16,9 @@ IMAGE = "localhost/crystalline-ci:latest"
 SYSTEMD_HOST = "localhost/crystalline-ci-systemd:latest"
 
 
-@pytest.fixture(autouse=True)
+# session scope: pytest sets up session fixtures (the image) before function-scoped ones, so a
+# function-scoped check would come after a podman call on a machine without podman
+@pytest.fixture(autouse=True, scope="session")
 def _deploy_tools():
     reason = why_not()
     if reason:
