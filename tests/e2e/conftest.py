@@ -89,35 +89,35 @@ class DaemonProcess:
                     and all(e.get(k) == v for k, v in fields.items())]
 
     def wait_for(self, event: str, timeout: float = 60.0, count: int = 1, **fields) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        with self.lock:
-            while True:
-                found = [e for e in self.events if e.get("event") == event
-                         and all(e.get(k) == v for k, v in fields.items())]
-                if len(found) >= count:
-                    return found
-                if self.proc.poll() is not None and not self.reader.is_alive():
-                    raise AssertionError(f"daemon exited {self.proc.returncode} before {event}:\n{self.tail()}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"no {count} x {event} {fields} within {timeout} s:\n{self.tail()}")
-                self.lock.wait(min(remaining, 0.5))
+        """The first `count` events named `event` (with these fields) the daemon logged, waiting
+        up to `timeout` s. Each wake-up reads only the events that arrived since the last one: a
+        daemon logging thousands of events must not make the waiter rescan them all for every
+        line (under load the reader thread then starves and the wait times out)."""
+        return self._wait(0, event, timeout, count, fields, f"no {count} x {event} {fields}")
 
     def wait_for_after(self, earlier: dict, event: str, timeout: float = 60.0, **fields) -> dict:
         """The first `event` (with fields) logged after the event `earlier`."""
         with self.lock:
             index = self.events.index(earlier)
+        return self._wait(index + 1, event, timeout, 1, fields,
+                          f"no {event} {fields} after {earlier.get('event')}")[0]
+
+    def _wait(self, start: int, event: str, timeout: float, count: int, fields: dict, missing: str) -> list[dict]:
         deadline = time.monotonic() + timeout
+        found: list[dict] = []
         with self.lock:
             while True:
-                for e in self.events[index + 1:]:
+                for e in self.events[start:]:
                     if e.get("event") == event and all(e.get(k) == v for k, v in fields.items()):
-                        return e
+                        found.append(e)
+                        if len(found) >= count:
+                            return found
+                start = len(self.events)
                 if self.proc.poll() is not None and not self.reader.is_alive():
                     raise AssertionError(f"daemon exited {self.proc.returncode} before {event}:\n{self.tail()}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise AssertionError(f"no {event} {fields} after {earlier.get('event')} within {timeout} s:\n{self.tail()}")
+                    raise AssertionError(f"{missing} within {timeout} s:\n{self.tail()}")
                 self.lock.wait(min(remaining, 0.5))
 
     def tail(self, lines: int = 40) -> str:
