@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit
 
 import engine.model
-from crawler.bench import CONFIGS, BYTE_VOCAB, random_batches
+from crawler.bench.throughput import BYTE_VOCAB, CONFIGS, random_batches
 from engine import Trainer
 from engine.kernels import KERNEL
 from engine.kernels.attention import attention_backward, attention_forward, gather_head, scatter_head

@@ -1,7 +1,7 @@
 """What file claims cost the daemon's ingest worker on PostgreSQL: small files/s with and without.
 
 Runs the real IngestWorker in this process (the byte tokenizer) on N small files, each case in a
-fresh schema of the server given, alternating with and without a ClaimGate (crawler/claiming.py),
+fresh schema of the server given, alternating with and without a ClaimGate (crawler/ingest/claiming.py),
 and prints files/s per run and the median ratio. On SQLite the daemon uses no claims, so there
 is nothing to compare there (bench/ingest.py measures its ingest).
 
@@ -25,10 +25,10 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from crawler.claiming import ClaimGate  # noqa: E402
 from crawler.config import Config  # noqa: E402
-from crawler.daemon import IngestWorker  # noqa: E402
-from crawler.tokenizer import ByteTokenizer  # noqa: E402
+from crawler.ingest.claiming import ClaimGate  # noqa: E402
+from crawler.ingest.tokenizer import ByteTokenizer  # noqa: E402
+from crawler.service.daemon import IngestWorker  # noqa: E402
 from storage import CorpusQueue, FileClaims, StorageConfig, open_database  # noqa: E402
 
 

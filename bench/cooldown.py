@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crawler.data import DataError, WindowSampler, eval_windows, load_corpus
-from crawler.tokenizer import ByteTokenizer
+from crawler.ingest.data import DataError, WindowSampler, eval_windows, load_corpus
+from crawler.ingest.tokenizer import ByteTokenizer
 from engine import ModelConfig, TrainConfig, Trainer
 
 LN2 = math.log(2.0)

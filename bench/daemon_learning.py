@@ -32,10 +32,10 @@ run stopped half-way records nothing and starts over next time.
                    `eval_finished` (val_bits_per_byte, train_bits_per_byte, epoch), whether and
                    when (daemon seconds) `training_plateaued` was logged, the `trainer_idle`
                    times, and a count of every event name.
-  torch:LR:MIN     PyTorch eager (crawler.torch_reference.TorchGPT) at config S: byte tokenizer
+  torch:LR:MIN     PyTorch eager (crawler.bench.torch_reference.TorchGPT) at config S: byte tokenizer
                    V=257, d=128, L=4, H=4, T=128, B=16; AdamW betas (0.9, 0.95), weight decay 0.1
                    on the engine's DECAYED tensors, clip 1.0, torch.set_num_threads(--threads);
-                   batches from crawler.data.WindowSampler over CORPUS/train (the engine's seed).
+                   batches from crawler.ingest.data.WindowSampler over CORPUS/train (the engine's seed).
                    Schedule: 100 warmup steps to LR, then cosine down to 0.1 LR at the step count
                    that fits in MIN minutes of wall clock. That count is not known beforehand: the
                    first 20 steps (all in warmup, so their rate does not depend on it) are timed,
@@ -43,7 +43,7 @@ run stopped half-way records nothing and starts over next time.
                    (batches and steps, from step 0; one untimed warm-up step on a throwaway copy
                    first) reaches MIN, whether before or after that estimate. Then all of
                    CORPUS/val as bench/learning.py evaluates it: every target once, windows of 128
-                   (crawler.data.eval_windows), bits per byte = summed nats / ln 2 / target bytes
+                   (crawler.ingest.data.eval_windows), bits per byte = summed nats / ln 2 / target bytes
                    (ByteTokenizer.token_bytes), the same count the daemon's eval divides by.
 
   A RECIPE (--recipes NAME=section.key=value/section.key=value,...) adds those settings to the
@@ -477,9 +477,9 @@ def event_figures(segments: list[Segment]) -> dict:
 def run_torch(run: Run, args, corpus: Path) -> dict:
     import torch
 
-    from crawler.data import WindowSampler, eval_windows, load_corpus
-    from crawler.tokenizer import ByteTokenizer
-    from crawler.torch_reference import TorchGPT
+    from crawler.bench.torch_reference import TorchGPT
+    from crawler.ingest.data import WindowSampler, eval_windows, load_corpus
+    from crawler.ingest.tokenizer import ByteTokenizer
     from engine import ModelConfig, TrainConfig, init_parameters
     from engine.schedule import learning_rate
 

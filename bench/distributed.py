@@ -6,7 +6,7 @@ Run under mpiexec (each rank one engine thread, so N ranks use N cores of this m
     mpiexec -n 2 python bench/distributed.py [--configs S,M,L] [--steps 6] [--repeats 10]
     mpiexec -n 3 python bench/distributed.py ...
 
-Per config (crawler/bench.py's S, M, L): the flat gradient's size; the time of
+Per config (crawler/bench/throughput.py's S, M, L): the flat gradient's size; the time of
 Communicator.sum_into on it (the deterministic sum: Alltoallv, an ordered add, Allgatherv),
 median of --repeats after one warm-up; and a "sync" training step's time with its
 communication share (StepStats.comm_seconds), median over --steps after two warm-up steps.
@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from crawler.bench import CONFIGS
+from crawler.bench.throughput import CONFIGS
 from engine import DistributedConfig, Trainer
 from engine.distributed import world
 

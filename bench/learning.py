@@ -9,7 +9,7 @@ clip_grad_norm_). Both use --threads threads. They run alternately in chunks of 
 steps (engine chunk, torch chunk, ...), so both see the same machine load.
 
 At step 0, after every chunk and at the end, each model is evaluated on all of CORPUS/val (every
-target once, windows of 128, crawler.data.eval_windows): bits per byte = summed nats / ln 2 /
+target once, windows of 128, crawler.ingest.data.eval_windows): bits per byte = summed nats / ln 2 /
 target bytes (ByteTokenizer.token_bytes; EOD targets count 0 bytes). Seconds are training time
 only: evaluation is excluded, and one untimed warm-up step on a throwaway copy of each model
 (numba compile or cache load, torch's first-call allocations) runs before the clock starts.
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crawler.data import DataError, WindowSampler, eval_windows, load_corpus
-from crawler.tokenizer import ByteTokenizer
+from crawler.ingest.data import DataError, WindowSampler, eval_windows, load_corpus
+from crawler.ingest.tokenizer import ByteTokenizer
 from engine import ConfigError, ModelConfig, TrainConfig, Trainer, init_parameters
 from engine.schedule import learning_rate
 
@@ -68,7 +68,7 @@ def value_at(curve: list[tuple[float, float]], t: float) -> float:
 
 def torch_side(torch, model_config: ModelConfig, train: TrainConfig, params: np.ndarray):
     """(step(x, y, s), eval_nats(x, y)) closures over a TorchGPT and its AdamW."""
-    from crawler.torch_reference import TorchGPT
+    from crawler.bench.torch_reference import TorchGPT
 
     model = TorchGPT.from_flat(model_config, params)
     optimizer = torch.optim.AdamW(model.parameter_groups(train.weight_decay), lr=train.learning_rate,

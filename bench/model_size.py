@@ -2,12 +2,12 @@
 
 Each candidate (default XS d=64 L=2 H=2; S d=128 L=4 H=4; S+ d=192 L=4 H=6; M d=256 L=6 H=8;
 all T=128, batch 16, lr 1e-3, warmup 100, constant schedule: the daemon's recipe; --threads 2)
-is trained with engine.Trainer on CORPUS/train (byte tokenizer, crawler.data.load_corpus and
+is trained with engine.Trainer on CORPUS/train (byte tokenizer, crawler.ingest.data.load_corpus and
 WindowSampler with the same seed, so every candidate draws the same batch sequence) for the same
 --seconds (180) of training time: wall clock inside Trainer.step, evaluation not counted. One
 untimed step on a throwaway trainer first (numba cache load, first-call allocations).
 
-Held-out bits per byte on CORPUS/val (crawler.data.eval_windows, every target once, windows of
+Held-out bits per byte on CORPUS/val (crawler.ingest.data.eval_windows, every target once, windows of
 T; summed nats / ln 2 / target bytes by ByteTokenizer.token_bytes) at step 0, after every
 --seconds/--evals (3) of training time and at the end, so the curves show; --val-windows N keeps
 N evenly spaced windows of the val split (0, the default: all of it). Candidates run one after
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crawler.data import DataError, WindowSampler, eval_windows, load_corpus
-from crawler.tokenizer import ByteTokenizer
+from crawler.ingest.data import DataError, WindowSampler, eval_windows, load_corpus
+from crawler.ingest.tokenizer import ByteTokenizer
 from engine import ConfigError, ModelConfig, TrainConfig, Trainer
 
 LN2 = math.log(2.0)

@@ -4,7 +4,7 @@ Sources, later ones winning: built-in defaults, a TOML file (`--config`, or
 STATE_DIR/crystalline.toml when it exists), environment variables `CRYSTALLINE_<SECTION>_<KEY>`
 (for example CRYSTALLINE_STORAGE_URL, CRYSTALLINE_EXTRACT_MAX_FILE_BYTES), then command-line
 flags. Each section is the frozen dataclass its owner defines (`storage.StorageConfig`,
-`crawler.extract.ExtractLimits`, ...); `load_config` validates them all before anything starts,
+`crawler.ingest.extract.ExtractLimits`, ...); `load_config` validates them all before anything starts,
 and every error names the setting, where it came from and what is allowed. This is the one
 module that reads configuration files and the environment.
 """
@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import ConfigError
+from engine import ConfigError as EngineConfigError
 from engine.config import ModelConfig, TrainConfig
 from engine.distributed import DistributedConfig
 
-from .extract import ExtractLimits
-from .watcher import WatchConfig
+from . import ConfigError
+from .ingest.extract import ExtractLimits
+from .ingest.watcher import WatchConfig
 
 DEFAULT_STATE_DIR = "crystalline-state"
 CONFIG_FILE = "crystalline.toml"
@@ -162,15 +163,13 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    # HOST:PORT of the Prometheus endpoint (crawler/metrics.py); empty: off
+    # HOST:PORT of the Prometheus endpoint (crawler/service/metrics.py); empty: off
     listen: str = ""
 
     def validate(self) -> "MetricsConfig":
         if self.listen:
-            from .metrics import parse_listen
-
             try:
-                parse_listen(self.listen)
+                parse_listen(self.listen, "127.0.0.1:9464")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         return self
@@ -178,7 +177,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    # HOST:PORT of the daemon's page and API (crawler/http.py); empty: off. `crystalline run`
+    # HOST:PORT of the daemon's page and API (crawler/service/http.py); empty: off. `crystalline run`
     # serves it on the loopback address by default; any other address needs a token
     listen: str = "127.0.0.1:8484"
     # the bearer token every request must carry (Authorization: Bearer, or ?token= for the page);
@@ -200,10 +199,8 @@ class HttpConfig:
 
     def validate(self) -> "HttpConfig":
         if self.enabled:
-            from .http import parse_address
-
             try:
-                host, _ = parse_address(self.listen)
+                host, _ = parse_listen(self.listen, "127.0.0.1:8484", any_port=True)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
             if not (self.token or self.token_file) and not _loopback(host):
@@ -218,6 +215,15 @@ class HttpConfig:
         if not 0 < self.generation_cpu_share <= 1:
             raise ConfigError(f"generation_cpu_share ({self.generation_cpu_share}) must be in (0, 1]")
         return self
+
+
+def parse_listen(text: str, example: str, any_port: bool = False) -> tuple[str, int]:
+    """HOST:PORT -> (host, port): an empty HOST is every address (0.0.0.0), [::1] an IPv6 one;
+    port 0, where `any_port`, asks for any free port. ValueError naming the form."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not (0 if any_port else 1) <= int(port) < 65536:
+        raise ValueError(f"listen ({text!r}) must be HOST:PORT, such as {example}" + (", or off" if any_port else ""))
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _loopback(host: str) -> bool:
@@ -339,7 +345,7 @@ def _section(cls: type, values: Mapping[str, tuple[Any, str]], section: str):
         instance = cls(**kwargs)
         validate = getattr(instance, "validate", None)
         return validate() if validate else instance
-    except ConfigError as exc:  # say where the values it names were set: that is where to fix them
+    except (ConfigError, EngineConfigError) as exc:  # say where the values it names were set: that is where to fix them
         text = str(exc)
         sources = [where for key, (_, where) in values.items()
                    if re.search(rf"\b{key}\b", text) and where != BUILT_IN]
@@ -394,11 +400,10 @@ def load_config(config_file: str | Path | None = None, env: Mapping[str, str] | 
         top["state_dir"] = (str(state_dir), "flag --state-dir")
 
     state = Path(str(top["state_dir"][0])) if "state_dir" in top else Path(DEFAULT_STATE_DIR)
-    sections = {name: _section(cls, values[name], name) for name, cls in SECTIONS.items()}
-    for section, defaults in DAEMON_DEFAULTS.items():
+    for section, defaults in DAEMON_DEFAULTS.items():  # the product's defaults, under every source
         for key, value in defaults.items():
             values[section].setdefault(key, (value, BUILT_IN))
-        sections[section] = _section(SECTIONS[section], values[section], section)
+    sections = {name: _section(cls, values[name], name) for name, cls in SECTIONS.items()}
     config = Config(state_dir=state, **sections)
     from storage import ConfigError as StorageConfigError
 

@@ -1,7 +1,7 @@
 """Training across processes: one model replica per MPI rank, kept in step by MPI (mpi4py).
 
 Knows nothing of storage or files: the trainer calls a Communicator at fixed points of a step,
-and the caller (crawler/distributed.py) hands each rank its rows of the batch. Two modes
+and the caller (crawler/training/team.py) hands each rank its rows of the batch. Two modes
 (DistributedConfig.mode):
 
 - "sync": after the worker threads have summed their gradients (parallel.py), worker 0 sums

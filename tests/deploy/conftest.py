@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .tools import IMAGE_BASE, LIMITS, REPO, SYSTEMD_BASE, base_image, podman, pip_ca_mounts, record, sh, why_not
+from .tools import IMAGE_BASE, LIMITS, REPO, SYSTEMD_BASE, base_image, pip_ca_mounts, podman, record, sh, why_not
 
 IMAGE = "localhost/crystalline-ci:latest"
 SYSTEMD_HOST = "localhost/crystalline-ci-systemd:latest"

@@ -2,7 +2,8 @@
 
 engine/ and storage/ are leaves: engine imports only the standard library and its numeric
 dependencies, storage only the standard library and SQLAlchemy (and Alembic); neither imports
-the other or the crawler. crawler/ is the one package that joins them.
+the other or the crawler. crawler/ is the one package that joins them, and inside it each room
+imports only the rooms below it (crawler/__init__.py lists them in order).
 """
 
 import ast
@@ -79,5 +80,58 @@ def test_package_imports_follow_the_layers(package):
 
 def test_relative_imports_resolve_inside_their_package():
     # the checker itself: a relative import resolves against the importing module's package
-    names = [name for _, name in imported_modules(ROOT / "crawler" / "cli.py")]
-    assert "crawler.data" in names and "engine" in names
+    names = [name for _, name in imported_modules(ROOT / "crawler" / "cli" / "main.py")]
+    assert "crawler.ingest.data" in names and "engine" in names and "crawler.config" in names
+    assert "crawler.cli.progress" in names  # `from .progress import ...` inside crawler/cli/
+
+
+# the crawler's rooms, lowest first: a module may import its own room and those before it in this
+# order (the package's own __init__, `crawler`, holds only `installed_version` and is open to all)
+ROOMS = ("logging", "state", "ingest", "config", "training", "service", "bench", "cli", "__main__")
+# what a room may not import although it comes later: the engine's model belongs to training and
+# bench; ingest and state know nothing of it
+NO_ENGINE = ("logging", "state", "ingest")
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def room_violations() -> list[str]:
+    violations = []
+    for path in package_files("crawler"):
+        room = _room(_module_name(path))
+        if room == "":
+            continue
+        assert room in ROOMS, f"{path.relative_to(ROOT)} is in no room: add it to crawler/__init__.py and ROOMS"
+        for line, name in imported_modules(path):
+            top = name.split(".")[0]
+            target = _room(name) if top == "crawler" else None
+            if top == "crawler" and target and ROOMS.index(target) > ROOMS.index(room):
+                violations.append(f"{path.relative_to(ROOT)}:{line} ({room}) imports {name} ({target}), a room above it")
+            if top == "engine" and room in NO_ENGINE:
+                violations.append(f"{path.relative_to(ROOT)}:{line} ({room}) imports {name}")
+    return violations
+
+
+def test_crawler_rooms_import_only_the_rooms_below_them():
+    assert not room_violations(), "crawler/ breaks its rooms:\n" + "\n".join(room_violations())
+
+
+def test_every_room_says_what_it_owns():
+    rooms = [p for p in (ROOT / "crawler").iterdir() if (p / "__init__.py").exists()]
+    assert {p.name for p in rooms} == {r for r in ROOMS if (ROOT / "crawler" / r).is_dir()}
+    for room in rooms:
+        doc = ast.get_docstring(ast.parse((room / "__init__.py").read_text(encoding="utf-8")))
+        assert doc and len(doc) > 80, f"crawler/{room.name}/__init__.py needs a docstring saying what it owns"
+
+
+def test_the_room_check_catches_an_upward_import(tmp_path, monkeypatch):
+    # the checker itself: a module of a lower room importing a higher one is reported
+    fake = ROOT / "crawler" / "state" / "_upward_probe.py"
+    fake.write_text("from ..service.daemon import Daemon\n", encoding="utf-8")
+    try:
+        assert any("_upward_probe.py" in v and "a room above it" in v for v in room_violations())
+    finally:
+        fake.unlink()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from crawler import cli
+from crawler.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import os
 import signal
 import time
 
-from crawler import extract
+from crawler.ingest import extract
 
 _docx_text = extract._BYTES_PARSERS["docx"]
 

@@ -1,4 +1,4 @@
-"""crawler.bench: the FLOP count against an independent count of every matmul, the peak and
+"""crawler.bench.throughput: the FLOP count against an independent count of every matmul, the peak and
 timing helpers on tiny inputs, and `main --json` on the hidden tiny config."""
 
 import argparse
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from crawler import bench
+from crawler.bench import throughput as bench
 from engine import ModelConfig
 
 

@@ -1,5 +1,5 @@
 """Two daemons' ingest workers on one folder, one step at a time, with claims on an injected clock
-(crawler/claiming.py over storage.FileClaims; on SQLite here, where the logic is the same)."""
+(crawler/ingest/claiming.py over storage.FileClaims; on SQLite here, where the logic is the same)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from crawler.claiming import EXHAUSTED, ClaimGate
 from crawler.config import Config
-from crawler.daemon import IngestWorker
-from crawler.tokenizer import ByteTokenizer
+from crawler.ingest.claiming import EXHAUSTED, ClaimGate
+from crawler.ingest.tokenizer import ByteTokenizer
+from crawler.service.daemon import IngestWorker
 from storage import CorpusQueue, FileClaims, StorageConfig, open_database
 
 LEASE = 60.0

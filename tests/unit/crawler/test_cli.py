@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import structlog
 
-from crawler.cli import main
-from crawler.tokenizer import TOKENIZER_FILE, BPETokenizer, train_bpe
+from crawler.cli.main import main
+from crawler.ingest.tokenizer import TOKENIZER_FILE, BPETokenizer, train_bpe
 from engine import ModelConfig, init_parameters, load_latest_checkpoint, save_checkpoint
 
 TINY = ["--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16", "--batch-size", "4", "--threads", "1"]
@@ -418,11 +418,11 @@ def test_train_runs_until_the_plateau_without_steps(capsysbinary, tmp_path, bigg
 def test_a_second_stop_signal_to_train_stops_at_once_unless_it_repeats_the_first(monkeypatch):
     import signal
 
-    from crawler.cli import _StopFlag
+    from crawler.cli.main import _StopFlag
 
     now = [100.0]
     exits = []
-    monkeypatch.setattr("crawler.cli.os._exit", lambda code: exits.append(code))
+    monkeypatch.setattr("crawler.cli.main.os._exit", lambda code: exits.append(code))
     flag = _StopFlag(clock=lambda: now[0])
     flag._handle(signal.SIGTERM, None)
     assert flag.signum == signal.SIGTERM and exits == []
@@ -473,8 +473,8 @@ def test_status_shows_disk_use_by_part_with_the_caps(capsys, tmp_path, corpus, m
 def test_status_for_a_person_rounds_says_what_the_daemon_does_and_when_the_queue_drains():
     from datetime import datetime, timezone
 
+    from crawler.cli.corpus import describe_status
     from crawler.config import Config
-    from crawler.corpus_commands import describe_status
 
     now = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc).timestamp()
     evaluation = lambda step, value, at: {"step": step, "epoch": 0.5, "val_bits_per_byte": value,  # noqa: E731

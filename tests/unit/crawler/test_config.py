@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from crawler import ConfigError
 from crawler.config import Config, load_config
-from engine import ConfigError
 
 
 def write(path: Path, text: str) -> Path:
@@ -79,7 +79,7 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
 
 
 def test_the_commented_default_file_is_the_defaults(tmp_path):
-    from crawler.service_commands import DEFAULT_CONFIG
+    from crawler.cli.service import DEFAULT_CONFIG
 
     path = write(tmp_path / "default.toml", DEFAULT_CONFIG)
     assert load_config(path, env={}) == load_config(env={})
@@ -130,7 +130,7 @@ def test_a_value_out_of_range_names_where_it_was_set(tmp_path):
 
 
 def test_a_bad_setting_for_run_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
-    from crawler.cli import main
+    from crawler.cli.main import main
 
     monkeypatch.setenv("CRYSTALLINE_DAEMON_STOP_TIMEOUT_SECONDS", "soon")
     assert main(["run", "--state-dir", str(tmp_path)]) == 1
@@ -141,13 +141,13 @@ def test_a_bad_setting_for_run_is_one_line_naming_it(tmp_path, monkeypatch, caps
 
 @pytest.mark.parametrize("status, reason", [(3, "worker_failed"), (4, "storage_failed"), (1, "internal_error")])
 def test_a_daemon_that_cannot_run_is_one_line_with_its_exit_status(monkeypatch, capsys, status, reason):
-    from crawler.cli import main
-    from crawler.daemon import DaemonError
+    from crawler.cli.main import main
+    from crawler.service.daemon import DaemonError
 
     def run_daemon(**kwargs):
         raise DaemonError("the trainer worker could not start: d_model: checkpoint=32 expected=64", status, reason)
 
-    monkeypatch.setattr("crawler.daemon.run_daemon", run_daemon)
+    monkeypatch.setattr("crawler.service.daemon.run_daemon", run_daemon)
     assert main(["run"]) == status
     assert capsys.readouterr().err == ("crystalline: error: the trainer worker could not start: "
                                        "d_model: checkpoint=32 expected=64\n")

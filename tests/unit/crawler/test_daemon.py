@@ -12,10 +12,17 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
+from crawler import ConfigError
 from crawler.config import Config, DaemonConfig, WatchConfig
-from crawler.daemon import EXIT_FAILED, EXIT_STORAGE_FAILED, EXIT_WORKER_FAILED, Daemon, DaemonError, WorkerThread
-from crawler.health import HealthFile, read_health
-from engine import ConfigError
+from crawler.service.daemon import (
+    EXIT_FAILED,
+    EXIT_STORAGE_FAILED,
+    EXIT_WORKER_FAILED,
+    Daemon,
+    DaemonError,
+    WorkerThread,
+)
+from crawler.state.health import HealthFile, read_health
 
 
 class Flaky:
@@ -91,8 +98,8 @@ def test_ingest_worker_moves_stored_files_when_asked(tmp_path):
     import structlog
 
     from crawler.config import DaemonConfig
-    from crawler.daemon import IngestWorker
-    from crawler.tokenizer import ByteTokenizer
+    from crawler.ingest.tokenizer import ByteTokenizer
+    from crawler.service.daemon import IngestWorker
     from storage import CorpusQueue, StorageConfig, open_database
 
     inbox = tmp_path / "inbox"
@@ -121,7 +128,7 @@ def test_a_second_stop_signal_exits_at_once(tmp_path, monkeypatch):
     import signal
 
     exits, now = [], [1000.0]
-    monkeypatch.setattr("crawler.daemon.os._exit", lambda code: exits.append(code))
+    monkeypatch.setattr("crawler.service.daemon.os._exit", lambda code: exits.append(code))
     daemon = FakeDaemon(Config(state_dir=tmp_path), {}, clock=lambda: now[0])
     daemon._on_signal(signal.SIGHUP, None)
     daemon._on_signal(signal.SIGTERM, None)
@@ -384,8 +391,8 @@ def test_a_worker_dying_in_a_loop_on_a_full_disk_still_ends_in_daemon_stopped(tm
                 self.signals.append(signal.SIGTERM)
 
     Flaky.failures, Flaky.runs = 1000, 0
-    monkeypatch.setattr("crawler.daemon.HealthFile", FullDisk)
-    monkeypatch.setattr("crawler.writable.probe", lambda state_dir: False)  # and it stays full
+    monkeypatch.setattr("crawler.service.daemon.HealthFile", FullDisk)
+    monkeypatch.setattr("crawler.state.writable.probe", lambda state_dir: False)  # and it stays full
     clock = Ticking(step=10.0)  # every supervisor step is past the restart backoff
     daemon = Dying(config_for(tmp_path), clock=clock)
     result, stopped, logs = run_daemon_in_test(daemon)
@@ -417,9 +424,9 @@ def test_the_supervisor_rechecks_blocked_writes_and_reports_the_change_at_once(t
 
 
 def test_workers_share_the_daemons_write_state_and_hand_back_files_to_the_watcher(tmp_path):
-    from crawler.daemon import IngestWorker
-    from crawler.tokenizer import ByteTokenizer
-    from crawler.training import TrainingWorker
+    from crawler.ingest.tokenizer import ByteTokenizer
+    from crawler.service.daemon import IngestWorker
+    from crawler.training.worker import TrainingWorker
     from storage import StorageConfig, open_database
 
     daemon = Daemon(config_for(tmp_path), {})
@@ -436,7 +443,7 @@ def test_workers_share_the_daemons_write_state_and_hand_back_files_to_the_watche
 
 
 def test_an_inbox_that_cannot_be_watched_is_in_the_health_report(tmp_path):
-    from crawler.watcher import Watcher
+    from crawler.ingest.watcher import Watcher
 
     not_a_folder = tmp_path / "inbox.txt"
     not_a_folder.write_text("a file, not a folder")
@@ -467,7 +474,7 @@ def test_the_pause_file_holds_the_trainer_and_resume_releases_it(tmp_path, capsy
     import threading
     from types import SimpleNamespace
 
-    from crawler.cli import main
+    from crawler.cli.main import main
 
     trainer = SimpleNamespace(checkpoint_requested=threading.Event(), pause_requested=False)
     daemon = FakeDaemon(Config(state_dir=tmp_path), {})
@@ -490,7 +497,7 @@ def test_nice_lowers_the_priority_of_every_thread_started_after_it(tmp_path):
     # in a child process: niceness cannot be raised back, and the test process must keep its own
     code = (
         "import os, threading, structlog\n"
-        "from crawler.daemon import lower_priority\n"
+        "from crawler.service.daemon import lower_priority\n"
         "before = os.nice(0)\n"
         "lower_priority(5, structlog.get_logger())\n"
         "seen = []\n"

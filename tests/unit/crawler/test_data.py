@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crawler.data import (
+from crawler.ingest.data import (
     CorpusTooShort,
     DataError,
     WindowSampler,
@@ -15,7 +15,7 @@ from crawler.data import (
     find_files,
     load_corpus,
 )
-from crawler.tokenizer import EOD
+from crawler.ingest.tokenizer import EOD
 
 
 def _tokens(n: int, seed: int = 0) -> np.ndarray:

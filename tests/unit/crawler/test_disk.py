@@ -11,10 +11,10 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from crawler import disk
-from crawler.checkpoints import BEST_CHECKPOINT, prune, stored_path
 from crawler.config import Config, DaemonConfig
-from crawler.disk import MB, FolderCaps, folder_usage, trim_folder
+from crawler.state import disk
+from crawler.state.disk import MB, FolderCaps, folder_usage, trim_folder
+from crawler.training.checkpoints import BEST_CHECKPOINT, prune, stored_path
 from storage import CorpusQueue, StorageConfig, open_database
 
 T0 = 1_700_000_000  # mtimes are set, never read from a clock
@@ -189,9 +189,9 @@ def test_without_a_cap_nothing_beyond_keep_is_deleted(tmp_path, queue):
 
 
 def test_the_training_loop_keeps_its_checkpoints_within_the_cap(tmp_path):
-    from crawler.ingest import Ingestor
-    from crawler.tokenizer import ByteTokenizer
-    from crawler.training import TrainingWorker
+    from crawler.ingest.pipeline import Ingestor
+    from crawler.ingest.tokenizer import ByteTokenizer
+    from crawler.training.worker import TrainingWorker
     from engine import ModelConfig, TrainConfig
     from engine.checkpoint import list_checkpoints
 
@@ -231,9 +231,9 @@ def test_the_training_loop_keeps_its_checkpoints_within_the_cap(tmp_path):
 
 
 def test_the_daemon_sweeps_the_folders_on_its_status_interval(tmp_path, monkeypatch):
-    from crawler import daemon as daemon_module
-    from crawler.daemon import Daemon
-    from crawler.health import HealthFile
+    from crawler.service import daemon as daemon_module
+    from crawler.service.daemon import Daemon
+    from crawler.state.health import HealthFile
 
     class Stub:
         counts = {"ingested": 0, "duplicate": 0}

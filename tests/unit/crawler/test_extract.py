@@ -9,10 +9,20 @@ import zipfile
 import pytest
 from pypdf import PdfReader, PdfWriter
 
-from crawler import extract
-from crawler.extract import (KINDS, SKIP_REASONS, ExtractionFailed, ExtractLimits, Skipped, decode_text,
-                             detect_kind, extract_file, extract_in_process, shutdown_pool)
-from engine import ConfigError
+from crawler import ConfigError
+from crawler.ingest import extract
+from crawler.ingest.extract import (
+    KINDS,
+    SKIP_REASONS,
+    ExtractionFailed,
+    ExtractLimits,
+    Skipped,
+    decode_text,
+    detect_kind,
+    extract_file,
+    extract_in_process,
+    shutdown_pool,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Sample documents, written by hand

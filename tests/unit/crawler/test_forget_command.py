@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-from crawler.cli import main
+from crawler.cli.corpus import forget_forms
+from crawler.cli.main import main
 from crawler.config import load_config
-from crawler.corpus_commands import forget_forms
 from storage import CorpusQueue, StorageError, open_database
 
 

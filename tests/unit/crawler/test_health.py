@@ -15,14 +15,25 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from crawler.health import (FIELDS, HEALTH_FILE, LOCK_FILE, DaemonAlreadyRunning, DaemonLock,
-                            HealthFile, check_health, lock_holder, read_health, root_problem, state_dir_problem)
-from crawler.writable import PROBE_BYTES, WriteState
+from crawler.state.health import (
+    FIELDS,
+    HEALTH_FILE,
+    LOCK_FILE,
+    DaemonAlreadyRunning,
+    DaemonLock,
+    HealthFile,
+    check_health,
+    lock_holder,
+    read_health,
+    root_problem,
+    state_dir_problem,
+)
+from crawler.state.writable import PROBE_BYTES, WriteState
 
 # A stand-in daemon: takes the lock, reports "ready", says so, then waits to be killed.
 HOLDER = textwrap.dedent("""
     import sys
-    from crawler.health import DaemonLock, HealthFile
+    from crawler.state.health import DaemonLock, HealthFile
     lock = DaemonLock(sys.argv[1])
     lock.acquire()
     HealthFile(sys.argv[1]).write({"state": "ready", "step": 3})
@@ -243,7 +254,7 @@ def refuse_replace(monkeypatch, error=errno.ENOSPC):
     def replace(src, dst):
         raise OSError(error, os.strerror(error))
 
-    monkeypatch.setattr("crawler.health.os.replace", replace)
+    monkeypatch.setattr("crawler.state.health.os.replace", replace)
 
 
 def test_health_is_rewritten_in_place_when_the_replace_fails(tmp_path, monkeypatch):
@@ -311,7 +322,7 @@ class FakeStatvfs:
 def test_check_health_sees_a_full_disk_without_the_daemons_word(daemon, monkeypatch):
     state, health = daemon
     health.write({"state": "ready", "step": 5})
-    monkeypatch.setattr("crawler.health.os.statvfs", lambda path: FakeStatvfs(free=8192))
+    monkeypatch.setattr("crawler.state.health.os.statvfs", lambda path: FakeStatvfs(free=8192))
     healthy, reason, _ = check_health(state, max_age_s=60, now=NOW + 500)  # the report is stale too
     assert not healthy
     assert reason == (f"disk_full: 8192 bytes free on the file system of {state}, the daemon needs at least "
@@ -322,7 +333,7 @@ def test_check_health_sees_a_full_disk_without_the_daemons_word(daemon, monkeypa
 def test_check_health_sees_a_read_only_state_directory(daemon, monkeypatch):
     state, health = daemon
     health.write({"state": "ready"})
-    monkeypatch.setattr("crawler.health.os.statvfs", lambda path: FakeStatvfs(free=1 << 30, flag=os.ST_RDONLY))
+    monkeypatch.setattr("crawler.state.health.os.statvfs", lambda path: FakeStatvfs(free=1 << 30, flag=os.ST_RDONLY))
     healthy, reason, _ = check_health(state, max_age_s=60, now=NOW)
     assert not healthy and reason.startswith(f"state_unwritable: {state} is on a read-only file system; make ")
 

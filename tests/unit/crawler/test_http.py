@@ -1,4 +1,4 @@
-"""The daemon's window (crawler/http.py) over real sockets: the safety checks, the event stream,
+"""The daemon's window (crawler/service/http.py) over real sockets: the safety checks, the event stream,
 completions and their limits against an in-process server with a stand-in daemon; then the API
 of a running `crystalline run` (marked slow): status and history against the store, a dropped
 file on the event stream, a completion while training steps go on, refusals that leave it running."""
@@ -14,13 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
+from crawler import ConfigError
 from crawler.config import Config, HttpConfig, load_config
-from crawler.http import MAX_BODY_BYTES, Window
 from crawler.logging import configure_logging, get_logger
-from engine import ConfigError
+from crawler.service.http import MAX_BODY_BYTES, Window
 
 
 def _e2e_runner():
@@ -71,7 +70,7 @@ class StubTrainer:
 @pytest.fixture
 def window():
     """A Window serving on 127.0.0.1 (a free port) for a stand-in daemon; stopped afterwards."""
-    from crawler.tokenizer import ByteTokenizer
+    from crawler.ingest.tokenizer import ByteTokenizer
 
     made = []
 

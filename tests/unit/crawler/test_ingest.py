@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from crawler.cli import main
-from crawler.extract import extract_file
-from crawler.ingest import Ingestor, iter_files
-from crawler.tokenizer import ByteTokenizer
+from crawler.cli.main import main
+from crawler.ingest.extract import extract_file
+from crawler.ingest.pipeline import Ingestor, iter_files
+from crawler.ingest.tokenizer import ByteTokenizer
 from storage import CorpusQueue, StorageConfig, open_database
 
 
@@ -232,8 +232,8 @@ class Pipeline:
         import structlog
 
         from crawler.config import Config
-        from crawler.daemon import IngestWorker
-        from crawler.watcher import WatchConfig, Watcher
+        from crawler.ingest.watcher import WatchConfig, Watcher
+        from crawler.service.daemon import IngestWorker
 
         self.clock = clock or FakeClock()
         self.inbox = queue_module.Queue()
@@ -406,7 +406,7 @@ def test_a_worker_that_dies_mid_batch_hands_its_files_back_to_be_offered_again(t
     import structlog
     from structlog.testing import capture_logs
 
-    from crawler.daemon import IngestWorker, WorkerThread
+    from crawler.service.daemon import IngestWorker, WorkerThread
 
     class Killed(BaseException):
         """Escapes every `except Exception`, as a worker's death would."""
@@ -436,7 +436,7 @@ def test_a_worker_that_dies_mid_batch_hands_its_files_back_to_be_offered_again(t
 def test_a_full_disk_holds_the_batch_pauses_and_retries_once_writing_works(tmp_path, store):
     from structlog.testing import capture_logs
 
-    from crawler.writable import WriteState
+    from crawler.state.writable import WriteState
 
     root = tmp_path / "inbox"
     first = good_files(root / "first")
@@ -473,7 +473,7 @@ def test_a_full_disk_holds_the_batch_pauses_and_retries_once_writing_works(tmp_p
 def test_a_full_disk_after_part_of_a_batch_was_committed_stores_nothing_twice(tmp_path, store):
     from structlog.testing import capture_logs
 
-    from crawler.writable import WriteState
+    from crawler.state.writable import WriteState
 
     root = tmp_path / "inbox"
     root.mkdir()
@@ -502,7 +502,7 @@ def test_a_real_full_disk_under_the_database(tmp_path):
 
     from structlog.testing import capture_logs
 
-    from crawler.writable import WriteState
+    from crawler.state.writable import WriteState
 
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -546,7 +546,7 @@ def test_fifo_and_socket_are_skipped_as_unsupported_once_and_never_opened(tmp_pa
 
     from structlog.testing import capture_logs
 
-    import crawler.ingest as ingest_module
+    import crawler.ingest.pipeline as ingest_module
 
     root = tmp_path / "inbox"
     good = good_files(root, 2)
@@ -608,9 +608,9 @@ from pathlib import Path
 import structlog
 from structlog.testing import capture_logs
 from crawler.config import Config
-from crawler.daemon import IngestWorker
-from crawler.tokenizer import ByteTokenizer
-from crawler.watcher import WatchConfig, Watcher
+from crawler.service.daemon import IngestWorker
+from crawler.ingest.tokenizer import ByteTokenizer
+from crawler.ingest.watcher import WatchConfig, Watcher
 from storage import CorpusQueue, StorageConfig, open_database
 import queue as queue_module
 base = Path(sys.argv[1])
@@ -781,8 +781,8 @@ def test_a_file_written_by_twenty_append_cycles_stores_each_byte_once(tmp_path, 
     import structlog
 
     from crawler.config import Config
-    from crawler.daemon import IngestWorker
-    from crawler.watcher import WatchConfig, Watcher
+    from crawler.ingest.watcher import WatchConfig, Watcher
+    from crawler.service.daemon import IngestWorker
 
     root = tmp_path / "inbox"
     root.mkdir()

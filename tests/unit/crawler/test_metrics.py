@@ -7,8 +7,9 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from crawler.config import parse_listen
 from crawler.logging import configure_logging, get_logger
-from crawler.metrics import EventMetrics, parse_listen
+from crawler.service.metrics import EventMetrics
 
 
 def samples(metrics: EventMetrics) -> dict:
@@ -84,18 +85,17 @@ def test_the_observer_sees_info_events_at_level_warning_and_only_warnings_are_wr
 @pytest.mark.parametrize("text, expected", [("127.0.0.1:9464", ("127.0.0.1", 9464)), (":9464", ("0.0.0.0", 9464)),
                                             ("[::1]:80", ("::1", 80))])
 def test_listen_addresses(text, expected):
-    assert parse_listen(text) == expected
+    assert parse_listen(text, "127.0.0.1:9464") == expected
 
 
 @pytest.mark.parametrize("text", ["9464", "host:", "host:0", "host:70000", "host:http"])
 def test_bad_listen_addresses_name_the_form(text):
     with pytest.raises(ValueError, match="must be HOST:PORT"):
-        parse_listen(text)
+        parse_listen(text, "127.0.0.1:9464")
 
 
 def test_a_bad_listen_setting_is_a_config_error(tmp_path):
-    from engine import ConfigError
-
+    from crawler import ConfigError
     from crawler.config import load_config
 
     with pytest.raises(ConfigError, match="listen"):

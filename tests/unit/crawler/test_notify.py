@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from crawler.notify import Notifier
+from crawler.service.notify import Notifier
 
 
 @pytest.fixture

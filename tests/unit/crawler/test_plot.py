@@ -4,7 +4,7 @@ import builtins
 
 import pytest
 
-from crawler.cli import main
+from crawler.cli.main import main
 
 pytest.importorskip("matplotlib", reason="plot is an optional extra: pip install 'crystalline[plot]'")
 

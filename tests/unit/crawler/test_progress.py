@@ -3,8 +3,8 @@ import json
 from collections import Counter
 from types import SimpleNamespace
 
+from crawler.cli.progress import BarSafeStream, IngestProgress, TrainProgress
 from crawler.logging import configure_logging, get_logger
-from crawler.progress import BarSafeStream, IngestProgress, TrainProgress
 
 
 class Terminal(io.StringIO):

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from crawler.extract import ExtractionFailed, ExtractLimits, Skipped, extract_in_process
-from crawler.sandbox import ExtractorPool
+from crawler.ingest.extract import ExtractionFailed, ExtractLimits, Skipped, extract_in_process
+from crawler.ingest.sandbox import ExtractorPool
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="extractor processes need a Unix")
 
@@ -149,7 +149,7 @@ def test_close_ends_the_children_and_refuses_new_work(tmp_path):
 
 def test_a_child_whose_parent_is_gone_exits(tmp_path):
     # the child's stdin reaches end of file when the parent dies (even by SIGKILL): it exits
-    from crawler import sandbox
+    from crawler.ingest import sandbox
 
     process = subprocess.Popen([sys.executable, "-P", "-c", sandbox._BOOT, sandbox._PACKAGE_ROOT],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)

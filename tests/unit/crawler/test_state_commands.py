@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from crawler.cli import main
+from crawler.cli.main import main
 
 TINY = ["--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16", "--batch-size", "4", "--threads", "1"]
 
@@ -133,7 +133,7 @@ def test_a_store_url_in_a_missing_folder_is_one_line(capsys, tmp_path, monkeypat
 
 
 def test_backup_beside_a_running_daemon_restores_by_running_on_the_copy(capsys, tmp_path, text):
-    from crawler.health import DaemonLock
+    from crawler.state.health import DaemonLock
 
     state, dest = tmp_path / "state", tmp_path / "backup"
     train(capsys, text, state, 8)

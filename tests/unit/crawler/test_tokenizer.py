@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crawler.tokenizer import (
+from crawler.ingest.tokenizer import (
     EOD,
     MAX_BPE_VOCAB,
     TOKENIZER_FILE,
@@ -275,7 +275,7 @@ def test_identity_must_match_the_state_directory(bpe, tmp_path):
 
 
 def test_a_long_text_is_encoded_in_pieces_and_round_trips(bpe):
-    from crawler.tokenizer import ENCODE_PIECE, _pieces
+    from crawler.ingest.tokenizer import ENCODE_PIECE, _pieces
 
     line = "Now is the winter of our discontent, made glorious summer.\n\n  indented\n"
     text = line * (3 * ENCODE_PIECE // len(line))

@@ -10,10 +10,10 @@ import structlog
 from structlog.testing import capture_logs
 
 from crawler.config import Config, DaemonConfig
-from crawler.ingest import Ingestor
-from crawler.tokenizer import ByteTokenizer
-from crawler import training
-from crawler.training import BEST_CHECKPOINT, TrainingWorker
+from crawler.ingest.pipeline import Ingestor
+from crawler.ingest.tokenizer import ByteTokenizer
+from crawler.training import worker as training
+from crawler.training.worker import BEST_CHECKPOINT, TrainingWorker
 from engine import CheckpointError, ModelConfig, TrainConfig, load_checkpoint
 from engine.checkpoint import list_checkpoints
 from storage import CorpusQueue, HoldoutSplit, StorageConfig, open_database
@@ -403,7 +403,7 @@ def test_a_stop_request_cuts_a_cool_down_short(tmp_path, store, monkeypatch):
 
 
 def test_the_trained_text_in_memory_draws_what_the_store_draws(tmp_path, store):
-    from crawler.training import TrainedText
+    from crawler.training.worker import TrainedText
 
     CorpusQueue(store).holdout(SMALL_SPLIT)
     add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 100)
@@ -476,7 +476,6 @@ def test_the_state_directory_works_from_any_directory_after_a_move_and_from_a_ba
 
 @pytest.mark.parametrize("old", ["/srv/old/crystalline-state/checkpoints/", "crystalline-state/checkpoints/"])
 def test_rows_of_an_earlier_version_are_read_by_their_file_name(tmp_path, store, old):
-    import sqlalchemy as sa
 
     from storage.models import checkpoints
 
@@ -640,7 +639,7 @@ class FullDisk:
 
 @pytest.mark.parametrize("error, blocked", [("ENOSPC", "disk_full"), ("EROFS", "state_unwritable")])
 def test_a_full_disk_defers_the_checkpoint_and_training_goes_on(tmp_path, store, monkeypatch, error, blocked):
-    from crawler.writable import WriteState
+    from crawler.state.writable import WriteState
 
     add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
     log = structlog.get_logger()
@@ -688,7 +687,7 @@ def test_a_really_full_disk_defers_the_checkpoint(tmp_path, store):
     import os
     import subprocess
 
-    from crawler.writable import WriteState
+    from crawler.state.writable import WriteState
 
     state = tmp_path / "state"
     state.mkdir()
@@ -722,7 +721,7 @@ def test_a_really_full_disk_defers_the_checkpoint(tmp_path, store):
 
 
 def test_operator_controls_checkpoint_now_and_pause_without_losing_a_step(tmp_path, store):
-    from crawler.training import PAUSED_POLL_SECONDS
+    from crawler.training.worker import PAUSED_POLL_SECONDS
 
     add_text(store, tmp_path, "a.txt", "the quick brown fox jumps over the lazy dog. " * 40)
     worker = make_worker(tmp_path, store, checkpoint_every_steps=1000)

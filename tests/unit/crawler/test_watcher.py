@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
+from watchdog.events import FileModifiedEvent
 from watchdog.observers.polling import PollingObserver
 
-from watchdog.events import FileModifiedEvent
-
-import crawler.watcher as watcher_module
-from crawler.watcher import OPEN_WRITE_CAP_SECONDS, WatchConfig, Watcher
-from engine import ConfigError
+import crawler.ingest.watcher as watcher_module
+from crawler import ConfigError
+from crawler.ingest.watcher import OPEN_WRITE_CAP_SECONDS, WatchConfig, Watcher
 
 
 @pytest.fixture(autouse=True)

@@ -6,17 +6,15 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import structlog
 from structlog.testing import capture_logs
+from test_training import make_worker, store  # noqa: F401 (the fixture)
 
-from crawler.checkpoints import _unusable, stream_digest
-from crawler.ingest import Ingestor
-from crawler.tokenizer import ByteTokenizer
-from crawler.training import WITHDRAWAL_POLL_SECONDS, TrainingWorker
+from crawler.ingest.pipeline import Ingestor
+from crawler.ingest.tokenizer import ByteTokenizer
+from crawler.training.checkpoints import _unusable, stream_digest
+from crawler.training.worker import WITHDRAWAL_POLL_SECONDS, TrainingWorker
 from engine import load_checkpoint
 from storage import CorpusQueue
-
-from test_training import make_worker, store  # noqa: F401 (the fixture)
 
 OLD = "qwerty uiop " * 300  # the text to be withdrawn: its letters occur nowhere else
 OTHER = "0123456789 " * 300

@@ -6,9 +6,9 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from crawler import writable
 from crawler.logging import get_logger
-from crawler.writable import DISK_FULL, STATE_UNWRITABLE, WriteState, classify
+from crawler.state import writable
+from crawler.state.writable import DISK_FULL, STATE_UNWRITABLE, WriteState, classify
 
 
 class Clock:

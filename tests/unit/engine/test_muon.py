@@ -333,5 +333,7 @@ def test_the_daemon_config_passes_muon_settings_through(tmp_path):
     assert (config.train.optimizer, config.train.muon_lr, config.train.ns_steps) == ("muon", 0.03, 4)
     assert config.train.muon_momentum == 0.9
     path.write_text('[train]\noptimizer = "lion"\n')
-    with pytest.raises(ConfigError, match="adamw, muon"):
+    from crawler import ConfigError as SettingError
+
+    with pytest.raises(SettingError, match="adamw, muon"):
         load_config(path, env={})

@@ -1,6 +1,6 @@
 """`crystalline run` (the daemon, in the foreground) and `crystalline init` (a commented config).
 
-Wired into the parser by crawler/cli.py; the daemon itself is crawler/daemon.py.
+Wired into the parser by crawler/cli/main.py; the daemon itself is crawler/service/daemon.py.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from engine import ConfigError
-
-from .config import CONFIG_FILE, DEFAULT_STATE_DIR
+from .. import ConfigError
+from ..config import CONFIG_FILE, DEFAULT_STATE_DIR
 
 DEFAULT_CONFIG = """\
 # crystalline configuration. Every setting is optional: this file shows the defaults.
@@ -99,7 +98,7 @@ format = "auto"                # auto: JSON lines off a terminal, readable on on
 listen = ""                    # HOST:PORT of a Prometheus endpoint, such as 127.0.0.1:9464; empty: off
 
 [http]
-listen = "127.0.0.1:8484"      # the page and API of `run` (crawler/http.py); "" or "off": off
+listen = "127.0.0.1:8484"      # the page and API of `run` (crawler/service/http.py); "" or "off": off
 token = ""                     # required beyond loopback: every request carries it (or token_file)
 token_file = ""
 allowed_hosts = []             # further Host names the page is reached by (DNS rebinding guard)
@@ -150,7 +149,7 @@ def add_commands(commands: Any, state: dict) -> None:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from .daemon import run_daemon
+    from ..service.daemon import run_daemon
 
     overrides = {
         "watch": {"roots": tuple(args.watch) if args.watch else None, "polling": args.polling},
@@ -168,8 +167,8 @@ def command_run(args: argparse.Namespace) -> int:
 def command_pause(args: argparse.Namespace) -> int:
     """Create STATE_DIR/paused: a running daemon checkpoints and holds training at its next step,
     and a daemon started later starts paused. Ingest goes on."""
-    from .daemon import PAUSE_FILE
-    from .health import lock_holder
+    from ..service.daemon import PAUSE_FILE
+    from ..state.health import lock_holder
 
     state = Path(args.state_dir)
     if not state.is_dir():
@@ -183,8 +182,8 @@ def command_pause(args: argparse.Namespace) -> int:
 
 def command_resume(args: argparse.Namespace) -> int:
     """Remove STATE_DIR/paused: training goes on at the daemon's next look (within a second)."""
-    from .daemon import PAUSE_FILE
-    from .health import lock_holder
+    from ..service.daemon import PAUSE_FILE
+    from ..state.health import lock_holder
 
     state = Path(args.state_dir)
     try:

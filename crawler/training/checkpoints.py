@@ -55,7 +55,7 @@ from engine.checkpoint import (
     read_extra,
 )
 
-from .disk import CHECKPOINT_DIR, QUARANTINE_DIR, Trimmed, folder_usage, log_trimmed
+from ..state.disk import CHECKPOINT_DIR, QUARANTINE_DIR, Trimmed, folder_usage, log_trimmed
 
 BEST_CHECKPOINT = "best.safetensors"
 DIGEST_TOKENS = 256  # the stream tokens before a checkpoint's position that its digest covers

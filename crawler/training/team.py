@@ -1,7 +1,7 @@
 """Several processes train one model: rank 0 leads, the other ranks follow (docs/SCALE-OUT.md).
 
 `mpiexec -n N crystalline run|train --distributed` starts N copies of the command. Rank 0 is the
-whole product: the watcher, ingest, the store, the training loop (crawler/training.py), the
+whole product: the watcher, ingest, the store, the training loop (crawler/training/worker.py), the
 held-out evaluation, the plateau rule, checkpoints and their rows, the HTTP and metrics ports
 and every `train_step` and `status` event. Ranks 1..N-1 run `follow` only: they hold a replica
 of the model and the engine's worker threads, and take part in each step. They need neither the
@@ -38,7 +38,7 @@ import numpy as np
 from engine import ModelConfig, NonFiniteLoss, TrainConfig
 from engine.distributed import Communicator, DistributedConfig, world
 
-from .logging import set_process_fields
+from ..logging import set_process_fields
 
 STEP, STATE, IDLE, STOP, HOLD, UNHOLD = 0, 1, 2, 3, 4, 5
 

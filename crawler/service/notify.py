@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from .logging import get_logger
+from ..logging import get_logger
 
 SEND_TIMEOUT_S = 2.0  # a send blocks at most this long when the manager's queue is full
 

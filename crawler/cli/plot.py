@@ -4,7 +4,7 @@ Draws held-out bits per byte and training bits per byte (measured at each evalua
 training windows) against tokens trained (steps times the configured batch_size x seq_len), from the `evaluations` history the training loop keeps
 in the database, into a PNG (matplotlib with the Agg backend: no display needed). matplotlib is
 an optional extra (`pip install 'crystalline[plot]'`); without it the command says so in one
-line. Reads the store only: it runs beside a daemon. Wired into the parser by crawler/cli.py.
+line. Reads the store only: it runs beside a daemon. Wired into the parser by crawler/cli/main.py.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from engine import ConfigError
-
-from .config import load_config
+from .. import ConfigError
+from ..config import load_config
 
 PAGE = 10_000  # evaluations read per query
 

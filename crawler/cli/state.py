@@ -1,7 +1,7 @@
 """`crystalline repair` and `crystalline reset --keep-corpus`: the ways out of a damaged state.
 
 `repair` makes the database and the checkpoint files agree exactly as every start of the training
-loop does (crawler/checkpoints.py: resume from the newest usable checkpoint, rebuild the cursor
+loop does (crawler/training/checkpoints.py: resume from the newest usable checkpoint, rebuild the cursor
 from its metadata, move what does not load into STATE_DIR/quarantine/), also sets aside a
 best.safetensors that does not load and removes the temporary files of cut-short writes, and
 says what it did. `reset --keep-corpus` drops the model and its training state (the checkpoint
@@ -18,7 +18,7 @@ are never rewritten in place, so a copy is whole), best.safetensors, tokenizer.j
 crystalline.toml; into DEST.partial, renamed to DEST when complete. Should the daemon prune the
 newest file the snapshot names before it is copied, the whole copy is taken again. DEST restores
 by being used as a state directory (checkpoint rows name files relative to it). A PostgreSQL
-store is copied with pg_dump (docs/STORAGE.md). Wired into the parser by crawler/cli.py; every
+store is copied with pg_dump (docs/STORAGE.md). Wired into the parser by crawler/cli/main.py; every
 expected failure is one line there.
 """
 
@@ -28,13 +28,21 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from engine import ConfigError
 from engine.checkpoint import fsync_path
 
-from .checkpoints import (CHECKPOINT_DIR as CHECKPOINT_DIR_NAME, QUARANTINE_DIR, check_best, checkpoint_directory,
-                          reconcile, remove_temporary_files, resolve, set_aside_model)
-from .config import load_config
-from .logging import get_logger
+from .. import ConfigError
+from ..config import load_config
+from ..logging import get_logger
+from ..training.checkpoints import CHECKPOINT_DIR as CHECKPOINT_DIR_NAME
+from ..training.checkpoints import (
+    QUARANTINE_DIR,
+    check_best,
+    checkpoint_directory,
+    reconcile,
+    remove_temporary_files,
+    resolve,
+    set_aside_model,
+)
 
 
 def add_commands(commands: Any, state: dict) -> None:
@@ -68,8 +76,8 @@ class _OpenState:
         self.database = None
 
     def __enter__(self):
-        from .corpus_commands import open_queue
-        from .health import DaemonLock
+        from ..service.status import open_queue
+        from ..state.health import DaemonLock
 
         if not self.config.state_dir.is_dir():
             raise ConfigError(f"{self.config.state_dir}: no such state directory (pass --state-dir)")
@@ -90,7 +98,7 @@ class _OpenState:
 
 def command_repair(args: argparse.Namespace) -> int:
     """Reconcile, then print what was done, one line each."""
-    from .tokenizer import load_state_tokenizer
+    from ..ingest.tokenizer import load_state_tokenizer
 
     log = get_logger("repair")
     with _OpenState(args) as opened:

@@ -21,17 +21,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import start_http_server
 
+from ..config import parse_listen
+
 PREFIX = "crystalline"
 # step times are sampled: train_step carries the last step's dt_ms, once every log_every steps
 STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """HOST:PORT (HOST may be empty: every address) -> (host, port); ValueError naming the form."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen ({text!r}) must be HOST:PORT, such as 127.0.0.1:9464")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class EventMetrics:
@@ -138,6 +132,6 @@ class EventMetrics:
 
     def serve(self, listen: str):
         """Start the HTTP endpoint on its own thread; returns the server (call .shutdown())."""
-        host, port = parse_listen(listen)
+        host, port = parse_listen(listen, "127.0.0.1:9464")
         server, _thread = start_http_server(port, host, registry=self.registry)
         return server

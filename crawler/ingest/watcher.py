@@ -40,16 +40,24 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileAttribEvent, FileClosedEvent, FileCreatedEvent,
-                             FileDeletedEvent, FileModifiedEvent, FileMovedEvent, FileSystemEvent,
-                             FileSystemEventHandler)
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from engine import ConfigError
-
-from .ingest import display_path, is_ignored_name
-from .logging import get_logger
+from .. import ConfigError
+from ..logging import get_logger
+from .pipeline import display_path, is_ignored_name
 
 STEP_SECONDS = 0.2  # the thread's run_once period
 # a file with a write event and no close-after-write since is still open for writing (inotify

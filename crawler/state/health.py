@@ -186,7 +186,7 @@ def process_stats() -> dict[str, float | int]:
 
 class HealthFile:
     """Writes STATE_DIR/health.json; `started_at` is when this object was made. `writes` (a
-    crawler.writable.WriteState) hears of every failed replace."""
+    crawler.state.writable.WriteState) hears of every failed replace."""
 
     def __init__(self, state_dir: str | Path, clock: Callable[[], float] = time.time, writes: Any = None):
         self.path = Path(state_dir) / HEALTH_FILE

@@ -2,7 +2,7 @@
 
 This is the edge where flags become configuration. `train` is not a trainer of its own: it
 stores PATH... in the state directory's corpus exactly as `ingest` does (same extraction, skip
-reasons and dedup), then runs the daemon's training loop (crawler/training.py) with the same
+reasons and dedup), then runs the daemon's training loop (crawler/training/worker.py) with the same
 configuration layering (TOML < environment < flags; the flags override [model] and [train]),
 the same events and the same checkpoints, until --steps total steps or until the held-out
 measure plateaus. It holds the state directory's lock, so it never trains beside a daemon.
@@ -44,20 +44,29 @@ from engine.errors import EngineError
 from storage import ConfigError as StorageConfigError
 from storage import StorageError
 
-from .config import DATABASE_FILE, load_config
-from .corpus_commands import add_commands as add_corpus_commands
-from .service_commands import add_commands as add_service_commands
-from .state_commands import add_commands as add_state_commands
-from .plot import add_commands as add_plot_commands
-from .daemon import REPEAT_SIGNAL_SECONDS, DaemonError, lower_priority
-from .health import DaemonAlreadyRunning
-from .data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
-from .logging import configure_logging, get_logger
-from .progress import SHOWN_BY_BARS, BarSafeStream, TrainProgress, on_terminal
-from .tokenizer import (
-    FIXED, MAX_BPE_VOCAB, MIN_BPE_VOCAB, TOKENIZER_FILE, Tokenizer, TokenizerError,
-    load_state_tokenizer, tokenizer_from_identity, train_bpe,
+from .. import ConfigError as SettingError
+from .. import installed_version
+from ..config import DATABASE_FILE, load_config
+from ..ingest.data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
+from ..ingest.tokenizer import (
+    FIXED,
+    MAX_BPE_VOCAB,
+    MIN_BPE_VOCAB,
+    TOKENIZER_FILE,
+    Tokenizer,
+    TokenizerError,
+    load_state_tokenizer,
+    tokenizer_from_identity,
+    train_bpe,
 )
+from ..logging import configure_logging, get_logger
+from ..service.daemon import REPEAT_SIGNAL_SECONDS, DaemonError, lower_priority
+from ..state.health import DaemonAlreadyRunning
+from .corpus import add_commands as add_corpus_commands
+from .plot import add_commands as add_plot_commands
+from .progress import SHOWN_BY_BARS, BarSafeStream, TrainProgress, on_terminal
+from .service import add_commands as add_service_commands
+from .state import add_commands as add_state_commands
 
 PROG = "crystalline"
 DEFAULT_STATE_DIR = "crystalline-state"
@@ -121,17 +130,6 @@ def _real(low: float, high: float = math.inf, low_open: bool = False) -> Callabl
 # parser
 
 
-def installed_version() -> str:
-    """The version of the installed distribution (its metadata), or "unknown" when the
-    source tree runs without being installed."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("crystalline")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     parser = _Parser(prog=PROG, description="A continuous-learning crawler daemon and its trainer.")
@@ -193,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--state-dir", **state)
     export.set_defaults(handler=command_export)
 
-    # bench's flags belong to crawler.bench (add_arguments), parsed only when bench runs
+    # bench's flags belong to crawler.bench.throughput (add_arguments), parsed only when bench runs
     bench = commands.add_parser("bench", help="time the engine (crystalline bench --help)", add_help=False)
     bench.set_defaults(handler=command_bench)
 
@@ -221,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse argv; bench's own flags are registered by crawler.bench, imported only for bench.
+    """Parse argv; bench's own flags are registered by crawler.bench.throughput, imported only for bench.
 
     Raises CliError (status 2) for bad usage, SystemExit(0) for --help.
     """
@@ -243,7 +241,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _checkpoint_dir(args: argparse.Namespace) -> Path:
-    from .training import checkpoint_directory
+    from ..training.worker import checkpoint_directory
 
     return checkpoint_directory(args.state_dir)
 
@@ -263,7 +261,7 @@ def _model_checkpoint(args: argparse.Namespace, log: Any):
     (checkpoints/best.safetensors) unless --latest, or when there is none yet, the newest."""
     from engine.checkpoint import load_checkpoint
 
-    from .training import BEST_CHECKPOINT
+    from ..training.worker import BEST_CHECKPOINT
 
     directory = _checkpoint_dir(args)
     best = directory / BEST_CHECKPOINT
@@ -366,20 +364,20 @@ def _train_overrides(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
 def command_train(args: argparse.Namespace) -> int:
     """Store PATH... in the state directory's corpus (as `ingest` does), then run the daemon's
     training loop until --steps total steps, or until the held-out measure plateaus."""
-    from .corpus_commands import ingest_paths, open_queue
     import socket
 
     from storage import TrainingLock
 
-    from .health import DaemonLock
-    from .training import TrainingWorker
+    from ..state.health import DaemonLock
+    from ..training.worker import TrainingWorker
+    from .corpus import ingest_paths, open_queue
 
     log = get_logger("cli")
     overrides, pinned = _train_overrides(args)
     config = load_config(args.config, state_dir=args.state_dir, overrides=overrides)
     team = None
     if args.distributed:  # under mpiexec: rank 0 runs all of this, the others follow its steps
-        from .distributed import follow, join
+        from ..training.team import follow, join
 
         team, comm = join(config.distributed)
         if comm.rank > 0:
@@ -549,7 +547,7 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    """Hand the parsed flags to crawler.bench, imported only when asked for."""
+    """Hand the parsed flags to crawler.bench.throughput, imported only when asked for."""
     from . import bench
 
     status = bench.main(args)
@@ -624,7 +622,7 @@ def _write_stdout(data: bytes) -> None:
 # ---------------------------------------------------------------------------------------------
 # entry point
 
-EXPECTED = (CliError, DataError, CheckpointError, ConfigError, TokenizerError, EngineError, StorageError,
+EXPECTED = (CliError, DataError, CheckpointError, ConfigError, SettingError, TokenizerError, EngineError, StorageError,
             StorageConfigError, DaemonAlreadyRunning, DaemonError, OSError)
 
 

@@ -2,7 +2,7 @@
 
 Untrusted documents go through pypdf, zipfile and expat, where one pathological page can spin
 for minutes and one crafted stream can allocate gigabytes. `ExtractorPool` runs
-`crawler.extract.extract_in_process` on a path in a separate Python process, so a hang or a
+`crawler.ingest.extract.extract_in_process` on a path in a separate Python process, so a hang or a
 memory blow-up costs that process and never the daemon:
 
 - wall time: the parent waits `time_budget_seconds` plus a grace for the answer, then kills the
@@ -28,7 +28,7 @@ Setting the limits needs the prlimit64 system call (glibc's setrlimit uses it), 
 @system-service filter allows (it is in @default); the unit's `~@resources` removes only the old
 setrlimit call. Where a limit cannot be set, the child carries on without it.
 
-It is not the extractor (crawler.extract) and logs nothing. Unix only (select, resource).
+It is not the extractor (crawler.ingest.extract) and logs nothing. Unix only (select, resource).
 Relies on the standard library.
 """
 
@@ -50,13 +50,13 @@ from .formats import ExtractionFailed, ExtractLimits, Skipped
 __all__ = ["ExtractorPool", "START_TIMEOUT_SECONDS", "child_main"]
 
 START_TIMEOUT_SECONDS = 60.0  # a child's interpreter start and imports (~0.1 s; slow disks far more)
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # above crawler/
 # the child's command: first deaf to the signals a terminal or a service manager sends the whole
 # group (the parent's graceful stop must not fail the file in flight; the parent ends its
 # children itself), then no implicit sys.path entry (-P: not the daemon's working directory)
 # but this checkout's root, so the child runs the same code as the parent
 _BOOT = ("import signal, sys; [signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM, "
-         "signal.SIGHUP)]; sys.path.insert(0, sys.argv[1]); from crawler.sandbox import child_main; "
+         "signal.SIGHUP)]; sys.path.insert(0, sys.argv[1]); from crawler.ingest.sandbox import child_main; "
          "child_main(sys.argv[2:])")
 
 

@@ -29,7 +29,7 @@ Checkpoints are committed with the cursor (`commit_checkpoint`): the database's 
 only together with a durable checkpoint, and the file carries the rest of the loop's state
 (shuffle buffer, replay credit, plateau counters), so a resumed run takes the same batches as an
 uninterrupted one. On start it resumes from the newest usable checkpoint, after making the
-database and the files agree (crawler/checkpoints.py owns that, the paths rows hold, and
+database and the files agree (crawler/training/checkpoints.py owns that, the paths rows hold, and
 retention: only rolling files of this command beyond `keep_checkpoints` are ever deleted). A
 checkpoint that cannot be written because the disk is full or the state is read-only is reported
 to the WriteState (`writes`) and deferred, never fatal: training goes on in memory, and the
@@ -53,11 +53,19 @@ from engine import CheckpointError, ConfigError, NonFiniteLoss
 from engine.checkpoint import load_checkpoint
 from storage import HoldoutSplit, StreamMask, draw_window_starts
 
-from .checkpoints import BEST_CHECKPOINT, CHECKPOINT_DIR, checkpoint_directory  # noqa: F401 (callers import them here)
-from .checkpoints import RESET_HINT, prune, reconcile, stored_path, stream_digest
-from .config import Config
-from .disk import MB
-from .writable import WriteState
+from ..config import Config
+from ..state.disk import MB
+from ..state.writable import WriteState
+from .checkpoints import (  # noqa: F401 (callers import them here)
+    BEST_CHECKPOINT,
+    CHECKPOINT_DIR,
+    RESET_HINT,
+    checkpoint_directory,
+    prune,
+    reconcile,
+    stored_path,
+    stream_digest,
+)
 
 FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
 WITHDRAWAL_POLL_SECONDS = 1.0  # how often the loop asks the store for new withdrawals
@@ -146,7 +154,7 @@ class TrainingWorker:
         self.config = config
         self.stopping = stopping  # true once a stop was asked for: a cool-down gives way to it
         self.command = command  # recorded in each checkpoint: retention deletes only its own
-        # crawler.distributed.Team under mpiexec (rank 0): each batch is every rank's rows
+        # crawler.training.team.Team under mpiexec (rank 0): each batch is every rank's rows
         self.team = team
         self.ranks = 1 if team is None else team.size
         self.queue = queue
@@ -341,7 +349,7 @@ class TrainingWorker:
             self.log.info("trainer_stopped", step=self.trainer.step_count, checkpoint_step=f.last_checkpoint_step,
                           checkpoint_path=f.last_checkpoint_path, saved=saved, unsaved_steps=self._since_checkpoint)
             if self.team is not None:
-                from .distributed import params_digest
+                from .team import params_digest
 
                 self.log.info("replicas_released", step=self.trainer.step_count, ranks=self.ranks,
                               params_sha256=params_digest(self.trainer.params))

@@ -1,6 +1,6 @@
 """Ingest: one file -> extracted text -> token ids -> one corpus-queue transaction.
 
-Joins `crawler.extract`, a tokenizer and `storage.CorpusQueue`; used by `crystalline ingest`
+Joins `crawler.ingest.extract`, a tokenizer and `storage.CorpusQueue`; used by `crystalline ingest`
 and by the daemon. Every file ends as exactly one outcome: ingested, duplicate (the same bytes
 are already queued under another name), unchanged (this path, size and mtime were seen
 before: nothing is read), skipped (a reason from SKIP_REASONS) or failed (an error text).
@@ -296,7 +296,7 @@ class _Verdict:
 @dataclass(frozen=True)
 class _Pending:
     source: str
-    extraction: object  # crawler.extract.Extraction
+    extraction: object  # crawler.ingest.extract.Extraction
     tokens: np.ndarray
     seconds: float
     offset: int | None = None  # a file that only grew: the earlier version's size

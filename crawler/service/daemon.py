@@ -27,15 +27,17 @@ from typing import Any, Callable
 
 from engine import CheckpointError, ConfigError
 
-from .config import Config, load_config
-from .disk import PROCESSED_DIR, FolderCaps
-from .extract import shutdown_pool
-from .health import DaemonLock, HealthFile, root_problem
-from .ingest import Ingestor, display_path
-from .logging import configure_logging, get_logger
+from .. import ConfigError as SettingError
+from ..config import Config, load_config
+from ..ingest.extract import shutdown_pool
+from ..ingest.pipeline import Ingestor, display_path
+from ..logging import configure_logging, get_logger
+from ..state.disk import PROCESSED_DIR, FolderCaps
+from ..state.health import DaemonLock, HealthFile, root_problem
+from ..state.writable import DISK_FULL, STATE_UNWRITABLE, WriteState, classify
+from ..training.worker import TrainingWorker
 from .notify import Notifier
-from .training import TrainingWorker
-from .writable import DISK_FULL, STATE_UNWRITABLE, WriteState, classify
+from .status import display_url
 
 # exit statuses: which way the daemon ended (daemon_stopped says it too)
 EXIT_STOPPED = 0  # a stop signal, as asked
@@ -63,7 +65,7 @@ class IngestWorker:
     version is already stored is `unchanged`. If the worker dies anyway, `shutdown` hands the
     files it held back through `release` (the daemon passes `Watcher.reoffer`), else the inbox.
     With a `gate` (PostgreSQL), it reads only the files this daemon claims; a file another
-    daemon holds waits for that daemon's lease (crawler/claiming.py).
+    daemon holds waits for that daemon's lease (crawler/ingest/claiming.py).
     """
 
     name = "ingest"
@@ -73,7 +75,7 @@ class IngestWorker:
     def __init__(self, config: Config, queue, tokenizer, inbox: queue_module.Queue, log, *,
                  writes: WriteState | None = None, release: Callable[[list], None] | None = None, gate=None):
         self.config, self.queue, self.tokenizer, self.inbox = config, queue, tokenizer, inbox
-        self.gate = gate  # crawler.claiming.ClaimGate on PostgreSQL: several daemons may watch one folder
+        self.gate = gate  # crawler.ingest.claiming.ClaimGate on PostgreSQL: several daemons may watch one folder
         self.log = log.bind(component="ingest")
         self.writes = writes if writes is not None else WriteState(config.state_dir, self.log)
         self.release = release
@@ -205,7 +207,7 @@ class IngestWorker:
 
 
 # errors whose message already says what is wrong and what to do: logged without a traceback
-EXPLAINED_ERRORS = (ConfigError, CheckpointError)
+EXPLAINED_ERRORS = (ConfigError, SettingError, CheckpointError)
 
 
 class WorkerThread:
@@ -273,10 +275,10 @@ class Daemon:
     def __init__(self, config: Config, config_source: dict, clock: Callable[[], float] = time.monotonic,
                  metrics=None, window=None, team=None):
         self.config = config
-        self.team = team  # crawler.distributed.Team under mpiexec: this daemon is rank 0
-        self.metrics = metrics  # crawler.metrics.EventMetrics when [metrics] or [http] listen is set (observing the log)
+        self.team = team  # crawler.training.team.Team under mpiexec: this daemon is rank 0
+        self.metrics = metrics  # crawler.service.metrics.EventMetrics when [metrics] or [http] listen is set (observing the log)
         self.metrics_server = None
-        self.window = window  # crawler.http.Window when [http] listen is set: the page and API (observing the log too)
+        self.window = window  # crawler.service.http.Window when [http] listen is set: the page and API (observing the log too)
         self.config_source = config_source  # how to reload it: load_config keyword arguments
         self.clock = clock
         self.log = get_logger("daemon")
@@ -327,7 +329,7 @@ class Daemon:
         health = HealthFile(state, writes=self.writes)
         failure: DaemonError | None = DaemonError("interrupted", EXIT_FAILED, "internal_error")  # until proven
         try:
-            self.log.info("daemon_started", pid=os.getpid(), state_dir=str(state), database=_safe_url(config.database_url))
+            self.log.info("daemon_started", pid=os.getpid(), state_dir=str(state), database=display_url(config.database_url))
             self.log.info("config_loaded", config=config.to_dict())
             lower_priority(config.daemon.nice, self.log)
             self._serve_metrics()
@@ -386,7 +388,7 @@ class Daemon:
     def _open_store(self) -> None:
         from storage import CorpusQueue, open_database
 
-        from .tokenizer import load_state_tokenizer
+        from ..ingest.tokenizer import load_state_tokenizer
 
         self.database = open_database(self.config.storage_config())
         self.tokenizer = load_state_tokenizer(self.config.state_dir)
@@ -411,10 +413,10 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - the server failed us: the store's failure
             raise _start_failure("the training lock could not be taken", exc, EXIT_STORAGE_FAILED,
                                  "storage_failed") from exc
-        self.log.info("training_lock_held", database=_safe_url(self.config.database_url), holder=holder)
+        self.log.info("training_lock_held", database=display_url(self.config.database_url), holder=holder)
 
     def _make_watcher(self):
-        from .watcher import Watcher
+        from ..ingest.watcher import Watcher
 
         return Watcher(self.config.watch, self._offer, log=get_logger("watcher"))
 
@@ -432,7 +434,7 @@ class Daemon:
         if name == "trainer":
             return TrainingWorker(self.config, queue, self.tokenizer, get_logger("trainer"), clock=self.clock,
                                   stopping=self.stop_event.is_set, writes=self.writes, team=self.team)
-        from .claiming import make_gate
+        from ..ingest.claiming import make_gate
 
         log = get_logger("ingest")
         return IngestWorker(self.config, queue, self.tokenizer, self.inbox, log, writes=self.writes,
@@ -485,7 +487,7 @@ class Daemon:
             time.sleep(LOOP_SECONDS)
 
     def _renew_claims(self, now: float) -> None:
-        """Keep the leases on the files the ingest worker holds (crawler/claiming.py)."""
+        """Keep the leases on the files the ingest worker holds (crawler/ingest/claiming.py)."""
         thread = self.workers.get("ingest")
         gate = getattr(thread.worker, "gate", None) if thread is not None else None
         if gate is not None:
@@ -770,12 +772,6 @@ def _iso(wall: float) -> str:
     return datetime.fromtimestamp(wall, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def lower_priority(increment: int, log) -> None:
     """Add `increment` ([daemon] nice) to this process's niceness, before any worker thread
     starts (on Linux niceness is per thread and a new thread inherits its creator's); logged as
@@ -798,7 +794,7 @@ def run_daemon(config_file=None, state_dir=None, overrides=None, distributed: bo
     config = load_config(**source)
     team = None
     if distributed:
-        from .distributed import follow, join
+        from ..training.team import follow, join
 
         team, comm = join(config.distributed)
         if comm.rank > 0:
@@ -806,7 +802,7 @@ def run_daemon(config_file=None, state_dir=None, overrides=None, distributed: bo
             return follow(comm, get_logger("daemon"), config.distributed.timeout_seconds)
     metrics = window = None
     if config.metrics.listen or config.http.enabled:  # /metrics is served on the [http] address too
-        from .cli import installed_version
+        from .. import installed_version
         from .metrics import EventMetrics
 
         metrics = EventMetrics(installed_version())

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from storage import FileClaims
 
-from .ingest import display_path
+from .pipeline import display_path
 
 RETRY_MARGIN_SECONDS = 1.0  # a deferred file is claimed again this long after its lease ends
 EXHAUSTED = "claim_attempts"  # the reason of a file recorded as failed after too many claims

@@ -3,7 +3,7 @@
 Both resolve the same configuration as the daemon (`--state-dir`, `--config`, CRYSTALLINE_*
 variables) and open the same database. `ingest` exits non-zero only on a hard error (bad
 configuration, a database that cannot be opened or written); a file that cannot be ingested is
-counted and reported with its reason, never fatal. Wired into the parser by crawler/cli.py.
+counted and reported with its reason, never fatal. Wired into the parser by crawler/cli/main.py.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import ConfigError
-
-from .config import DATABASE_FILE, Config, load_config
-from .disk import PROCESSED_DIR, disk_usage
-from .ingest import IngestSummary, Ingestor, iter_files
-from .logging import get_logger
+from .. import ConfigError
+from ..config import Config, load_config
+from ..ingest.pipeline import Ingestor, IngestSummary, iter_files
+from ..logging import get_logger
+from ..service.status import open_queue, status_report
+from ..state.disk import PROCESSED_DIR
 from .progress import IngestProgress, on_terminal
 
 
@@ -59,17 +59,8 @@ def resolve_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, state_dir=args.state_dir)
 
 
-def open_queue(config: Config):
-    """Open (creating or upgrading) the database and its queue."""
-    from storage import CorpusQueue, open_database
-
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    database = open_database(config.storage_config())
-    return database, CorpusQueue(database)
-
-
 def _state_tokenizer(config: Config):
-    from .tokenizer import load_state_tokenizer
+    from ..ingest.tokenizer import load_state_tokenizer
 
     return load_state_tokenizer(config.state_dir)
 
@@ -213,38 +204,6 @@ def describe_forget(report: dict) -> str:
     return "\n".join(lines) or "nothing to forget"
 
 
-def status_report(config: Config) -> dict:
-    """The corpus queue's figures and the state directory's disk use by part (`disk`, with the
-    caps) as a JSON-able dict; does not create a database."""
-    report: dict[str, Any] = {"state_dir": str(config.state_dir), "database": _display_url(config.database_url)}
-    if not config.store.url and not (config.state_dir / DATABASE_FILE).exists():
-        return report | {"exists": False, "disk": disk_usage(config.state_dir, config.daemon, None)}
-    database, queue = open_queue(config)
-    try:
-        stats = queue.stats()
-        last = stats.last_checkpoint
-        report |= {
-            "exists": True,
-            "documents": dict(stats.documents),
-            "tokens_total": stats.tokens_total,
-            "tokens_queued": stats.tokens_queued,
-            "tokens_trained": stats.tokens_trained,
-            "tokens_withdrawn": stats.tokens_withdrawn,
-            "database_bytes": stats.database_bytes,
-            "tokenizer": queue.tokenizer(),
-            "last_checkpoint": None if last is None else {
-                "step": last.step, "path": last.path, "tokens_trained": last.tokens_trained,
-                "loss": last.loss, "created_at": str(last.created_at)},
-            "evaluation": {"latest": _evaluation(queue.latest_evaluation()),
-                           "best": _evaluation(queue.best_evaluation()),
-                           "recent": [_evaluation(e) for e in _recent_evaluations(queue)]},
-        }
-    finally:
-        database.close()
-    report["disk"] = disk_usage(config.state_dir, config.daemon, report["database_bytes"])
-    return report
-
-
 def _megabytes(size: int | None) -> str:
     return "-" if size is None else f"{size / 1e6:.1f} MB"
 
@@ -260,33 +219,8 @@ def _disk_line(disk: dict) -> str:
     return ", ".join(parts) + ("" if free is None else f"; {free / 1e9:.1f} GB free")
 
 
-TREND_EVALUATIONS = 5  # the held-out trend in `status`: the change over the last few evaluations
-
-
-def _recent_evaluations(queue) -> list:
-    latest = queue.latest_evaluation()
-    if latest is None:
-        return []
-    return queue.evaluations(since=max(0, latest.id - TREND_EVALUATIONS), limit=TREND_EVALUATIONS)
-
-
-def _evaluation(record) -> dict | None:
-    if record is None:
-        return None
-    return {"step": record.step, "epoch": round(record.epoch, 3), "val_bits_per_byte": record.val_bits_per_byte,
-            "train_bits_per_byte": record.train_bits_per_byte, "holdout_tokens": record.holdout_tokens,
-            "created_at": str(record.created_at)}
-
-
-def _display_url(url: str) -> str:
-    """The URL without a password."""
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def command_status(args: argparse.Namespace) -> int:
-    from .health import check_health, lock_holder, read_health
+    from ..state.health import check_health, lock_holder, read_health
 
     config = resolve_config(args)
     if args.health:  # for container health checks: cheap, no database

@@ -3,14 +3,14 @@
 `[http] listen = "127.0.0.1:8484"` (`crystalline run --http ADDR|off`) serves, with the standard
 library's threaded server on threads of its own (training never waits on a request):
 
-- `GET /`             the page (crawler/web/index.html: curves, files, figures, a prompt box)
+- `GET /`             the page (crawler/service/web/index.html: curves, files, figures, a prompt box)
 - `GET /api/status`   what `status --json` shows, read from the daemon's own open store, plus
                       the trainer's live figures (held-out figure, plateau, idle, rate)
 - `GET /api/history`  the evaluation history from the store (`since`: the last id seen) and
                       the train_step points logged since the daemon started (`since_step`)
 - `GET /api/events`   every log event (info and up) as server-sent events, the JSON lines' fields
 - `POST /api/generate` a completion from a snapshot of the live weights, streamed as NDJSON
-- `GET /metrics`      the Prometheus text of crawler/metrics.py
+- `GET /metrics`      the Prometheus text of crawler/service/metrics.py
 
 Safety: a request whose Host is not a name the daemon is reached by (its listen address,
 localhost, `[http] allowed_hosts`) is refused (DNS rebinding), and so is a POST from another
@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from engine import ConfigError
-
-from .logging import _serialize, get_logger
+from .. import ConfigError
+from ..config import parse_listen
+from ..logging import _serialize, get_logger
 
 WEB_DIR = Path(__file__).with_name("web")
 MAX_BODY_BYTES = 16 * 1024  # a POST body
@@ -67,15 +67,6 @@ class RequestError(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
         self.status, self.headers = status, headers or {}
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """HOST:PORT -> (host, port); port 0 asks for any free port (http_serving says which).
-    ValueError naming the form."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"listen ({text!r}) must be HOST:PORT, such as 127.0.0.1:8484, or off")
-    return host.strip("[]"), int(port)
 
 
 def resolve_token(config) -> str:
@@ -166,7 +157,7 @@ class Window:
         """Bind and serve on a thread of its own; an address that cannot be bound is logged
         (http_failed) and the daemon runs on without it."""
         self.daemon = daemon
-        host, port = parse_address(self.config.listen)
+        host, port = parse_listen(self.config.listen, "127.0.0.1:8484", any_port=True)
         try:
             server = _Server((host, port), _Handler, window=self)
         except OSError as exc:
@@ -210,31 +201,16 @@ class Window:
     def _store_report(self) -> dict:
         from storage import CorpusQueue
 
-        from .corpus_commands import _display_url, _evaluation, _recent_evaluations
-        from .disk import disk_usage
-        from .health import read_health
+        from ..state.health import read_health
+        from .status import store_report
 
         d = self.daemon
-        config = d.config
         database = getattr(d, "database", None)
         if database is None:
             raise RequestError(503, "the daemon is starting: its store is not open yet")
-        queue = CorpusQueue(database)
-        stats = queue.stats()
-        last = stats.last_checkpoint
-        return {
-            "state_dir": str(config.state_dir), "database": _display_url(config.database_url), "exists": True,
-            "documents": dict(stats.documents), "tokens_total": stats.tokens_total,
-            "tokens_queued": stats.tokens_queued, "tokens_trained": stats.tokens_trained,
-            "database_bytes": stats.database_bytes, "tokenizer": queue.tokenizer(),
-            "last_checkpoint": None if last is None else {
-                "step": last.step, "path": last.path, "tokens_trained": last.tokens_trained, "loss": last.loss,
-                "created_at": str(last.created_at)},
-            "evaluation": {"latest": _evaluation(queue.latest_evaluation()), "best": _evaluation(queue.best_evaluation()),
-                           "recent": [_evaluation(e) for e in _recent_evaluations(queue)]},
-            "disk": disk_usage(config.state_dir, config.daemon, stats.database_bytes),
-            "daemon": {"running": True, "pid": os.getpid(), "health": read_health(config.state_dir)},
-        }
+        report = store_report(d.config, CorpusQueue(database))
+        report["daemon"] = {"running": True, "pid": os.getpid(), "health": read_health(d.config.state_dir)}
+        return report
 
     def _live(self) -> dict:
         trainer = self._trainer()
@@ -293,10 +269,10 @@ class Window:
             self.generations.release()
 
     def _generate(self, request: dict, trainer, send) -> None:
+        import numpy as np
+
         from engine.sample import Generator, sample_next
         from engine.trainer import limit_blas_threads
-
-        import numpy as np
 
         _lower_this_thread()
         limit_blas_threads()

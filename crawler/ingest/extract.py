@@ -13,7 +13,7 @@ ran out), undecodable (no text encoding fits). too_large also covers a parser th
 than max_memory_bytes.
 
 PDF, DOCX and EPUB, the kinds whose parsers untrusted bytes can hang or blow up, are parsed in
-an extractor process (`crawler.sandbox`, which opens the path again) under a hard wall time
+an extractor process (`crawler.ingest.sandbox`, which opens the path again) under a hard wall time
 and address-space limit; every other kind, plain text first, is read and decoded here. The pool of extractor
 processes starts with the first such file; `shutdown_pool()` ends it (atexit does too).
 
@@ -24,7 +24,7 @@ Plain UTF-8 is the fast path: one read, one hash, one decode, with no loop per l
 
 It is not a file watcher and not a policy on paths: O_NOFOLLOW, roots and symlinks are the
 caller's business, and it logs nothing. The parsers for structured formats live in
-`crawler.formats`, which also defines the error types and limits re-exported here.
+`crawler.ingest.formats`, which also defines the error types and limits re-exported here.
 Relies on the standard library and charset-normalizer (and, through formats, pypdf).
 """
 
@@ -43,8 +43,20 @@ from dataclasses import dataclass
 
 from charset_normalizer import from_bytes
 
-from .formats import (SKIP_REASONS, ExtractionFailed, ExtractLimits, Skipped, csv_text, docx_text,
-                      epub_text, html_text, json_text, jsonl_text, pdf_text, tsv_text)
+from .formats import (
+    SKIP_REASONS,
+    ExtractionFailed,
+    ExtractLimits,
+    Skipped,
+    csv_text,
+    docx_text,
+    epub_text,
+    html_text,
+    json_text,
+    jsonl_text,
+    pdf_text,
+    tsv_text,
+)
 from .sandbox import ExtractorPool
 
 __all__ = ["SKIP_REASONS", "KINDS", "ExtractLimits", "Extraction", "Skipped", "ExtractionFailed",
@@ -242,7 +254,7 @@ _TEXT_PARSERS: dict[str, Callable[[str], str]] = {
     "html": html_text, "json": json_text, "jsonl": jsonl_text, "csv": csv_text, "tsv": tsv_text,
 }
 _BYTES_PARSERS = {"pdf": pdf_text, "docx": docx_text, "epub": epub_text}
-ISOLATED_KINDS = frozenset(_BYTES_PARSERS)  # parsed in an extractor process (crawler.sandbox)
+ISOLATED_KINDS = frozenset(_BYTES_PARSERS)  # parsed in an extractor process (crawler.ingest.sandbox)
 
 
 def _read_bounded(fd: int, size_hint: int, limit: int) -> bytes:
@@ -307,7 +319,7 @@ def extract_file(path: str | os.PathLike[str], limits: ExtractLimits = ExtractLi
 
     Raises Skipped (reason in SKIP_REASONS) or ExtractionFailed; never an OSError. PDF, DOCX
     and EPUB are parsed in an extractor process: the call then blocks for at most the budget
-    plus a grace (`crawler.sandbox.grace_seconds`), and the first such call also waits for
+    plus a grace (`crawler.ingest.sandbox.grace_seconds`), and the first such call also waits for
     the process to start (~0.1 s). Thread-safe.
     """
     data, st, kind = _read(path, limits, isolated=False)

@@ -1,9 +1,9 @@
 """Format parsers for the extractor: the bytes or decoded text of one file in, readable text out.
 
-This module is the back half of `crawler.extract`. It turns HTML, JSON, JSON Lines, CSV/TSV, PDF,
+This module is the back half of `crawler.ingest.extract`. It turns HTML, JSON, JSON Lines, CSV/TSV, PDF,
 DOCX and EPUB into text, and it owns the vocabulary those parsers report in: `Skipped` with a
 reason from SKIP_REASONS, `ExtractionFailed`, and the `ExtractLimits` they obey. Callers import
-all of these from `crawler.extract`, which re-exports them; this module does not open files,
+all of these from `crawler.ingest.extract`, which re-exports them; this module does not open files,
 detect kinds or decode plain text, and it logs nothing.
 
 Zipped formats (DOCX, EPUB) go through `GuardedZip`, which enforces the member count, the
@@ -11,7 +11,7 @@ declared and the actually inflated sizes, and the compression ratios before and 
 XML is parsed with expat with any DTD refused, so entity expansion and external entities cannot
 happen (the defusedxml rule). Time is cooperative here: parsers call `check_time()` between PDF
 pages and EPUB chapters; nothing in this module interrupts a single slow page. The hard limits
-(wall time, memory) come from running these parsers in `crawler.sandbox`'s extractor processes.
+(wall time, memory) come from running these parsers in `crawler.ingest.sandbox`'s extractor processes.
 Relies on the standard library and pypdf.
 """
 
@@ -33,7 +33,7 @@ from xml.parsers import expat
 from pypdf import PdfReader
 from pypdf.errors import DependencyError, LimitReachedError
 
-from engine import ConfigError
+from .. import ConfigError
 
 SKIP_REASONS = ("empty", "binary", "too_large", "unsupported", "unreadable", "vanished",
                 "decompression_bomb", "timeout", "undecodable")
@@ -77,7 +77,7 @@ class ExtractLimits:
     max_compression_ratio: float = 200.0
     max_zip_members: int = 10_000
     # per file, for the slow parsers: checked between pages and members, and enforced for PDF,
-    # DOCX and EPUB by stopping their extractor process (crawler.sandbox) shortly after
+    # DOCX and EPUB by stopping their extractor process (crawler.ingest.sandbox) shortly after
     time_budget_seconds: float = 30.0
     # PDF, DOCX and EPUB: the address space (RLIMIT_AS) of the extractor process; a parser that
     # needs more is stopped and the file skipped as too_large. The process alone takes ~40 MB.

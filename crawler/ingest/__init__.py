@@ -1,0 +1,5 @@
+"""Files to tokens in the store: watching folders (`watcher`), claiming a file among several
+daemons (`claiming`), extracting text by format (`formats`, `extract`, in a child process:
+`sandbox`), tokenizers (`tokenizer`), the pipeline that stores a document once (`pipeline`), and
+reading files for the offline `eval` (`data`). May import `crawler.state`, `crawler.logging`, the
+store; knows nothing of the model, the training loop or the daemon."""

@@ -1,0 +1,78 @@
+"""What a state directory holds, as `crystalline status` and the daemon's API report it: one reader.
+
+`store_report` reads the figures of an open corpus queue (documents, tokens, the last checkpoint,
+the held-out evaluations); `status_report` opens the store of a configuration itself (without
+creating one) and adds the disk use by part. The CLI prints them; the daemon's page serves the
+same dict, with the live figures of the running trainer beside it.
+"""
+
+from __future__ import annotations
+
+from ..config import DATABASE_FILE, Config
+from ..state.disk import disk_usage
+
+TREND_EVALUATIONS = 5  # the held-out trend in `status`: the change over the last few evaluations
+
+
+def display_url(url: str) -> str:
+    """The URL without a password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def open_queue(config: Config):
+    """Open (creating or upgrading) the database and its queue."""
+    from storage import CorpusQueue, open_database
+
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    database = open_database(config.storage_config())
+    return database, CorpusQueue(database)
+
+
+def recent_evaluations(queue) -> list:
+    latest = queue.latest_evaluation()
+    if latest is None:
+        return []
+    return queue.evaluations(since=max(0, latest.id - TREND_EVALUATIONS), limit=TREND_EVALUATIONS)
+
+
+def evaluation_record(record) -> dict | None:
+    if record is None:
+        return None
+    return {"step": record.step, "epoch": round(record.epoch, 3), "val_bits_per_byte": record.val_bits_per_byte,
+            "train_bits_per_byte": record.train_bits_per_byte, "holdout_tokens": record.holdout_tokens,
+            "created_at": str(record.created_at)}
+
+
+def store_report(config: Config, queue) -> dict:
+    """The queue's figures, the held-out evaluations and the disk use, as a JSON-able dict."""
+    stats = queue.stats()
+    last = stats.last_checkpoint
+    return {
+        "state_dir": str(config.state_dir), "database": display_url(config.database_url), "exists": True,
+        "documents": dict(stats.documents), "tokens_total": stats.tokens_total,
+        "tokens_queued": stats.tokens_queued, "tokens_trained": stats.tokens_trained,
+        "tokens_withdrawn": stats.tokens_withdrawn, "database_bytes": stats.database_bytes,
+        "tokenizer": queue.tokenizer(),
+        "last_checkpoint": None if last is None else {
+            "step": last.step, "path": last.path, "tokens_trained": last.tokens_trained, "loss": last.loss,
+            "created_at": str(last.created_at)},
+        "evaluation": {"latest": evaluation_record(queue.latest_evaluation()),
+                       "best": evaluation_record(queue.best_evaluation()),
+                       "recent": [evaluation_record(e) for e in recent_evaluations(queue)]},
+        "disk": disk_usage(config.state_dir, config.daemon, stats.database_bytes),
+    }
+
+
+def status_report(config: Config) -> dict:
+    """`store_report` of the configuration's store, opened here; a SQLite store that does not
+    exist yet is reported as such (`exists: false`, the disk use) and not created."""
+    if not config.store.url and not (config.state_dir / DATABASE_FILE).exists():
+        return {"state_dir": str(config.state_dir), "database": display_url(config.database_url), "exists": False,
+                "disk": disk_usage(config.state_dir, config.daemon, None)}
+    database, queue = open_queue(config)
+    try:
+        return store_report(config, queue)
+    finally:
+        database.close()
