@@ -12,6 +12,7 @@ module that reads configuration files and the environment.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import tomllib
@@ -24,6 +25,7 @@ from typing import Any
 from engine import ConfigError as EngineConfigError
 from engine.config import ModelConfig, TrainConfig
 from engine.distributed import DistributedConfig
+from storage import StorageConfig
 
 from . import ConfigError
 from .ingest.extract import ExtractLimits
@@ -34,18 +36,6 @@ CONFIG_FILE = "crystalline.toml"
 DATABASE_FILE = "corpus.db"
 ENV_PREFIX = "CRYSTALLINE_"
 BUILT_IN = "built-in daemon default"
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    # empty: SQLite in STATE_DIR/corpus.db. Several machines: postgresql+psycopg://user@host/db
-    url: str = ""
-    # SQLite only. NORMAL (WAL) is durable across process crashes but may lose the last commits
-    # on power loss; FULL survives power loss at about a sixth of the commit rate.
-    sqlite_synchronous: str = "NORMAL"
-    busy_timeout_ms: int = 5000
-    # tokens per stored chunk blob (128 KiB at uint16)
-    chunk_tokens: int = 65536
 
 
 IDLE_MODES = ("replay", "sleep")
@@ -248,13 +238,15 @@ DAEMON_DEFAULTS = {
     # 2.1436 at 2e-3 (bench/daemon_learning.py, docs/BENCHMARKS.md)
     "train": {"schedule": "constant", "warmup_steps": 100, "learning_rate": 3e-3},
     "model": {"d_model": 128, "n_layer": 4, "n_head": 4},
+    "store": {"url": ""},  # SQLite in the state directory (Config.database_url)
 }
 
 
 @dataclass(frozen=True)
 class Config:
     state_dir: Path = Path(DEFAULT_STATE_DIR)
-    store: StoreSettings = field(default_factory=StoreSettings)
+    # the store's own settings; an empty url is SQLite in STATE_DIR/corpus.db (`database_url`)
+    store: StorageConfig = field(default_factory=lambda: StorageConfig(url=""))
     extract: ExtractLimits = field(default_factory=ExtractLimits)
     watch: WatchConfig = field(default_factory=WatchConfig)
     # vocab_size comes from the state directory's tokenizer, whatever is set here
@@ -273,13 +265,9 @@ class Config:
             return self.store.url
         return f"sqlite:///{(self.state_dir / DATABASE_FILE).resolve()}"
 
-    def storage_config(self):
-        """The `storage.StorageConfig` these settings describe."""
-        from storage import StorageConfig
-
-        return StorageConfig(url=self.database_url, sqlite_synchronous=self.store.sqlite_synchronous,
-                             busy_timeout_ms=self.store.busy_timeout_ms,
-                             chunk_tokens=self.store.chunk_tokens).validate()
+    def storage_config(self) -> StorageConfig:
+        """[store] with its url resolved (the state directory's SQLite file when empty), validated."""
+        return dataclasses.replace(self.store, url=self.database_url).validate()
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -290,7 +278,7 @@ class Config:
 
 
 SECTIONS: dict[str, type] = {
-    "store": StoreSettings, "extract": ExtractLimits, "watch": WatchConfig, "model": ModelConfig,
+    "store": StorageConfig, "extract": ExtractLimits, "watch": WatchConfig, "model": ModelConfig,
     "train": TrainConfig, "daemon": DaemonConfig, "log": LogConfig, "metrics": MetricsConfig,
     "http": HttpConfig, "distributed": DistributedConfig,
 }
@@ -344,6 +332,8 @@ def _section(cls: type, values: Mapping[str, tuple[Any, str]], section: str):
     try:
         instance = cls(**kwargs)
         validate = getattr(instance, "validate", None)
+        if cls is StorageConfig:  # checked once its url is resolved (Config.storage_config)
+            return instance
         return validate() if validate else instance
     except (ConfigError, EngineConfigError) as exc:  # say where the values it names were set: that is where to fix them
         text = str(exc)
@@ -405,10 +395,185 @@ def load_config(config_file: str | Path | None = None, env: Mapping[str, str] | 
             values[section].setdefault(key, (value, BUILT_IN))
     sections = {name: _section(cls, values[name], name) for name, cls in SECTIONS.items()}
     config = Config(state_dir=state, **sections)
+    check_across_sections(config, values)
+    return config
+
+
+def check_across_sections(config: Config, values: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None) -> None:
+    """The rules that join two settings, checked here before any thread starts (a thread would
+    find them too late): the store's URL with its state directory, the training window within
+    the model's context, the page and the metrics on different ports. ConfigError naming both."""
     from storage import ConfigError as StorageConfigError
+
+    def where(section: str, key: str) -> str:
+        found = (values or {}).get(section, {}).get(key)
+        return "" if found is None or found[1] == BUILT_IN else f" (set in {found[1]})"
 
     try:
         config.storage_config()  # the store's own validation, one place for its rules
     except StorageConfigError as exc:
         raise ConfigError(f"[store] {exc}") from None
-    return config
+    try:
+        config.train.validate(config.model)
+    except EngineConfigError as exc:
+        raise ConfigError(f"[train] {exc}{where('train', 'seq_len')}{where('model', 'context_length')}") from None
+    if config.http.enabled and config.metrics.listen:
+        page = parse_listen(config.http.listen, "127.0.0.1:8484", any_port=True)
+        metrics = parse_listen(config.metrics.listen, "127.0.0.1:9464")
+        if page[1] == metrics[1] and page[1] != 0:
+            raise ConfigError(f"[http] listen ({config.http.listen}){where('http', 'listen')} and [metrics] listen "
+                              f"({config.metrics.listen}){where('metrics', 'listen')} use the same port")
+
+
+# ---------------------------------------------------------------------------------------------
+# the commented file `crystalline init` writes: the comments live here, every value is read off
+# the defaults above (so a default has one owner), and every setting must be listed
+# (tests/unit/crawler/test_config.py)
+
+CONFIG_TEMPLATE = """\
+# crystalline configuration. Every setting is optional: this file shows the defaults.
+# Precedence: these values < CRYSTALLINE_<SECTION>_<KEY> environment variables < flags.
+# The state directory (database, checkpoints, tokenizer) is --state-dir, CRYSTALLINE_STATE_DIR,
+# or `state_dir = "..."` at the top of this file.
+
+[watch]
+roots # folders watched recursively (created when missing)
+settle_seconds # a file is complete when its size and mtime hold this long
+polling # true for network filesystems and container volumes
+poll_interval_seconds
+rescan_interval_seconds # full scan beside the events (0: at start and after errors only)
+include # name globs; empty: every file
+exclude # name or relative-path globs
+
+[daemon]
+replay_fraction # share of each batch replayed from trained data (limits forgetting)
+idle # once training plateaus: "sleep" until new text, "replay" trains on
+eval_every_steps # held-out bits per byte every N steps or M seconds, and at checkpoints
+eval_every_seconds
+plateau_patience # evaluations in a row that do not beat the best by plateau_margin
+plateau_margin # bits per byte
+max_passes # passes over the text after which training stops; 0: no limit
+replay_memory_mb # trained text held in memory for replay and further passes
+cooldown_fraction # best.safetensors is a copy cooled for this share of the steps since
+                               # the last evaluation (the rate decayed to 0); 0: the live weights
+checkpoint_every_steps # each checkpoint is also evaluated
+checkpoint_every_seconds
+keep_checkpoints
+checkpoints_max_mb # disk caps in MB, enforced oldest first; 0: no cap. Checkpoints by
+processed_max_mb # step (never the newest nor best.safetensors); processed/ and
+quarantine_max_mb # quarantine/ by modification time (docs/STORAGE.md)
+log_every # a train_step event every N steps
+status_interval_seconds # a status event, health.json and the systemd STATUS= line
+ingest_queue_size
+after_ingest # "move": ingested files go to STATE_DIR/processed/
+health_max_age_seconds # `crystalline status --health` fails past this
+stop_timeout_seconds # a stop ends within this (checkpoint first); below TimeoutStopSec=90
+nice # CPU priority outside systemd: 0 leaves it, 19 is the lowest
+train # false (`run --no-train`): ingest only, into a shared corpus
+claim_lease_seconds # PostgreSQL, one folder watched by several daemons: a dead one's
+claim_attempts # files are taken over after this; failed after this many claims
+
+[model]                        # fixed once the first checkpoint exists (docs/BENCHMARKS.md: the
+context_length # size that learned most in an hour of the daemon on 2 cores)
+d_model
+n_layer
+n_head
+mlp_ratio
+seed # vocab_size comes from the state directory's tokenizer
+positions # "learned" (GPT-2), "rope" (rotary, in attention) or "both"
+norm # "layernorm" or "rmsnorm"
+qk_norm # RMS-normalise each head's queries and keys
+activation # "gelu" or "relu2" (ReLU squared)
+zero_init_proj # the output projections start at zero
+logit_softcap # c * tanh(logits / c); 0: off
+tie_head # the head shares the token embedding
+
+[train]
+batch_size
+micro_batch_size # 0: the whole per-thread share in one pass
+seq_len
+learning_rate # AdamW's; held after warmup; the cool-downs decay a copy
+warmup_steps
+schedule # warm up once, then hold: the schedule for continuous training
+total_steps # "cosine" only: the decay ends here, at min_lr_ratio of the rate
+min_lr_ratio
+weight_decay
+beta1
+beta2
+eps
+grad_clip
+optimizer # "adamw", or "muon": Muon for the 2-D matrices, AdamW for the rest
+muon_lr # Muon's rate, momentum and decoupled weight decay
+muon_momentum
+muon_weight_decay
+ns_steps # Newton-Schulz iterations of Muon's orthogonalisation
+crystalline_weight
+threads # 0: every core
+seed
+
+[store]
+url # empty: SQLite in STATE_DIR/corpus.db; or postgresql+psycopg://user@host/db
+sqlite_synchronous # NORMAL survives process crashes; FULL also power loss (slower)
+busy_timeout_ms
+chunk_tokens
+
+[extract]
+max_file_bytes # larger files are skipped as too_large
+max_uncompressed_bytes
+max_compression_ratio
+max_zip_members
+time_budget_seconds
+max_memory_bytes # address space of the child process that parses PDF, DOCX and EPUB
+
+[log]
+level # debug, info, warning, error
+format # auto: JSON lines off a terminal, readable on one; or json, console
+
+[metrics]
+listen # HOST:PORT of a Prometheus endpoint, such as 127.0.0.1:9464; empty: off
+
+[http]
+listen # the page and API of `run` (crawler/service/http.py); "" or "off": off
+token # required beyond loopback: every request carries it (or token_file)
+token_file
+allowed_hosts # further Host names the page is reached by (DNS rebinding guard)
+max_generations # completions at once; a 429 beyond
+max_new_tokens
+generation_cpu_share # of one core, for a completion: training keeps its cores
+
+[distributed]                  # only under `mpiexec -n N crystalline run|train --distributed`
+mode # "sync": gradients summed every step (a fast LAN); "local": each
+sync_every # machine takes this many steps, then parameters are averaged (slow links)
+outer_lr # "local": the outer step on the averaged change (1.0, momentum 0:
+outer_momentum # plain averaging; DiLoCo's outer Nesterov: 0.7 and 0.9)
+average_state # "local": average the optimizer's moments too (3x the traffic)
+timeout_seconds
+"""
+NOT_IN_FILE = {"model": {"vocab_size"}}  # comes from the state directory's tokenizer
+COMMENT_COLUMN = 31
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
+    return repr(value)
+
+
+def default_config_text(defaults: "Config | None" = None) -> str:
+    """CONFIG_TEMPLATE with each setting's default value: `key = value  # comment`."""
+    defaults = defaults or Config()
+    lines, section = [], None
+    for line in CONFIG_TEMPLATE.splitlines():
+        match = re.match(r"^(\w+)(?:\s+(#.*))?$", line)
+        if line.startswith("["):
+            section = line[1:line.index("]")]
+        elif match and section:
+            key, comment = match.groups()
+            text = f"{key} = {_toml_value(getattr(getattr(defaults, section), key))}"
+            line = f"{text:<{COMMENT_COLUMN - 1}} {comment}" if comment else text
+        lines.append(line)
+    return "\n".join(lines) + "\n"

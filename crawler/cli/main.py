@@ -46,7 +46,7 @@ from storage import StorageError
 
 from .. import ConfigError as SettingError
 from .. import installed_version
-from ..config import DATABASE_FILE, load_config
+from ..config import DATABASE_FILE, LOG_LEVELS, LogConfig, load_config
 from ..ingest.data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
 from ..ingest.tokenizer import (
     FIXED,
@@ -133,7 +133,8 @@ def _real(low: float, high: float = math.inf, low_open: bool = False) -> Callabl
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of every subcommand."""
     parser = _Parser(prog=PROG, description="A continuous-learning crawler daemon and its trainer.")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-level", default=None, choices=LOG_LEVELS,
+                        help="events at this level and above (default: [log] level, info)")
     parser.add_argument("--version", action="version", version=f"{PROG} {installed_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
@@ -638,9 +639,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout carries the result of generate and eval, so events go to stderr; on a terminal
         # they are written around the progress bars, which show train_step themselves
         if on_terminal(sys.stderr):
-            configure_logging(args.log_level, stream=BarSafeStream(sys.stderr), drop=SHOWN_BY_BARS)
+            configure_logging(args.log_level or LogConfig.level, stream=BarSafeStream(sys.stderr), drop=SHOWN_BY_BARS)
         else:
-            configure_logging(args.log_level, stream=sys.stderr)
+            configure_logging(args.log_level or LogConfig.level, stream=sys.stderr)
         return args.handler(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -79,14 +79,49 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
 
 
 def test_the_commented_default_file_is_the_defaults(tmp_path):
-    from crawler.cli.service import DEFAULT_CONFIG
+    from crawler.config import default_config_text
 
-    path = write(tmp_path / "default.toml", DEFAULT_CONFIG)
+    text = default_config_text()
+    path = write(tmp_path / "default.toml", text)
     assert load_config(path, env={}) == load_config(env={})
     config = load_config(env={})
     assert (config.model.d_model, config.model.n_layer, config.train.schedule) == (128, 4, "constant")
     for name in ("checkpoints_max_mb", "processed_max_mb", "quarantine_max_mb"):  # shown, with the default
-        assert f"\n{name} = {getattr(config.daemon, name)} " in DEFAULT_CONFIG
+        assert f"\n{name} = {getattr(config.daemon, name)} " in text
+
+
+def test_the_default_file_lists_every_setting_once_with_its_default(tmp_path):
+    import dataclasses
+    import tomllib
+
+    from crawler.config import NOT_IN_FILE, SECTIONS, Config, default_config_text
+
+    data = tomllib.loads(default_config_text())
+    assert set(data) == set(SECTIONS)
+    for section, cls in SECTIONS.items():
+        expected = {f.name for f in dataclasses.fields(cls)} - NOT_IN_FILE.get(section, set())
+        assert set(data[section]) == expected, section
+    # a changed default shows in the file without anyone editing the template
+    changed = dataclasses.replace(Config(), train=dataclasses.replace(Config().train, learning_rate=0.0042))
+    assert tomllib.loads(default_config_text(changed))["train"]["learning_rate"] == 0.0042
+
+
+def test_settings_that_join_two_sections_are_checked_at_load(tmp_path):
+    toml = write(tmp_path / "c.toml", "[model]\ncontext_length = 64\n")
+    with pytest.raises(ConfigError, match=r"seq_len \(128\) must not exceed context_length \(64\).*c.toml \[model\] "
+                                          r"context_length"):
+        load_config(toml, env={})
+    assert load_config(toml, env={"CRYSTALLINE_TRAIN_SEQ_LEN": "64"}).train.seq_len == 64
+    with pytest.raises(ConfigError, match="same port"):
+        load_config(env={"CRYSTALLINE_METRICS_LISTEN": "127.0.0.1:8484"})
+    assert load_config(env={"CRYSTALLINE_METRICS_LISTEN": "127.0.0.1:9464"}).metrics.listen == "127.0.0.1:9464"
+
+
+def test_a_store_url_is_checked_at_load_and_an_empty_one_is_the_state_directory(tmp_path):
+    config = load_config(env={}, state_dir=tmp_path)
+    assert config.store.url == "" and config.storage_config().url == f"sqlite:///{(tmp_path / 'corpus.db').resolve()}"
+    with pytest.raises(ConfigError, match=r"\[store\] url \('mysql://x'\)|\[store\] url scheme"):
+        load_config(env={"CRYSTALLINE_STORE_URL": "mysql://x"})
 
 
 def test_disk_caps_are_read_from_the_file_and_the_environment(tmp_path):
