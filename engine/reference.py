@@ -3,7 +3,8 @@
 This is the yardstick the tests hold the numba kernels and the KV-cache sampler against, as
 llm.c keeps `matmul_forward_naive`. It is not for training or serving: it recomputes every
 position from scratch, allocates freely and computes in float64 by default.
-It relies only on numpy and on `layout.parameter_table` for where each tensor lives.
+It relies only on numpy, on maths.py for the layers and constants, and on
+`layout.parameter_table` for where each tensor lives.
 
 The model, GPT-2 exactly with the default ModelConfig:
     x = wte[tokens] + wpe[positions]
@@ -34,40 +35,12 @@ import numpy as np
 from .config import ModelConfig
 from .errors import ShapeMismatch
 from .layout import parameter_table
+from .maths import gelu, layernorm, relu2, rmsnorm, rope_angles, rotate, softcap
 
-LAYERNORM_EPS = 1e-5
-GELU_SCALE = math.sqrt(2.0 / math.pi)
 
 
 # ---------------------------------------------------------------------------------------------
-# layers
-
-
-def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """LayerNorm over the last axis: x is (..., C); weight and bias are (C,)."""
-    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # (..., 1) biased, as in GPT-2
-    return (x - mean) / np.sqrt(var + LAYERNORM_EPS) * weight + bias
-
-
-def rmsnorm(x: np.ndarray, weight: np.ndarray | float = 1.0) -> np.ndarray:
-    """RMSNorm over the last axis: x is (..., C); weight is (C,) (QK-norm passes no gain)."""
-    return x / np.sqrt((x**2).mean(axis=-1, keepdims=True) + LAYERNORM_EPS) * weight
-
-
-def rotate(x: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Rotary embedding of x (..., T, hs) at `positions` (T,): pairs (i, i + hs/2) turned by
-    positions * 10000^(-2i/hs)."""
-    hs = x.shape[-1]
-    angles = np.outer(positions, 10000.0 ** (-np.arange(0, hs, 2) / hs))  # (T, hs/2)
-    cos, sin = np.cos(angles), np.sin(angles)
-    x1, x2 = x[..., : hs // 2], x[..., hs // 2 :]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (Hendrycks and Gimpel 2016, as in GPT-2)."""
-    return 0.5 * x * (1.0 + np.tanh(GELU_SCALE * (x + 0.044715 * x**3)))
+# attention
 
 
 def causal_attention(qkv: np.ndarray, n_head: int, qk_norm: bool = False, rope: bool = False) -> np.ndarray:
@@ -83,7 +56,8 @@ def causal_attention(qkv: np.ndarray, n_head: int, qk_norm: bool = False, rope: 
     if qk_norm:
         q, k = rmsnorm(q), rmsnorm(k)
     if rope:
-        q, k = rotate(q, np.arange(T)), rotate(k, np.arange(T))
+        cos, sin = rope_angles(np.arange(T), hs)  # (T, hs/2)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
     scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hs)  # (B, NH, T, T)
     future = np.triu(np.ones((T, T), dtype=bool), k=1)  # position t sees only 0..t
     scores = np.where(future, -np.inf, scores)
@@ -122,7 +96,7 @@ def reference_forward(
     def norm(x, weight, bias):
         return rmsnorm(x, weight) if config.norm == "rmsnorm" else layernorm(x, weight, bias)
 
-    act = (lambda u: np.maximum(u, 0.0) ** 2) if config.activation == "relu2" else gelu
+    act = relu2 if config.activation == "relu2" else gelu
 
     x = p.wte[tokens]  # (B, T, C)
     if config.learned_positions:
@@ -137,9 +111,7 @@ def reference_forward(
         x = x + fch @ p.fcprojw[l].T + p.fcprojb[l]  # (B, T, C) residual
     xf = norm(x, p.lnfw, p.lnfb)  # (B, T, C)
     logits = xf @ (p.wte if config.tie_head else p.lm_head).T  # (B, T, V)
-    if config.logit_softcap > 0:
-        logits = config.logit_softcap * np.tanh(logits / config.logit_softcap)
-    return logits
+    return softcap(logits, config.logit_softcap)
 
 
 def reference_loss(

@@ -1,7 +1,7 @@
 """Text generation with a key/value cache: each new token costs one position, not a whole window.
 
-`Generator` runs the model's forward pass (the same maths as reference.py, every architecture
-option included) one position at a time, storing each layer's keys and values so later
+`Generator` runs the model's forward pass (the layers of maths.py, as reference.py does, every
+architecture option included) one position at a time, storing each layer's keys and values so later
 positions attend to them without recomputing; with rotary positions the keys are stored turned.
 `sample_next` turns logits into a token id (temperature, top-k, top-p); `sample` joins the two.
 Not a training path: no activations are kept for backward, and the batch size is one.
@@ -26,7 +26,7 @@ from .config import ModelConfig
 from .errors import ShapeMismatch
 from .kernels.rope import rope_tables
 from .layout import parameter_table
-from .reference import GELU_SCALE, LAYERNORM_EPS
+from .maths import gelu, layernorm, relu2, rmsnorm, rotate, softcap
 
 
 class KVCache:
@@ -41,35 +41,6 @@ class KVCache:
     def reset(self) -> None:
         """Forget every position; the buffers are reused, not reallocated."""
         self.length = 0
-
-
-def _layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    mean = x.mean()
-    var = ((x - mean) ** 2).mean()  # biased, as in GPT-2
-    return (x - mean) * np.float32(1.0 / math.sqrt(float(var) + LAYERNORM_EPS)) * weight + bias
-
-
-def _rmsnorm(x: np.ndarray, weight: np.ndarray | float = 1.0) -> np.ndarray:
-    """RMSNorm over the last axis (a gain of 1 for QK-norm)."""
-    ms = (x * x).mean(axis=-1, keepdims=True)
-    return x / np.sqrt(ms + np.float32(LAYERNORM_EPS)) * weight
-
-
-def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """x (NH, hs) turned by one position's angles cos, sin (hs/2,): pairs (i, i + hs/2)."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[:, :half], x[:, half:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def _relu2(x: np.ndarray) -> np.ndarray:
-    r = np.maximum(x, np.float32(0.0))
-    return r * r
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    inner = np.float32(GELU_SCALE) * (x + np.float32(0.044715) * x * x * x)
-    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(inner))
 
 
 def _check_ids(tokens: np.ndarray, vocab_size: int) -> None:
@@ -142,9 +113,9 @@ class Generator:
         scale = np.float32(1.0 / math.sqrt(hs))
 
         def norm(x, weight, bias):
-            return _rmsnorm(x, weight) if config.norm == "rmsnorm" else _layernorm(x, weight, bias)
+            return rmsnorm(x, weight) if config.norm == "rmsnorm" else layernorm(x, weight, bias)
 
-        activation = _relu2 if config.activation == "relu2" else _gelu
+        activation = relu2 if config.activation == "relu2" else gelu
 
         x = p.wte[token] + p.wpe[t] if config.learned_positions else p.wte[token].copy()  # (C,)
         for l in range(config.n_layer):
@@ -154,9 +125,9 @@ class Generator:
             q = qkv[0 * C : 1 * C].reshape(NH, hs)  # (NH, hs)
             k = qkv[1 * C : 2 * C].reshape(NH, hs)  # (NH, hs)
             if config.qk_norm:
-                q, k = _rmsnorm(q), _rmsnorm(k)
+                q, k = rmsnorm(q), rmsnorm(k)
             if config.rope:  # each key is stored turned by its own position
-                q, k = _rotate(q, self.rope_cos[t], self.rope_sin[t]), _rotate(k, self.rope_cos[t], self.rope_sin[t])
+                q, k = rotate(q, self.rope_cos[t], self.rope_sin[t]), rotate(k, self.rope_cos[t], self.rope_sin[t])
             cache.keys[l, :, t] = k
             cache.values[l, :, t] = qkv[2 * C : 3 * C].reshape(NH, hs)
             keys = cache.keys[l, :, : t + 1]  # (NH, t+1, hs)
@@ -175,10 +146,7 @@ class Generator:
         if not with_logits:
             return None
         logits = (p.wte if config.tie_head else p.lm_head) @ norm(x, p.lnfw, p.lnfb)  # (V,)
-        if config.logit_softcap > 0:
-            cap = np.float32(config.logit_softcap)
-            logits = cap * np.tanh(logits / cap)
-        return logits
+        return softcap(logits, np.float32(config.logit_softcap))
 
 
 # ---------------------------------------------------------------------------------------------

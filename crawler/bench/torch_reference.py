@@ -21,8 +21,7 @@ import numpy as np
 
 from engine import ModelConfig
 from engine.layout import DECAYED, parameter_table
-
-LAYERNORM_EPS = 1e-5  # GPT-2's and torch.nn.LayerNorm's default
+from engine.maths import NORM_EPS, ROPE_BASE
 INSTALL_HINT = "PyTorch is needed for the reference model: pip install -e '.[bench]'"
 
 
@@ -76,12 +75,12 @@ class TorchGPT:
 
         def norm(x, weight, bias):
             if config.norm == "rmsnorm":
-                return F.rms_norm(x, (x.shape[-1],), weight, LAYERNORM_EPS)
-            return F.layer_norm(x, (C,), weight, bias, LAYERNORM_EPS)
+                return F.rms_norm(x, (x.shape[-1],), weight, NORM_EPS)
+            return F.layer_norm(x, (C,), weight, bias, NORM_EPS)
 
         if config.rope:
-            # half-split pairs (i, i + hs/2) turned by t * 10000^(-2i/hs), as in GPT-NeoX and Llama
-            inv_freq = 10000.0 ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+            # half-split pairs (i, i + hs/2) turned by t * base^(-2i/hs), as in GPT-NeoX and Llama
+            inv_freq = ROPE_BASE ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
             angles = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq).to(p["wte"].dtype)
             cos, sin = angles.cos(), angles.sin()  # (T, hs/2)
 
@@ -97,7 +96,7 @@ class TorchGPT:
             qkv = F.linear(h, p["qkvw"][l], p["qkvb"][l])  # (B, T, 3*C)
             q, k, v = (t.view(B, T, NH, hs).transpose(1, 2) for t in qkv.split(C, dim=2))
             if config.qk_norm:
-                q, k = F.rms_norm(q, (hs,), eps=LAYERNORM_EPS), F.rms_norm(k, (hs,), eps=LAYERNORM_EPS)
+                q, k = F.rms_norm(q, (hs,), eps=NORM_EPS), F.rms_norm(k, (hs,), eps=NORM_EPS)
             if config.rope:
                 q, k = rotate(q), rotate(k)
             # (B, NH, T, hs): softmax(q k^T / sqrt(hs)) v over the causal prefix

@@ -4,15 +4,12 @@ np.tanh inside numba is a scalar libm call that blocks vectorisation, so tanh co
 fastmath.fast_tanh (max abs error 3.5e-7, within float32 rounding).
 """
 
-import math
-
 import numpy as np
 from numba import njit
 
+from ..maths import GELU_CUBIC, GELU_SCALE
 from . import KERNEL
 from .fastmath import fast_tanh
-
-GELU_SCALE = math.sqrt(2.0 / math.pi)
 
 
 @njit(**KERNEL)
@@ -25,7 +22,7 @@ def gelu_forward(out, inp):
         o = out[i]
         for j in range(H):
             xi = x[j]
-            u = s * (xi + np.float32(0.044715) * xi * xi * xi)
+            u = s * (xi + np.float32(GELU_CUBIC) * xi * xi * xi)
             o[j] = np.float32(0.5) * xi * (np.float32(1.0) + fast_tanh(u))
 
 
@@ -41,10 +38,10 @@ def gelu_backward(dinp, inp, dout):
         for j in range(H):
             xi = x[j]
             # forward: out = 0.5 * x * (1 + tanh(u)), u = s * (x + 0.044715 x^3)
-            u = s * (xi + np.float32(0.044715) * xi * xi * xi)
+            u = s * (xi + np.float32(GELU_CUBIC) * xi * xi * xi)
             th = fast_tanh(u)
             sech2 = np.float32(1.0) - th * th
-            du = s * (np.float32(1.0) + np.float32(3.0 * 0.044715) * xi * xi)
+            du = s * (np.float32(1.0) + np.float32(3.0 * GELU_CUBIC) * xi * xi)
             local = np.float32(0.5) * (np.float32(1.0) + th) + np.float32(0.5) * xi * sech2 * du
             d[j] = local * g[j]
 
@@ -54,11 +51,11 @@ def gelu_backward(dinp, inp, dout):
 
 
 def gelu_forward_reference(inp):
-    return 0.5 * inp * (1.0 + np.tanh(GELU_SCALE * (inp + 0.044715 * inp**3)))
+    return 0.5 * inp * (1.0 + np.tanh(GELU_SCALE * (inp + GELU_CUBIC * inp**3)))
 
 
 def gelu_backward_reference(inp, dout):
-    u = GELU_SCALE * (inp + 0.044715 * inp**3)
+    u = GELU_SCALE * (inp + GELU_CUBIC * inp**3)
     th = np.tanh(u)
-    local = 0.5 * (1 + th) + 0.5 * inp * (1 - th**2) * GELU_SCALE * (1 + 3 * 0.044715 * inp**2)
+    local = 0.5 * (1 + th) + 0.5 * inp * (1 - th**2) * GELU_SCALE * (1 + 3 * GELU_CUBIC * inp**2)
     return local * dout

@@ -7,9 +7,10 @@ Forward caches mean and rstd for the backward, so the backward never recomputes 
 import numpy as np
 from numba import njit
 
+from ..maths import NORM_EPS
 from . import KERNEL
 
-EPS = 1e-5
+EPS = NORM_EPS
 
 
 @njit(**KERNEL)

@@ -12,9 +12,10 @@ forward's input, so `out` must be a different array from `inp`.
 import numpy as np
 from numba import njit
 
+from ..maths import NORM_EPS
 from . import KERNEL
 
-EPS = 1e-5
+EPS = NORM_EPS
 
 
 @njit(**KERNEL)

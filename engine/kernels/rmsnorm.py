@@ -10,9 +10,10 @@ LayerNorm there is no mean to subtract and no bias.
 import numpy as np
 from numba import njit
 
+from ..maths import NORM_EPS
 from . import KERNEL
 
-EPS = 1e-5
+EPS = NORM_EPS
 
 
 @njit(**KERNEL)

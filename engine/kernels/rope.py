@@ -13,17 +13,17 @@ linear and orthogonal, so the backward is the opposite turn and needs nothing ca
 import numpy as np
 from numba import njit
 
+from ..maths import ROPE_BASE, rope_angles
 from . import KERNEL
 
-BASE = 10000.0
+BASE = ROPE_BASE
 
 
 def rope_tables(maxT: int, hs: int) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin (maxT, hs/2) float32: row t holds the angles t * BASE^(-2i/hs), computed in
     float64 and rounded once."""
-    inv_freq = BASE ** (-np.arange(0, hs, 2, dtype=np.float64) / hs)  # (hs/2,)
-    angles = np.outer(np.arange(maxT, dtype=np.float64), inv_freq)  # (maxT, hs/2)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    cos, sin = rope_angles(np.arange(maxT), hs)  # (maxT, hs/2) float64
+    return cos.astype(np.float32), sin.astype(np.float32)
 
 
 @njit(**KERNEL)

@@ -1,4 +1,4 @@
-"""The architecture options against PyTorch eager (crawler/torch_reference.py) on the same
+"""The architecture options against PyTorch eager (crawler/bench/torch_reference.py) on the same
 weights and batch: the float64 torch logits equal the engine's numpy reference, and the engine's
 loss and every gradient tensor match torch's, for each option alone and for all of them at once.
 
@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs PyTorch: pip install -e '.[bench]'")
 
-from crawler.torch_reference import TorchGPT  # noqa: E402
+from crawler.bench.torch_reference import TorchGPT  # noqa: E402
 from engine import ModelConfig  # noqa: E402
 from engine.layout import init_parameters, parameter_table  # noqa: E402
 from engine.model import loss_and_grad  # noqa: E402

@@ -93,7 +93,7 @@ def test_a_follower_that_hears_nothing_from_rank_0_ends_the_job():
     import structlog
     from structlog.testing import capture_logs
 
-    from crawler.distributed import follow
+    from crawler.training.team import follow
 
     class Silent(Communicator):
         size = 2

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="needs PyTorch: pip install -e '.[bench]'")
 
-from crawler.torch_reference import TorchGPT  # noqa: E402
+from crawler.bench.torch_reference import TorchGPT  # noqa: E402
 from engine import ModelConfig, TrainConfig, Trainer  # noqa: E402
 from engine.layout import init_parameters, parameter_table  # noqa: E402
 from engine.model import loss_and_grad  # noqa: E402
