@@ -20,16 +20,22 @@ GELU_CUBIC = 0.044715  # ... and its cubic coefficient
 ROPE_BASE = 10000.0  # rotary angles t * base^(-2i/hs)
 
 
+# means as np.add.reduce / C: ndarray.mean's Python wrapper costs more than the sum itself on the
+# one-position vectors of generation
+
+
 def layernorm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """LayerNorm over the last axis: x is (..., C); weight and bias are (C,)."""
-    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
-    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)  # (..., 1) biased, as in GPT-2
-    return (x - mean) / np.sqrt(var + NORM_EPS) * weight + bias
+    C = x.shape[-1]
+    centred = x - np.add.reduce(x, axis=-1, keepdims=True) / C  # (..., C)
+    var = np.add.reduce(centred * centred, axis=-1, keepdims=True) / C  # (..., 1) biased, as in GPT-2
+    return centred / np.sqrt(var + NORM_EPS) * weight + bias
 
 
 def rmsnorm(x: np.ndarray, weight: np.ndarray | float = 1.0) -> np.ndarray:
     """RMSNorm over the last axis: x is (..., C); weight is (C,) (QK-norm passes no gain)."""
-    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + NORM_EPS) * weight
+    ms = np.add.reduce(x * x, axis=-1, keepdims=True) / x.shape[-1]  # (..., 1)
+    return x / np.sqrt(ms + NORM_EPS) * weight
 
 
 def rope_angles(positions: np.ndarray, hs: int) -> tuple[np.ndarray, np.ndarray]:

@@ -132,10 +132,10 @@ class Generator:
             cache.values[l, :, t] = qkv[2 * C : 3 * C].reshape(NH, hs)
             keys = cache.keys[l, :, : t + 1]  # (NH, t+1, hs)
             values = cache.values[l, :, : t + 1]  # (NH, t+1, hs)
-            scores = np.einsum("nth,nh->nt", keys, q) * scale  # (NH, t+1)
-            att = np.exp(scores - scores.max(axis=1, keepdims=True))
-            att /= att.sum(axis=1, keepdims=True)  # (NH, t+1) softmax over past positions
-            y = np.einsum("nt,nth->nh", att, values).reshape(C)  # (C,) heads side by side
+            scores = np.matmul(keys, q[:, :, None])[:, :, 0] * scale  # (NH, t+1)
+            att = np.exp(scores - np.maximum.reduce(scores, axis=1, keepdims=True))
+            att /= np.add.reduce(att, axis=1, keepdims=True)  # (NH, t+1) softmax over past positions
+            y = np.matmul(att[:, None, :], values).reshape(C)  # (C,) heads side by side
             x = x + p.attprojw[l] @ y + p.attprojb[l]  # (C,) residual
             # MLP
             h2 = norm(x, p.ln2w[l], p.ln2b[l])  # (C,)

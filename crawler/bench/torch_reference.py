@@ -114,6 +114,64 @@ class TorchGPT:
             logits = config.logit_softcap * torch.tanh(logits / config.logit_softcap)
         return logits
 
+    def new_cache(self) -> dict:
+        """An empty key/value cache for `next_logits`: (L, NH, context_length, hs) keys and values."""
+        torch = require_torch()
+        c = self.config
+        shape = (c.n_layer, c.n_head, c.context_length, c.d_model // c.n_head)
+        dtype = self.tensors["wte"].dtype
+        return {"k": torch.zeros(shape, dtype=dtype), "v": torch.zeros(shape, dtype=dtype), "length": 0}
+
+    def next_logits(self, token: int, cache: dict):
+        """The (V,) logits after one more token, batch 1, its keys and values appended to `cache`:
+        the PyTorch twin of engine.sample.Generator (run it under torch.inference_mode())."""
+        torch = require_torch()
+        F = torch.nn.functional
+        p, config = self.tensors, self.config
+        C, NH = config.d_model, config.n_head
+        hs = C // NH
+        t = cache["length"]
+        if t == config.context_length:
+            raise ValueError("the cache is full: start a new one")
+
+        def norm(x, weight, bias):
+            if config.norm == "rmsnorm":
+                return F.rms_norm(x, (C,), weight, NORM_EPS)
+            return F.layer_norm(x, (C,), weight, bias, NORM_EPS)
+
+        if config.rope:
+            inv_freq = ROPE_BASE ** (-torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+            angles = (t * inv_freq).to(p["wte"].dtype)
+            cos, sin = angles.cos(), angles.sin()  # (hs/2,)
+
+        def rotate(x):  # (NH, hs)
+            x1, x2 = x[..., : hs // 2], x[..., hs // 2 :]
+            return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+        x = p["wte"][token]  # (C,)
+        if config.learned_positions:
+            x = x + p["wpe"][t]
+        for l in range(config.n_layer):
+            qkv = F.linear(norm(x, p["ln1w"][l], p["ln1b"][l]), p["qkvw"][l], p["qkvb"][l])  # (3*C,)
+            q, k, v = (part.view(NH, hs) for part in qkv.split(C))
+            if config.qk_norm:
+                q, k = F.rms_norm(q, (hs,), eps=NORM_EPS), F.rms_norm(k, (hs,), eps=NORM_EPS)
+            if config.rope:
+                q, k = rotate(q), rotate(k)
+            cache["k"][l, :, t] = k
+            cache["v"][l, :, t] = v
+            keys, values = cache["k"][l, :, : t + 1], cache["v"][l, :, : t + 1]  # (NH, t+1, hs)
+            y = F.scaled_dot_product_attention(q[:, None], keys, values, scale=1.0 / math.sqrt(hs))  # (NH, 1, hs)
+            x = x + F.linear(y.reshape(C), p["attprojw"][l], p["attprojb"][l])
+            h = F.linear(norm(x, p["ln2w"][l], p["ln2b"][l]), p["fcw"][l], p["fcb"][l])  # (H,)
+            h = F.relu(h).square() if config.activation == "relu2" else F.gelu(h, approximate="tanh")
+            x = x + F.linear(h, p["fcprojw"][l], p["fcprojb"][l])
+        cache["length"] = t + 1
+        logits = F.linear(norm(x, p["lnfw"], p["lnfb"]), p["wte"] if config.tie_head else p["lm_head"])
+        if config.logit_softcap > 0:
+            logits = config.logit_softcap * torch.tanh(logits / config.logit_softcap)
+        return logits
+
     def loss(self, inputs, targets):
         """Mean cross-entropy over all (B, T) positions, as a scalar tensor ready for backward()."""
         torch = require_torch()
