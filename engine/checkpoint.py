@@ -66,6 +66,13 @@ def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:09d}.safetensors"
 
 
+def checkpoint_step(name: str | os.PathLike) -> int | None:
+    """The step a rolling checkpoint's file name carries (`checkpoint_name`'s inverse; a path is
+    read by its last part), or None for any other name."""
+    match = NAME_PATTERN.fullmatch(Path(name).name)
+    return int(match.group(1)) if match else None
+
+
 def _digest(tensors: list[np.ndarray], metadata: dict[str, str]) -> str:
     h = hashlib.sha256()
     for array in tensors:
@@ -193,9 +200,9 @@ def list_checkpoints(directory: str | os.PathLike) -> list[Path]:
         return []
     found = []
     for path in directory.iterdir():
-        match = NAME_PATTERN.fullmatch(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
+        step = checkpoint_step(path.name)
+        if step is not None and path.is_file():
+            found.append((step, path))
     return [path for _, path in sorted(found)]
 
 

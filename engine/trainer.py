@@ -36,6 +36,12 @@ from .schedule import learning_rate
 _blas_limited = False
 
 
+def _tokens_seen(train_state: dict) -> int:
+    """A checkpoint's count of tokens through `step`: "tokens_seen", or as files written before
+    the name was settled call it, "tokens_trained" (the same count, replay included)."""
+    return int(train_state.get("tokens_seen", train_state.get("tokens_trained", 0)))
+
+
 def limit_blas_threads() -> None:
     """Hold every BLAS library in the process to one thread. numba's np.dot calls SciPy's
     OpenBLAS, so it is loaded first: a limit set before a library loads does not apply to it."""
@@ -68,7 +74,7 @@ class Trainer:
 
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig,
                  params: np.ndarray | None = None, m: np.ndarray | None = None,
-                 v: np.ndarray | None = None, step: int = 0, tokens_trained: int = 0,
+                 v: np.ndarray | None = None, step: int = 0, tokens_seen: int = 0,
                  comm: Communicator | None = None, distributed: DistributedConfig | None = None):
         self.model_config = model_config.validate()
         self.train_config = train_config.validate(model_config)
@@ -80,7 +86,7 @@ class Trainer:
         self.v = self.table.allocate() if v is None else self._check(v, "adam_v")
         self.decay = decay_mask(self.table)
         self.step_count = step
-        self.tokens_trained = tokens_trained
+        self.tokens_seen = tokens_seen  # every token through step(), on every rank
         self.threads = train_config.resolved_threads()
         B, T = train_config.batch_size, train_config.seq_len
         self.rows = self._split_rows(B)
@@ -124,11 +130,11 @@ class Trainer:
         averager = self.averager
         outer = None if averager is None else (averager.anchor.copy(),
                                                 None if averager.velocity is None else averager.velocity.copy())
-        return (self.params.copy(), self.m.copy(), self.v.copy(), self.step_count, self.tokens_trained, outer)
+        return (self.params.copy(), self.m.copy(), self.v.copy(), self.step_count, self.tokens_seen, outer)
 
     def restore_state(self, saved: tuple) -> None:
         """Put back a state_copy, in place."""
-        params, m, v, self.step_count, self.tokens_trained, outer = saved
+        params, m, v, self.step_count, self.tokens_seen, outer = saved
         np.copyto(self.params, params)
         np.copyto(self.m, m)
         np.copyto(self.v, v)
@@ -143,7 +149,7 @@ class Trainer:
         checkpoint was trained with the other optimizer, the matrices' state starts afresh."""
         state = checkpoint.train_state or {}
         trainer = cls(checkpoint.model_config, train_config, checkpoint.params, checkpoint.m,
-                      checkpoint.v, step=checkpoint.step, tokens_trained=int(state.get("tokens_trained", 0)), **kw)
+                      checkpoint.v, step=checkpoint.step, tokens_seen=_tokens_seen(state), **kw)
         saved = state.get("train_config") or {}
         if saved.get("optimizer", "adamw") != train_config.optimizer:
             # the matrices' slots of m hold the other optimizer's state (Muon's momentum, or
@@ -241,7 +247,7 @@ class Trainer:
         if not finite:
             raise NonFiniteLoss(f"step {t}: loss {totals[0]}, gradient norm {norm}; update skipped")
         self.step_count = t
-        self.tokens_trained += inputs.size * ranks
+        self.tokens_seen += inputs.size * ranks
         if self.averager is not None and t % self.distributed.sync_every == 0:
             started = time.perf_counter()
             self.averager.average(self.params)
@@ -288,7 +294,8 @@ class Trainer:
     # -----------------------------------------------------------------------------------------
 
     def train_state(self) -> dict:
-        return {"tokens_trained": self.tokens_trained, "train_config": self.train_config.to_dict()}
+        """What a checkpoint's train_state holds: the counter of tokens through `step` and the recipe."""
+        return {"tokens_seen": self.tokens_seen, "train_config": self.train_config.to_dict()}
 
     def save_checkpoint(self, directory, extra: dict | None = None, keep_last: int | None = 3,
                         name: str | None = None) -> Path:

@@ -655,6 +655,25 @@ class CorpusQueue:
             row = connection.execute(sa.select(checkpoints).where(checkpoints.c.id == new_id)).one()
         return CheckpointRecord(**row._mapping)
 
+    def drop_checkpoint_rows(self, checkpoint_ids: Sequence[int]) -> int:
+        """Deletes the rows of checkpoints whose files are gone (retention deleted them): a row
+        naming no file can neither be resumed from nor vouch for a file.
+
+        Atomic. Never the newest row, on which the cursor stands: an id of it raises ValueError,
+        changing nothing. Ids no row has are passed over. Returns the number of rows deleted."""
+        wanted = {int(i) for i in checkpoint_ids}
+        if not wanted:
+            return 0
+        deleted = 0
+        with self.database.write() as connection:
+            _cursor(connection, for_update=True)  # beside commit_checkpoint, never between its steps
+            newest = connection.execute(sa.select(sa.func.max(checkpoints.c.id))).scalar()
+            if newest in wanted:
+                raise ValueError(f"checkpoint row {newest} is the newest: the cursor stands on it")
+            for group in _in_groups(wanted):
+                deleted += connection.execute(checkpoints.delete().where(checkpoints.c.id.in_(group))).rowcount or 0
+        return int(deleted)
+
     def reset_training(self) -> int:
         """Forgets the model's training, keeps the corpus: every checkpoint row and evaluation is
         deleted, the cursor goes back to the stream's start (step 0) and every trained document is

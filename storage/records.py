@@ -53,7 +53,7 @@ class AddResult:
 @dataclass(frozen=True)
 class Cursor:
     stream_position: int  # the first stream token training has not consumed
-    tokens_trained: int
+    tokens_trained: int  # new stream tokens trained on (replay and further passes not counted)
     step: int
 
 
@@ -62,7 +62,7 @@ class CheckpointRecord:
     id: int
     step: int
     path: str
-    tokens_trained: int
+    tokens_trained: int  # new stream tokens trained on, as the cursor counts them
     stream_position: int
     loss: float | None
     created_at: datetime  # aware, UTC
@@ -73,7 +73,7 @@ class QueueStats:
     documents: dict[str, int]  # status -> rows, every status present
     tokens_total: int  # the stream's length
     tokens_queued: int  # stream tokens training has not reached yet (withdrawn ones not counted)
-    tokens_trained: int  # as the trainer counts them (replay included), at the last checkpoint
+    tokens_trained: int  # new stream tokens trained on (replay not counted), at the last checkpoint
     database_bytes: int
     last_checkpoint: CheckpointRecord | None
     tokens_withdrawn: int = 0  # stream tokens no training reads: superseded or forgotten
@@ -84,7 +84,7 @@ class EvaluationRecord:
     id: int
     step: int
     epoch: float  # passes over the stream, as the trainer counts them
-    tokens_trained: int
+    tokens_trained: int  # new stream tokens trained on (replay and further passes not counted)
     val_bits_per_byte: float  # on the held-out set
     train_bits_per_byte: float | None  # on recent training windows, when measured
     holdout_tokens: int  # targets scored: HoldoutSet.tokens at the time

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from engine import CheckpointError, ConfigError, TrainConfig
-from engine.checkpoint import list_checkpoints, load_latest_checkpoint
 from engine.errors import EngineError
 from storage import ConfigError as StorageConfigError
 from storage import StorageError
@@ -241,37 +240,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 # shared helpers
 
 
-def _checkpoint_dir(args: argparse.Namespace) -> Path:
-    from ..training.worker import checkpoint_directory
+def _model_checkpoint(args: argparse.Namespace, log: Any):
+    """The checkpoint a model command uses (CheckpointStore.load_model): the best by held-out bits
+    per byte unless --latest, or when there is none yet, the newest."""
+    from ..training.checkpoints import CheckpointStore
 
-    return checkpoint_directory(args.state_dir)
-
-
-def _latest_checkpoint(directory: Path, log: Any):
-    checkpoint, skipped = load_latest_checkpoint(directory)
-    for path, reason in skipped:
-        log.warning("checkpoint_skipped", path=str(path), reason=reason)
+    store = CheckpointStore(args.state_dir, log=log)
+    checkpoint = store.load_model(latest=args.latest)
     if checkpoint is None:
         hint = "run 'crystalline train PATH...' or the daemon first"
-        raise CliError(f"no checkpoint in {directory} ({hint} or pass --state-dir)")
+        raise CliError(f"no checkpoint in {store.directory} ({hint} or pass --state-dir)")
     return checkpoint
-
-
-def _model_checkpoint(args: argparse.Namespace, log: Any):
-    """The checkpoint a model command uses: the best by held-out bits per byte
-    (checkpoints/best.safetensors) unless --latest, or when there is none yet, the newest."""
-    from engine.checkpoint import load_checkpoint
-
-    from ..training.worker import BEST_CHECKPOINT
-
-    directory = _checkpoint_dir(args)
-    best = directory / BEST_CHECKPOINT
-    if not args.latest and best.exists():
-        try:
-            return load_checkpoint(best)
-        except CheckpointError as exc:
-            log.warning("checkpoint_skipped", path=str(best), reason=exc.reason)
-    return _latest_checkpoint(directory, log)
 
 
 def _checkpoint_tokenizer(checkpoint, state_dir: str) -> Tokenizer:
@@ -450,7 +429,7 @@ def _train_steps(args, worker, first: int, stop: "_StopFlag", progress: TrainPro
     reason = "steps"
     while stop.signum is None and (args.steps is None or figures.step < args.steps):
         progress.update(figures)
-        if worker.run_once(time.monotonic()):  # nothing to train on: plateaued, or too little text
+        if worker.run_once(worker.clock()):  # nothing to train on: plateaued, or too little text
             if not figures.plateaued and figures.step == first:
                 stats = worker.queue.stats()
                 raise CliError(f"not enough text to train on: the corpus holds {stats.tokens_total} tokens; "
@@ -557,11 +536,14 @@ def command_bench(args: argparse.Namespace) -> int:
 
 def command_tokenizer_train(args: argparse.Namespace) -> int:
     """Train a byte-level BPE on PATH... and write it to STATE_DIR/tokenizer.json; one summary line."""
+    from ..training.checkpoints import CheckpointStore
+
     log = get_logger("cli")
     state = Path(args.state_dir)
-    checkpoints = list_checkpoints(state / "checkpoints")
+    store = CheckpointStore(state, log=log)
+    checkpoints = store.rolling()
     if checkpoints:
-        raise CliError(f"{state} holds {len(checkpoints)} checkpoint(s) in {state / 'checkpoints'}: {FIXED}; "
+        raise CliError(f"{state} holds {len(checkpoints)} checkpoint(s) in {store.directory}: {FIXED}; "
                        "use a new --state-dir")
     if (state / DATABASE_FILE).exists() and not args.force:
         raise CliError(f"{state} holds a corpus database {DATABASE_FILE} tokenized with its tokenizer: "

@@ -1,10 +1,11 @@
 """`crystalline plot`: the learning curve from the store, without a monitoring stack.
 
 Draws held-out bits per byte and training bits per byte (measured at each evaluation on recent
-training windows) against tokens trained (steps times the configured batch_size x seq_len), from the `evaluations` history the training loop keeps
-in the database, into a PNG (matplotlib with the Agg backend: no display needed). matplotlib is
-an optional extra (`pip install 'crystalline[plot]'`); without it the command says so in one
-line. Reads the store only: it runs beside a daemon. Wired into the parser by crawler/cli/main.py.
+training windows) against tokens seen (steps times the configured batch_size x seq_len, replay
+included: docs/EVENTS.md), from the `evaluations` history the training loop keeps in the database,
+into a PNG (matplotlib with the Agg backend: no display needed). matplotlib is an optional extra
+(`pip install 'crystalline[plot]'`); without it the command says so in one line. Reads the store
+only: it runs beside a daemon. Wired into the parser by crawler/cli/main.py.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def command_plot(args: argparse.Namespace) -> int:
     if not history:
         raise ConfigError(f"no evaluation in {config.state_dir} yet: the daemon measures the held-out text every "
                           "daemon.eval_every_steps steps or eval_every_seconds seconds")
-    # all tokens trained, replay included (the store's tokens_trained counts new text only, so it
-    # stands still while the loop trains further passes): steps times the tokens of a step
+    # tokens seen, replay included (the store's tokens_trained counts new text only, so it stands
+    # still while the loop trains further passes; docs/EVENTS.md): steps times the tokens of a step
     per_step = config.train.batch_size * config.train.seq_len
     tokens = [e.step * per_step / 1e6 for e in history]
     figure, axes = pyplot.subplots(figsize=(8, 4.5), dpi=120)
@@ -73,7 +74,7 @@ def command_plot(args: argparse.Namespace) -> int:
     axes.annotate(f"best {best.val_bits_per_byte:.3f} at step {best.step:,}",
                   (best.step * per_step / 1e6, best.val_bits_per_byte), textcoords="offset points", xytext=(0, 12),
                   ha="center", fontsize=8)
-    axes.set_xlabel(f"tokens trained, replay included (millions; {per_step:,} a step)")
+    axes.set_xlabel(f"tokens seen, replay included (millions; {per_step:,} a step)")
     axes.set_ylabel("bits per byte")
     axes.set_title(f"{config.state_dir.resolve().name}: {len(history)} evaluations, step {history[-1].step:,}")
     axes.grid(alpha=0.3)

@@ -25,6 +25,7 @@ expected failure is one line there.
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +34,8 @@ from engine.checkpoint import fsync_path
 from .. import ConfigError
 from ..config import load_config
 from ..logging import get_logger
-from ..training.checkpoints import CHECKPOINT_DIR as CHECKPOINT_DIR_NAME
-from ..training.checkpoints import (
-    QUARANTINE_DIR,
-    check_best,
-    checkpoint_directory,
-    reconcile,
-    remove_temporary_files,
-    resolve,
-    set_aside_model,
-)
+from ..state.disk import QUARANTINE_DIR
+from ..training.checkpoints import CheckpointStore
 
 
 def add_commands(commands: Any, state: dict) -> None:
@@ -104,9 +97,10 @@ def command_repair(args: argparse.Namespace) -> int:
     with _OpenState(args) as opened:
         state = opened.config.state_dir
         tokenizer = load_state_tokenizer(state)
-        removed = remove_temporary_files(state)
-        result = reconcile(state, opened.queue, tokenizer.identity(), log)
-        best = check_best(state, log)
+        store = CheckpointStore(state, opened.queue, log)
+        removed = store.remove_temporary_files()
+        result = store.reconcile(tokenizer.identity())
+        best = store.check_best()
         cursor, end = opened.queue.cursor(), opened.queue.stream_end()
     lines = []
     checkpoint = result.checkpoint
@@ -140,7 +134,7 @@ def command_reset(args: argparse.Namespace) -> int:
         state = opened.config.state_dir
         # files first: were the database reset first and the move to fail, the next start would
         # adopt the old weights instead of starting afresh
-        folder, files, size = set_aside_model(state)
+        folder, files, size = CheckpointStore(state, opened.queue, get_logger("reset")).set_aside()
         rows = opened.queue.reset_training()
         stats = opened.queue.stats()
     get_logger("reset").info("training_reset", state_dir=str(state), moved_to=None if folder is None else str(folder),
@@ -163,7 +157,6 @@ STATE_FILES = ("tokenizer.json", "crystalline.toml")  # copied when present
 def command_backup(args: argparse.Namespace) -> int:
     """Copy the state directory into DEST (see the module docstring); one summary line."""
     import os
-    import shutil
 
     from sqlalchemy.engine import make_url
 
@@ -172,7 +165,7 @@ def command_backup(args: argparse.Namespace) -> int:
     url = make_url(config.database_url)
     if url.get_backend_name() != "sqlite":
         raise ConfigError("backup copies a SQLite store; for PostgreSQL run pg_dump on the database and copy "
-                          f"{checkpoint_directory(state)} (docs/STORAGE.md)")
+                          f"{CheckpointStore(state).directory} (docs/STORAGE.md)")
     database = Path(url.database)
     if not database.is_file():
         raise ConfigError(f"{database}: no database to back up (pass --state-dir)")
@@ -206,10 +199,9 @@ def command_backup(args: argparse.Namespace) -> int:
 def _copy_state(state: Path, database: Path, out: Path):
     """One attempt: (files, bytes, newest step, documents), or None when the newest checkpoint
     the snapshot names was pruned before it was copied."""
-    import shutil
     import sqlite3
 
-    (out / CHECKPOINT_DIR_NAME).mkdir(parents=True)
+    out.mkdir(parents=True)
     snapshot = out / database.name
     source = sqlite3.connect(database, timeout=30)
     try:
@@ -222,23 +214,17 @@ def _copy_state(state: Path, database: Path, out: Path):
             target.close()
     finally:
         source.close()
-    copies = [snapshot]
-    for index, (_, stored) in enumerate(rows):
-        path = resolve(state, stored)
+    log = get_logger("backup")
+    checkpoints = CheckpointStore(state, log=log).copy_into(CheckpointStore(out, log=log), [p for _, p in rows])
+    if checkpoints is None:
+        return None  # the newest: pruned behind the snapshot's back; take another snapshot
+    copies = [snapshot, *checkpoints]
+    for name in STATE_FILES:
         try:
-            copies.append(Path(shutil.copy2(path, out / CHECKPOINT_DIR_NAME / path.name)))
+            copies.append(Path(shutil.copy2(state / name, out / name)))
         except FileNotFoundError:
-            if index == 0:
-                return None  # the newest: pruned behind the snapshot's back; take another snapshot
-            continue  # an older row whose file the retention pruned long ago
-    best = checkpoint_directory(state) / "best.safetensors"
-    for path, target in [(best, out / CHECKPOINT_DIR_NAME / best.name)] + [(state / n, out / n) for n in STATE_FILES]:
-        try:
-            copies.append(Path(shutil.copy2(path, target)))
-        except FileNotFoundError:
-            pass
-    for path in copies:
-        fsync_path(path)
-    fsync_path(out / CHECKPOINT_DIR_NAME)
+            continue
+        fsync_path(copies[-1])
+    fsync_path(snapshot)
     fsync_path(out)
     return len(copies), sum(p.stat().st_size for p in copies), rows[0][0] if rows else None, documents

@@ -40,7 +40,8 @@ class EventMetrics:
         self.bytes_ingested = Counter(f"{p}_ingested_bytes_total", "Bytes of files ingested.", registry=r)
         self.tokens_ingested = Counter(f"{p}_ingested_tokens_total", "Tokens stored by ingest.", registry=r)
         self.steps = Counter(f"{p}_training_steps_total", "Training steps taken.", registry=r)
-        self.tokens_trained = Counter(f"{p}_trained_tokens_total", "Tokens trained on (new text and replay).",
+        self.tokens_trained = Counter(f"{p}_trained_tokens_total",
+                                      "New stream tokens trained on (replay and further passes not counted).",
                                       registry=r)
         self.checkpoints = Counter(f"{p}_checkpoints_total", "Checkpoints written, by reason.", ["reason"], registry=r)
         self.restarts = Counter(f"{p}_worker_restarts_total", "Worker threads restarted after dying.", ["worker"],
@@ -65,7 +66,7 @@ class EventMetrics:
         self.step_seconds = Histogram(f"{p}_step_seconds", "Duration of a training step (sampled once per log "
                                       "interval).", buckets=STEP_SECONDS_BUCKETS, registry=r)
         self._last_step: int | None = None  # counters count from this process's start, not the run's
-        self._tokens_seen: int | None = None
+        self._tokens_trained: int | None = None
 
     # --- the structlog processor ----------------------------------------------------------------
 
@@ -124,9 +125,9 @@ class EventMetrics:
                 gauge.set(1 if e[key] else 0)
         total = e.get("tokens_trained")
         if total is not None:  # the daemon's running total; the counter counts from this process's start
-            if self._tokens_seen is not None and total > self._tokens_seen:
-                self.tokens_trained.inc(total - self._tokens_seen)
-            self._tokens_seen = total
+            if self._tokens_trained is not None and total > self._tokens_trained:
+                self.tokens_trained.inc(total - self._tokens_trained)
+            self._tokens_trained = total
 
     # --- the endpoint ---------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ there) and quarantine/ (checkpoint files set aside, never deleted unasked). `dis
 them for `crystalline status`.
 
 Caps (`[daemon] checkpoints_max_mb`, `processed_max_mb`, `quarantine_max_mb`; 0: no cap) are
-enforced oldest first: checkpoints by step, in `checkpoints.prune` after each checkpoint (never
+enforced oldest first: checkpoints by step, in `CheckpointStore.prune` after each checkpoint (never
 the newest committed one, never best.safetensors, never a file no row names); processed/ and
 quarantine/ by the files' modification time, by the daemon's `FolderCaps.sweep` once per status
 interval (a folder whose cap is 0 is never walked, and processed/ only after the ingest worker
@@ -28,7 +28,7 @@ from typing import Any
 MB = 1_000_000  # the caps' unit, as replay_memory_mb's
 PROCESSED_DIR = "processed"
 QUARANTINE_DIR = "quarantine"
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = "checkpoints"  # the folder's name; crawler.training.checkpoints owns what is in it
 FOLDER_CAPS = (("processed", PROCESSED_DIR, "processed_max_mb"), ("quarantine", QUARANTINE_DIR, "quarantine_max_mb"))
 
 

@@ -74,7 +74,7 @@ class Team:
         self._command(STATE)
         self.comm.bcast_json({"model": trainer.model_config.to_dict(), "train": trainer.train_config.to_dict(),
                               "distributed": self.config.to_dict(), "step": trainer.step_count,
-                              "tokens_trained": trainer.tokens_trained})
+                              "tokens_seen": trainer.tokens_seen})
         for buffer in (trainer.params, trainer.m, trainer.v):
             self.comm.bcast_array(buffer)
 
@@ -168,7 +168,7 @@ def _replica(comm: Communicator, trainer_class):
     shared = comm.bcast_json()
     model = ModelConfig.from_dict(shared["model"])
     train = TrainConfig.from_dict(shared["train"])
-    trainer = trainer_class(model, train, step=int(shared["step"]), tokens_trained=int(shared["tokens_trained"]),
+    trainer = trainer_class(model, train, step=int(shared["step"]), tokens_seen=int(shared["tokens_seen"]),
                             comm=comm, distributed=DistributedConfig.from_dict(shared["distributed"]))
     for buffer in (trainer.params, trainer.m, trainer.v):
         comm.bcast_array(buffer)  # in place: rank 0's values

@@ -29,8 +29,9 @@ Checkpoints are committed with the cursor (`commit_checkpoint`): the database's 
 only together with a durable checkpoint, and the file carries the rest of the loop's state
 (shuffle buffer, replay credit, plateau counters), so a resumed run takes the same batches as an
 uninterrupted one. On start it resumes from the newest usable checkpoint, after making the
-database and the files agree (crawler/training/checkpoints.py owns that, the paths rows hold, and
-retention: only rolling files of this command beyond `keep_checkpoints` are ever deleted). A
+database and the files agree. The worker's CheckpointStore (`checkpoints`,
+crawler/training/checkpoints.py) owns that, the files, their names and rows, and retention (only
+rolling files of this command beyond `keep_checkpoints` are deleted, with their rows). A
 checkpoint that cannot be written because the disk is full or the state is read-only is reported
 to the WriteState (`writes`) and deferred, never fatal: training goes on in memory, and the
 checkpoint is written once writing works again (`writes.generation` grew) or the next one is
@@ -50,22 +51,12 @@ from pathlib import Path
 import numpy as np
 
 from engine import CheckpointError, ConfigError, NonFiniteLoss
-from engine.checkpoint import load_checkpoint
 from storage import HoldoutSplit, StreamMask, draw_window_starts
 
 from ..config import Config
 from ..state.disk import MB
 from ..state.writable import WriteState
-from .checkpoints import (  # noqa: F401 (callers import them here)
-    BEST_CHECKPOINT,
-    CHECKPOINT_DIR,
-    RESET_HINT,
-    checkpoint_directory,
-    prune,
-    reconcile,
-    stored_path,
-    stream_digest,
-)
+from .checkpoints import RESET_HINT, CheckpointStore, stream_digest
 
 FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
 WITHDRAWAL_POLL_SECONDS = 1.0  # how often the loop asks the store for new withdrawals
@@ -143,7 +134,9 @@ class TrainingWorker:
     `pinned` maps model fields set by command-line flags to the flag's name: a checkpoint with
     another value is a ConfigError naming the flag, rather than the checkpoint's value winning.
     `writes` is the daemon's shared WriteState (a fresh one by default): a checkpoint blocked by
-    a full disk or a read-only state is reported there and deferred.
+    a full disk or a read-only state is reported there and deferred. `clock` (seconds) is the
+    worker's only time source besides the `now` handed to run_once, and must be the same clock
+    as that `now`: the checkpoint and evaluation intervals in seconds compare the two.
     """
 
     name = "trainer"
@@ -170,8 +163,7 @@ class TrainingWorker:
         self.pinned = dict(pinned or {})
         self.trainer = None
         self.figures = TrainingFigures()
-        self.directory = checkpoint_directory(config.state_dir)
-        self.best_path = self.directory / BEST_CHECKPOINT
+        self.checkpoints = CheckpointStore(config.state_dir, queue, self.log)  # files, rows, names, retention
         self.split: HoldoutSplit | None = None
         self.mask: StreamMask | None = None  # the split and the withdrawn ranges: what no read may touch
         self._mask_checked_at = -math.inf  # the `now` of the last look for withdrawals
@@ -274,7 +266,7 @@ class TrainingWorker:
 
     def _resume(self, model):
         """The checkpoint to resume from, after making the database and the files agree."""
-        return reconcile(self.config.state_dir, self.queue, self.tokenizer.identity(), self.log).checkpoint
+        return self.checkpoints.reconcile(self.tokenizer.identity()).checkpoint
 
     def _restore_loop_state(self, extra: dict, position: int) -> None:
         self._replay_credit = float(extra.get("replay_credit", 0.0))
@@ -303,15 +295,15 @@ class TrainingWorker:
 
     def _restore_best(self) -> None:
         """The best model's figure, from best.safetensors (absent or unreadable: none yet)."""
-        if not self.best_path.exists():
-            return
         try:
-            best = load_checkpoint(self.best_path)
+            best = self.checkpoints.load_best()
+            if best is None:
+                return
             value = float(best.extra["val_bits_per_byte"])
             self._best_holdout = int(best.extra["holdout_tokens"])
             self._best_key = str(best.extra.get("holdout_key", ""))
         except (CheckpointError, KeyError, TypeError, ValueError) as exc:
-            self.log.warning("best_checkpoint_unreadable", path=str(self.best_path), error=str(exc))
+            self.log.warning("best_checkpoint_unreadable", path=str(self.checkpoints.best_path), error=str(exc))
             return
         self.figures.best_val_bits_per_byte, self.figures.best_step = value, best.step
         self.figures.holdout_tokens = self._best_holdout
@@ -631,11 +623,13 @@ class TrainingWorker:
         f = self.figures
         before = f.best_val_bits_per_byte
         try:
-            best = load_checkpoint(self.best_path)
+            best = self.checkpoints.load_best()
+            if best is None:
+                raise CheckpointError(self.checkpoints.best_path, "missing")
             with self.trainer.parameters_of(best.params):
                 value = self._measure(holdout)
         except (CheckpointError, ValueError) as exc:
-            self.log.warning("best_checkpoint_unreadable", path=str(self.best_path), error=str(exc))
+            self.log.warning("best_checkpoint_unreadable", path=str(self.checkpoints.best_path), error=str(exc))
             f.best_val_bits_per_byte = f.best_step = None
             value = None
         self.log.info("holdout_changed", holdout_tokens_before=self._best_holdout, holdout_tokens=holdout.tokens,
@@ -646,11 +640,9 @@ class TrainingWorker:
             f.best_step = None
             return
         # the same weights, with their figure on the new set (so a restart compares like with like)
-        from engine.checkpoint import save_checkpoint
-
-        self._write("checkpoint", lambda: save_checkpoint(
-            self.directory, step=best.step, model_config=best.model_config, params=best.params, m=best.m, v=best.v,
-            train_state=best.train_state, name=BEST_CHECKPOINT,
+        self._write("checkpoint", lambda: self.checkpoints.write_best(
+            step=best.step, model_config=best.model_config, params=best.params, m=best.m, v=best.v,
+            train_state=best.train_state,
             extra=best.extra | {"val_bits_per_byte": value, "holdout_tokens": holdout.tokens,
                                 "holdout_key": holdout.key}))
 
@@ -661,15 +653,10 @@ class TrainingWorker:
         extra = self._extra() | {"val_bits_per_byte": value, "holdout_tokens": holdout_tokens,
                                  "holdout_key": holdout.key,
                                  "cooldown_steps": 0 if cooled is None else cooled[3]}
-        if cooled is None:
-            path = self.trainer.save_checkpoint(self.directory, extra=extra, name=BEST_CHECKPOINT)
-        else:
-            from engine.checkpoint import save_checkpoint
-
-            t = self.trainer
-            path = save_checkpoint(self.directory, step=t.step_count, model_config=t.model_config,
-                                   params=cooled[0], m=cooled[1], v=cooled[2], train_state=t.train_state(),
-                                   extra=extra, name=BEST_CHECKPOINT)
+        t = self.trainer
+        params, m, v = (t.params, t.m, t.v) if cooled is None else cooled[:3]
+        path = self.checkpoints.write_best(step=t.step_count, model_config=t.model_config, params=params, m=m, v=v,
+                                           train_state=t.train_state(), extra=extra)
         self.log.info("best_checkpoint_saved", step=self.trainer.step_count, path=str(path),
                       val_bits_per_byte=round(value, 4), holdout_tokens=holdout_tokens)
 
@@ -737,18 +724,13 @@ class TrainingWorker:
             self.evaluate(self.clock())
         t0 = self.clock()
         step, f = self.trainer.step_count, self.figures
-        path = None
+        loss = None if f.loss is None or not math.isfinite(f.loss) else float(f.loss)
         try:
-            path = self.trainer.save_checkpoint(self.directory, extra=self._extra(), keep_last=None)
-            loss = f.loss
-            self.queue.commit_checkpoint(step=step, path=stored_path(path), stream_position=f.position,
-                                         tokens_trained=f.tokens_trained,
-                                         loss=None if loss is None or not math.isfinite(loss) else float(loss))
-        except Exception as exc:
+            path = self.checkpoints.commit(self.trainer, extra=self._extra(), stream_position=f.position,
+                                           tokens_trained=f.tokens_trained, loss=loss)
+        except Exception as exc:  # the store leaves no file of a checkpoint it could not commit
             if not self.writes.report("checkpoint", exc):
                 raise
-            if path is not None:
-                path.unlink(missing_ok=True)
             self._deferred = (self.writes.generation, step, self.clock())
             self.log.warning("checkpoint_deferred", step=step, reason=reason, unsaved_steps=self._since_checkpoint,
                              blocked=self.writes.blocked, error=f"{type(exc).__name__}: {exc}")
@@ -756,8 +738,9 @@ class TrainingWorker:
         self._since_checkpoint, self._deferred = 0, None
         self._last_checkpoint_at = self.clock()
         f.last_checkpoint_step, f.last_checkpoint_time, f.last_checkpoint_path = step, self._last_checkpoint_at, str(path)
-        prune(self.config.state_dir, self.queue, self.config.daemon.keep_checkpoints, path, self.command,
-              max_bytes=self.config.daemon.checkpoints_max_mb * MB, log=self.log)
+        daemon = self.config.daemon
+        self._write("checkpoint", lambda: self.checkpoints.prune(daemon.keep_checkpoints, path, self.command,
+                                                                 max_bytes=daemon.checkpoints_max_mb * MB))
         self.log.info("checkpoint_saved", step=step, path=str(path), reason=reason,
                       stream_position=f.position, tokens_trained=f.tokens_trained,
                       ms=round((self.clock() - t0) * 1e3, 1))

@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from crawler.config import Config, DaemonConfig
 from crawler.state import disk
 from crawler.state.disk import MB, FolderCaps, folder_usage, trim_folder
-from crawler.training.checkpoints import BEST_CHECKPOINT, prune, stored_path
+from crawler.training.checkpoints import BEST_CHECKPOINT, CheckpointStore
 from storage import CorpusQueue, StorageConfig, open_database
 
 T0 = 1_700_000_000  # mtimes are set, never read from a clock
@@ -142,7 +142,8 @@ def queue(tmp_path):
 def committed(state: Path, queue, step: int, size: int) -> Path:
     """A checkpoint file the database names (its bytes are not read by the cap)."""
     path = put(state / "checkpoints" / f"ckpt-{step:09d}.safetensors", size, T0 + step)
-    queue.commit_checkpoint(step=step, path=stored_path(path), stream_position=0, tokens_trained=0)
+    queue.commit_checkpoint(step=step, path=CheckpointStore(state).stored_path(path), stream_position=0,
+                            tokens_trained=0)
     return path
 
 
@@ -152,10 +153,11 @@ def test_the_checkpoint_cap_deletes_the_lowest_steps_never_the_newest_best_or_un
     best = put(state / "checkpoints" / BEST_CHECKPOINT, MB, T0)
     unknown = put(state / "checkpoints" / "ckpt-000000002.safetensors", MB, T0)  # no row names it
     with capture_logs() as logs:
-        deleted = prune(state, queue, keep=10, latest=files[20], command="run", max_bytes=4 * MB,
-                        log=structlog.get_logger())
+        deleted = CheckpointStore(state, queue, structlog.get_logger()).prune(
+            keep=10, latest=files[20], command="run", max_bytes=4 * MB)
     assert deleted == [files[4], files[8], files[12]]
     assert files[16].exists() and files[20].exists() and best.exists() and unknown.exists()
+    assert [r.step for r in queue.checkpoints()] == [20, 16], "the rows went with their files"
     assert logs == [{"event": "disk_trimmed", "log_level": "info", "part": "checkpoints", "files": 3,
                      "bytes": 3 * MB, "used_bytes": 4 * MB, "cap_bytes": 4 * MB, "steps": [4, 8, 12]}]
 
@@ -165,8 +167,8 @@ def test_a_checkpoint_cap_below_what_must_be_kept_is_a_warning(tmp_path, queue):
     files = {step: committed(state, queue, step, 2 * MB) for step in (4, 8)}
     put(state / "checkpoints" / BEST_CHECKPOINT, 2 * MB, T0)
     with capture_logs() as logs:
-        deleted = prune(state, queue, keep=10, latest=files[8], command="run", max_bytes=MB,
-                        log=structlog.get_logger())
+        deleted = CheckpointStore(state, queue, structlog.get_logger()).prune(
+            keep=10, latest=files[8], command="run", max_bytes=MB)
     assert deleted == [files[4]] and files[8].exists() and (state / "checkpoints" / BEST_CHECKPOINT).exists()
     unmet = next(e for e in logs if e["event"] == "disk_cap_unmet")
     assert (unmet["part"], unmet["used_bytes"], unmet["cap_bytes"]) == ("checkpoints", 4 * MB, MB)
@@ -177,14 +179,14 @@ def test_the_database_s_newest_checkpoint_is_kept_even_when_another_file_is_late
     state = tmp_path / "state"
     files = {step: committed(state, queue, step, MB) for step in (4, 8)}
     written = put(state / "checkpoints" / "ckpt-000000012.safetensors", MB, T0)  # not committed
-    deleted = prune(state, queue, keep=10, latest=written, command="run", max_bytes=MB)
+    deleted = CheckpointStore(state, queue).prune(keep=10, latest=written, command="run", max_bytes=MB)
     assert deleted == [files[4]] and files[8].exists() and written.exists()
 
 
 def test_without_a_cap_nothing_beyond_keep_is_deleted(tmp_path, queue):
     state = tmp_path / "state"
     files = [committed(state, queue, step, MB) for step in (4, 8, 12)]
-    assert prune(state, queue, keep=10, latest=files[-1], command="run") == []
+    assert CheckpointStore(state, queue).prune(keep=10, latest=files[-1], command="run") == []
     assert all(f.exists() for f in files)
 
 
@@ -214,7 +216,7 @@ def test_the_training_loop_keeps_its_checkpoints_within_the_cap(tmp_path):
     finally:
         worker.shutdown()
         database.close()
-    folder = worker.directory
+    folder = worker.checkpoints.directory
     size = (folder / "ckpt-000000024.safetensors").stat().st_size
     assert 1.2 * MB < size < 1.8 * MB
     steps = [int(p.name[5:14]) for p in list_checkpoints(folder)]

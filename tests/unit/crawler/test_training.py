@@ -13,7 +13,8 @@ from crawler.config import Config, DaemonConfig
 from crawler.ingest.pipeline import Ingestor
 from crawler.ingest.tokenizer import ByteTokenizer
 from crawler.training import worker as training
-from crawler.training.worker import BEST_CHECKPOINT, TrainingWorker
+from crawler.training.checkpoints import BEST_CHECKPOINT
+from crawler.training.worker import TrainingWorker
 from engine import CheckpointError, ModelConfig, TrainConfig, load_checkpoint
 from engine.checkpoint import list_checkpoints
 from storage import CorpusQueue, HoldoutSplit, StorageConfig, open_database
@@ -76,6 +77,36 @@ def test_trains_checkpoints_with_the_cursor_and_resumes(tmp_path, store):
         again.shutdown()
 
 
+def test_a_checkpoint_is_taken_when_checkpoint_every_seconds_elapse_and_not_before(tmp_path, store):
+    """The seconds branch of the schedule, on an injected clock: the worker's clock and the `now`
+    handed to run_once are one fake clock, moved by hand (the step count never comes due)."""
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 200)
+    now = [0.0]
+    config = tiny_config(tmp_path / "state", checkpoint_every_steps=10_000, checkpoint_every_seconds=60.0,
+                         eval_every_steps=10_000, eval_every_seconds=1e9)
+    worker = TrainingWorker(config, CorpusQueue(store), ByteTokenizer(), structlog.get_logger(),
+                            clock=lambda: now[0])
+    worker.initialize()
+
+    def step_at(t: float) -> list[dict]:
+        now[0] = t
+        with capture_logs() as logs:
+            assert worker.run_once(t) == 0.0
+        return [(e["step"], e["reason"]) for e in logs if e["event"] == "checkpoint_saved"]
+
+    try:
+        for t in (10.0, 30.0, 59.9):
+            assert step_at(t) == [], f"no checkpoint {t} s after the start"
+        assert CorpusQueue(store).latest_checkpoint() is None
+        assert step_at(60.0) == [(4, "schedule")]
+        assert CorpusQueue(store).latest_checkpoint().step == 4
+        assert step_at(119.9) == [], "the next interval counts from the checkpoint"
+        assert step_at(120.0) == [(6, "schedule")]
+        assert worker.figures.last_checkpoint_time == 120.0
+    finally:
+        worker.shutdown()
+
+
 def test_waits_for_data_and_sleeps_when_idle(tmp_path, store):
     worker = make_worker(tmp_path, store)
     worker.initialize()
@@ -126,13 +157,14 @@ def test_an_uncommitted_checkpoint_file_is_recovered_not_deleted(tmp_path, store
     for now in range(8):  # one committed checkpoint at step 5, then 3 more steps
         worker.run_once(float(now))
     # a crash after the file was written, before the database commit
-    orphan = worker.trainer.save_checkpoint(worker.directory, extra=worker._extra(), keep_last=None)
+    orphan = worker.trainer.save_checkpoint(worker.checkpoints.directory, extra=worker._extra(), keep_last=None)
     position, tokens = worker.figures.position, worker.figures.tokens_trained
     # a checkpoint of something else (no loop state), newer still: not this loop's to use or delete
     ones = np.ones((4, 16), np.int32)
     for _ in range(2):
         worker.trainer.step(ones, ones)
-    foreign = worker.trainer.save_checkpoint(worker.directory, extra={"tokenizer": ByteTokenizer().identity()})
+    foreign = worker.trainer.save_checkpoint(worker.checkpoints.directory,
+                                             extra={"tokenizer": ByteTokenizer().identity()})
     worker.trainer.close()
     again = make_worker(tmp_path, store)
     with capture_logs() as logs:
@@ -246,10 +278,10 @@ def test_evaluation_is_recorded_and_the_best_model_kept_apart(tmp_path, store):
     assert [r.step for r in history] == [4, 8, 12, 16, 20, 24]
     best = min(history, key=lambda r: r.val_bits_per_byte)
     assert CorpusQueue(store).best_evaluation().step == best.step
-    saved = load_checkpoint(worker.directory / BEST_CHECKPOINT)
+    saved = load_checkpoint(worker.checkpoints.directory / BEST_CHECKPOINT)
     assert saved.step == best.step and saved.extra["val_bits_per_byte"] == pytest.approx(best.val_bits_per_byte)
     # rolling retention: the newest two rolling files remain, the best is apart and untouched
-    assert [p.name for p in list_checkpoints(worker.directory)] == ["ckpt-000000020.safetensors",
+    assert [p.name for p in list_checkpoints(worker.checkpoints.directory)] == ["ckpt-000000020.safetensors",
                                                                     "ckpt-000000024.safetensors"]
 
 
@@ -294,7 +326,7 @@ def test_plateau_idles_after_patience_and_new_text_wakes_it(tmp_path, store):
         assert events.count("training_plateaued") == 1 and "trainer_idle" in events
         plateau = next(e for e in logs if e["event"] == "training_plateaued")
         assert plateau["best_val_bits_per_byte"] == 1.995 and plateau["reason"] == "no_improvement"
-        assert load_checkpoint(worker.directory / BEST_CHECKPOINT).extra["val_bits_per_byte"] == 1.995
+        assert load_checkpoint(worker.checkpoints.directory / BEST_CHECKPOINT).extra["val_bits_per_byte"] == 1.995
         assert CorpusQueue(store).latest_checkpoint().step == steps_at_plateau  # the plateau checkpointed
 
         add_text(store, tmp_path, "b.txt", "zyxwvutsrqponmlkjihgfedcba " * 300)
@@ -357,7 +389,7 @@ def test_the_best_model_is_a_cooled_copy_and_live_training_goes_on_undisturbed(t
                         worker.run_once(float(now))
                 runs[fraction] = (worker.trainer.params.copy(), worker.trainer.m.copy(), worker.trainer.step_count,
                                   [e for e in logs if e["event"] == "eval_finished"],
-                                  load_checkpoint(worker.directory / BEST_CHECKPOINT))
+                                  load_checkpoint(worker.checkpoints.directory / BEST_CHECKPOINT))
             finally:
                 worker.shutdown()
         finally:
@@ -542,7 +574,7 @@ def test_with_no_checkpoint_left_the_start_is_one_line_naming_the_way_out(tmp_pa
     worker.initialize()
     run_steps(worker, 0, 11)  # checkpoints 5 and 10
     worker.trainer.close()
-    for path in list_checkpoints(worker.directory):
+    for path in list_checkpoints(worker.checkpoints.directory):
         if damage == "deleted":
             path.unlink()
         else:
@@ -564,7 +596,7 @@ def test_a_checkpoint_of_a_newer_format_is_one_line_and_never_called_corrupt(tmp
     worker.initialize()
     run_steps(worker, 0, 11)
     worker.trainer.close()
-    newest = worker.directory / "ckpt-000000010.safetensors"
+    newest = worker.checkpoints.directory / "ckpt-000000010.safetensors"
     data = newest.read_bytes()
     newest.write_bytes(data.replace(b'"format_version":"1"', b'"format_version":"7"', 1))
     again = make_worker(tmp_path, store)
@@ -607,7 +639,7 @@ def test_a_stop_always_names_the_checkpoint_it_stands_on(tmp_path, store):
     stopped = [e for e in logs if e["event"] == "trainer_stopped"]
     assert len(stopped) == 1 and "checkpoint_saved" not in [e["event"] for e in logs]
     assert stopped[0]["checkpoint_step"] == 5 and stopped[0]["saved"] is False and stopped[0]["unsaved_steps"] == 0
-    assert stopped[0]["checkpoint_path"] == str(worker.directory / "ckpt-000000005.safetensors")
+    assert stopped[0]["checkpoint_path"] == str(worker.checkpoints.directory / "ckpt-000000005.safetensors")
 
     again = make_worker(tmp_path, store)
     again.initialize()
@@ -679,7 +711,7 @@ def test_a_full_disk_at_shutdown_is_reported_not_raised(tmp_path, store, monkeyp
         worker.shutdown()
     stopped = next(e for e in logs if e["event"] == "trainer_stopped")
     assert (stopped["checkpoint_step"], stopped["saved"], stopped["unsaved_steps"]) == (5, False, 2)
-    assert [p.name for p in list_checkpoints(worker.directory)] == ["ckpt-000000005.safetensors"]
+    assert [p.name for p in list_checkpoints(worker.checkpoints.directory)] == ["ckpt-000000005.safetensors"]
 
 
 def test_a_really_full_disk_defers_the_checkpoint(tmp_path, store):

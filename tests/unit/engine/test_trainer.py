@@ -188,6 +188,28 @@ def test_non_finite_loss_is_raised_and_the_update_skipped():
         assert trainer.step_count == 0
 
 
+def test_tokens_seen_counts_every_step_and_resumes_from_old_and_new_files(tmp_path):
+    from engine import load_checkpoint, save_checkpoint
+
+    x, y = batch(TINY, 2, 8)
+    tc = TrainConfig(batch_size=2, seq_len=8, threads=1)
+    with Trainer(TINY, tc) as trainer:
+        for _ in range(3):
+            trainer.step(x, y)
+        assert trainer.tokens_seen == 3 * 2 * 8
+        path = trainer.save_checkpoint(tmp_path, keep_last=None)
+    saved = load_checkpoint(path)
+    assert saved.train_state["tokens_seen"] == 48 and "tokens_trained" not in saved.train_state
+    with Trainer.from_checkpoint(saved, tc) as resumed:
+        assert resumed.tokens_seen == 48
+    # a file of an earlier version names the same count "tokens_trained"
+    old = save_checkpoint(tmp_path, step=3, model_config=TINY, params=saved.params, m=saved.m, v=saved.v,
+                          train_state={"tokens_trained": 48, "train_config": tc.to_dict()}, keep_last=None,
+                          name="old.safetensors")
+    with Trainer.from_checkpoint(load_checkpoint(old), tc) as resumed:
+        assert resumed.tokens_seen == 48
+
+
 def test_blas_is_held_to_one_thread_once_the_trainer_exists():
     from threadpoolctl import threadpool_info
 

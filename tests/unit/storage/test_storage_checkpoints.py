@@ -1,5 +1,6 @@
 """The checkpoint rows beside the files: making a file the database does not name its latest
-(restore_checkpoint), and forgetting the training while keeping the corpus (reset_training)."""
+(restore_checkpoint), dropping the rows of files retention deleted (drop_checkpoint_rows), and
+forgetting the training while keeping the corpus (reset_training)."""
 
 import numpy as np
 import pytest
@@ -60,3 +61,26 @@ def test_reset_training_keeps_the_corpus_and_forgets_the_rest(queue, add):
     stats = queue.stats()
     assert (stats.documents["queued"], stats.documents["trained"], stats.tokens_total) == (2, 0, 20)
     np.testing.assert_array_equal(queue.read_tokens(0, 20)[-10:], [2] * 10)
+
+
+def test_drop_checkpoint_rows_deletes_the_rows_named_and_leaves_the_cursor(queue, add):
+    first = add(queue, "/a.txt", [1] * 10)
+    for step in (5, 10, 15):
+        queue.commit_checkpoint(step=step, path=f"checkpoints/ckpt-{step:09d}.safetensors",
+                                stream_position=first.stream_end, tokens_trained=10)
+    ids = {r.step: r.id for r in queue.checkpoints()}
+    assert queue.drop_checkpoint_rows([ids[5], ids[10], 10_000]) == 2  # an unknown id is passed over
+    assert [r.step for r in queue.checkpoints()] == [15]
+    assert queue.cursor() == Cursor(first.stream_end, 10, 15)
+    assert queue.drop_checkpoint_rows([]) == 0
+
+
+def test_drop_checkpoint_rows_never_deletes_the_newest_and_changes_nothing_when_asked(queue, add):
+    first = add(queue, "/a.txt", [1] * 10)
+    for step in (5, 10):
+        queue.commit_checkpoint(step=step, path=f"checkpoints/ckpt-{step:09d}.safetensors",
+                                stream_position=first.stream_end, tokens_trained=10)
+    ids = [r.id for r in queue.checkpoints()]  # newest first
+    with pytest.raises(ValueError, match="newest"):
+        queue.drop_checkpoint_rows(ids)
+    assert [r.step for r in queue.checkpoints()] == [10, 5]
