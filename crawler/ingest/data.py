@@ -13,7 +13,8 @@ must be UTF-8 text; other files are skipped (reason "not_utf8").
 Sampling is stateless: the batch of step s is drawn from ``np.random.default_rng([seed, s])``,
 so any step's batch can be rebuilt from (seed, step) alone; that is what makes a resumed run
 see exactly the batches an uninterrupted run would have seen.
-Relies on numpy and the tokenizer; knows nothing of the engine or storage.
+Relies on numpy, the tokenizer and the extractor's binary probe; knows nothing of the engine or
+storage.
 """
 
 from __future__ import annotations
@@ -25,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .extract import PROBE_BYTES, binary_mark
 from .tokenizer import ByteTokenizer, Tokenizer, TokenizerError
-
-# A NUL byte in the first BINARY_PROBE bytes marks a file as binary (git's heuristic).
-BINARY_PROBE = 8192
 
 
 class DataError(Exception):
@@ -108,9 +107,11 @@ def read_document(path: Path) -> bytes | SkippedFile:
         return SkippedFile(path, "unreadable", f"{path}: {exc.strerror or exc}")
     if not data:
         return SkippedFile(path, "empty", f"{path}: empty file")
-    if b"\0" in data[:BINARY_PROBE]:
-        message = f"{path}: binary file (NUL byte in the first {BINARY_PROBE} bytes)"
-        return SkippedFile(path, "binary", message)
+    # the extractor's probe, without its decoding: these bytes are trained on as they are, so
+    # UTF-16 text (NUL bytes) is binary here
+    why = binary_mark(data[:PROBE_BYTES])
+    if why is not None:
+        return SkippedFile(path, "binary", f"{path}: binary file ({why})")
     return data
 
 
