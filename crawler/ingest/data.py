@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..state.walk import walk_files
 from .extract import PROBE_BYTES, binary_mark
 from .tokenizer import ByteTokenizer, Tokenizer, TokenizerError
 
@@ -81,22 +82,23 @@ def find_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Ski
     for raw in paths:
         root = Path(raw)
         if root.is_dir():
-            found: list[Path] = []
 
-            def on_error(exc: OSError) -> None:
-                where = Path(exc.filename) if exc.filename else root
-                skipped.append(SkippedFile(where, "unreadable", f"{where}: {exc.strerror or exc}"))
+            def unlisted(folder: Path, error: OSError | None) -> None:
+                if error is not None:
+                    skipped.append(SkippedFile(folder, "unreadable", f"{folder}: {error.strerror or error}"))
 
-            for directory, dirnames, filenames in os.walk(root, onerror=on_error):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found.extend(Path(directory) / name for name in filenames if not name.startswith("."))
-            for path in sorted(found):
+            found = walk_files(root, skip=_hidden, linked_folders=False, on_folder=unlisted)
+            for path in sorted(Path(entry.path) for entry in found):
                 add(path)
         elif root.exists():
             add(root)
         else:
             raise DataError(f"{root}: no such file or directory")
     return files, skipped
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
 
 
 def read_document(path: Path) -> bytes | SkippedFile:
