@@ -30,8 +30,8 @@ import numpy as np
 from numba import njit
 
 import engine.model
-from crawler.bench.throughput import BYTE_VOCAB, CONFIGS, random_batches
-from engine import Trainer
+from crawler.bench.throughput import CONFIGS, random_batches
+from engine import BYTE_VOCAB_SIZE, Trainer
 from engine.kernels import KERNEL
 from engine.kernels.attention import attention_backward, attention_forward, gather_head, scatter_head
 from engine.kernels.fastmath import fast_exp
@@ -356,7 +356,7 @@ def step(args) -> None:
     engine.model.attention_backward = _backward
     for name in args.configs.split(","):
         bench = CONFIGS[name]
-        batches = random_batches(BYTE_VOCAB, bench.batch_size, bench.seq_len, count=4)
+        batches = random_batches(BYTE_VOCAB_SIZE, bench.batch_size, bench.seq_len, count=4)
         model, train = bench.model_config(), bench.train_config(args.threads)
         with full_kernel():
             old = Trainer(model, train)

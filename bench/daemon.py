@@ -1,9 +1,10 @@
 """The daemon as a user sees it: start-up, drop-to-ingested latency, training overhead, RSS, idle CPU.
 
 Each measurement runs `python -m crawler run --state-dir TMP` as a subprocess on a fresh temporary
-state dir with its own STATE_DIR/crystalline.toml, follows its JSON events on stdout (as
-tests/e2e/conftest.py does), stops it with SIGTERM and checks it exits 0. Model: config S (d=128,
-L=4, H=4, T=128, batch 16, 2 threads, lr 1e-3, warmup 100, constant) unless flags change it.
+state dir with its own STATE_DIR/crystalline.toml, follows its JSON events on stdout (with
+crawler.service.child, as tests/e2e does), stops it with SIGTERM and checks it exits 0. Model:
+config S (d=128, L=4, H=4, T=128, batch 16, 2 threads, lr 1e-3, warmup 100, constant) unless
+flags change it.
 
   ready     launch -> `daemon_ready` received, warm numba cache: one untimed run, then --runs (5);
             each, the median, and the `seconds` the event reports.
@@ -40,12 +41,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+
+from crawler.service.child import ChildFailed, DaemonChild
 
 LOG_EVERY = 10
 MEASUREMENTS = ("ready", "latency", "overhead", "soak", "idle")
@@ -65,51 +67,20 @@ def config_toml(args, inbox: Path, idle: str, settle: float, status: float) -> s
                    for name, keys in sections.items())
 
 
-class Daemon:
-    """One `crystalline run` subprocess; each JSON event gets `_received` (perf_counter)."""
+class Daemon(DaemonChild):
+    """One `crystalline run` subprocess with its own STATE_DIR/crystalline.toml; each JSON event
+    gets `_received` (perf_counter), and `launched` is when it was started."""
 
     def __init__(self, state: Path, config: str):
         state.mkdir(parents=True)
         (state / "crystalline.toml").write_text(config)
-        self.events: list[dict] = []
-        self.raw: list[str] = []
-        self.cond = threading.Condition()
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.launched = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, "-m", "crawler", "run", "--state-dir", str(state)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
+        super().__init__(state)
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            received = time.perf_counter()
-            with self.cond:
-                self.raw.append(line)
-                with contextlib.suppress(json.JSONDecodeError, TypeError):
-                    self.events.append(json.loads(line) | {"_received": received})
-                self.cond.notify_all()
-
-    def named(self, name: str) -> list[dict]:
-        with self.cond:
-            return [e for e in self.events if e.get("event") == name]
-
-    def wait(self, predicate, timeout: float, what: str):
-        """predicate(events) under the lock until it is truthy; returns its value."""
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not (found := predicate(self.events)):
-                if self.proc.poll() is not None and not self.reader.is_alive():
-                    raise SystemExit(f"daemon exited {self.proc.returncode} before {what}:\n{''.join(self.raw[-30:])}")
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"no {what} within {timeout} s:\n{''.join(self.raw[-30:])}")
-                self.cond.wait(0.5)
-            return found
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        if (code := self.proc.wait(timeout=180)) != 0:
-            raise SystemExit(f"daemon exited {code} after SIGTERM:\n{''.join(self.raw[-30:])}")
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 180.0) -> int:
+        """SIGTERM, and the exit status, which must be 0."""
+        if (code := super().stop(sig, timeout)) != 0:
+            raise SystemExit(f"daemon exited {code} after SIGTERM:\n{self.tail(30)}")
+        return code
 
 
 @contextlib.contextmanager
@@ -176,7 +147,7 @@ def measure_ready(args) -> dict:
     launches, reported = [], []
     for run in range(args.runs + 1):  # run 0 warms the numba cache and the page cache
         with running(args) as d:
-            ready = d.named("daemon_ready")[0]
+            ready = d.find("daemon_ready")[0]
             if run:
                 launches.append(round(ready["_received"] - d.launched, 3))
                 reported.append(ready["seconds"])
@@ -226,7 +197,7 @@ def daemon_rate(args, corpus: Path) -> dict:
         time.sleep(args.warmup_seconds + args.window)
         end = time.perf_counter()
         # the first event's window opens at the trainer's start, idle time included: left out
-        steps = [e for e in d.named("train_step")[1:] if start <= e["_received"] <= end]
+        steps = [e for e in d.find("train_step")[1:] if start <= e["_received"] <= end]
     return {"tokens_per_s": round(rate(steps) or 0.0, 1), "events": len(steps),
             "replay_only_events": sum(e.get("new_windows") == 0 for e in steps)}
 
@@ -271,11 +242,11 @@ def measure_soak(args) -> dict:
         end = time.perf_counter() + 60 * args.minutes
         while (left := end - time.perf_counter()) > 0:
             time.sleep(min(60.0, left))
-            status = d.named("status")
+            status = d.find("status")
             if status and not args.json:
                 print(f"soak: {(time.perf_counter() - d.launched) / 60:.1f} min, rss {status[-1]['rss_mb']} MB, "
                       f"step {status[-1].get('step')}", file=sys.stderr, flush=True)
-        samples = [(round(e["_received"] - d.launched, 1), e["rss_mb"]) for e in d.named("status")]
+        samples = [(round(e["_received"] - d.launched, 1), e["rss_mb"]) for e in d.find("status")]
     if not samples:
         raise SystemExit("no status events (a longer --minutes or a shorter --status-interval?)")
     if args.csv:
@@ -354,4 +325,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ChildFailed as exc:  # the daemon exited early or a wait ran out: its last lines say why
+        sys.exit(str(exc))

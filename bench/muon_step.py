@@ -20,7 +20,7 @@ import argparse
 import numpy as np
 
 from crawler.config import DAEMON_DEFAULTS
-from engine import ModelConfig, TrainConfig, Trainer
+from engine import BYTE_VOCAB_SIZE, ModelConfig, TrainConfig, Trainer
 from engine.muon import orthogonalisation_flops
 
 
@@ -31,7 +31,7 @@ def main(argv=None) -> None:
     p.add_argument("--ns-steps", default="5,3")
     args = p.parse_args(argv)
 
-    model = ModelConfig(vocab_size=257, **DAEMON_DEFAULTS["model"])
+    model = ModelConfig(vocab_size=BYTE_VOCAB_SIZE, **DAEMON_DEFAULTS["model"])
     base = TrainConfig(**DAEMON_DEFAULTS["train"], threads=args.threads)
     variants = [("adamw", base)] + [
         (f"muon ns={n}", TrainConfig(**(base.to_dict() | {"optimizer": "muon", "ns_steps": int(n)})))
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
         rng = np.random.default_rng(0)
         B, T = base.batch_size, base.seq_len
         for step in range(2 + args.steps):
-            x = rng.integers(0, 257, (B, T + 1)).astype(np.int32)
+            x = rng.integers(0, BYTE_VOCAB_SIZE, (B, T + 1)).astype(np.int32)
             for name, trainer in trainers:
                 s = trainer.step(x[:, :-1], x[:, 1:])
                 if step >= 2:

@@ -5,7 +5,7 @@ Rooms, each a package whose docstring says what it owns; an import goes only dow
 
 - `crawler.logging`   structured JSON events (structlog); imports nothing of the crawler
 - `crawler.state`     the state directory: its disk use and caps, whether it can be written, the
-                      daemon's lock and health files
+                      daemon's lock and health files; the one folder walker every room uses
 - `crawler.ingest`    files to tokens: watching, extraction (and its child process), formats,
                       tokenizers, claims, the ingest pipeline into the store
 - `crawler.config`    the one configuration: TOML < environment < flags, validated once, composed

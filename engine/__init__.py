@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "BYTE_VOCAB_SIZE": "config",
     "Checkpoint": "checkpoint",
     "load_checkpoint": "checkpoint",
     "load_latest_checkpoint": "checkpoint",
@@ -51,7 +52,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, eagerly
     from .checkpoint import Checkpoint, list_checkpoints, load_checkpoint, load_latest_checkpoint, save_checkpoint
-    from .config import ConfigError, ModelConfig, TrainConfig
+    from .config import BYTE_VOCAB_SIZE, ConfigError, ModelConfig, TrainConfig
     from .errors import CheckpointError, EngineError, NonFiniteLoss, ShapeMismatch
     from .layout import count_parameters, init_parameters, parameter_table
     from .sample import Generator

@@ -11,14 +11,19 @@ import os
 from dataclasses import dataclass
 
 
+# The byte-level tokenizer's vocabulary: the 256 byte values and one end-of-document separator (id
+# 256). The model's default; crawler.ingest.tokenizer's ByteTokenizer has exactly this many ids.
+BYTE_VOCAB_SIZE = 257
+
+
 class ConfigError(ValueError):
     """A configuration value is out of its allowed range; the message names the allowed values."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # 256 byte values plus one end-of-document separator: the default byte-level tokenizer.
-    vocab_size: int = 257
+    # the default byte-level tokenizer's: 256 byte values plus one end-of-document separator
+    vocab_size: int = BYTE_VOCAB_SIZE
     # the longest window the model sees; learned position embeddings exist for each position.
     context_length: int = 128
     d_model: int = 128

@@ -29,9 +29,7 @@ from typing import Callable
 
 import numpy as np
 
-from engine import ConfigError, ModelConfig, TrainConfig, count_parameters
-
-BYTE_VOCAB = 257  # the byte tokenizer: 256 byte values and the end-of-document separator
+from engine import BYTE_VOCAB_SIZE, ConfigError, ModelConfig, TrainConfig, count_parameters
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class BenchConfig:
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
-            vocab_size=BYTE_VOCAB,
+            vocab_size=BYTE_VOCAB_SIZE,
             context_length=self.seq_len,
             d_model=self.d_model,
             n_layer=self.n_layer,
@@ -78,8 +76,8 @@ HIDDEN_CONFIGS = {
 # Run in a subprocess to time numba's start: import, build a tiny Trainer, one step.
 START_SNIPPET = """
 import numpy as np
-from engine import ModelConfig, TrainConfig, Trainer
-model = ModelConfig(vocab_size=257, context_length=16, d_model=16, n_layer=1, n_head=2).validate()
+from engine import BYTE_VOCAB_SIZE, ModelConfig, TrainConfig, Trainer
+model = ModelConfig(vocab_size=BYTE_VOCAB_SIZE, context_length=16, d_model=16, n_layer=1, n_head=2).validate()
 train = TrainConfig(batch_size=2, seq_len=16, threads=1).validate(model)
 tokens = np.zeros((2, 16), dtype=np.int32)
 with Trainer(model, train) as trainer:
@@ -266,7 +264,7 @@ def run_config(bench: BenchConfig, threads: list[int], peaks: dict, args) -> dic
     """Every measurement for one config, one entry per thread count."""
     model_config = bench.model_config()
     per_token = flops_per_token(model_config, bench.seq_len)
-    batches = random_batches(BYTE_VOCAB, bench.batch_size, bench.seq_len, count=args.steps + args.warmup)
+    batches = random_batches(BYTE_VOCAB_SIZE, bench.batch_size, bench.seq_len, count=args.steps + args.warmup)
     results = []
     for n in threads:
         entry: dict = {"threads": n}

@@ -45,7 +45,7 @@ from storage import StorageError
 
 from .. import ConfigError as SettingError
 from .. import installed_version
-from ..config import DATABASE_FILE, LOG_LEVELS, LogConfig, load_config
+from ..config import DATABASE_FILE, DEFAULT_STATE_DIR, LOG_LEVELS, LogConfig, load_config
 from ..ingest.data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
 from ..ingest.tokenizer import (
     FIXED,
@@ -68,7 +68,6 @@ from .service import add_commands as add_service_commands
 from .state import add_commands as add_state_commands
 
 PROG = "crystalline"
-DEFAULT_STATE_DIR = "crystalline-state"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 LN2 = math.log(2.0)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import ConfigError
-from ..config import CONFIG_FILE, DEFAULT_STATE_DIR, default_config_text
+from ..config import CONFIG_FILE, default_config_text
 
 
 
@@ -37,11 +37,11 @@ def add_commands(commands: Any, state: dict) -> None:
     for name, text in (("pause", "hold training (ingest goes on) until `resume`; a checkpoint is written first"),
                        ("resume", "let training go on after `pause`")):
         control = commands.add_parser(name, help=text)
-        control.add_argument("--state-dir", **dict(state, default=DEFAULT_STATE_DIR))
+        control.add_argument("--state-dir", **state)
         control.set_defaults(handler=command_pause if name == "pause" else command_resume)
 
     init = commands.add_parser("init", help=f"write a commented default {CONFIG_FILE} into the state directory")
-    init.add_argument("--state-dir", **dict(state, default=DEFAULT_STATE_DIR))
+    init.add_argument("--state-dir", **state)
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(handler=command_init)
 

@@ -13,7 +13,8 @@ must be UTF-8 text; other files are skipped (reason "not_utf8").
 Sampling is stateless: the batch of step s is drawn from ``np.random.default_rng([seed, s])``,
 so any step's batch can be rebuilt from (seed, step) alone; that is what makes a resumed run
 see exactly the batches an uninterrupted run would have seen.
-Relies on numpy and the tokenizer; knows nothing of the engine or storage.
+Relies on numpy, the tokenizer and the extractor's binary probe; knows nothing of the engine or
+storage.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..state.walk import walk_files
+from .extract import PROBE_BYTES, binary_mark
 from .tokenizer import ByteTokenizer, Tokenizer, TokenizerError
-
-# A NUL byte in the first BINARY_PROBE bytes marks a file as binary (git's heuristic).
-BINARY_PROBE = 8192
 
 
 class DataError(Exception):
@@ -82,22 +82,23 @@ def find_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Ski
     for raw in paths:
         root = Path(raw)
         if root.is_dir():
-            found: list[Path] = []
 
-            def on_error(exc: OSError) -> None:
-                where = Path(exc.filename) if exc.filename else root
-                skipped.append(SkippedFile(where, "unreadable", f"{where}: {exc.strerror or exc}"))
+            def unlisted(folder: Path, error: OSError | None) -> None:
+                if error is not None:
+                    skipped.append(SkippedFile(folder, "unreadable", f"{folder}: {error.strerror or error}"))
 
-            for directory, dirnames, filenames in os.walk(root, onerror=on_error):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                found.extend(Path(directory) / name for name in filenames if not name.startswith("."))
-            for path in sorted(found):
+            found = walk_files(root, skip=_hidden, linked_folders=False, on_folder=unlisted)
+            for path in sorted(Path(entry.path) for entry in found):
                 add(path)
         elif root.exists():
             add(root)
         else:
             raise DataError(f"{root}: no such file or directory")
     return files, skipped
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
 
 
 def read_document(path: Path) -> bytes | SkippedFile:
@@ -108,9 +109,11 @@ def read_document(path: Path) -> bytes | SkippedFile:
         return SkippedFile(path, "unreadable", f"{path}: {exc.strerror or exc}")
     if not data:
         return SkippedFile(path, "empty", f"{path}: empty file")
-    if b"\0" in data[:BINARY_PROBE]:
-        message = f"{path}: binary file (NUL byte in the first {BINARY_PROBE} bytes)"
-        return SkippedFile(path, "binary", message)
+    # the extractor's probe, without its decoding: these bytes are trained on as they are, so
+    # UTF-16 text (NUL bytes) is binary here
+    why = binary_mark(data[:PROBE_BYTES])
+    if why is not None:
+        return SkippedFile(path, "binary", f"{path}: binary file ({why})")
     return data
 
 

@@ -60,7 +60,7 @@ from .formats import (
 from .sandbox import ExtractorPool
 
 __all__ = ["SKIP_REASONS", "KINDS", "ExtractLimits", "Extraction", "Skipped", "ExtractionFailed",
-           "extract_file", "extract_in_process", "shutdown_pool", "detect_kind", "decode_text"]
+           "extract_file", "extract_in_process", "shutdown_pool", "detect_kind", "binary_mark", "decode_text"]
 
 PROBE_BYTES = 8192  # sniffing looks at this much of the head (a NUL in it means binary: git's rule)
 _READ_CHUNK = 2**20  # reads after the first, when a file grows or reports no size (procfs)
@@ -124,6 +124,19 @@ def _signature(head: bytes) -> str | None:
     return None
 
 
+def binary_mark(head: bytes) -> str | None:
+    """What marks a file whose first PROBE_BYTES bytes are `head` as binary, in words, or None:
+    a known signature ("png image", "zip archive", "pdf", ...: container kinds too, which
+    `detect_kind` may still read) or NUL bytes (git's rule). The one binary probe: the offline
+    reader (crawler.ingest.data) skips what it marks; `detect_kind` asks it unless the head is
+    UTF-16 or UTF-32 text, whose NUL bytes only a reader that decodes it may look past."""
+    # a text byte order mark is no signature (UTF-16's reads as an MPEG audio frame's)
+    sniffed = None if head.startswith(_TEXT_BOMS) else _signature(head)
+    if sniffed is None and b"\x00" in head:
+        return f"NUL bytes in the first {PROBE_BYTES} bytes"
+    return sniffed
+
+
 def _utf16_without_bom(head: bytes) -> str | None:
     """'utf-16-le'/'be' when the head looks like mostly-ASCII UTF-16 that lacks a BOM: every
     other byte zero and the rest not (a pattern binary files do not keep up for 8 KiB)."""
@@ -145,9 +158,7 @@ def _detect(path: str | os.PathLike[str], head: bytes) -> tuple[str, str]:
     if head.startswith(_TEXT_BOMS) or _utf16_without_bom(head):
         sniffed = None  # UTF-16/32 text: its NUL bytes are no binary mark
     else:
-        sniffed = _signature(head)
-        if sniffed is None and b"\x00" in head:
-            sniffed = f"NUL bytes in the first {PROBE_BYTES} bytes"
+        sniffed = binary_mark(head)
     if sniffed == "zip archive" and head[30:58] == _EPUB_MIMETYPE:
         sniffed = "epub"
     kind = KIND_BY_SUFFIX.get(suffix)

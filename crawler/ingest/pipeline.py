@@ -33,6 +33,7 @@ import numpy as np
 
 from storage import NewDocument, StoredVersion
 
+from ..state.walk import walk_files
 from .extract import PROBE_BYTES, Extraction, ExtractionFailed, ExtractLimits, Skipped, detect_kind, extract_file
 
 # Skip reasons decided here, beside the extractor's own.
@@ -101,15 +102,13 @@ def within(path: Path, roots: Iterable[Path]) -> bool:
 
 def iter_files(paths: Iterable[str | Path]) -> Iterator[tuple[Path, Path]]:
     """(file, root) for every candidate file under the given files and folders: recursive,
-    sorted, hidden and temporary names skipped, symlinked folders not descended into."""
+    sorted (a folder's files before its subfolders), hidden and temporary names skipped,
+    symlinked folders neither descended into nor offered."""
     for given in paths:
         root = Path(given)
         if root.is_dir():
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if not is_ignored_name(d))
-                for name in sorted(filenames):
-                    if not is_ignored_name(name):
-                        yield Path(dirpath) / name, root
+            for entry in walk_files(root, skip=is_ignored_name, ordered=True, linked_folders=False):
+                yield Path(entry.path), root
         else:
             yield root, root.parent
 

@@ -32,12 +32,14 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 BYTE_KIND, BYTE_VERSION = "byte", 1
 EOD = 256  # the byte tokenizer's end-of-document separator; the only id that is not a byte
-VOCAB_SIZE = 257
+# the 256 byte values and EOD: engine.config.BYTE_VOCAB_SIZE, the model's default, counted from
+# this side (ingest knows nothing of the engine; test_tokenizer holds the two equal)
+VOCAB_SIZE = EOD + 1
 BPE_KIND, BPE_VERSION = "bpe", 1
 EOD_TOKEN = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"  # the BPE's home in a state directory
 # 256 byte tokens, EOD and a few merges: anything smaller is no BPE at all
-MIN_BPE_VOCAB = 256 + 1 + 3
+MIN_BPE_VOCAB = VOCAB_SIZE + 3
 MAX_BPE_VOCAB = 1 << 20
 FIXED = "the tokenizer is fixed for the life of a model"
 

@@ -57,6 +57,7 @@ from watchdog.observers.polling import PollingObserver
 
 from .. import ConfigError
 from ..logging import get_logger
+from ..state.walk import walk_files
 from .pipeline import display_path, is_ignored_name
 
 STEP_SECONDS = 0.2  # the thread's run_once period
@@ -391,36 +392,24 @@ class Watcher:
         """Every entry but a folder under folder, with its version (UNREADABLE when lstat may not
         look at it); hidden and temporary folders not entered, symlinked folders not followed. A
         folder that cannot be listed is logged once, until it can be."""
-        stack = [folder]
-        while stack:
-            current = stack.pop()
-            try:
-                with os.scandir(current) as it:
-                    entries = list(it)
-            except FileNotFoundError:
-                continue  # vanished mid-walk
-            except OSError as exc:
-                with self._lock:
-                    first = current not in self._unreadable_folders
-                    self._unreadable_folders.add(current)
-                if first:
-                    self._log.warning("folder_unreadable", path=display_path(current),
-                                      error=exc.strerror or type(exc).__name__,
-                                      action="give the daemon's user read and execute permission on it")
-                continue
-            with self._lock:
-                self._unreadable_folders.discard(current)
-            for entry in entries:
-                if is_ignored_name(entry.name):
-                    continue
-                try:
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    is_dir = False
-                if is_dir:
-                    stack.append(Path(entry.path))
-                elif (version := _version(Path(entry.path))) is not None:
-                    yield Path(entry.path), version
+        for entry in walk_files(folder, skip=is_ignored_name, on_folder=self._listed):
+            path = Path(entry.path)
+            if (version := _version(path)) is not None:
+                yield path, version
+
+    def _listed(self, folder: Path, error: OSError | None) -> None:
+        if isinstance(error, FileNotFoundError):
+            return  # vanished mid-walk
+        with self._lock:
+            first = error is not None and folder not in self._unreadable_folders
+            if error is None:
+                self._unreadable_folders.discard(folder)
+            else:
+                self._unreadable_folders.add(folder)
+        if first:
+            self._log.warning("folder_unreadable", path=display_path(folder),
+                              error=error.strerror or type(error).__name__,
+                              action="give the daemon's user read and execute permission on it")
 
     def _consider(self, path: Path, root: Path, version: tuple[int, int], now: float, quick: bool) -> bool:
         """Put a file (any entry but a folder) into pending; False when this version was already

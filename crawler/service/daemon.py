@@ -33,7 +33,7 @@ from ..ingest.extract import shutdown_pool
 from ..ingest.pipeline import Ingestor, display_path
 from ..logging import configure_logging, get_logger
 from ..state.disk import PROCESSED_DIR, FolderCaps
-from ..state.health import DaemonLock, HealthFile, root_problem
+from ..state.health import DaemonLock, HealthFile, process_stats, root_problem, utc_iso
 from ..state.writable import DISK_FULL, STATE_UNWRITABLE, WriteState, classify
 from ..training.worker import TrainingWorker
 from .notify import Notifier
@@ -249,14 +249,6 @@ class WorkerThread:
 
     def join(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)
-
-
-def current_rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 class DaemonError(RuntimeError):
@@ -540,7 +532,7 @@ class Daemon:
         now = self.clock()
         writes = self.writes.snapshot()
         return {
-            "pid": os.getpid(), "state": state, "started_at": _iso(self.started_wall),
+            "pid": os.getpid(), "state": state, "started_at": utc_iso(self.started_wall),
             "train": self.config.daemon.train,
             "step": f.step if f else None, "tokens_trained": f.tokens_trained if f else None,
             "loss": f.loss if f else None, "tokens_per_s": f.tokens_per_s if f else None,
@@ -551,7 +543,7 @@ class Daemon:
             "best_val_bits_per_byte": f.best_val_bits_per_byte if f else None,
             "plateaued": f.plateaued if f else None, "idle": f.idle if f else None,
             "paused": f.paused if f else None,
-            "rss_mb": round(current_rss_mb(), 1),
+            "rss_mb": process_stats()["rss_mb"],
             "threads": trainer.trainer.threads if trainer and trainer.trainer else None,
             "workers": {name: t.is_alive() for name, t in self.workers.items()},
             "blocked": writes["blocked"], "blocked_parts": writes.get("parts"),
@@ -764,12 +756,6 @@ def _start_failure(what: str, exc: BaseException, status: int, reason: str) -> D
 
 def _json_flag(fmt: str) -> bool | None:
     return None if fmt == "auto" else fmt == "json"
-
-
-def _iso(wall: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(wall, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def lower_priority(increment: int, log) -> None:

@@ -13,17 +13,18 @@ interval (a folder whose cap is 0 is never walked, and processed/ only after the
 may have moved files into it). Each sweep that deletes logs one `disk_trimmed` (files, bytes);
 a cap smaller than what must be kept logs `disk_cap_unmet`, never stops anything.
 
-Knows nothing of the store, the model or threads: it walks folders (never following a link)
-and deletes files.
+Knows nothing of the store, the model or threads: it walks folders (crawler.state.walk, never
+following a link) and deletes files.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .walk import walk_files
 
 MB = 1_000_000  # the caps' unit, as replay_memory_mb's
 PROCESSED_DIR = "processed"
@@ -50,21 +51,13 @@ class _File:
 def _walk(folder: Path) -> list[_File]:
     """Every file under `folder` (links as themselves); what vanishes or cannot be read is passed
     over."""
-    found, pending = [], [Path(folder)]
-    while pending:
+    found = []
+    for entry in walk_files(folder):
         try:
-            entries = list(os.scandir(pending.pop()))
+            stat = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(Path(entry.path))
-                    continue
-                stat = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            found.append(_File(stat.st_mtime, Path(entry.path), stat.st_size))
+        found.append(_File(stat.st_mtime, Path(entry.path), stat.st_size))
     return found
 
 

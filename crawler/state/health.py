@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .disk import MB
 from .writable import ACTIONS, DISK_FULL, PROBE_BYTES, STATE_UNWRITABLE
 
 LOCK_FILE = "daemon.lock"
@@ -66,7 +67,9 @@ def _read_pid(fd: int) -> int | None:
     return int(text) if text.isdigit() and int(text) > 0 else None
 
 
-def _utc_iso(seconds: float) -> str:
+def utc_iso(seconds: float) -> str:
+    """A wall-clock time (seconds since the epoch) as health.json writes it: ISO 8601 in UTC, to
+    the millisecond, "2023-11-14T22:13:20.000+00:00"."""
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -164,21 +167,24 @@ def lock_holder(state_dir: str | Path, pid_wait_s: float = 0.2) -> int | None:
 # the health report
 
 
-def process_stats() -> dict[str, float | int]:
-    """This process's resident memory in MB and its thread count (from /proc on Linux)."""
+def process_stats(status_file: str | Path = "/proc/self/status") -> dict[str, float | int]:
+    """This process's resident memory in MB (10^6 bytes, as `rss_mb` is everywhere: the status
+    event, health.json, the metrics' bytes) and its thread count, from /proc on Linux. Elsewhere
+    the memory is the peak, not the current (the best the portable API offers), and the threads
+    are Python's own. The one reader of the process's memory: the daemon's status asks it."""
     stats: dict[str, float | int] = {}
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+        with open(status_file, encoding="ascii", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key == "VmRSS":  # "  123456 kB"
-                    stats["rss_mb"] = round(int(value.split()[0]) / 1024, 1)
+                if key == "VmRSS":  # "  123456 kB", where a kB is 1024 bytes
+                    stats["rss_mb"] = round(int(value.split()[0]) * 1024 / MB, 1)
                 elif key == "Threads":
                     stats["threads"] = int(value)
     except (OSError, ValueError, IndexError):
         pass
-    if "rss_mb" not in stats:  # peak, not current: the best the portable API offers
-        stats["rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if "rss_mb" not in stats:  # ru_maxrss is in KiB on Linux
+        stats["rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB, 1)
     if "threads" not in stats:
         stats["threads"] = threading.active_count()
     return stats
@@ -192,7 +198,7 @@ class HealthFile:
         self.path = Path(state_dir) / HEALTH_FILE
         self._clock = clock
         self._writes = writes
-        self.started_at = _utc_iso(clock())
+        self.started_at = utc_iso(clock())
 
     def write(self, report: Mapping[str, Any]) -> dict[str, Any]:
         """Replace health.json atomically with `report` over the defaults and return what was
@@ -210,7 +216,7 @@ class HealthFile:
             measured = process_stats()
             for key in ("rss_mb", "threads"):
                 data[key] = measured[key] if data[key] is None else data[key]
-        data.update(state=state, updated_at=_utc_iso(self._clock()))
+        data.update(state=state, updated_at=utc_iso(self._clock()))
         text = (json.dumps(data, default=str) + "\n").encode("utf-8")
         temp = self.path.with_name(f".{HEALTH_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
+
+from crawler.service.child import DaemonChild
 
 TINY_CONFIG = """
 [watch]
@@ -53,89 +49,19 @@ listen = "off"  # several test daemons at once must not race for one port (tests
 """
 
 
-class DaemonProcess:
-    """One `crystalline run` subprocess; its stdout JSON events collected by a reader thread."""
+class DaemonProcess(DaemonChild):
+    """One `crystalline run` subprocess on TINY_CONFIG; its JSON events collected by a reader
+    thread (crawler.service.child, which bench/daemon.py uses too)."""
 
     def __init__(self, state: Path, roots: list[Path], env: dict | None = None, checkpoint_every: int = 20,
                  max_file_bytes: int = 1_000_000, keep_checkpoints: int = 3):
-        self.state, self.roots = state, roots
+        self.roots = roots
         state.mkdir(parents=True, exist_ok=True)
         config = TINY_CONFIG.format(roots=", ".join(json.dumps(str(r)) for r in roots),
                                     checkpoint_every=checkpoint_every, max_file_bytes=max_file_bytes,
                                     keep_checkpoints=keep_checkpoints)
         (state / "crystalline.toml").write_text(config)
-        self.events: list[dict] = []
-        self.raw: list[str] = []
-        self.lock = threading.Condition()
-        full_env = dict(os.environ, PYTHONUNBUFFERED="1") | (env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "crawler", "run", "--state-dir", str(state)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self.lock:
-                self.raw.append(line)
-                try:
-                    self.events.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
-                self.lock.notify_all()
-
-    def find(self, event: str, **fields) -> list[dict]:
-        with self.lock:
-            return [e for e in self.events if e.get("event") == event
-                    and all(e.get(k) == v for k, v in fields.items())]
-
-    def wait_for(self, event: str, timeout: float = 60.0, count: int = 1, **fields) -> list[dict]:
-        """The first `count` events named `event` (with these fields) the daemon logged, waiting
-        up to `timeout` s. Each wake-up reads only the events that arrived since the last one: a
-        daemon logging thousands of events must not make the waiter rescan them all for every
-        line (under load the reader thread then starves and the wait times out)."""
-        return self._wait(0, event, timeout, count, fields, f"no {count} x {event} {fields}")
-
-    def wait_for_after(self, earlier: dict, event: str, timeout: float = 60.0, **fields) -> dict:
-        """The first `event` (with fields) logged after the event `earlier`."""
-        with self.lock:
-            index = self.events.index(earlier)
-        return self._wait(index + 1, event, timeout, 1, fields,
-                          f"no {event} {fields} after {earlier.get('event')}")[0]
-
-    def _wait(self, start: int, event: str, timeout: float, count: int, fields: dict, missing: str) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        found: list[dict] = []
-        with self.lock:
-            while True:
-                for e in self.events[start:]:
-                    if e.get("event") == event and all(e.get(k) == v for k, v in fields.items()):
-                        found.append(e)
-                        if len(found) >= count:
-                            return found
-                start = len(self.events)
-                if self.proc.poll() is not None and not self.reader.is_alive():
-                    raise AssertionError(f"daemon exited {self.proc.returncode} before {event}:\n{self.tail()}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"{missing} within {timeout} s:\n{self.tail()}")
-                self.lock.wait(min(remaining, 0.5))
-
-    def tail(self, lines: int = 40) -> str:
-        with self.lock:
-            return "".join(self.raw[-lines:])
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 90.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=timeout)
-        self.reader.join(timeout=5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=30)
-        self.reader.join(timeout=5)
+        super().__init__(state, env=env)
 
 
 @pytest.fixture

@@ -92,6 +92,14 @@ def test_bad_usage_is_one_line_and_status_2(capsys, argv, fragment):
     assert_one_error_line(err, fragment)
 
 
+@pytest.mark.parametrize("argv", [["generate"], ["eval", "x"], ["export", "out"], ["pause"], ["resume"], ["init"]])
+def test_a_command_without_state_dir_uses_the_configurations_default(argv):
+    from crawler.cli.main import parse_args
+    from crawler.config import DEFAULT_STATE_DIR, Config
+
+    assert parse_args(argv).state_dir == DEFAULT_STATE_DIR == str(Config().state_dir)
+
+
 def test_help_exits_zero(capsys):
     status, out, _ = run(capsys, "train", "--help")
     assert status == 0

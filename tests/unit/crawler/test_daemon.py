@@ -423,6 +423,18 @@ def test_the_supervisor_rechecks_blocked_writes_and_reports_the_change_at_once(t
     assert [e["event"] for e in logs] == ["disk_full", "state_writable"]
 
 
+def test_the_supervisors_report_takes_its_time_and_memory_from_the_health_module(tmp_path, monkeypatch):
+    import crawler.service.daemon as daemon_module
+
+    daemon = PartsDaemon(config_for(tmp_path))
+    daemon.started_wall = 1_700_000_000.0
+    monkeypatch.setattr(daemon_module, "process_stats", lambda: {"rss_mb": 12.5, "threads": 9})
+    report = daemon._health("ready")
+    # the format HealthFile writes updated_at in: one clock format in health.json
+    assert report["started_at"] == "2023-11-14T22:13:20.000+00:00"
+    assert report["rss_mb"] == 12.5
+
+
 def test_workers_share_the_daemons_write_state_and_hand_back_files_to_the_watcher(tmp_path):
     from crawler.ingest.tokenizer import ByteTokenizer
     from crawler.service.daemon import IngestWorker

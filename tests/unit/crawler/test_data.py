@@ -50,6 +50,20 @@ def test_binary_and_empty_files_are_skipped_with_a_reason(tmp_path):
     assert all(str(s.path) in s.message for s in corpus.skipped)
 
 
+def test_the_binary_probe_is_the_extractors_without_its_decoding(tmp_path):
+    (tmp_path / "photo.txt").write_bytes(b"\xff\xd8\xff\xe0JFIF" + b"text" * 100)  # no NUL
+    (tmp_path / "blob").write_bytes(b"abc\0def")
+    (tmp_path / "wide.txt").write_bytes("hello".encode("utf-16"))  # the daemon decodes it
+    (tmp_path / "ok.txt").write_bytes(b"ok")
+    corpus = load_corpus([tmp_path])
+    assert [p.name for p in corpus.files] == ["ok.txt"]
+    messages = {s.path.name: s.message.removeprefix(f"{s.path}: ") for s in corpus.skipped}
+    assert messages == {"photo.txt": "binary file (jpeg image)",
+                        "blob": "binary file (NUL bytes in the first 8192 bytes)",
+                        "wide.txt": "binary file (NUL bytes in the first 8192 bytes)"}
+    assert {s.reason for s in corpus.skipped} == {"binary"}
+
+
 def test_unreadable_files_are_skipped(tmp_path, monkeypatch):
     (tmp_path / "ok.txt").write_bytes(b"ok")
     (tmp_path / "locked.txt").write_bytes(b"no")

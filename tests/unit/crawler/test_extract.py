@@ -17,6 +17,7 @@ from crawler.ingest.extract import (
     ExtractionFailed,
     ExtractLimits,
     Skipped,
+    binary_mark,
     decode_text,
     detect_kind,
     extract_file,
@@ -375,6 +376,15 @@ def test_binary_signatures(tmp_path, name, head, what):
     path = tmp_path / name
     path.write_bytes(head + b"abcdefgh" * 64)
     assert skip_reason(path) == ("binary", what)
+
+
+def test_the_binary_probe_names_what_it_sees():
+    assert binary_mark(b"plain text\n") is None
+    assert binary_mark(b"\x7fELF\x02\x01\x01") == "ELF executable"
+    assert binary_mark(b"%PDF-1.7\n") == "pdf"  # a container: detect_kind reads it all the same
+    assert binary_mark(b"ab\0cd") == "NUL bytes in the first 8192 bytes"
+    wide = "text".encode("utf-16")
+    assert binary_mark(wide) is not None and detect_kind("a.txt", wide) == "text"  # decoding looks past it
 
 
 def test_plain_zip_is_binary(tmp_path):

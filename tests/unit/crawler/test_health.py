@@ -24,9 +24,11 @@ from crawler.state.health import (
     HealthFile,
     check_health,
     lock_holder,
+    process_stats,
     read_health,
     root_problem,
     state_dir_problem,
+    utc_iso,
 )
 from crawler.state.writable import PROBE_BYTES, WriteState
 
@@ -179,6 +181,20 @@ def test_health_file_is_replaced_and_checks_its_state(tmp_path):
     with pytest.raises(OSError):
         HealthFile(tmp_path / "missing").write({"state": "ready"})
     assert read_health(tmp_path)["state"] == "stopping"
+
+
+def test_process_stats_reads_proc_in_mb_of_a_million_bytes(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t  9999 kB\nVmRSS:\t  2048 kB\nThreads:\t7\n")
+    assert process_stats(status) == {"rss_mb": 2.1, "threads": 7}  # 2048 KiB = 2,097,152 bytes
+    fallback = process_stats(tmp_path / "missing")  # not Linux: the peak, and Python's threads
+    assert fallback["rss_mb"] > 1 and fallback["threads"] >= 1
+    assert 1 <= process_stats()["rss_mb"] <= fallback["rss_mb"] + 1  # the current, at most the peak
+
+
+def test_times_are_iso_in_utc_to_the_millisecond():
+    assert utc_iso(1_700_000_030.5) == "2023-11-14T22:13:50.500+00:00"
+    assert utc_iso(0.0001) == "1970-01-01T00:00:00.000+00:00"
 
 
 def test_read_health_of_missing_or_broken_files(tmp_path):

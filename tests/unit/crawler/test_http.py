@@ -335,7 +335,7 @@ def test_the_api_of_a_running_daemon(api_daemon, tmp_path):
     snapshot_step, done = lines[0]["step"], lines[-1]
     assert done["done"] and done["tokens"] >= 1 and "".join(line.get("text", "") for line in lines)
     finished = d.wait_for("generation_finished")[0]
-    with d.lock:
+    with d.cond:
         before = d.events[: d.events.index(finished)]
     assert any(e["event"] == "train_step" and e["step"] > snapshot_step for e in before), \
         "training stepped on while the completion ran"

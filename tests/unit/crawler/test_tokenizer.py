@@ -72,6 +72,14 @@ def test_decode_rejects_ids_outside_the_vocabulary(ids):
         ByteTokenizer().decode(ids)
 
 
+def test_the_byte_vocabulary_is_the_engines_default():
+    from engine import BYTE_VOCAB_SIZE, ModelConfig
+
+    # the tokenizer counts its ids itself (ingest may not import the engine): the two must agree
+    assert ByteTokenizer.vocab_size == BYTE_VOCAB_SIZE == ModelConfig().vocab_size == 257
+    assert EOD == BYTE_VOCAB_SIZE - 1 and ByteTokenizer().decode([EOD], eod=b"|") == b"|"
+
+
 def test_identity_round_trips():
     identity = ByteTokenizer().identity()
     assert identity == {"kind": "byte", "vocab_size": 257, "version": 1}
