@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="needs PyTorch: pip install -e '.[bench]'")
 
 from crawler.bench.torch_reference import TorchGPT  # noqa: E402
+from crawler.config import Config  # noqa: E402
 from engine import ModelConfig  # noqa: E402
 from engine.layout import init_parameters, parameter_table  # noqa: E402
 from engine.model import loss_and_grad  # noqa: E402
@@ -37,6 +38,9 @@ OPTIONS = {
     "all_on_one_head": dict(positions="both", norm="rmsnorm", qk_norm=True, activation="relu2",
                             logit_softcap=2.0, tie_head=False, n_head=1),
 }
+# the architecture `crystalline run` and `train` use by default, whatever it is today
+_DEFAULT_MODEL = Config().model
+OPTIONS["product_default"] = {f: getattr(_DEFAULT_MODEL, f) for f in ModelConfig.ARCHITECTURE_FIELDS}
 
 
 def setup(name):
