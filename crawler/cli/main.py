@@ -273,7 +273,7 @@ def _load_corpus(paths: Sequence[str], tokenizer: Tokenizer, log: Any):
     return corpus
 
 
-class _StopFlag:
+class StopFlag:
     """SIGINT/SIGTERM handlers that only set a flag; a second signal stops at once, unless it
     comes within REPEAT_SIGNAL_SECONDS of the first (the same stop delivered twice, as the
     daemon takes it)."""
@@ -286,7 +286,9 @@ class _StopFlag:
         self._clock = clock
         self._first_at = 0.0
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def handle(self, signum: int, frame: Any = None) -> None:
+        """The handler __enter__ installs: records the first signal; a later one (not a repeat)
+        raises KeyboardInterrupt for SIGINT, else exits at once with 128 + signum."""
         now = self._clock()
         if self.signum is None:
             self.signum, self._first_at = signum, now
@@ -297,11 +299,11 @@ class _StopFlag:
             raise KeyboardInterrupt
         os._exit(128 + signum)
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> "StopFlag":
         if threading.current_thread() is not threading.main_thread():
             return self  # signals reach only the main thread; a caller elsewhere stops by Ctrl-C there
         for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
+            self._previous[sig] = signal.signal(sig, self.handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -377,7 +379,7 @@ def command_train(args: argparse.Namespace) -> int:
         tokenizer = load_state_tokenizer(config.state_dir)
         lower_priority(config.daemon.nice, log)
         summary = ingest_paths(args.paths, queue, tokenizer, config, log, level="info")
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             worker = TrainingWorker(config, queue, tokenizer, get_logger("trainer"), pinned=pinned, command="train",
                                     stopping=lambda: stop.signum is not None, team=team)
             worker.initialize()
@@ -395,7 +397,7 @@ def command_train(args: argparse.Namespace) -> int:
         lock.release()
 
 
-def _train_loop(args, worker, summary, tokenizer, stop: "_StopFlag", log) -> int:
+def _train_loop(args, worker, summary, tokenizer, stop: "StopFlag", log) -> int:
     figures, trainer = worker.figures, worker.trainer
     first = figures.step
     started = time.monotonic()
@@ -422,7 +424,7 @@ def _train_loop(args, worker, summary, tokenizer, stop: "_StopFlag", log) -> int
     return 0
 
 
-def _train_steps(args, worker, first: int, stop: "_StopFlag", progress: TrainProgress) -> str:
+def _train_steps(args, worker, first: int, stop: "StopFlag", progress: TrainProgress) -> str:
     """Run the worker until --steps, a stop signal, a plateau or no data; returns why it ended."""
     figures, trainer = worker.figures, worker.trainer
     reason = "steps"

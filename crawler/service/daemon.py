@@ -1,10 +1,11 @@
 """`crystalline run`: the supervisor that owns the main thread, the signals and every part.
 
 Parts: the watcher (watchdog observer and debouncer, watcher.py), the ingest worker (extract,
-tokenize, store: ingest.py) and the training worker (training.py); each worker is
-initialize() / run_once(now) / shutdown() on a thread of its own, restarted with backoff if it
-dies. Signal handlers only set flags; the main thread does the logging, the notify protocol,
-health.json and the joining. Shutdown on SIGTERM or SIGINT ends within
+tokenize, store: ingest.py) and the training worker (training.py); each worker is initialize() /
+run_once(now) / shutdown() on a thread of its own, restarted with backoff if it dies. The
+supervisor has the same shape: start() / tick(now) / stop(), which run() strings together on the
+daemon's clock. Signal handlers only set flags; the main thread does the logging, the notify
+protocol, health.json and the joining. Shutdown on SIGTERM or SIGINT ends within
 `daemon.stop_timeout_seconds`, checkpoint first: stop watching and take back the files queued
 for ingest, let the trainer finish its step and write a final checkpoint, let the ingest worker
 finish its batch, close storage, release the state directory's lock; what the deadline cuts
@@ -16,6 +17,7 @@ write is atomic, so that loses at most the steps since the last checkpoint). Eve
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import queue as queue_module
 import shutil
@@ -49,6 +51,7 @@ PAUSE_FILE = "paused"  # STATE_DIR/paused: training held by the operator (`cryst
 # a stop signal this soon after the first is the same request delivered twice, not a second one
 REPEAT_SIGNAL_SECONDS = 1.0
 LOOP_SECONDS = 0.2  # the supervisor's step
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)  # run() installs handle_signal
 WATCHER_JOIN_SECONDS = 5.0  # of the stop budget, at most this for the watcher
 JOIN_SLICE_SECONDS = 0.1  # the stop's joins wait this long at a time and then ask the clock
 
@@ -262,7 +265,13 @@ class DaemonError(RuntimeError):
 
 
 class Daemon:
-    """Builds every part from a Config and runs until a stop signal."""
+    """Builds every part from a Config and supervises them until a stop signal.
+
+    The shape of a run is start(), then tick(now) every LOOP_SECONDS on the daemon's clock until
+    a stop signal is taken, then stop(); run() is exactly that, inside the signal handlers. A
+    test drives the same three steps with a clock of its own. open_store(), make_worker(name)
+    and make_watcher() build the parts: the seams where a test puts its stand-ins.
+    """
 
     def __init__(self, config: Config, config_source: dict, clock: Callable[[], float] = time.monotonic,
                  metrics=None, window=None, team=None):
@@ -275,7 +284,7 @@ class Daemon:
         self.clock = clock
         self.log = get_logger("daemon")
         self.stop_event = threading.Event()  # the workers' stop flag
-        self.signals: list[int] = []
+        self.signals: list[int] = []  # recorded by handle_signal, taken by tick
         self.stop_requested = False  # set by the first SIGTERM or SIGINT
         self.stop_requested_at = 0.0
         self.notifier = Notifier.from_environment()
@@ -284,6 +293,10 @@ class Daemon:
         self.started_wall = time.time()
         # the one judge of "disk full / state read-only", shared by every writer
         self.writes = WriteState(config.state_dir, self.log, clock)
+        self._lock = DaemonLock(config.state_dir)  # held from start() to stop()
+        self._health_file = HealthFile(config.state_dir, writes=self.writes)
+        self._next_status = self._next_watchdog = math.inf  # tick's schedule, set when start() ends
+        self._watchdog: float | None = None  # systemd's WatchdogSec, halved; None: no watchdog
         self._reported_block: str | None = None  # writes.blocked as health.json last said it
         self._unwatched: dict[str, str] = {}  # watch root -> why it cannot be watched
         self._health_error: str | None = None  # the last health.json failure logged
@@ -291,7 +304,10 @@ class Daemon:
 
     # --- signals: handlers only record ----------------------------------------------------------
 
-    def _on_signal(self, signum, frame) -> None:
+    def handle_signal(self, signum: int, frame: Any = None) -> None:
+        """The handler run() installs for SIGTERM, SIGINT, SIGHUP and SIGUSR1: records the signal
+        for tick. A stop signal within REPEAT_SIGNAL_SECONDS of the first is the same request
+        delivered twice and is dropped; a later one exits at once (EXIT_AT_ONCE)."""
         if signum in (signal.SIGTERM, signal.SIGINT):
             now = self.clock()
             if self.stop_requested:
@@ -309,51 +325,64 @@ class Daemon:
         Every path after daemon_started ends in daemon_stopped, with `reason` and `exit_code`:
         returns EXIT_STOPPED after a stop signal; raises DaemonError (status EXIT_STORAGE_FAILED,
         EXIT_WORKER_FAILED or EXIT_FAILED) when a part could not start or the supervisor failed.
+        A state directory that cannot be locked raises before daemon_started (DaemonAlreadyRunning,
+        OSError), with nothing to stop. The signal handlers are this process's until it returns.
         """
-        config = self.config
-        t0 = self.clock()
-        state = Path(config.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
-        lock = DaemonLock(state)
-        lock.acquire()
-        previous = {signum: signal.signal(signum, self._on_signal)
-                    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)}
-        health = HealthFile(state, writes=self.writes)
+        previous = {signum: signal.signal(signum, self.handle_signal) for signum in HANDLED_SIGNALS}
         failure: DaemonError | None = DaemonError("interrupted", EXIT_FAILED, "internal_error")  # until proven
         try:
-            self.log.info("daemon_started", pid=os.getpid(), state_dir=str(state), database=display_url(config.database_url))
-            self.log.info("config_loaded", config=config.to_dict())
-            lower_priority(config.daemon.nice, self.log)
-            self._serve_metrics()
-            if self.window is not None:
-                self.window.serve(self)  # http_serving, or http_failed and on without it
-            self._write_health(health, self._health("starting"))
-            self._start(t0, health)
-            self._loop(health)
+            self.start()
+            while self.tick(self.clock()):
+                time.sleep(LOOP_SECONDS)
             failure = None
         except DaemonError as exc:
             failure = exc
         except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, then a clean stop
+            if not self._lock.held:
+                raise  # the state directory could not be locked: nothing started
             self.log.exception("daemon_failed", error=f"{type(exc).__name__}: {exc}")
             failure = DaemonError(f"the supervisor failed: {_one_line(exc)} (the daemon_failed event holds the "
                                   "traceback; please report it)", EXIT_FAILED, "internal_error")
         finally:
             reason, status = ("signal", EXIT_STOPPED) if failure is None else (failure.reason, failure.status)
-            self._shutdown(health, reason, status)
-            if self.team is not None:
-                self.team.stop()  # the other ranks end after the final checkpoint
-            lock.release()
+            self.stop(reason, status)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         if failure is not None:
             raise failure
         return EXIT_STOPPED
 
-    def _start(self, t0: float, health: HealthFile) -> None:
+    def start(self) -> None:
+        """Take the state directory's lock, then start every part: metrics and the window when
+        configured, the store, the workers (waiting until each has initialized), then the
+        watcher; logs daemon_started, then daemon_ready. A stop signal during a slow start
+        (numba compiling) skips the rest, and the next tick takes it.
+
+        Raises DaemonAlreadyRunning or OSError when the lock cannot be taken: nothing started.
+        After the lock, raises DaemonError when a part cannot start; stop() then ends what did."""
+        t0 = self.clock()
+        state = Path(self.config.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
+        self.log.info("daemon_started", pid=os.getpid(), state_dir=str(state),
+                      database=display_url(self.config.database_url))
+        self.log.info("config_loaded", config=self.config.to_dict())
+        lower_priority(self.config.daemon.nice, self.log)
+        self._serve_metrics()
+        if self.window is not None:
+            self.window.serve(self)  # http_serving, or http_failed and on without it
+        self._write_health(self.health_report("starting", t0))
+        self._start_parts(t0)
+        now = self.clock()  # tick's schedule starts here
+        self._watchdog = self.notifier.watchdog_interval()
+        self._next_status = now + self.config.daemon.status_interval_seconds
+        self._next_watchdog = now + (self._watchdog or math.inf)
+
+    def _start_parts(self, t0: float) -> None:
         """Open the store, start the workers, then the watcher; a stop signal meanwhile skips
-        the rest (the loop then stops at once). Raises DaemonError when a part cannot start."""
+        the rest. Raises DaemonError when a part cannot start."""
         try:
-            self._open_store()
+            self.database, self.tokenizer = self.open_store()
         except Exception as exc:  # noqa: BLE001 - any failure here is the store's or the state's
             raise _start_failure("the store could not be opened", exc, EXIT_STORAGE_FAILED, "storage_failed") from exc
         self.inbox: queue_module.Queue = queue_module.Queue(maxsize=self.config.daemon.ingest_queue_size)
@@ -365,61 +394,36 @@ class Daemon:
             while not thread.ready.wait(LOOP_SECONDS):
                 if self.stop_requested:  # a stop during a slow start (numba compiling)
                     return
-            if not thread.initialized:  # (one that dies later is restarted by _supervise)
+            if not thread.initialized:  # (one that dies later is restarted by tick)
                 raise _start_failure(f"the {name} worker could not start", thread.error, EXIT_WORKER_FAILED,
                                      "worker_failed")
-        self.watcher = self._make_watcher()
+        self.watcher = self.make_watcher()
         self.watcher.start()
         self.notifier.ready(self._status_line())
-        trainer = self._trainer()
-        self.log.info("daemon_ready", seconds=round(self.clock() - t0, 3), roots=list(self.config.watch.roots),
+        trainer = self.training_worker()
+        now = self.clock()
+        self.log.info("daemon_ready", seconds=round(now - t0, 3), roots=list(self.config.watch.roots),
                       threads=trainer.trainer.threads if trainer is not None and trainer.trainer else None,
                       train=self.config.daemon.train)
-        self._write_health(health, self._health("ready"))
+        self._write_health(self.health_report("ready", now))
 
-    def _open_store(self) -> None:
+    # --- the parts: what a test replaces with stand-ins ---------------------------------------------
+
+    def open_store(self) -> tuple[Any, Any]:
+        """Open the corpus store and load the state directory's tokenizer, and record which
+        tokenizer the store's tokens are in; returns (database, tokenizer)."""
         from storage import CorpusQueue, open_database
 
         from ..ingest.tokenizer import load_state_tokenizer
 
-        self.database = open_database(self.config.storage_config())
-        self.tokenizer = load_state_tokenizer(self.config.state_dir)
-        CorpusQueue(self.database).set_tokenizer(self.tokenizer.identity_string())
+        database = open_database(self.config.storage_config())
+        tokenizer = load_state_tokenizer(self.config.state_dir)
+        CorpusQueue(database).set_tokenizer(tokenizer.identity_string())
+        return database, tokenizer
 
-    def _hold_training_lock(self) -> None:
-        """One training job per corpus (storage.TrainingLock: a PostgreSQL advisory lock held
-        until the stop; the state directory's lock on SQLite). Raises DaemonError when another
-        job holds it, naming that job."""
-        import socket
-
-        from storage import TrainingLock, TrainingLocked
-
-        if getattr(self.database, "dialect", None) != "postgresql":
-            return  # a SQLite corpus: the state directory's lock, taken in run(), is the training lock
-        holder = f"crystalline run on {socket.gethostname()}, pid {os.getpid()}"
-        self.training_lock = TrainingLock(self.database, holder)
-        try:
-            self.training_lock.acquire()
-        except TrainingLocked as exc:
-            raise DaemonError(str(exc), EXIT_WORKER_FAILED, "training_locked") from exc
-        except Exception as exc:  # noqa: BLE001 - the server failed us: the store's failure
-            raise _start_failure("the training lock could not be taken", exc, EXIT_STORAGE_FAILED,
-                                 "storage_failed") from exc
-        self.log.info("training_lock_held", database=display_url(self.config.database_url), holder=holder)
-
-    def _make_watcher(self):
-        from ..ingest.watcher import Watcher
-
-        return Watcher(self.config.watch, self._offer, log=get_logger("watcher"))
-
-    def _offer(self, path: Path, root: Path) -> bool:
-        try:
-            self.inbox.put_nowait((path, root))
-            return True
-        except queue_module.Full:
-            return False  # the watcher keeps it pending and offers it again
-
-    def _make_worker(self, name: str):
+    def make_worker(self, name: str):
+        """A new worker by name ("trainer" or "ingest") on the open store, sharing the daemon's
+        WriteState; the ingest worker hands the files it could not store back to the watcher."""
         from storage import CorpusQueue
 
         queue = CorpusQueue(self.database)
@@ -432,6 +436,45 @@ class Daemon:
         return IngestWorker(self.config, queue, self.tokenizer, self.inbox, log, writes=self.writes,
                             release=self._reoffer, gate=make_gate(self.config, self.database, queue, log))
 
+    def make_watcher(self):
+        """The watcher over [watch] roots, offering ready files to the ingest inbox."""
+        from ..ingest.watcher import Watcher
+
+        return Watcher(self.config.watch, self._offer, log=get_logger("watcher"))
+
+    def training_worker(self) -> TrainingWorker | None:
+        """The running trainer's worker; None before it starts, or with [daemon] train = false."""
+        thread = self.workers.get("trainer")
+        return thread.worker if thread is not None else None
+
+    def _hold_training_lock(self) -> None:
+        """One training job per corpus (storage.TrainingLock: a PostgreSQL advisory lock held
+        until the stop; the state directory's lock on SQLite). Raises DaemonError when another
+        job holds it, naming that job."""
+        import socket
+
+        from storage import TrainingLock, TrainingLocked
+
+        if getattr(self.database, "dialect", None) != "postgresql":
+            return  # a SQLite corpus: the state directory's lock, taken in start(), is the training lock
+        holder = f"crystalline run on {socket.gethostname()}, pid {os.getpid()}"
+        self.training_lock = TrainingLock(self.database, holder)
+        try:
+            self.training_lock.acquire()
+        except TrainingLocked as exc:
+            raise DaemonError(str(exc), EXIT_WORKER_FAILED, "training_locked") from exc
+        except Exception as exc:  # noqa: BLE001 - the server failed us: the store's failure
+            raise _start_failure("the training lock could not be taken", exc, EXIT_STORAGE_FAILED,
+                                 "storage_failed") from exc
+        self.log.info("training_lock_held", database=display_url(self.config.database_url), holder=holder)
+
+    def _offer(self, path: Path, root: Path) -> bool:
+        try:
+            self.inbox.put_nowait((path, root))
+            return True
+        except queue_module.Full:
+            return False  # the watcher keeps it pending and offers it again
+
     def _reoffer(self, files: list) -> None:
         """The ingest worker's way to hand back files it could not store: the watcher offers
         them again (before the watcher exists no file was handed over)."""
@@ -440,43 +483,43 @@ class Daemon:
             watcher.reoffer(files)
 
     def _start_worker(self, name: str) -> None:
-        thread = WorkerThread(self._make_worker(name), self.stop_event, self.log, self.clock, threading.Event())
+        thread = WorkerThread(self.make_worker(name), self.stop_event, self.log, self.clock, threading.Event())
         self.workers[name] = thread
         thread.start()
 
-    def _trainer(self) -> TrainingWorker | None:
-        thread = self.workers.get("trainer")
-        return thread.worker if thread is not None else None
+    # --- the supervisor's pass ------------------------------------------------------------------
 
-    def _loop(self, health: HealthFile) -> None:
-        interval = self.config.daemon.status_interval_seconds
-        watchdog = self.notifier.watchdog_interval()
-        next_status = self.clock() + interval
-        next_watchdog = self.clock() + (watchdog or 1e18)
-        while True:
-            while self.signals:
-                signum = self.signals.pop(0)
-                if signum == signal.SIGHUP:
-                    self._reload()
-                elif signum == signal.SIGUSR1:  # a checkpoint now, at the trainer's next step
-                    if (trainer := self._trainer()) is not None:
-                        trainer.checkpoint_requested.set()
-                else:
-                    self.log.info("daemon_stopping", signal=signal.Signals(signum).name)
-                    self.notifier.stopping("stopping: checkpointing, then finishing the ingest batch")
-                    return
-            now = self.clock()
-            self._supervise(now)
-            self._renew_claims(now)
-            self._follow_pause()
-            if self._check_writes(now) or now >= next_status:
-                next_status = now + self.config.daemon.status_interval_seconds
-                self._report(health)
-                self._trim_folders()
-            if now >= next_watchdog:
-                self.notifier.watchdog()
-                next_watchdog = now + watchdog
-            time.sleep(LOOP_SECONDS)
+    def tick(self, now: float) -> bool:
+        """One pass of the supervisor at `now` (the daemon's clock, read once by the caller).
+
+        First the signals recorded since the last pass: SIGHUP reloads the configuration, SIGUSR1
+        asks the trainer for a checkpoint, and a stop signal ends the pass (daemon_stopping):
+        returns False, and the caller calls stop(). Then: restart the workers that died (with
+        backoff), renew the ingest claims, follow the pause file, re-check blocked writes; every
+        status_interval_seconds, and at once when a block begins or ends, the status event,
+        health.json and the folder caps; then the systemd watchdog when due. Returns True."""
+        while self.signals:
+            signum = self.signals.pop(0)
+            if signum == signal.SIGHUP:
+                self._reload()
+            elif signum == signal.SIGUSR1:  # a checkpoint now, at the trainer's next step
+                if (trainer := self.training_worker()) is not None:
+                    trainer.checkpoint_requested.set()
+            else:
+                self.log.info("daemon_stopping", signal=signal.Signals(signum).name)
+                self.notifier.stopping("stopping: checkpointing, then finishing the ingest batch")
+                return False
+        self._supervise(now)
+        self._renew_claims(now)
+        self._follow_pause()
+        if self._check_writes(now) or now >= self._next_status:
+            self._next_status = now + self.config.daemon.status_interval_seconds
+            self._report(now)
+            self._trim_folders()
+        if now >= self._next_watchdog:
+            self.notifier.watchdog()
+            self._next_watchdog = now + self._watchdog
+        return True
 
     def _renew_claims(self, now: float) -> None:
         """Keep the leases on the files the ingest worker holds (crawler/ingest/claiming.py)."""
@@ -487,7 +530,7 @@ class Daemon:
 
     def _follow_pause(self) -> None:
         """`crystalline pause` / `resume` create and remove STATE_DIR/paused; the trainer follows."""
-        trainer = self._trainer()
+        trainer = self.training_worker()
         if trainer is not None:
             trainer.pause_requested = (Path(self.config.state_dir) / PAUSE_FILE).exists()
 
@@ -514,7 +557,7 @@ class Daemon:
         return changed
 
     def _status_line(self) -> str:
-        trainer = self._trainer()
+        trainer = self.training_worker()
         f = trainer.figures if trainer else None
         if f is None:
             return "starting" if self.config.daemon.train else "ingest only (no trainer: [daemon] train = false)"
@@ -526,10 +569,11 @@ class Daemon:
             line += f", {self.writes.blocked}: ingest and checkpoints paused"
         return line + (", plateaued" if f.plateaued else "")
 
-    def _health(self, state: str) -> dict[str, Any]:
-        trainer = self._trainer()
+    def health_report(self, state: str, now: float) -> dict[str, Any]:
+        """What health.json and the status event say in `state` ("starting", "ready", "stopping")
+        at `now` on the daemon's clock; logs root_unwatched / root_watched when a root's changes."""
+        trainer = self.training_worker()
         f = trainer.figures if trainer else None
-        now = self.clock()
         writes = self.writes.snapshot()
         return {
             "pid": os.getpid(), "state": state, "started_at": utc_iso(self.started_wall),
@@ -568,31 +612,32 @@ class Daemon:
         self._unwatched = now
         return now
 
-    def _write_health(self, health: HealthFile, report: dict[str, Any]) -> None:
+    def _write_health(self, report: dict[str, Any]) -> None:
         """health.json, never fatal: a blocked write was told to `writes` by HealthFile; any
         other failure is logged once (until the error changes or a write succeeds)."""
         try:
-            health.write(report)
+            self._health_file.write(report)
             self._health_error = None
         except (OSError, ValueError) as exc:
             error = f"{type(exc).__name__}: {exc}"
             if error != self._health_error:
                 self._health_error = error
-                self.log.error("health_write_failed", path=str(health.path), error=error,
+                self.log.error("health_write_failed", path=str(self._health_file.path), error=error,
                                blocked=self.writes.blocked)
 
-    def _report(self, health: HealthFile) -> None:
+    def _report(self, now: float) -> None:
         from storage import CorpusQueue
 
-        report = self._health("ready")
+        report = self.health_report("ready", now)
         try:
             stats = CorpusQueue(self.database).stats()
-            position = self._trainer().figures.position if self._trainer() else 0
+            trainer = self.training_worker()
+            position = trainer.figures.position if trainer else 0
             report |= {"queue_documents": stats.documents.get("queued", 0),
                        "queue_tokens": max(0, stats.tokens_total - position)}
         except Exception as exc:  # noqa: BLE001 - a status report must not stop the daemon
             report["last_error"] = f"{type(exc).__name__}: {exc}"
-        self._write_health(health, report)
+        self._write_health(report)
         self.log.info("status", **{k: v for k, v in report.items() if k not in ("pid", "state", "started_at")})
         self.notifier.status(self._status_line())
 
@@ -630,18 +675,25 @@ class Daemon:
 
     # --- stop -----------------------------------------------------------------------------------
 
-    def _shutdown(self, health: HealthFile, reason: str, status: int) -> None:
-        """Stop every part within stop_timeout_seconds (the daemon's clock), checkpoint first:
-        no more files for ingest (the watcher stops, the files queued for ingest are left to the
-        next start's scan), then the trainer's final checkpoint, then the ingest batch in flight,
-        then the store. What is not done by the deadline is left running on its daemon thread,
-        named in shutdown_cut_short, and ended by the process's exit; each file and database
-        write is atomic, so that loses at most the steps since the last checkpoint. Never raises;
-        always ends with daemon_stopped."""
+    def stop(self, reason: str = "signal", status: int = EXIT_STOPPED) -> None:
+        """Stop every part start() started within stop_timeout_seconds (the daemon's clock),
+        checkpoint first: no more files for ingest (the watcher stops, the files queued for
+        ingest are left to the next start's scan), then the trainer's final checkpoint, then the
+        ingest batch in flight, then the store; then the other ranks (under mpiexec) and the
+        state directory's lock. What is not done by the deadline is left running on its daemon
+        thread, named in shutdown_cut_short, and ended by the process's exit; each file and
+        database write is atomic, so that loses at most the steps since the last checkpoint.
+
+        `reason` and `status` (EXIT_*) go to daemon_stopped, which always ends the stop; the
+        stop's own steps never raise. Does nothing unless start() holds the lock: before it
+        (nothing started) and after a stop."""
+        if not self._lock.held:
+            return
         budget = self.config.daemon.stop_timeout_seconds
-        deadline = self.clock() + budget
+        began = self.clock()
+        deadline = began + budget
         cut_short: dict[str, str] = {}
-        self._guarded("health", lambda: self._write_health(health, self._health("stopping")))
+        self._guarded("health", lambda: self._write_health(self.health_report("stopping", began)))
         if self.window is not None:  # no new requests; streams and completions end
             self._guarded("http", self.window.stop)
         watcher = getattr(self, "watcher", None)
@@ -670,12 +722,15 @@ class Daemon:
         if cut_short:
             self.log.error("shutdown_cut_short", parts=cut_short, stop_timeout_seconds=budget)
         fields = dict(reason=reason, exit_code=status, seconds_up=round(time.time() - self.started_wall, 1),
-                      stop_seconds=round(self.clock() - deadline + budget, 1), cut_short=sorted(cut_short),
+                      stop_seconds=round(self.clock() - began, 1), cut_short=sorted(cut_short),
                       files_left=files_left)
         if status == EXIT_STOPPED:
             self.log.info("daemon_stopped", **fields)
         else:
             self.log.error("daemon_stopped", **fields)
+        if self.team is not None:
+            self.team.stop()  # the other ranks end after the final checkpoint
+        self._lock.release()
 
     def _serve_metrics(self) -> None:
         """Start the Prometheus endpoint when configured; an address that cannot be bound is
@@ -703,7 +758,7 @@ class Daemon:
     def _unfinished(self, name: str) -> str:
         """What a worker still running at the deadline leaves undone, in words."""
         if name == "trainer":
-            trainer = self._trainer()
+            trainer = self.training_worker()
             f = getattr(trainer, "figures", None)
             steps = getattr(trainer, "unsaved_steps", None)
             since = f"step {f.last_checkpoint_step}" if f and f.last_checkpoint_step is not None else "the start"

@@ -185,7 +185,7 @@ class Window:
     # --- what the API says -------------------------------------------------------------------------
 
     def _trainer(self):
-        return None if self.daemon is None else self.daemon._trainer()
+        return None if self.daemon is None else self.daemon.training_worker()
 
     def status(self) -> dict:
         """`status --json`'s report from the open store (cached STATUS_CACHE_SECONDS) and the live figures."""

@@ -650,7 +650,7 @@ class TrainingWorker:
         """Write best.safetensors (atomically), with its held-out figure: the cooled copy when
         there is one, else the live model."""
         holdout_tokens = holdout.tokens
-        extra = self._extra() | {"val_bits_per_byte": value, "holdout_tokens": holdout_tokens,
+        extra = self.checkpoint_extra() | {"val_bits_per_byte": value, "holdout_tokens": holdout_tokens,
                                  "holdout_key": holdout.key,
                                  "cooldown_steps": 0 if cooled is None else cooled[3]}
         t = self.trainer
@@ -696,8 +696,8 @@ class TrainingWorker:
 
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def _extra(self) -> dict:
-        """The loop's state that a checkpoint carries beside the weights."""
+    def checkpoint_extra(self) -> dict:
+        """The loop's state that a checkpoint carries beside the weights (its `extra`), now."""
         f = self.figures
         return {
             "command": self.command, "tokenizer": self.tokenizer.identity(), "stream_position": f.position,
@@ -726,8 +726,8 @@ class TrainingWorker:
         step, f = self.trainer.step_count, self.figures
         loss = None if f.loss is None or not math.isfinite(f.loss) else float(f.loss)
         try:
-            path = self.checkpoints.commit(self.trainer, extra=self._extra(), stream_position=f.position,
-                                           tokens_trained=f.tokens_trained, loss=loss)
+            path = self.checkpoints.commit(self.trainer, extra=self.checkpoint_extra(),
+                                           stream_position=f.position, tokens_trained=f.tokens_trained, loss=loss)
         except Exception as exc:  # the store leaves no file of a checkpoint it could not commit
             if not self.writes.report("checkpoint", exc):
                 raise

@@ -426,21 +426,21 @@ def test_train_runs_until_the_plateau_without_steps(capsysbinary, tmp_path, bigg
 def test_a_second_stop_signal_to_train_stops_at_once_unless_it_repeats_the_first(monkeypatch):
     import signal
 
-    from crawler.cli.main import _StopFlag
+    from crawler.cli.main import StopFlag
 
     now = [100.0]
     exits = []
     monkeypatch.setattr("crawler.cli.main.os._exit", lambda code: exits.append(code))
-    flag = _StopFlag(clock=lambda: now[0])
-    flag._handle(signal.SIGTERM, None)
+    flag = StopFlag(clock=lambda: now[0])
+    flag.handle(signal.SIGTERM, None)
     assert flag.signum == signal.SIGTERM and exits == []
     now[0] += 0.5  # the same stop delivered twice
-    flag._handle(signal.SIGTERM, None)
+    flag.handle(signal.SIGTERM, None)
     assert exits == []
     now[0] += 1.0  # asked again: at once
     with pytest.raises(KeyboardInterrupt):
-        flag._handle(signal.SIGINT, None)
-    flag._handle(signal.SIGTERM, None)
+        flag.handle(signal.SIGINT, None)
+    flag.handle(signal.SIGTERM, None)
     assert exits == [128 + signal.SIGTERM]
 
 

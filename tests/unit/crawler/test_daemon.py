@@ -1,8 +1,9 @@
 """The supervisor: restarts of dead workers, a stop bounded by stop_timeout_seconds (checkpoint
 first), daemon_stopped on every exit path, blocked writes and unwatched roots in health.json;
-driven one step at a time with injected clocks and stand-in workers."""
+driven through its public steps (start, tick(now), stop) with injected clocks and stand-in parts."""
 
 import errno
+import os
 import queue as queue_module
 import signal
 import threading
@@ -24,13 +25,33 @@ from crawler.service.daemon import (
 )
 from crawler.state.health import HealthFile, read_health
 
+WAIT = 10  # a failure guard for waits on events, never reached when the test passes
+
+
+# ---------------------------------------------------------------------------------------------
+# stand-ins: a clock, workers, a watcher, and a Daemon built from them
+
+
+class Ticking:
+    """A clock that moves `step` seconds each time it is read: a deadline is reached after a
+    known number of reads, whatever the real time."""
+
+    def __init__(self, step: float, start: float = 1000.0):
+        self.now, self.step = start, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
 
 class Flaky:
-    """A worker whose run_once raises the first `failures` times it runs, in any instance."""
+    """A worker whose run_once raises the first `failures` times it runs, in any instance;
+    `ran` is set by the first run that does not raise."""
 
     name = "flaky"
     failures = 1
     runs = 0
+    ran = threading.Event()
 
     def initialize(self):
         pass
@@ -40,34 +61,120 @@ class Flaky:
         if Flaky.failures > 0:
             Flaky.failures -= 1
             raise RuntimeError("boom")
+        Flaky.ran.set()
         return 0.01
 
     def shutdown(self):
         pass
 
 
-class FakeDaemon(Daemon):
-    def _make_worker(self, name):
+class Part:
+    """A worker with hooks the test controls: `batch` blocks run_once until released (a slow
+    ingest batch), `checkpoint` blocks shutdown until released (a slow final checkpoint)."""
+
+    figures = None
+    trainer = None
+    unsaved_steps = 7
+    pause_requested = False
+
+    def __init__(self, name, log, slow_batch=False, slow_checkpoint=False, fail_start=None):
+        self.name, self.log = name, log
+        self.in_batch, self.batch = threading.Event(), threading.Event()
+        self.checkpoint = threading.Event()
+        self.slow_batch = slow_batch
+        if not slow_batch:
+            self.batch.set()
+        if not slow_checkpoint:
+            self.checkpoint.set()
+        self.fail_start = fail_start
+
+    def initialize(self):
+        if self.fail_start is not None:
+            raise self.fail_start
+
+    def run_once(self, now):
+        self.in_batch.set()
+        self.batch.wait(WAIT)
+        if self.slow_batch:
+            self.log.append((self.name, "batch_done"))
+        return 0.01
+
+    def shutdown(self):
+        self.checkpoint.wait(WAIT)
+        self.log.append((self.name, "shutdown"))
+
+
+class PartsDaemon(Daemon):
+    """A Daemon whose store, workers and watcher are stand-ins."""
+
+    def __init__(self, config, clock=time.monotonic, **parts):
+        super().__init__(config, {}, clock=clock)
+        self.calls: list = []
+        self.parts = parts  # name -> Part keyword arguments
+
+    def open_store(self):
+        return None, None
+
+    def make_worker(self, name):
+        return Part(name, self.calls, **self.parts.get(name, {}))
+
+    def make_watcher(self):
+        return StubWatcher()
+
+
+class FlakyDaemon(PartsDaemon):
+    def make_worker(self, name):
         return Flaky()
+
+
+class StubWatcher:
+    def __init__(self, observers=None):
+        self.observers = observers or {}
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def join(self, timeout=None):
+        pass
+
+
+def config_for(tmp_path, **daemon):
+    return Config(state_dir=tmp_path, daemon=replace(DaemonConfig(), **daemon))
+
+
+def finish(daemon):
+    """Release whatever the test held, and join every worker (no thread outlives a test)."""
+    for thread in daemon.workers.values():
+        thread.worker.batch.set()
+        thread.worker.checkpoint.set()
+        thread.join(WAIT)
+
+
+# ---------------------------------------------------------------------------------------------
+# workers: restarted with backoff, shut down after a failure
 
 
 def test_a_dead_worker_is_logged_and_restarted_with_backoff(tmp_path):
     Flaky.failures, Flaky.runs = 2, 0
+    Flaky.ran.clear()
     now = [1000.0]
-    daemon = FakeDaemon(Config(state_dir=tmp_path), {}, clock=lambda: now[0])
+    daemon = FlakyDaemon(config_for(tmp_path, train=False), clock=lambda: now[0])  # the ingest worker only
     with capture_logs() as logs:
-        daemon._start_worker("flaky")
-        daemon.workers["flaky"].join(timeout=5)  # dies on its first run
-        daemon._supervise(now[0])  # restart 1, at once
-        daemon.workers["flaky"].join(timeout=5)  # dies again
-        daemon._supervise(now[0])  # inside the backoff: not yet
-        assert not daemon.workers["flaky"].is_alive()
+        daemon.start()
+        daemon.workers["ingest"].join(timeout=5)  # dies on its first run
+        assert daemon.tick(now[0])  # restart 1, at once
+        daemon.workers["ingest"].join(timeout=5)  # dies again
+        assert daemon.tick(now[0])  # inside the backoff: not yet
+        assert not daemon.workers["ingest"].is_alive()
         now[0] += 2.5
-        daemon._supervise(now[0])  # restart 2
-        time.sleep(0.2)
-        assert daemon.workers["flaky"].is_alive(), "the third instance keeps running"
-    daemon.stop_event.set()
-    daemon.workers["flaky"].join(timeout=5)
+        assert daemon.tick(now[0])  # restart 2
+        assert Flaky.ran.wait(WAIT)
+        assert daemon.workers["ingest"].is_alive(), "the third instance keeps running"
+    daemon.stop("signal", 0)
+    assert not daemon.workers["ingest"].is_alive()
     events = [e["event"] for e in logs]
     assert events.count("worker_failed") == 2
     restarts = [e for e in logs if e["event"] == "worker_restarted"]
@@ -125,141 +232,38 @@ def test_ingest_worker_moves_stored_files_when_asked(tmp_path):
 
 
 def test_a_second_stop_signal_exits_at_once(tmp_path, monkeypatch):
-    import signal
-
     exits, now = [], [1000.0]
     monkeypatch.setattr("crawler.service.daemon.os._exit", lambda code: exits.append(code))
-    daemon = FakeDaemon(Config(state_dir=tmp_path), {}, clock=lambda: now[0])
-    daemon._on_signal(signal.SIGHUP, None)
-    daemon._on_signal(signal.SIGTERM, None)
+    daemon = PartsDaemon(config_for(tmp_path), clock=lambda: now[0])
+    daemon.handle_signal(signal.SIGHUP)
+    daemon.handle_signal(signal.SIGTERM)
     assert exits == [] and daemon.stop_requested
-    daemon.signals.clear()  # the main loop has taken the first one
+    assert daemon.signals == [signal.SIGHUP, signal.SIGTERM], "recorded for the loop, nothing done yet"
     now[0] += 0.5  # the same stop delivered twice (`timeout make run`: to make, then to its group)
-    daemon._on_signal(signal.SIGTERM, None)
-    assert exits == [] and daemon.signals == []
+    daemon.handle_signal(signal.SIGTERM)
+    assert exits == [] and daemon.signals == [signal.SIGHUP, signal.SIGTERM], "not recorded again"
     now[0] += 1.0  # a person asking again
-    daemon._on_signal(signal.SIGINT, None)
+    daemon.handle_signal(signal.SIGINT)
     assert exits == [130]
 
 
 # ---------------------------------------------------------------------------------------------
 # the stop: bounded by stop_timeout_seconds on the daemon's clock, checkpoint first
 
-WAIT = 10  # a failure guard for waits on events, never reached when the test passes
-
-
-class Ticking:
-    """A clock that moves `step` seconds each time it is read: a deadline is reached after a
-    known number of reads, whatever the real time."""
-
-    def __init__(self, step: float, start: float = 1000.0):
-        self.now, self.step = start, step
-
-    def __call__(self) -> float:
-        self.now += self.step
-        return self.now
-
-
-class Part:
-    """A worker with hooks the test controls: `batch` blocks run_once until released (a slow
-    ingest batch), `checkpoint` blocks shutdown until released (a slow final checkpoint)."""
-
-    figures = None
-    trainer = None
-    unsaved_steps = 7
-
-    def __init__(self, name, log, slow_batch=False, slow_checkpoint=False, fail_start=None):
-        self.name, self.log = name, log
-        self.in_batch, self.batch = threading.Event(), threading.Event()
-        self.checkpoint = threading.Event()
-        self.slow_batch = slow_batch
-        if not slow_batch:
-            self.batch.set()
-        if not slow_checkpoint:
-            self.checkpoint.set()
-        self.fail_start = fail_start
-
-    def initialize(self):
-        if self.fail_start is not None:
-            raise self.fail_start
-
-    def run_once(self, now):
-        self.in_batch.set()
-        self.batch.wait(WAIT)
-        if self.slow_batch:
-            self.log.append((self.name, "batch_done"))
-        return 0.01
-
-    def shutdown(self):
-        self.checkpoint.wait(WAIT)
-        self.log.append((self.name, "shutdown"))
-
-
-class PartsDaemon(Daemon):
-    """A Daemon whose store, workers and watcher are stand-ins."""
-
-    def __init__(self, config, clock=time.monotonic, **parts):
-        super().__init__(config, {}, clock=clock)
-        self.calls: list = []
-        self.parts = parts  # name -> Part keyword arguments
-
-    def _open_store(self):
-        self.database = None
-        self.tokenizer = None
-
-    def _make_worker(self, name):
-        return Part(name, self.calls, **self.parts.get(name, {}))
-
-    def _make_watcher(self):
-        return StubWatcher()
-
-
-class StubWatcher:
-    def __init__(self, observers=None):
-        self.observers = observers or {}
-
-    def start(self):
-        pass
-
-    def stop(self):
-        pass
-
-    def join(self, timeout=None):
-        pass
-
-
-def config_for(tmp_path, **daemon):
-    return Config(state_dir=tmp_path, daemon=replace(DaemonConfig(), **daemon))
-
-
-def started(daemon):
-    daemon.inbox = queue_module.Queue()
-    daemon._start_worker("trainer")
-    daemon._start_worker("ingest")
-    for thread in daemon.workers.values():
-        assert thread.ready.wait(WAIT)
-
-
-def finish(daemon):
-    """Release whatever the test held, and join every worker (no thread outlives a test)."""
-    for thread in daemon.workers.values():
-        thread.worker.batch.set()
-        thread.worker.checkpoint.set()
-        thread.join(WAIT)
-
 
 def test_a_slow_final_checkpoint_is_cut_short_at_the_stop_timeout(tmp_path):
     clock = Ticking(step=5.0)
     daemon = PartsDaemon(config_for(tmp_path, stop_timeout_seconds=30.0), clock=clock,
                          trainer={"slow_checkpoint": True})
-    started(daemon)
+    daemon.start()
     try:
         with capture_logs() as logs:
             t0 = clock.now
-            daemon._shutdown(HealthFile(tmp_path), "signal", 0)
+            daemon.stop("signal", 0)
             stop_seconds = clock.now - t0
     finally:
         finish(daemon)
+
     assert stop_seconds <= 30.0 + 2 * clock.step, "the stop ends at its deadline on the daemon's clock"
     cut = [e for e in logs if e["event"] == "shutdown_cut_short"]
     assert len(cut) == 1 and list(cut[0]["parts"]) == ["trainer"]
@@ -275,14 +279,14 @@ def test_a_slow_final_checkpoint_is_cut_short_at_the_stop_timeout(tmp_path):
 def test_the_final_checkpoint_does_not_wait_for_a_slow_ingest_batch(tmp_path):
     clock = Ticking(step=5.0)
     daemon = PartsDaemon(config_for(tmp_path, stop_timeout_seconds=30.0), clock=clock, ingest={"slow_batch": True})
-    started(daemon)
+    daemon.start()
     ingest = daemon.workers["ingest"].worker
     assert ingest.in_batch.wait(WAIT)  # a batch is in flight and will not end by itself
     for name in ("a.txt", "b.txt", "c.txt"):
         daemon.inbox.put((tmp_path / name, tmp_path))
     try:
         with capture_logs() as logs:
-            daemon._shutdown(HealthFile(tmp_path), "signal", 0)
+            daemon.stop("signal", 0)
     finally:
         finish(daemon)
     # the trainer stopped and checkpointed while the ingest batch was still in flight
@@ -295,9 +299,9 @@ def test_the_final_checkpoint_does_not_wait_for_a_slow_ingest_batch(tmp_path):
 
 def test_a_stop_with_nothing_slow_is_not_cut_short(tmp_path):
     daemon = PartsDaemon(config_for(tmp_path), clock=Ticking(step=0.001))
-    started(daemon)
+    daemon.start()
     with capture_logs() as logs:
-        daemon._shutdown(HealthFile(tmp_path), "signal", 0)
+        daemon.stop("signal", 0)
     finish(daemon)
     events = [e["event"] for e in logs]
     assert "shutdown_cut_short" not in events and "worker_stuck" not in events
@@ -325,16 +329,35 @@ def run_daemon_in_test(daemon):
 
 
 def test_a_stop_signal_exits_0_with_daemon_stopped(tmp_path):
-    daemon = PartsDaemon(config_for(tmp_path))
-    daemon.signals.append(signal.SIGTERM)  # delivered during the start: the loop stops at once
-    result, stopped, logs = run_daemon_in_test(daemon)
+    class SignalledWhileStarting(PartsDaemon):
+        def make_watcher(self):
+            self.handle_signal(signal.SIGTERM)  # delivered during the start: the loop stops at once
+            return super().make_watcher()
+
+    result, stopped, logs = run_daemon_in_test(SignalledWhileStarting(config_for(tmp_path)))
     assert result == 0 and (stopped["reason"], stopped["exit_code"]) == ("signal", 0)
-    assert "daemon_ready" in [e["event"] for e in logs]
+    events = [e["event"] for e in logs]
+    assert "daemon_ready" in events and events.index("daemon_stopping") < events.index("daemon_stopped")
+
+
+def test_a_state_directory_another_daemon_holds_raises_before_daemon_started(tmp_path):
+    from crawler.state.health import DaemonAlreadyRunning, DaemonLock
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    daemon = PartsDaemon(config_for(tmp_path))
+    with DaemonLock(tmp_path), capture_logs() as logs:
+        try:
+            daemon.run()
+            raise AssertionError("run() took a lock another holder has")
+        except DaemonAlreadyRunning:
+            pass
+    assert {s: signal.getsignal(s) for s in handlers} == handlers, "run() restores the signal handlers"
+    assert logs == [] and daemon.workers == {}, "nothing started, so nothing stopped"
 
 
 def test_a_storage_failure_at_start_exits_4_with_daemon_stopped(tmp_path):
     class NoStore(PartsDaemon):
-        def _open_store(self):
+        def open_store(self):
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "corpus.db"))
 
     result, stopped, _ = run_daemon_in_test(NoStore(config_for(tmp_path)))
@@ -357,7 +380,7 @@ def test_a_worker_that_cannot_start_exits_3_with_daemon_stopped(tmp_path):
 
 def test_an_unexpected_fault_in_the_loop_exits_1_with_daemon_stopped(tmp_path):
     class Broken(PartsDaemon):
-        def _supervise(self, now):
+        def tick(self, now):
             raise KeyError("a bug")
 
     result, stopped, logs = run_daemon_in_test(Broken(config_for(tmp_path)))
@@ -381,14 +404,15 @@ def test_a_worker_dying_in_a_loop_on_a_full_disk_still_ends_in_daemon_stopped(tm
     class Dying(PartsDaemon):
         rounds = 0
 
-        def _make_worker(self, name):
-            return Flaky() if name == "ingest" else super()._make_worker(name)
+        def make_worker(self, name):
+            return Flaky() if name == "ingest" else super().make_worker(name)
 
-        def _supervise(self, now):
-            super()._supervise(now)
+        def tick(self, now):
+            going = super().tick(now)
             Dying.rounds += 1
             if Dying.rounds == 4:
-                self.signals.append(signal.SIGTERM)
+                self.handle_signal(signal.SIGTERM)
+            return going
 
     Flaky.failures, Flaky.runs = 1000, 0
     monkeypatch.setattr("crawler.service.daemon.HealthFile", FullDisk)
@@ -409,18 +433,25 @@ def test_a_worker_dying_in_a_loop_on_a_full_disk_still_ends_in_daemon_stopped(tm
 
 def test_the_supervisor_rechecks_blocked_writes_and_reports_the_change_at_once(tmp_path):
     clock = Ticking(step=0.0)
-    daemon = PartsDaemon(config_for(tmp_path), clock=clock)
-    assert daemon._check_writes(clock.now) is False
-    with capture_logs() as logs:
-        assert daemon.writes.report("checkpoint", OSError(errno.ENOSPC, "No space left on device"))
-        assert daemon._check_writes(clock.now) is True, "the block is reported now, not at the next interval"
-        assert daemon._check_writes(clock.now) is False
-        report = daemon._health("ready")
-        assert report["blocked"] == "disk_full" and list(report["blocked_parts"]) == ["checkpoint"]
-        clock.now += daemon.writes.recheck_seconds  # the state directory (tmp_path) is writable
-        assert daemon._check_writes(clock.now) is True
-    assert daemon.writes.blocked is None and daemon._health("ready")["blocked"] is None
-    assert [e["event"] for e in logs] == ["disk_full", "state_writable"]
+    daemon = PartsDaemon(config_for(tmp_path, status_interval_seconds=3600.0), clock=clock)
+    daemon.start()
+    try:
+        with capture_logs() as logs:
+            assert daemon.tick(clock.now)  # nothing changed: no status before the interval
+            assert daemon.writes.report("checkpoint", OSError(errno.ENOSPC, "No space left on device"))
+            assert daemon.tick(clock.now)  # the block is reported now, not at the next interval
+            assert read_health(tmp_path)["blocked"] == "disk_full"
+            assert daemon.tick(clock.now)  # and once
+            report = daemon.health_report("ready", clock.now)
+            assert report["blocked"] == "disk_full" and list(report["blocked_parts"]) == ["checkpoint"]
+            clock.now += daemon.writes.recheck_seconds  # the state directory (tmp_path) is writable
+            assert daemon.tick(clock.now)
+        assert daemon.writes.blocked is None and daemon.health_report("ready", clock.now)["blocked"] is None
+        assert read_health(tmp_path)["blocked"] is None
+    finally:
+        daemon.stop("signal", 0)
+    assert [e["event"] for e in logs] == ["disk_full", "status", "state_writable", "status"]
+    assert [e["blocked"] for e in logs if e["event"] == "status"] == ["disk_full", None]
 
 
 def test_the_supervisors_report_takes_its_time_and_memory_from_the_health_module(tmp_path, monkeypatch):
@@ -429,7 +460,7 @@ def test_the_supervisors_report_takes_its_time_and_memory_from_the_health_module
     daemon = PartsDaemon(config_for(tmp_path))
     daemon.started_wall = 1_700_000_000.0
     monkeypatch.setattr(daemon_module, "process_stats", lambda: {"rss_mb": 12.5, "threads": 9})
-    report = daemon._health("ready")
+    report = daemon.health_report("ready", daemon.clock())
     # the format HealthFile writes updated_at in: one clock format in health.json
     assert report["started_at"] == "2023-11-14T22:13:20.000+00:00"
     assert report["rss_mb"] == 12.5
@@ -444,7 +475,7 @@ def test_workers_share_the_daemons_write_state_and_hand_back_files_to_the_watche
     daemon = Daemon(config_for(tmp_path), {})
     daemon.tokenizer, daemon.inbox = ByteTokenizer(), queue_module.Queue()
     with open_database(StorageConfig(url=f"sqlite:///{tmp_path / 'c.db'}").validate()) as daemon.database:
-        workers = {name: daemon._make_worker(name) for name in ("ingest", "trainer")}
+        workers = {name: daemon.make_worker(name) for name in ("ingest", "trainer")}
     assert isinstance(workers["ingest"], IngestWorker) and isinstance(workers["trainer"], TrainingWorker)
     assert workers["ingest"].writes is daemon.writes and workers["trainer"].writes is daemon.writes
     handed_back = []
@@ -466,8 +497,8 @@ def test_an_inbox_that_cannot_be_watched_is_in_the_health_report(tmp_path):
     with capture_logs() as logs:
         daemon.watcher.start()
         try:
-            first = daemon._health("ready")["unwatched_roots"]
-            again = daemon._health("ready")["unwatched_roots"]
+            first = daemon.health_report("ready", daemon.clock())["unwatched_roots"]
+            again = daemon.health_report("ready", daemon.clock())["unwatched_roots"]
         finally:
             daemon.watcher.stop()
             daemon.watcher.join(WAIT)
@@ -478,26 +509,28 @@ def test_an_inbox_that_cannot_be_watched_is_in_the_health_report(tmp_path):
     assert all(e["setting"] == "watch.roots" for e in unwatched)
     daemon.watcher = StubWatcher({Path("/dev/null"): object()})  # watched again
     with capture_logs() as logs:
-        assert daemon._health("ready")["unwatched_roots"] is None
+        assert daemon.health_report("ready", daemon.clock())["unwatched_roots"] is None
     assert sorted(e["root"] for e in logs if e["event"] == "root_watched") == sorted([str(not_a_folder), "/dev/null"])
 
 
 def test_the_pause_file_holds_the_trainer_and_resume_releases_it(tmp_path, capsys):
-    import threading
-    from types import SimpleNamespace
-
     from crawler.cli.main import main
 
-    trainer = SimpleNamespace(checkpoint_requested=threading.Event(), pause_requested=False)
-    daemon = FakeDaemon(Config(state_dir=tmp_path), {})
-    daemon._trainer = lambda: trainer
     assert main(["pause", "--state-dir", str(tmp_path)]) == 0
     assert "no daemon runs: it will start paused" in capsys.readouterr().out
-    daemon._follow_pause()
-    assert trainer.pause_requested
-    assert main(["resume", "--state-dir", str(tmp_path)]) == 0
-    daemon._follow_pause()
-    assert not trainer.pause_requested
+    clock = Ticking(step=0.0)
+    daemon = PartsDaemon(config_for(tmp_path), clock=clock)
+    daemon.start()
+    try:
+        trainer = daemon.training_worker()
+        assert daemon.tick(clock.now)
+        assert trainer.pause_requested
+        assert main(["resume", "--state-dir", str(tmp_path)]) == 0
+        assert f"training goes on in the daemon (pid {os.getpid()})" in capsys.readouterr().out
+        assert daemon.tick(clock.now)
+        assert not trainer.pause_requested
+    finally:
+        daemon.stop("signal", 0)
     assert main(["resume", "--state-dir", str(tmp_path)]) == 0
     assert "was not paused" in capsys.readouterr().out
 

@@ -3,7 +3,6 @@ step (never the newest committed one, best.safetensors or a file no row names), 
 sweep, a cap that cannot be met a warning; files made with set mtimes, no clock read."""
 
 import os
-import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -232,36 +231,59 @@ def test_the_training_loop_keeps_its_checkpoints_within_the_cap(tmp_path):
 # the daemon: one sweep per status interval
 
 
-def test_the_daemon_sweeps_the_folders_on_its_status_interval(tmp_path, monkeypatch):
-    from crawler.service import daemon as daemon_module
+def test_the_daemon_sweeps_the_folders_on_its_status_interval(tmp_path):
     from crawler.service.daemon import Daemon
-    from crawler.state.health import HealthFile
 
-    class Stub:
+    class Ingest:  # an ingest worker that has moved nothing yet
+        name = "ingest"
         counts = {"ingested": 0, "duplicate": 0}
 
-    class Thread:
-        worker = Stub()
+        def initialize(self):
+            pass
 
-        def is_alive(self):
-            return True
+        def run_once(self, now):
+            return 0.05
 
-    class OneInterval(Daemon):
-        def _report(self, health):
-            self.reports = getattr(self, "reports", 0) + 1
-            self.signals.append(signal.SIGTERM)  # after this interval's sweep, the loop ends
+        def shutdown(self):
+            pass
+
+    class Watcher:
+        observers: dict = {}
+
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+        def join(self, timeout=None):
+            pass
+
+    class IngestOnly(Daemon):  # no store, no trainer, a watcher that watches nothing
+        def open_store(self):
+            return None, None
+
+        def make_worker(self, name):
+            return Ingest()
+
+        def make_watcher(self):
+            return Watcher()
 
     put(tmp_path / "processed" / "inbox" / "old.txt", 2 * MB, T0)
     put(tmp_path / "processed" / "inbox" / "new.txt", MB, T0 + 1)
-    clock = iter(float(t) for t in range(0, 10_000, 100))  # every step is past the status interval
-    config = Config(state_dir=tmp_path, daemon=replace(DaemonConfig(), after_ingest="move", processed_max_mb=1,
-                                                        status_interval_seconds=30.0))
-    daemon = OneInterval(config, {}, clock=lambda: next(clock))
-    daemon.workers = {"ingest": Thread()}
-    monkeypatch.setattr(daemon_module.time, "sleep", lambda seconds: None)
-    with capture_logs() as logs:
-        daemon._loop(HealthFile(tmp_path))
-    assert daemon.reports == 1
+    config = Config(state_dir=tmp_path, daemon=replace(DaemonConfig(), train=False, after_ingest="move",
+                                                        processed_max_mb=1, status_interval_seconds=30.0))
+    daemon = IngestOnly(config, {}, clock=lambda: 0.0)  # started at 0: the first status is due at 30
+    daemon.start()
+    try:
+        with capture_logs() as logs:
+            assert daemon.tick(10.0)
+            assert (tmp_path / "processed" / "inbox" / "old.txt").exists(), "no sweep within the interval"
+            assert daemon.tick(30.0)
+            assert daemon.tick(40.0)
+    finally:
+        daemon.stop("signal", 0)
+    assert [e["event"] for e in logs].count("status") == 1
     assert [(e["part"], e["files"], e["bytes"]) for e in logs if e["event"] == "disk_trimmed"] == [
         ("processed", 1, 2 * MB)]
     assert not (tmp_path / "processed" / "inbox" / "old.txt").exists()

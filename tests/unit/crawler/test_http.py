@@ -78,7 +78,7 @@ def window():
         config = HttpConfig(**({"listen": "127.0.0.1:0"} | http)).validate()
         w = Window(config)
         daemon = SimpleNamespace(config=Config(), tokenizer=ByteTokenizer(), clock=time.monotonic,
-                                 writes=SimpleNamespace(blocked=None), _trainer=lambda: trainer)
+                                 writes=SimpleNamespace(blocked=None), training_worker=lambda: trainer)
         configure_logging("info", json=True, stream=open("/dev/null", "w"), observer=w)
         w.serve(daemon)
         made.append(w)

@@ -157,7 +157,8 @@ def test_an_uncommitted_checkpoint_file_is_recovered_not_deleted(tmp_path, store
     for now in range(8):  # one committed checkpoint at step 5, then 3 more steps
         worker.run_once(float(now))
     # a crash after the file was written, before the database commit
-    orphan = worker.trainer.save_checkpoint(worker.checkpoints.directory, extra=worker._extra(), keep_last=None)
+    orphan = worker.trainer.save_checkpoint(worker.checkpoints.directory, extra=worker.checkpoint_extra(),
+                                            keep_last=None)
     position, tokens = worker.figures.position, worker.figures.tokens_trained
     # a checkpoint of something else (no loop state), newer still: not this loop's to use or delete
     ones = np.ones((4, 16), np.int32)
