@@ -185,6 +185,7 @@ class TrainingWorker:
         self._plateau_end = 0  # the stream's length when training plateaued
         self._stream_end = 0  # the stream's length, read at each refill of the shuffle buffer
         self._last_cooldown_step = 0  # the live step the last cool-down started from
+        self._cooldown_cut = False  # the last cool-down gave way to a stop
         self._best_holdout = 0  # the held-out size the best figure was measured on
         self._best_key = ""  # ... and the held-out blocks it was measured on (HoldoutSet.key)
         self._last_eval_step = -1
@@ -255,7 +256,8 @@ class TrainingWorker:
             self.log.warning("model_config_ignored", path=str(checkpoint.path),
                              configured={f: getattr(configured, f) for f in fields},
                              checkpoint={f: getattr(trained, f) for f in fields},
-                             message=f"{settings} is not used: the checkpoints were trained with {kept}, which "
+                             message=f"{settings} (a setting, or this version's default) is not used: the "
+                                     f"checkpoints were trained with {kept}, which "
                                      "the model keeps; set it back, or start a model of the new shape with "
                                      "`crystalline reset --keep-corpus` (or a new state directory)")
         if trained.vocab_size != self.tokenizer.vocab_size:
@@ -539,6 +541,14 @@ class TrainingWorker:
         # the model handed out is measured: the cooled copy when there is one (the live weights
         # are then not measured at all, which would cost as much again), else the live model
         cooled, cooldown_steps, live = self._cool_down(), 0, None
+        if cooled is None and self._cooldown_cut:
+            # a stop cut the cool-down short: measuring the live weights instead would cost the
+            # stop seconds and could put a copy that was never cooled in best.safetensors (it may
+            # beat the last cooled copy on the held-out text, yet not what the finished cool-down
+            # would have handed out); the next start evaluates again
+            self.log.info("eval_skipped", reason="stopping", step=self.trainer.step_count,
+                          stream_tokens=self.figures.position)
+            return None
         if cooled is not None:
             cooldown_steps = cooled[3]
             with self.trainer.parameters_of(cooled[0]):
@@ -580,6 +590,7 @@ class TrainingWorker:
         from engine.schedule import learning_rate
 
         t, daemon = self.trainer, self.config.daemon
+        self._cooldown_cut = False
         steps = int(round(daemon.cooldown_fraction * (t.step_count - self._last_cooldown_step)))
         if steps < 1 or self._buffer_start <= self.seq_len:
             return None
@@ -593,7 +604,7 @@ class TrainingWorker:
         try:
             for i in range(steps):
                 if self.stopping():  # a half-cooled copy is not worth keeping: stop promptly
-                    done = 0
+                    done, self._cooldown_cut = 0, True
                     break
                 rng = np.random.default_rng([self.config.train.seed, 2, start, i])
                 windows = self.trained.sample(B, T, rng, end=self._buffer_start, holdout=self.mask)
