@@ -79,11 +79,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+
+from crawler.service.child import ChildFailed, DaemonChild
 
 REPO = Path(__file__).resolve().parent.parent
 LN2 = math.log(2.0)
@@ -236,48 +237,23 @@ def config_toml(inbox: Path, size: tuple[int, int, int] | None, recipe=()) -> st
                    for name, keys in sections.items())
 
 
-class DaemonProcess:
-    """One `crystalline run`; every JSON event on its stdout gets `_received` (perf_counter)."""
+class DaemonProcess(DaemonChild):
+    """One `crystalline run` (crawler.service.child.DaemonChild: every JSON event gets `_received`,
+    perf_counter), with this script's waits: a failure is RunFailed, and the run is not recorded."""
 
     def __init__(self, state: Path):
-        self.events: list[dict] = []
-        self.raw: list[str] = []
-        self.cond = threading.Condition()
-        self.proc = subprocess.Popen([sys.executable, "-m", "crawler", "run", "--state-dir", str(state)],
-                                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            received = time.perf_counter()
-            with self.cond:
-                self.raw.append(line)
-                with contextlib.suppress(json.JSONDecodeError, TypeError):
-                    event = json.loads(line)
-                    if isinstance(event, dict):
-                        self.events.append(event | {"_received": received})
-                self.cond.notify_all()
-
-    def tail(self) -> str:
-        with self.cond:
-            return "".join(self.raw[-30:])
+        super().__init__(state, cwd=REPO)
 
     def last(self, name: str) -> dict | None:
         with self.cond:
             return next((e for e in reversed(self.events) if e.get("event") == name), None)
 
-    def wait_for(self, name: str, timeout: float) -> dict:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while (found := next((e for e in self.events if e.get("event") == name), None)) is None:
-                if self.proc.poll() is not None and not self.reader.is_alive():
-                    raise RunFailed(f"daemon exited {self.proc.returncode} before {name}:\n{self.tail()}")
-                if time.monotonic() > deadline:
-                    raise RunFailed(f"no {name} within {timeout:.0f} s:\n{self.tail()}")
-                self.cond.wait(0.5)
-            return found
+    def first(self, name: str, timeout: float) -> dict:
+        """The first event `name`, waiting up to `timeout` s; RunFailed when the daemon exits first."""
+        try:
+            return self.wait_for(name, timeout)[0]
+        except ChildFailed as exc:
+            raise RunFailed(str(exc)) from None
 
     def run_until(self, deadline: float, progress) -> None:
         """Sleep until perf_counter() reaches deadline; RunFailed if the daemon exits first."""
@@ -292,20 +268,13 @@ class DaemonProcess:
 
     def stop(self) -> int:
         """SIGTERM once (a second one would stop it at once, skipping the final checkpoint)."""
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            code = self.proc.wait(timeout=STOP_TIMEOUT_S)
+            code = super().stop(signal.SIGTERM, timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise RunFailed(f"daemon still running {STOP_TIMEOUT_S:.0f} s after SIGTERM:\n{self.tail()}") from None
-        self.reader.join(timeout=10)
         if code != 0:
             raise RunFailed(f"daemon exited {code} after SIGTERM:\n{self.tail()}")
         return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
 
 
 @dataclass
@@ -390,7 +359,7 @@ def run_daemon(run: Run, args, corpus: Path) -> dict:
 
     daemon = DaemonProcess(state)
     try:
-        daemon.wait_for("daemon_ready", READY_TIMEOUT_S)
+        daemon.first("daemon_ready", READY_TIMEOUT_S)
         start = time.perf_counter()
         files = copy_files(corpus / "train", inbox)
         for i, mark in enumerate(marks):
@@ -410,7 +379,7 @@ def run_daemon(run: Run, args, corpus: Path) -> dict:
                   file=sys.stderr, flush=True)
             if i + 1 < len(marks):
                 daemon = DaemonProcess(state)
-                start = daemon.wait_for("daemon_ready", READY_TIMEOUT_S)["_received"]
+                start = daemon.first("daemon_ready", READY_TIMEOUT_S)["_received"]
                 stopped_s += start - segment.end
             else:
                 stopped_s += time.perf_counter() - segment.end

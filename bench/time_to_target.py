@@ -61,7 +61,7 @@ def run_one(name: str, recipe: tuple, args, corpus: Path) -> dict:
     taken: list[tuple[float, int, float, Path]] = []  # (daemon s, step, held-out bpb, file)
     daemon = DaemonProcess(state)
     try:
-        daemon.wait_for("daemon_ready", READY_TIMEOUT_S)
+        daemon.first("daemon_ready", READY_TIMEOUT_S)
         start = time.perf_counter()
         copy_files(corpus / "train", inbox)
         seen = 0
