@@ -22,6 +22,8 @@ import numpy as np
 from engine import ModelConfig
 from engine.layout import DECAYED, parameter_table
 from engine.maths import NORM_EPS, ROPE_BASE
+from engine.muon import MUON_TENSORS, NS_COEFFICIENTS
+from engine.muon import NORM_EPS as NS_NORM_EPS
 INSTALL_HINT = "PyTorch is needed for the reference model: pip install -e '.[bench]'"
 
 
@@ -221,3 +223,54 @@ class TorchGPT:
                 seg = self.table.offsets[name]
                 out[seg.offset : seg.stop] = tensor.reshape(-1).cpu().numpy()
         return out
+
+
+class TorchMuon:
+    """The engine's `optimizer = "muon"` in PyTorch: Muon (engine/muon.py's formulas: momentum,
+    Nesterov look-ahead, the quintic Newton-Schulz on u / ||u||_F, decoupled decay, the step scaled
+    by sqrt(max(1, rows / cols))) for the matrices engine.muon.MUON_TENSORS names, each q, k and v
+    block of qkvw on its own; torch.optim.AdamW for every other tensor. Clip the gradients first,
+    as the engine does; `step(lr)` takes AdamW's rate and scales Muon's by the same schedule."""
+
+    def __init__(self, model: TorchGPT, train) -> None:
+        torch = require_torch()
+        self.model, self.train = model, train
+        self.blocks = {name: blocks for name, blocks in MUON_TENSORS if name in model.tensors}
+        others = [name for name in model.tensors if name not in self.blocks]
+        self.adamw = torch.optim.AdamW(
+            [{"params": [model.tensors[n] for n in others if n in DECAYED], "weight_decay": train.weight_decay},
+             {"params": [model.tensors[n] for n in others if n not in DECAYED], "weight_decay": 0.0}],
+            lr=train.learning_rate, betas=(train.beta1, train.beta2), eps=train.eps)
+        self.momentum = {name: torch.zeros_like(model.tensors[name]) for name in self.blocks}
+
+    @staticmethod
+    def orthogonalise(G, steps: int):
+        """NewtonSchulz5 of a (rows, cols) matrix, as engine.muon.newton_schulz_reference."""
+        a, b, c = NS_COEFFICIENTS
+        X = G.T if G.shape[0] > G.shape[1] else G
+        X = X / (X.norm() + NS_NORM_EPS)
+        for _ in range(steps):
+            A = X @ X.T
+            X = a * X + (b * A + c * A @ A) @ X
+        return X.T if G.shape[0] > G.shape[1] else X
+
+    def step(self, lr: float | None = None) -> None:
+        torch = require_torch()
+        tc = self.train
+        lr = tc.learning_rate if lr is None else lr
+        muon_lr, beta = tc.muon_lr * lr / tc.learning_rate, tc.muon_momentum
+        with torch.no_grad():
+            for name, blocks in self.blocks.items():
+                weight, momentum = self.model.tensors[name], self.momentum[name]
+                grad = weight.grad
+                momentum.mul_(beta).add_(grad, alpha=1 - beta)
+                u = (1 - beta) * grad + beta * momentum  # (L, rows, cols)
+                rows = u.shape[1] // blocks
+                for l in range(u.shape[0]):
+                    for k in range(blocks):
+                        part = slice(k * rows, (k + 1) * rows)
+                        update = self.orthogonalise(u[l, part], tc.ns_steps) * max(1.0, rows / u.shape[2]) ** 0.5
+                        weight[l, part] = weight[l, part] * (1 - muon_lr * tc.muon_weight_decay) - muon_lr * update
+            for group in self.adamw.param_groups:
+                group["lr"] = lr
+        self.adamw.step()

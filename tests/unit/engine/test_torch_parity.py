@@ -148,3 +148,37 @@ def test_trainer_steps_match_torch_adamw_with_clipping(threads):
             update[key_bias] = ref_update[key_bias]
             assert_close_per_tensor(update, ref_update, UPDATE_RTOL, f"update at step {step}")
             before, ref_before = after, ref_after
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_trainer_steps_match_torch_muon_with_clipping(threads):
+    """optimizer = "muon" against TorchMuon (crawler/bench/torch_reference.py) in float64: the
+    matrices' Muon steps and every other tensor's AdamW steps, clipping active on step 1."""
+    from crawler.bench.torch_reference import TorchMuon
+
+    params = random_params(CONFIG)
+    batches = [random_batch(seed) for seed in range(3)]
+    model = TorchGPT.from_flat(CONFIG, params, dtype=torch.float64)
+    _, first_grads = model.loss_and_grad(*batches[0])
+    clip = 0.5 * float(np.linalg.norm(first_grads.astype(np.float64)))
+    train = TrainConfig(
+        batch_size=B, seq_len=T, learning_rate=3e-3, warmup_steps=0, schedule="constant", weight_decay=0.1,
+        grad_clip=clip, threads=threads, optimizer="muon", muon_lr=0.02, muon_weight_decay=0.01,
+    ).validate(CONFIG)
+    optimizer = TorchMuon(model, train)
+    key_bias = key_bias_indices(CONFIG)
+    with Trainer(CONFIG, train, params=params.copy()) as trainer:
+        before = ref_before = params.copy()
+        for step, (inputs, targets) in enumerate(batches):
+            stats = trainer.step(inputs, targets)
+            model.zero_grad()
+            loss = model.loss(inputs, targets)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+            optimizer.step()
+            assert stats.loss == pytest.approx(loss.item(), rel=LOSS_RTOL), f"step {step}"
+            after, ref_after = np.array(trainer.params, dtype=np.float32), model.flat_params()
+            update, ref_update = after - before, ref_after - ref_before
+            update[key_bias] = ref_update[key_bias]  # a zero gradient: Adam's step there is noise
+            assert_close_per_tensor(update, ref_update, UPDATE_RTOL, f"update at step {step}")
+            before, ref_before = after, ref_after
