@@ -17,6 +17,7 @@ recipes+=",relu2=model.activation=relu2,zero=model.zero_init_proj=true,cap=model
 recipes+=",untied=model.tie_head=false,muon=train.optimizer=muon"
 recipes+=",lr2=train.learning_rate=0.002,lr5=train.learning_rate=0.005"
 recipes+=",mlr1=train.muon_lr=0.01,mlr4=train.muon_lr=0.04"
+recipes+=",e30=daemon.eval_every_seconds=30"
 if [ "$#" -eq 0 ]; then
   set -- default default+rope default+rms default+qk default+relu2 default+zero default+cap default+untied \
          default+muon default+lr2 default+lr5 default+muon+mlr1 default+muon+mlr4
