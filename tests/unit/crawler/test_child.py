@@ -11,14 +11,14 @@ import pytest
 from crawler.service.child import ChildFailed, DaemonChild
 
 LINES = textwrap.dedent("""
-    import json, sys, time
+    import json, signal, sys
     print("a console line, not JSON")
     print(json.dumps({"event": "a", "n": 1}))
     print("[1, 2]")  # JSON, but no event
     print(json.dumps({"event": "b"}))
     print(json.dumps({"event": "a", "n": 2}), flush=True)
     if sys.argv[1:] != ["--exit"]:
-        time.sleep(60)
+        signal.pause()  # until the test's stop or kill
 """)
 
 

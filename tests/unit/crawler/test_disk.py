@@ -232,6 +232,8 @@ def test_the_training_loop_keeps_its_checkpoints_within_the_cap(tmp_path):
 
 
 def test_the_daemon_sweeps_the_folders_on_its_status_interval(tmp_path):
+    from test_daemon import StubWatcher
+
     from crawler.service.daemon import Daemon
 
     class Ingest:  # an ingest worker that has moved nothing yet
@@ -247,18 +249,6 @@ def test_the_daemon_sweeps_the_folders_on_its_status_interval(tmp_path):
         def shutdown(self):
             pass
 
-    class Watcher:
-        observers: dict = {}
-
-        def start(self):
-            pass
-
-        def stop(self):
-            pass
-
-        def join(self, timeout=None):
-            pass
-
     class IngestOnly(Daemon):  # no store, no trainer, a watcher that watches nothing
         def open_store(self):
             return None, None
@@ -267,7 +257,7 @@ def test_the_daemon_sweeps_the_folders_on_its_status_interval(tmp_path):
             return Ingest()
 
         def make_watcher(self):
-            return Watcher()
+            return StubWatcher()
 
     put(tmp_path / "processed" / "inbox" / "old.txt", 2 * MB, T0)
     put(tmp_path / "processed" / "inbox" / "new.txt", MB, T0 + 1)

@@ -111,14 +111,19 @@ def test_loss_and_every_gradient_tensor_match_torch():
     assert_close_per_tensor(grads, ref_grads, GRAD_RTOL, "gradient")
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_trainer_steps_match_torch_adamw_with_clipping(threads):
+def trainer_setup():
+    """Params, three batches, their float64 torch twin, and a clip at half the first gradient's
+    norm, so that clipping is certainly active on step 1."""
     params = random_params(CONFIG)
     batches = [random_batch(seed) for seed in range(3)]
     model = TorchGPT.from_flat(CONFIG, params, dtype=torch.float64)
-    # clip at half the first gradient's norm, so clipping is certainly active on step 1
     _, first_grads = model.loss_and_grad(*batches[0])
-    clip = 0.5 * float(np.linalg.norm(first_grads.astype(np.float64)))
+    return params, batches, model, 0.5 * float(np.linalg.norm(first_grads.astype(np.float64)))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_trainer_steps_match_torch_adamw_with_clipping(threads):
+    params, batches, model, clip = trainer_setup()
     train = TrainConfig(
         batch_size=B, seq_len=T, learning_rate=3e-3, warmup_steps=0, schedule="constant",
         weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8, grad_clip=clip, threads=threads,
@@ -156,11 +161,7 @@ def test_trainer_steps_match_torch_muon_with_clipping(threads):
     matrices' Muon steps and every other tensor's AdamW steps, clipping active on step 1."""
     from crawler.bench.torch_reference import TorchMuon
 
-    params = random_params(CONFIG)
-    batches = [random_batch(seed) for seed in range(3)]
-    model = TorchGPT.from_flat(CONFIG, params, dtype=torch.float64)
-    _, first_grads = model.loss_and_grad(*batches[0])
-    clip = 0.5 * float(np.linalg.norm(first_grads.astype(np.float64)))
+    params, batches, model, clip = trainer_setup()
     train = TrainConfig(
         batch_size=B, seq_len=T, learning_rate=3e-3, warmup_steps=0, schedule="constant", weight_decay=0.1,
         grad_clip=clip, threads=threads, optimizer="muon", muon_lr=0.02, muon_weight_decay=0.01,
