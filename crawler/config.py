@@ -497,6 +497,7 @@ tie_head # the head shares the token embedding
 [train]
 batch_size
 micro_batch_size # 0: the whole per-thread share in one pass
+recompute_activation # redo the MLP's activation in the backward: less memory, a little more time
 seq_len
 learning_rate # AdamW's; held after warmup; the cool-downs decay a copy
 warmup_steps

@@ -132,6 +132,10 @@ class TrainConfig:
     # sequences one worker processes per forward/backward; 0 means batch_size / threads
     # (one micro-step). Smaller values trade speed for activation memory.
     micro_batch_size: int = 0
+    # keep only the MLP's pre-activation and compute the activation again in the backward:
+    # 4 * d_model floats less per token and layer of each worker's activations, for one more
+    # GELU (or ReLU^2) pass a layer. The results are the same bits either way.
+    recompute_activation: bool = False
     # window length used for training; must not exceed ModelConfig.context_length.
     seq_len: int = 128
     learning_rate: float = 1e-3

@@ -164,19 +164,18 @@ class ActivationViews(NamedTuple):
     ln1_mean: np.ndarray  # (L, B, T)
     ln1_rstd: np.ndarray  # (L, B, T)
     qkv: np.ndarray  # (L, B, T, 3*C)
-    qkvr: np.ndarray  # (L, B, T, 3*C) q, k after qk_norm and rope, v copied; (L, 0, T, 3*C) when neither
+    qkvr: np.ndarray  # (L, B, T, 3*C) q, k after qk_norm (and rope), v copied; (L, 0, T, 3*C) without
+    #   qk_norm: rope alone turns q and k in place in qkv, since its backward needs nothing cached
     qk_rstd: np.ndarray  # (L, B, T, 2*NH) 1/rms of each head's q then k; (L, 0, T, 2*NH) without qk_norm
     atty: np.ndarray  # (L, B, T, C) attention output before the projection
     att_lse: np.ndarray  # (L, B, NH, T) log of each attention row's softmax normaliser
-    attproj: np.ndarray  # (L, B, T, C)
-    residual2: np.ndarray  # (L, B, T, C)
+    residual2: np.ndarray  # (L, B, T, C) residual + the attention branch (its output is not kept)
     ln2: np.ndarray  # (L, B, T, C)
     ln2_mean: np.ndarray  # (L, B, T)
     ln2_rstd: np.ndarray  # (L, B, T)
     fch: np.ndarray  # (L, B, T, H) MLP hidden before the activation
-    fch_gelu: np.ndarray  # (L, B, T, H) after the activation (GELU or ReLU^2)
-    fcproj: np.ndarray  # (L, B, T, C)
-    residual3: np.ndarray  # (L, B, T, C) block output
+    fch_gelu: np.ndarray  # (L, B, T, H) after the activation (GELU or ReLU^2); (L, 0, T, H) when recomputed
+    residual3: np.ndarray  # (L, B, T, C) block output: residual2 + the MLP branch
     lnf: np.ndarray  # (B, T, C)
     lnf_mean: np.ndarray  # (B, T)
     lnf_rstd: np.ndarray  # (B, T)
@@ -187,30 +186,31 @@ class ActivationViews(NamedTuple):
     crystal: np.ndarray  # (B, T) per-position crystalline metric -log s(x_t, y_t)
 
 
-def activation_table(config: ModelConfig, B: int, T: int) -> Table:
+def activation_table(config: ModelConfig, B: int, T: int, recompute_activation: bool = False) -> Table:
+    """One worker's activations for a (B, T) micro-batch. With recompute_activation the MLP's
+    activation output is not kept (fch_gelu has no rows): the model writes it into a one-layer
+    buffer of its workspace and computes it again in the backward."""
     V, C, L, NH = config.vocab_size, config.d_model, config.n_layer, config.n_head
     H = config.mlp_ratio * C
-    Br = B if config.rope or config.qk_norm else 0  # rows of the optional buffers, 0 when off
-    Bn = B if config.qk_norm else 0
+    Bn = B if config.qk_norm else 0  # rows of the optional buffers, 0 when off
     Bc = B if config.logit_softcap > 0 else 0
+    Bg = 0 if recompute_activation else B
     entries = [
         ("encoded", (B, T, C)),
         ("ln1", (L, B, T, C)),
         ("ln1_mean", (L, B, T)),
         ("ln1_rstd", (L, B, T)),
         ("qkv", (L, B, T, 3 * C)),
-        ("qkvr", (L, Br, T, 3 * C)),
+        ("qkvr", (L, Bn, T, 3 * C)),
         ("qk_rstd", (L, Bn, T, 2 * NH)),
         ("atty", (L, B, T, C)),
         ("att_lse", (L, B, NH, T)),
-        ("attproj", (L, B, T, C)),
         ("residual2", (L, B, T, C)),
         ("ln2", (L, B, T, C)),
         ("ln2_mean", (L, B, T)),
         ("ln2_rstd", (L, B, T)),
         ("fch", (L, B, T, H)),
-        ("fch_gelu", (L, B, T, H)),
-        ("fcproj", (L, B, T, C)),
+        ("fch_gelu", (L, Bg, T, H)),
         ("residual3", (L, B, T, C)),
         ("lnf", (B, T, C)),
         ("lnf_mean", (B, T)),

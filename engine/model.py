@@ -20,12 +20,11 @@ from .config import ModelConfig
 from .kernels.attention import attention_backward, attention_forward
 from .kernels.crossentropy import crossentropy_backward, crossentropy_forward, crystalline_cost_table
 from .kernels.encoder import encoder_backward, encoder_forward, token_encoder_backward, token_encoder_forward
-from .kernels.gelu import gelu_backward, gelu_forward
+from .kernels.gelu import gelu_backward, gelu_forward, matmul_gelu_forward
 from .kernels.layernorm import layernorm_backward, layernorm_forward
-from .kernels.matmul import matmul_backward, matmul_forward
+from .kernels.matmul import matmul_backward, matmul_forward, matmul_residual_forward
 from .kernels.qknorm import qknorm_backward, qknorm_forward
-from .kernels.relu2 import relu2_backward, relu2_forward
-from .kernels.residual import residual_forward
+from .kernels.relu2 import matmul_relu2_forward, relu2_backward, relu2_forward
 from .kernels.rmsnorm import rmsnorm_backward, rmsnorm_forward
 from .kernels.rope import rope_backward, rope_forward, rope_tables
 from .kernels.softcap import softcap_backward, softcap_forward
@@ -34,14 +33,17 @@ from .layout import ActivationViews, ParameterViews, Table, activation_table, pa
 
 class Workspace:
     """One worker's buffers, made once: activations for up to (B, T) and the activation gradients
-    the backward needs for one layer at a time (they are reused layer after layer)."""
+    the backward needs for one layer at a time (they are reused layer after layer). With
+    recompute_activation the MLP's activation output is not kept: the forward writes each
+    layer's into `dfch`, free until the backward, which computes it there again."""
 
-    def __init__(self, config: ModelConfig, B: int, T: int):
+    def __init__(self, config: ModelConfig, B: int, T: int, recompute_activation: bool = False):
         self.config = config
         self.B, self.T = B, T
+        self.recompute_activation = recompute_activation
         C, V = config.d_model, config.vocab_size
         H = config.mlp_ratio * C
-        self.activations = activation_table(config, B, T).allocate()
+        self.activations = activation_table(config, B, T, recompute_activation).allocate()
         self._views: dict[tuple[int, int], ActivationViews] = {}
         N = B * T
         self.dres = np.zeros((N, C), dtype=np.float32)  # gradient along the residual stream
@@ -63,7 +65,7 @@ class Workspace:
             raise ValueError(f"batch ({B}, {T}) exceeds the workspace ({self.B}, {self.T})")
         key = (B, T)
         if key not in self._views:
-            table = activation_table(self.config, B, T)
+            table = activation_table(self.config, B, T, self.recompute_activation)
             self._views[key] = table.views(self.activations[: table.size])
         return self._views[key]
 
@@ -111,17 +113,16 @@ def norm_backward(config, dinp, dweight, dbias, dout, inp, weight, mean, rstd) -
 
 
 def qk_forward(config, ws: Workspace, qkvr, qk_rstd, qkv):
-    """The buffer attention reads: qkv itself, or qkvr holding q and k after QK-norm and then
-    the rotation (v copied)."""
-    if not (config.qk_norm or config.rope):
-        return qkv
-    source = qkv
+    """The buffer attention reads: qkv itself (turned in place by rope, whose backward needs
+    nothing cached), or with QK-norm qkvr, holding the normalised (then turned) q and k and v
+    copied, since QK-norm's backward reads qkv as it was."""
+    target = qkv
     if config.qk_norm:
         qknorm_forward(qkvr, qk_rstd, qkv, config.n_head)
-        source = qkvr
+        target = qkvr
     if config.rope:
-        rope_forward(qkvr, source, ws.rope_cos, ws.rope_sin, config.n_head)  # in place after QK-norm
-    return qkvr
+        rope_forward(target, target, ws.rope_cos, ws.rope_sin, config.n_head)
+    return target
 
 
 def qk_backward(config, ws: Workspace, dqkv, qkv, qk_rstd) -> None:
@@ -132,7 +133,21 @@ def qk_backward(config, ws: Workspace, dqkv, qkv, qk_rstd) -> None:
         qknorm_backward(dqkv, dqkv, qkv, qk_rstd, config.n_head)
 
 
-def activation_forward(config, out, inp) -> None:
+def mlp_in_forward(config, pre, out, inp, weight, bias) -> None:
+    """The MLP's first layer and its nonlinearity (GELU or ReLU^2), one pass over the hidden."""
+    if config.activation == "relu2":
+        matmul_relu2_forward(pre, out, inp, weight, bias)
+    else:
+        matmul_gelu_forward(pre, out, inp, weight, bias)
+
+
+def mlp_out(ws: Workspace, a: ActivationViews, l: int, N: int, H: int) -> np.ndarray:
+    """Where layer l's activation output is: its own slice, or the one-layer buffer."""
+    return ws.dfch[:N] if ws.recompute_activation else a.fch_gelu[l].reshape(N, H)
+
+
+def activation_recompute(config, out, inp) -> None:
+    """The activation again, from its input (the forward's bits: the same scalar function)."""
     if config.activation == "relu2":
         relu2_forward(out, inp)
     else:
@@ -185,22 +200,18 @@ def forward(config: ModelConfig, p: ParameterViews, ws: Workspace, inputs: np.nd
     embedding_forward(config, a.encoded, inputs, p)
     residual = a.encoded.reshape(N, C)
     for l in range(L):
-        ln1, qkv, atty = a.ln1[l].reshape(N, C), a.qkv[l], a.atty[l]
-        attproj, residual2 = a.attproj[l].reshape(N, C), a.residual2[l].reshape(N, C)
-        ln2, fch, fch_gelu = a.ln2[l].reshape(N, C), a.fch[l].reshape(N, H), a.fch_gelu[l].reshape(N, H)
-        fcproj, residual3 = a.fcproj[l].reshape(N, C), a.residual3[l].reshape(N, C)
+        ln1, qkv, atty, residual2 = a.ln1[l].reshape(N, C), a.qkv[l], a.atty[l], a.residual2[l].reshape(N, C)
+        ln2, fch, fch_gelu = a.ln2[l].reshape(N, C), a.fch[l].reshape(N, H), mlp_out(ws, a, l, N, H)
+        residual3 = a.residual3[l].reshape(N, C)
 
         norm_forward(config, ln1, a.ln1_mean[l].reshape(N), a.ln1_rstd[l].reshape(N), residual, p.ln1w[l], p.ln1b[l])
         matmul_forward(qkv.reshape(N, 3 * C), ln1, p.qkvw[l], p.qkvb[l])
         qkv_att = qk_forward(config, ws, a.qkvr[l], a.qk_rstd[l], qkv)
         attention_forward(atty, a.att_lse[l], qkv_att, NH)
-        matmul_forward(attproj, atty.reshape(N, C), p.attprojw[l], p.attprojb[l])
-        residual_forward(residual2, residual, attproj)
+        matmul_residual_forward(residual2, atty.reshape(N, C), p.attprojw[l], p.attprojb[l], residual)
         norm_forward(config, ln2, a.ln2_mean[l].reshape(N), a.ln2_rstd[l].reshape(N), residual2, p.ln2w[l], p.ln2b[l])
-        matmul_forward(fch, ln2, p.fcw[l], p.fcb[l])
-        activation_forward(config, fch_gelu, fch)
-        matmul_forward(fcproj, fch_gelu, p.fcprojw[l], p.fcprojb[l])
-        residual_forward(residual3, residual2, fcproj)
+        mlp_in_forward(config, fch, fch_gelu, ln2, p.fcw[l], p.fcb[l])
+        matmul_residual_forward(residual3, fch_gelu, p.fcprojw[l], p.fcprojb[l], residual2)
         residual = residual3
     lnf = a.lnf.reshape(N, C)
     norm_forward(config, lnf, a.lnf_mean.reshape(N), a.lnf_rstd.reshape(N), residual, p.lnfw, p.lnfb)
@@ -236,9 +247,11 @@ def backward(config: ModelConfig, p: ParameterViews, g: ParameterViews, ws: Work
     for l in reversed(range(L)):
         residual = a.encoded.reshape(N, C) if l == 0 else a.residual3[l - 1].reshape(N, C)
         ln1, qkv, atty = a.ln1[l].reshape(N, C), a.qkv[l], a.atty[l].reshape(N, C)
-        qkv_att = a.qkvr[l] if config.qk_norm or config.rope else qkv
+        qkv_att = a.qkvr[l] if config.qk_norm else qkv
         residual2, ln2 = a.residual2[l].reshape(N, C), a.ln2[l].reshape(N, C)
-        fch, fch_gelu = a.fch[l].reshape(N, H), a.fch_gelu[l].reshape(N, H)
+        fch, fch_gelu = a.fch[l].reshape(N, H), mlp_out(ws, a, l, N, H)
+        if ws.recompute_activation:
+            activation_recompute(config, fch_gelu, fch)  # into dfch, which activation_backward then overwrites
 
         # residual3 = residual2 + fcproj: dres is the gradient of both addends, in place
         matmul_backward(dfch_gelu, g.fcprojw[l], g.fcprojb[l], ws.weight_scratch((C, H)), dres, fch_gelu, p.fcprojw[l])

@@ -94,7 +94,8 @@ class Trainer:
         self.micro_batch = min(train_config.micro_batch_size or widest, widest) or 1
         weight = train_config.crystalline_weight
         self.cost = crystalline_cost_table(model_config.vocab_size) if weight > 0 else np.zeros((1, 1), np.float32)
-        self.workspaces = [Workspace(model_config, self.micro_batch, T) for _ in range(self.threads)]
+        self.workspaces = [Workspace(model_config, self.micro_batch, T, train_config.recompute_activation)
+                           for _ in range(self.threads)]
         self.G = np.zeros((self.threads, P), dtype=np.float32)  # row w: worker w's own gradient
         self.p_views = self.table.views(self.params)
         self.g_views = [self.table.views(self.G[w]) for w in range(self.threads)]

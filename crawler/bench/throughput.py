@@ -1,8 +1,12 @@
 """`crystalline bench`: training throughput of the engine, its thread scaling, and its cost.
 
-For each benchmark config and thread count it reports training tokens/s (median step time after
-warm-up steps, on random token data), parallel efficiency, achieved GFLOP/s, MFU against this
-machine's measured single-precision matmul peak at that thread count, and memory per worker.
+For each benchmark config and thread count it reports training tokens/s (median whole step,
+optimizer included, after warm-up steps, on random token data), parallel efficiency, achieved
+GFLOP/s and MFU over the forward, backward and gradient reduction (the step less its update
+phase) against this machine's measured single-precision matmul peak at that thread count, the
+update phase (clipping and the optimizer) on its own, and memory per worker. --arch chooses the
+architecture and optimizer: the product's default (`crystalline run`'s [model] and [train]:
+rotary positions, Muon for the matrices) or GPT-2 with AdamW (the engine's own defaults).
 Once per run it times numba's cold compile and warm (cached) start in a subprocess. With
 --compare-torch it trains the same model in PyTorch eager mode on the same batches and reports
 the engine/torch ratio measured side by side.
@@ -32,6 +36,24 @@ import numpy as np
 from engine import BYTE_VOCAB_SIZE, ConfigError, ModelConfig, TrainConfig, count_parameters
 
 
+ARCHES = ("product", "gpt2")
+
+
+def arch_settings(arch: str) -> tuple[dict, dict]:
+    """The [model] and [train] settings beyond the shape that --arch adds: the product's
+    defaults (crawler.config.DAEMON_DEFAULTS less the size, the batch and the schedule), or none
+    (GPT-2, AdamW)."""
+    if arch == "gpt2":
+        return {}, {}
+    from ..config import DAEMON_DEFAULTS
+
+    shape = ("d_model", "n_layer", "n_head")
+    timing = ("schedule", "warmup_steps")
+    model = {k: v for k, v in DAEMON_DEFAULTS["model"].items() if k not in shape}
+    train = {k: v for k, v in DAEMON_DEFAULTS["train"].items() if k not in timing}
+    return model, train
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     """One row group of the report: a model shape and the batch it trains on."""
@@ -43,16 +65,17 @@ class BenchConfig:
     seq_len: int
     batch_size: int
 
-    def model_config(self) -> ModelConfig:
+    def model_config(self, arch: str = "gpt2") -> ModelConfig:
         return ModelConfig(
             vocab_size=BYTE_VOCAB_SIZE,
             context_length=self.seq_len,
             d_model=self.d_model,
             n_layer=self.n_layer,
             n_head=self.n_head,
+            **arch_settings(arch)[0],
         ).validate()
 
-    def train_config(self, threads: int) -> TrainConfig:
+    def train_config(self, threads: int, arch: str = "gpt2") -> TrainConfig:
         # constant rate, no warm-up: the schedule costs nothing and the torch twin matches it.
         return TrainConfig(
             batch_size=self.batch_size,
@@ -60,7 +83,8 @@ class BenchConfig:
             threads=threads,
             schedule="constant",
             warmup_steps=0,
-        ).validate(self.model_config())
+            **arch_settings(arch)[1],
+        ).validate(self.model_config(arch))
 
 
 CONFIGS = {
@@ -208,39 +232,49 @@ def parse_list(text: str, allowed: dict | None = None, what: str = "value") -> l
 # the two trainers
 
 
-def measure_engine(bench: BenchConfig, threads: int, batches: list, steps: int, warmup: int) -> dict:
-    """Engine tokens/s (median step) and memory per worker for one config and thread count."""
+def measure_engine(bench: BenchConfig, threads: int, batches: list, steps: int, warmup: int,
+                   arch: str = "gpt2") -> dict:
+    """Engine tokens/s (median whole step), the median forward + backward + reduction (the step
+    less its update phase), the median update phase, and memory per worker."""
     from engine import Trainer
 
-    with Trainer(bench.model_config(), bench.train_config(threads)) as trainer:
-        durations = time_steps(lambda i: trainer.step(*batches[i % len(batches)]), steps, warmup)
+    stats = []
+    with Trainer(bench.model_config(arch), bench.train_config(threads, arch)) as trainer:
+        durations = time_steps(lambda i: stats.append(trainer.step(*batches[i % len(batches)])), steps, warmup)
         memory = trainer.memory_per_thread_mb
+    timed = stats[warmup:]
     median = statistics.median(durations)
     return {
         "tokens_per_s": bench.batch_size * bench.seq_len / median,
         "step_ms_median": median * 1e3,
+        "compute_ms_median": statistics.median(s.seconds - s.update_seconds for s in timed) * 1e3,
+        "update_ms_median": statistics.median(s.update_seconds for s in timed) * 1e3,
         "memory_per_thread_mb": memory,
     }
 
 
-def measure_torch(bench: BenchConfig, threads: int, batches: list, steps: int, warmup: int) -> dict:
-    """PyTorch eager tokens/s (median step) for the same model, AdamW and clipping recipe."""
+def measure_torch(bench: BenchConfig, threads: int, batches: list, steps: int, warmup: int,
+                  arch: str = "gpt2") -> dict:
+    """PyTorch eager tokens/s (median step) for the same model, optimizer and clipping recipe."""
     from engine import init_parameters
 
-    from .torch_reference import TorchGPT, require_torch
+    from .torch_reference import TorchGPT, TorchMuon, require_torch
 
     torch = require_torch()
-    model_config, train = bench.model_config(), bench.train_config(threads)
+    model_config, train = bench.model_config(arch), bench.train_config(threads, arch)
     model = TorchGPT.from_flat(model_config, init_parameters(model_config))
-    optimizer = torch.optim.AdamW(
-        model.parameter_groups(train.weight_decay),
-        lr=train.learning_rate,
-        betas=(train.beta1, train.beta2),
-        eps=train.eps,
-    )
+    if train.optimizer == "muon":
+        optimizer = TorchMuon(model, train)
+    else:
+        optimizer = torch.optim.AdamW(
+            model.parameter_groups(train.weight_decay),
+            lr=train.learning_rate,
+            betas=(train.beta1, train.beta2),
+            eps=train.eps,
+        )
 
     def step(i):
-        optimizer.zero_grad(set_to_none=True)
+        model.zero_grad()  # every gradient to None, as zero_grad(set_to_none=True)
         loss = model.loss(*batches[i % len(batches)])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -262,22 +296,26 @@ def measure_torch(bench: BenchConfig, threads: int, batches: list, steps: int, w
 
 def run_config(bench: BenchConfig, threads: list[int], peaks: dict, args) -> dict:
     """Every measurement for one config, one entry per thread count."""
-    model_config = bench.model_config()
+    arch = getattr(args, "arch", "gpt2")
+    model_config = bench.model_config(arch)
     per_token = flops_per_token(model_config, bench.seq_len)
     batches = random_batches(BYTE_VOCAB_SIZE, bench.batch_size, bench.seq_len, count=args.steps + args.warmup)
     results = []
     for n in threads:
         entry: dict = {"threads": n}
         try:
-            entry.update(measure_engine(bench, n, batches, args.steps, args.warmup))
+            entry.update(measure_engine(bench, n, batches, args.steps, args.warmup, arch))
         except ConfigError as exc:  # a thread count the train config rejects
             entry["skipped"] = str(exc)
             results.append(entry)
             continue
-        entry["gflops"] = per_token * entry["tokens_per_s"] / 1e9
+        # model FLOPs over the forward, backward and reduction; the update phase on its own
+        tokens = bench.batch_size * bench.seq_len
+        entry["gflops"] = per_token * tokens / entry["compute_ms_median"] / 1e6
         entry["mfu"] = entry["gflops"] / peaks[n]
+        entry["update_share"] = entry["update_ms_median"] / entry["step_ms_median"]
         if args.compare_torch:
-            theirs = measure_torch(bench, n, batches, args.steps, args.warmup)
+            theirs = measure_torch(bench, n, batches, args.steps, args.warmup, arch)
             entry["torch_tokens_per_s"] = theirs["tokens_per_s"]
             entry["torch_step_ms_median"] = theirs["step_ms_median"]
             entry["engine_vs_torch"] = entry["tokens_per_s"] / theirs["tokens_per_s"]
@@ -291,6 +329,7 @@ def run_config(bench: BenchConfig, threads: list[int], peaks: dict, args) -> dic
             entry["parallel_efficiency"] = None
     return {
         "name": bench.name,
+        "arch": arch,
         "d_model": bench.d_model,
         "n_layer": bench.n_layer,
         "n_head": bench.n_head,
@@ -333,11 +372,15 @@ def measure_start_times() -> dict:
 def format_table(report: dict) -> str:
     """The report as aligned text, one row per config and thread count."""
     peaks = ", ".join(f"{p['threads']} thr {p['gflops']:.1f}" for p in report["peak_gflops"])
-    lines = [f"float32 matmul peak (numpy sgemm, GFLOP/s): {peaks}"]
+    arch = report.get("arch", "gpt2")
+    what = "the product's default: rotary positions, Muon" if arch == "product" else "GPT-2, AdamW"
+    lines = [f"architecture: {arch} ({what}); MFU over forward, backward and reduction; "
+             f"update: clipping and optimizer (share of the step)",
+             f"float32 matmul peak (numpy sgemm, GFLOP/s): {peaks}"]
     start = report["start_time"]
     if start:
         lines.append(f"numba start: cold compile {start['cold_s']:.1f} s, warm (cached) {start['warm_s']:.1f} s")
-    header = ["config", "params", "threads", "tok/s", "eff", "GFLOP/s", "MFU", "MB/thread"]
+    header = ["config", "params", "threads", "tok/s", "eff", "GFLOP/s", "MFU", "update ms", "MB/thread"]
     if report["compare_torch"]:
         header += ["torch tok/s", "engine/torch"]
     rows = [header]
@@ -353,6 +396,7 @@ def format_table(report: dict) -> str:
                 "-" if eff is None else f"{eff:.2f}",
                 f"{r['gflops']:.2f}",
                 f"{100 * r['mfu']:.1f}%",
+                f"{r['update_ms_median']:.1f} ({100 * r['update_share']:.0f}%)",
                 f"{r['memory_per_thread_mb']:.1f}",
             ]
             if report["compare_torch"]:
@@ -375,6 +419,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument(
         "--compare-torch", action="store_true", help="also train with PyTorch eager and report the ratio"
+    )
+    parser.add_argument(
+        "--arch", choices=ARCHES, default="product",
+        help="product: the daemon's default architecture and optimizer (rotary positions, Muon); "
+        "gpt2: learned positions and AdamW (default product)",
     )
     parser.add_argument("--configs", default="S,M,L", help="comma-separated configs from S, M, L (default S,M,L)")
     parser.add_argument("--threads", default="1,2", help="comma-separated worker thread counts (default 1,2)")
@@ -407,6 +456,7 @@ def main(args: argparse.Namespace) -> int:
     peaks = {n: measure_matmul_peak(n, size=peak_size) for n in threads}
     report = {
         "machine": machine_info(),
+        "arch": args.arch,
         "compare_torch": bool(args.compare_torch),
         "steps": args.steps,
         "warmup": args.warmup,

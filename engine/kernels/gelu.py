@@ -12,18 +12,39 @@ from . import KERNEL
 from .fastmath import fast_tanh
 
 
+@njit(inline="always", **KERNEL)
+def gelu(x):
+    """GELU of one float32."""
+    u = np.float32(GELU_SCALE) * (x + np.float32(GELU_CUBIC) * x * x * x)
+    return np.float32(0.5) * x * (np.float32(1.0) + fast_tanh(u))
+
+
 @njit(**KERNEL)
 def gelu_forward(out, inp):
-    """out, inp (N, H); out is written."""
+    """out, inp (N, H); out is written. The same bits as matmul_gelu_forward's out for its pre:
+    the backward's recompute (TrainConfig.recompute_activation) relies on it."""
     N, H = inp.shape
-    s = np.float32(GELU_SCALE)
     for i in range(N):
         x = inp[i]
         o = out[i]
         for j in range(H):
-            xi = x[j]
-            u = s * (xi + np.float32(GELU_CUBIC) * xi * xi * xi)
-            o[j] = np.float32(0.5) * xi * (np.float32(1.0) + fast_tanh(u))
+            o[j] = gelu(x[j])
+
+
+@njit(**KERNEL)
+def matmul_gelu_forward(pre, out, inp, weight, bias):
+    """The MLP's first layer and its activation in one pass: pre = inp @ weight.T + bias (kept
+    for the backward) and out = gelu(pre), both (N, H) and written; inp (N, C), weight (H, C),
+    bias (H,). The backward is gelu_backward, then matmul.matmul_backward."""
+    np.dot(inp, weight.T, pre)
+    N, H = pre.shape
+    for i in range(N):
+        p = pre[i]
+        o = out[i]
+        for j in range(H):
+            x = p[j] + bias[j]
+            p[j] = x
+            o[j] = gelu(x)
 
 
 @njit(**KERNEL)
@@ -52,6 +73,11 @@ def gelu_backward(dinp, inp, dout):
 
 def gelu_forward_reference(inp):
     return 0.5 * inp * (1.0 + np.tanh(GELU_SCALE * (inp + GELU_CUBIC * inp**3)))
+
+
+def matmul_gelu_forward_reference(inp, weight, bias):
+    pre = inp @ weight.T + bias
+    return pre, gelu_forward_reference(pre)
 
 
 def gelu_backward_reference(inp, dout):

@@ -20,6 +20,21 @@ def matmul_forward(out, inp, weight, bias):
 
 
 @njit(**KERNEL)
+def matmul_residual_forward(out, inp, weight, bias, residual):
+    """out = residual + (inp @ weight.T + bias): a residual branch's output projection and the
+    residual add in one pass over out, so the branch's output is never stored on its own (its
+    backward needs only the gradient, which is the residual stream's: matmul_backward with dres).
+    out, residual (N, OC); out is written and must not be residual."""
+    np.dot(inp, weight.T, out)
+    N, OC = out.shape
+    for i in range(N):
+        o = out[i]
+        r = residual[i]
+        for j in range(OC):
+            o[j] = r[j] + (o[j] + bias[j])
+
+
+@njit(**KERNEL)
 def matmul_backward(dinp, dweight, dbias, scratch, dout, inp, weight):
     """dinp (N, C) is overwritten (each activation gradient has one producer); dweight (OC, C)
     and dbias (OC,) accumulate; scratch is (OC, C) working memory; dout (N, OC)."""
@@ -45,6 +60,10 @@ def matmul_backward(dinp, dweight, dbias, scratch, dout, inp, weight):
 
 def matmul_forward_reference(inp, weight, bias):
     return inp @ weight.T + bias
+
+
+def matmul_residual_forward_reference(inp, weight, bias, residual):
+    return residual + (inp @ weight.T + bias)
 
 
 def matmul_backward_reference(dout, inp, weight):

@@ -117,9 +117,27 @@ def test_main_json_on_the_tiny_config_has_every_measurement(capsys):
     assert config["name"] == "tiny" and config["flops_per_token"] > 0
     assert [r["threads"] for r in config["results"]] == [1, 2]
     for r in config["results"]:
-        for key in ("tokens_per_s", "parallel_efficiency", "gflops", "mfu", "memory_per_thread_mb"):
+        for key in ("tokens_per_s", "parallel_efficiency", "gflops", "mfu", "memory_per_thread_mb",
+                    "update_ms_median", "compute_ms_median"):
             assert r[key] > 0, key
+        # MFU counts the forward, backward and reduction only; the update is the rest of the step
+        assert r["compute_ms_median"] < r["step_ms_median"]
+        assert r["update_share"] == pytest.approx(r["update_ms_median"] / r["step_ms_median"])
     assert config["results"][0]["parallel_efficiency"] == 1.0
+    assert report["arch"] == config["arch"] == "product"
+
+
+@pytest.mark.parametrize("arch", ["product", "gpt2"])
+def test_arch_chooses_the_products_defaults_or_gpt2(arch):
+    from crawler.config import DAEMON_DEFAULTS
+
+    model, train = bench.CONFIGS["S"].model_config(arch), bench.CONFIGS["S"].train_config(2, arch)
+    if arch == "product":
+        assert model.positions == DAEMON_DEFAULTS["model"]["positions"] == "rope"
+        assert (train.optimizer, train.muon_lr) == (DAEMON_DEFAULTS["train"]["optimizer"], DAEMON_DEFAULTS["train"]["muon_lr"])
+    else:
+        assert (model.positions, train.optimizer) == ("learned", "adamw")
+    assert (model.d_model, train.batch_size, train.schedule) == (128, 16, "constant")
 
 
 @pytest.mark.torch

@@ -14,7 +14,10 @@ import pytest
 
 from engine.kernels.encoder import token_encoder_backward, token_encoder_forward
 from engine.kernels.qknorm import qknorm_backward, qknorm_backward_reference, qknorm_forward, qknorm_forward_reference
-from engine.kernels.relu2 import relu2_backward, relu2_backward_reference, relu2_forward, relu2_forward_reference
+from engine.kernels.relu2 import (
+    matmul_relu2_forward, matmul_relu2_forward_reference, relu2_backward, relu2_backward_reference, relu2_forward,
+    relu2_forward_reference,
+)
 from engine.kernels.rmsnorm import rmsnorm_backward, rmsnorm_backward_reference, rmsnorm_forward, rmsnorm_forward_reference
 from engine.kernels.rope import (
     rope_backward, rope_backward_reference, rope_forward, rope_forward_reference, rope_tables,
@@ -133,13 +136,19 @@ def test_qknorm(NH):
 
 
 def test_relu2():
-    N, H = 3, 13
-    x = f32(N, H)
+    N, H, C = 3, 13, 4
+    inp, w, b = f32(N, C), f32(H, C), f32(H)
+    pre, out = garbage(N, H), garbage(N, H)  # both written
+    matmul_relu2_forward(pre, out, inp, w, b)
+    rpre, rout = matmul_relu2_forward_reference(inp.astype(np.float64), w, b)
+    close(pre, rpre)
+    close(out, rout)
+    assert (out[pre < 0] == 0).all()
+    again = garbage(N, H)
+    relu2_forward(again, pre)  # the backward's recompute: the forward's bits
+    assert np.array_equal(again, out)
+    x = pre.copy()
     x[np.abs(x) < 1e-3] = 0.5  # away from the kink, where central differences are exact
-    out = garbage(N, H)
-    relu2_forward(out, x)
-    close(out, relu2_forward_reference(x.astype(np.float64)))
-    assert (out[x < 0] == 0).all()
     dout = f32(N, H)
     dinp = garbage(N, H)  # overwritten
     relu2_backward(dinp, x, dout)

@@ -18,10 +18,14 @@ from engine.kernels.crossentropy import (
     crystalline_cost_table, ulam_position,
 )
 from engine.kernels.encoder import encoder_backward, encoder_backward_reference, encoder_forward, encoder_forward_reference
-from engine.kernels.gelu import gelu_backward, gelu_backward_reference, gelu_forward, gelu_forward_reference
+from engine.kernels.gelu import (
+    gelu_backward, gelu_backward_reference, gelu_forward, gelu_forward_reference, matmul_gelu_forward, matmul_gelu_forward_reference,
+)
 from engine.kernels.layernorm import layernorm_backward, layernorm_backward_reference, layernorm_forward, layernorm_forward_reference
-from engine.kernels.matmul import matmul_backward, matmul_backward_reference, matmul_forward, matmul_forward_reference
-from engine.kernels.residual import residual_backward, residual_forward
+from engine.kernels.matmul import (
+    matmul_backward, matmul_backward_reference, matmul_forward, matmul_forward_reference, matmul_residual_forward,
+    matmul_residual_forward_reference,
+)
 
 from gradcheck import close, numeric_grad  # a helper beside this file
 
@@ -113,13 +117,22 @@ def test_attention(T):
 
 
 def test_gelu():
-    N, H = 4, 50
+    N, H, C = 4, 50, 3
+    # the linear layer in front: pre-activations from -20 to 20, and some near 0
+    inp, w, b = f32(N, C), f32(H, C), f32(H, scale=3.0)
+    inp[0] = 0.0
+    b[:6] = [-20, -8, -1e-4, 0, 1e-4, 20]
+    pre, out = np.zeros((N, H), np.float32), np.zeros((N, H), np.float32)
+    matmul_gelu_forward(pre, out, inp, w, b)
+    rpre, rout = matmul_gelu_forward_reference(inp.astype(np.float64), w, b)
+    close(pre, rpre)
+    # the rational tanh is within 3.5e-7 of tanh; 0.5 * x * (1 + tanh) scales that by |x| / 2
+    close(out, rout, atol=5e-6)
+    again = np.zeros_like(out)
+    gelu_forward(again, pre)  # the backward's recompute: the forward's bits
+    assert np.array_equal(again, out)
     x = f32(N, H, scale=3.0)
     x[0, :6] = [-20, -8, -1e-4, 0, 1e-4, 20]
-    out = np.zeros_like(x)
-    gelu_forward(out, x)
-    # the rational tanh is within 3.5e-7 of tanh; 0.5 * x * (1 + tanh) scales that by |x| / 2
-    close(out, gelu_forward_reference(x.astype(np.float64)), atol=5e-6)
     dout = f32(N, H)
     dinp = np.zeros_like(x)
     gelu_backward(dinp, x, dout)
@@ -129,16 +142,25 @@ def test_gelu():
     close(rd, fd, atol=1e-6)
 
 
-def test_residual():
-    a, b = f32(3, 4), f32(3, 4)
-    out = np.zeros_like(a)
-    residual_forward(out, a, b)
-    close(out, a.astype(np.float64) + b)
-    dout = f32(3, 4)
-    d1, d2 = np.ones_like(a), np.zeros_like(a)
-    residual_backward(d1, d2, dout)
-    close(d1, 1 + dout.astype(np.float64))
-    close(d2, dout)
+def test_matmul_residual():
+    """out = residual + inp @ w.T + b; its backward is matmul_backward with the residual stream's
+    gradient, which is also the residual's own: checked here by finite differences of the
+    reference in each input."""
+    N, C, OC = 6, 5, 7
+    x, w, b, r = f32(N, C), f32(OC, C), f32(OC), f32(N, OC)
+    out = np.zeros((N, OC), np.float32)
+    matmul_residual_forward(out, x, w, b, r)
+    close(out, matmul_residual_forward_reference(x.astype(np.float64), w, b, r))
+    dout = f32(N, OC)
+    dinp, dw, db = np.zeros((N, C), np.float32), np.ones((OC, C), np.float32), np.ones(OC, np.float32)
+    matmul_backward(dinp, dw, db, np.zeros((OC, C), np.float32), dout, x, w)
+
+    ref = matmul_residual_forward_reference
+    close(dinp, numeric_grad(lambda v: (ref(v, w, b, r) * dout).sum(), x))  # overwritten
+    close(dw - 1, numeric_grad(lambda v: (ref(x, v, b, r) * dout).sum(), w))  # accumulated
+    close(db - 1, numeric_grad(lambda v: (ref(x, w, v, r) * dout).sum(), b))
+    # the residual's gradient is dout itself: model.backward keeps one buffer for both addends
+    close(dout, numeric_grad(lambda v: (ref(x, w, b, v) * dout).sum(), r))
 
 
 def test_ulam_spiral_and_cost():

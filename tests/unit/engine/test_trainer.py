@@ -120,6 +120,23 @@ def test_micro_batches_accumulate_to_the_same_step():
     np.testing.assert_allclose(l_full, l_micro, rtol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["gelu", "relu2"])
+def test_recomputing_the_activation_trains_the_same_bits_in_less_memory(activation):
+    config = ModelConfig(vocab_size=11, context_length=8, d_model=16, n_layer=2, n_head=4, seed=3,
+                         positions="rope", activation=activation)
+    kept, p_kept = train_losses(config, 2, 6, micro_batch_size=2)
+    again, p_again = train_losses(config, 2, 6, micro_batch_size=2, recompute_activation=True)
+    assert np.array_equal(kept, again) and np.array_equal(p_kept, p_again)
+    B, T, C, L = 6, 8, 16, 2
+    sizes = []
+    for recompute in (False, True):
+        tc = TrainConfig(batch_size=B, seq_len=T, threads=2, recompute_activation=recompute)
+        with Trainer(config, tc) as trainer:
+            sizes.append(trainer.workspaces[0].nbytes)
+    # one worker's 3 rows of the MLP's hidden (4C) in every layer, in float32
+    assert sizes[0] - sizes[1] == L * 3 * T * 4 * C * 4
+
+
 def test_step_gradient_matches_single_threaded_loss_and_grad():
     params = perturbed_params(TINY)
     x, y = batch(TINY, 4, 8)
