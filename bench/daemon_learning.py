@@ -49,7 +49,11 @@ run stopped half-way records nothing and starts over next time.
   A RECIPE (--recipes NAME=section.key=value/section.key=value,...) adds those settings to the
   run's crystalline.toml: `daemon:default+rope+muon:5` is the default size with both recipes.
   Values are TOML scalars as written (numbers, true/false; anything else is a string). The
-  recipes are part of the run's key, and recorded with its result.
+  recipes are part of the run's key, and recorded with its result. One setting is the script's,
+  not the toml's: `tokenizer.vocab_size=N` runs `crystalline tokenizer train CORPUS/train
+  --vocab-size N` on the fresh state dir before the daemon starts (a byte-level BPE trained on
+  the text the daemon is about to get; its few seconds are not daemon minutes):
+  `--runs daemon:default+bpe:10 --recipes bpe=tokenizer.vocab_size=4096`.
 
 Summary (printed after the runs, or alone with --summary): a markdown table of every run key in
 the results (one row per daemon checkpoint), the best torch bpb per minutes over the learning
@@ -231,7 +235,8 @@ def config_toml(inbox: Path, size: tuple[int, int, int] | None, recipe=()) -> st
     if size is not None:
         sections["model"] = dict(zip(("d_model", "n_layer", "n_head"), size))
     for section, key, value in recipe:
-        sections.setdefault(section, {})[key] = value
+        if section != "tokenizer":  # the script's own (run_daemon), not a daemon setting
+            sections.setdefault(section, {})[key] = value
     # JSON scalars, strings and lists are valid TOML
     return "".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()) + "\n"
                    for name, keys in sections.items())
@@ -330,6 +335,15 @@ def run_eval(command: list[str]) -> tuple[dict | None, str]:
     raise RunFailed(f"{' '.join(command[1:])} printed no JSON result:\n{proc.stdout[-2000:]}")
 
 
+def train_bpe(state: Path, text: Path, vocab_size: int) -> None:
+    """`crystalline tokenizer train TEXT --vocab-size N` into the state dir; RunFailed if it fails."""
+    command = [sys.executable, "-m", "crawler", "tokenizer", "train", str(text), "--vocab-size", str(vocab_size),
+               "--state-dir", str(state)]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=EVAL_TIMEOUT_S)
+    if proc.returncode != 0:
+        raise RunFailed(f"tokenizer train exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+
+
 def copy_files(source: Path, inbox: Path) -> int:
     """Every file under source into inbox, relative paths kept (a plain copy, as a user makes)."""
     count = 0
@@ -348,6 +362,9 @@ def run_daemon(run: Run, args, corpus: Path) -> dict:
     state.mkdir()
     inbox.mkdir()
     (state / "crystalline.toml").write_text(config_toml(inbox, run.size, run.recipe))
+    for section, key, value in run.recipe:
+        if (section, key) == ("tokenizer", "vocab_size"):
+            train_bpe(state, corpus / "train", int(value))
     segments: list[Segment] = []
     checkpoints, stopped_s = [], 0.0
 
