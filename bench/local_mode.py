@@ -1,0 +1,147 @@
+"""Held-out bits per byte after the same tokens: one process against N ranks in each mode.
+
+Each variant is one `crystalline train CORPUS/train --steps S` on a fresh state directory with
+the product's defaults (the daemon's model, optimizer and schedule) and its own
+crystalline.toml: the variant's settings, plus a held-out evaluation only at the end. "1" runs one
+process with batch B*N on --threads threads; the others run `mpiexec -n N crystalline train
+--distributed` with batch B per rank and one thread per rank, so every variant takes the same
+tokens per step and the same steps. The figure is `train_finished`'s val_bits_per_byte: the
+loop's own held-out split, measured on the model `generate` would use (the cooled copy).
+
+    python bench/local_mode.py --variants 1,sync,local8,local8-o125 --steps 600
+    python bench/local_mode.py --summary
+
+Variants: NAME=section.key=value/section.key=value,... added to (or replacing) the built-in ones
+below; a name starting with "1" runs one process, any other N ranks. Each finished variant
+appends one JSON line to --results; a later invocation skips the names already there (--force
+runs them again). Not a test: the machine should otherwise be quiet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "shakespeare"
+BUILTIN = {
+    "1": "",
+    "sync": "distributed.mode=sync",
+    "local2": "distributed.mode=local/distributed.sync_every=2",
+    "local8": "distributed.mode=local/distributed.sync_every=8",
+    "local8-o125": "distributed.mode=local/distributed.sync_every=8/distributed.outer_lr=1.25",
+    "local8-o150": "distributed.mode=local/distributed.sync_every=8/distributed.outer_lr=1.5",
+    "local8-state": "distributed.mode=local/distributed.sync_every=8/distributed.average_state=true",
+}
+
+
+def toml_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text, text)
+
+
+def config_toml(settings: str, steps: int) -> str:
+    sections: dict[str, dict] = {"log": {"format": "json"}, "daemon": {"eval_every_steps": steps}}
+    for item in filter(None, settings.split("/")):
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        sections.setdefault(section, {})[name] = toml_value(value)
+    return "".join(f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()) + "\n"
+                   for s, keys in sections.items())
+
+
+def run_variant(name: str, settings: str, args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="crystalline-local-mode-"))
+    try:
+        (work / "crystalline.toml").write_text(config_toml(settings, args.steps))
+        common = [str(args.corpus / "train"), "--steps", str(args.steps), "--state-dir", str(work)]
+        if name.startswith("1"):
+            command = [sys.executable, "-m", "crawler", "train", *common,
+                       "--batch-size", str(args.batch * args.ranks), "--threads", str(args.threads)]
+        else:
+            mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
+            command = [mpiexec, "-n", str(args.ranks), sys.executable, "-m", "crawler", "train", *common,
+                       "--distributed", "--batch-size", str(args.batch), "--threads", "1"]
+        started = time.perf_counter()
+        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+        finished = None
+        for line in (proc.stdout + proc.stderr).splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "train_finished" and event.get("rank", 0) == 0:
+                finished = event
+        if finished is None:
+            raise SystemExit(f"{name}: no train_finished event\n{proc.stderr[-3000:]}")
+        return {"name": name, "settings": settings, "steps": args.steps, "ranks": 1 if name.startswith("1") else args.ranks,
+                "batch_per_rank": args.batch * args.ranks if name.startswith("1") else args.batch,
+                "val_bits_per_byte": finished.get("val_bits_per_byte"), "seconds": round(seconds, 1)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def summary(results: list[dict]) -> str:
+    last = {r["name"]: r for r in results}
+    base = last.get("1", {}).get("val_bits_per_byte")
+    lines = ["| variant | settings | ranks | val bpb | against 1 process | seconds |", "|---|---|---|---|---|---|"]
+    for r in last.values():
+        value = r["val_bits_per_byte"]
+        against = f"{100 * (value / base - 1):+.1f} %" if base and value else ""
+        lines.append(f"| {r['name']} | {r['settings'] or '(defaults)'} | {r['ranks']} | {value:.6f} | {against} "
+                     f"| {r['seconds']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--variants", default="1,sync,local8,local8-o125,local8-o150")
+    p.add_argument("--define", action="append", default=[], help="NAME=section.key=value/... (repeatable)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch", type=int, default=8, help="windows per rank (one process takes batch x ranks)")
+    p.add_argument("--ranks", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="threads of the one-process run")
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "local_mode.jsonl")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--summary", action="store_true")
+    args = p.parse_args()
+    variants = dict(BUILTIN)
+    for item in args.define:
+        name, _, settings = item.partition("=")
+        variants[name] = settings
+    results = [json.loads(line) for line in args.results.read_text().splitlines()] if args.results.exists() else []
+    if not args.summary:
+        if not (args.corpus / "train").is_dir():
+            print(f"no corpus at {args.corpus}/train", file=sys.stderr)
+            return 2
+        done = {r["name"] for r in results}
+        for name in args.variants.split(","):
+            if name in done and not args.force:
+                continue
+            result = run_variant(name, variants[name], args)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            with args.results.open("a") as f:
+                f.write(json.dumps(result) + "\n")
+    print(summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
