@@ -228,7 +228,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return args
-    from . import bench
+    from ..bench import throughput as bench
 
     bench_parser = _Parser(prog=f"{PROG} bench", description=(bench.__doc__ or "").split("\n")[0])
     bench.add_arguments(bench_parser)
@@ -529,7 +529,7 @@ def command_export(args: argparse.Namespace) -> int:
 
 def command_bench(args: argparse.Namespace) -> int:
     """Hand the parsed flags to crawler.bench.throughput, imported only when asked for."""
-    from . import bench
+    from ..bench import throughput as bench
 
     status = bench.main(args)
     return 0 if status is None else int(status)

@@ -153,3 +153,14 @@ def test_main_explains_how_to_install_torch_when_it_is_missing(capsys, monkeypat
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     assert bench.main(parse_bench_args("--compare-torch", "--configs", "tiny")) == 2
     assert "pip install -e '.[bench]'" in capsys.readouterr().err
+
+
+def test_crystalline_bench_runs_through_the_command_line(capsys):
+    """`crystalline bench` as a user types it: the CLI finds the bench room and hands it its flags."""
+    from crawler.cli.main import main
+
+    status = main(["bench", "--json", "--configs", "tiny", "--threads", "1", "--steps", "1", "--warmup", "0",
+                   "--peak-size", "32", "--skip-start-time", "--arch", "gpt2"])
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["arch"] == "gpt2" and [c["name"] for c in report["configs"]] == ["tiny"]
