@@ -40,7 +40,9 @@ MODES = ("sync", "local")
 @dataclass(frozen=True)
 class DistributedConfig:
     mode: str = "sync"  # "sync": gradients summed every step; "local": parameters averaged every sync_every steps
-    sync_every: int = 32  # "local": the steps each rank takes between two averages (H)
+    # "local": the steps each rank takes between two averages (H). 8: with Muon, 2 ranks at H = 8
+    # ended 0.5 % above one process after the same tokens, at H = 32 2.1 % (docs/BENCHMARKS.md)
+    sync_every: int = 8
     outer_lr: float = 1.0  # "local": the outer step on the averaged change (1.0 with momentum 0: plain averaging)
     outer_momentum: float = 0.0  # "local": Nesterov momentum of the outer step (DiLoCo uses 0.9 with lr 0.7)
     average_state: bool = False  # "local": average the optimizer's moments too (three times the traffic)
