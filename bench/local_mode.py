@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from daemon_learning import parse_value  # beside this script: python bench/local_mode.py puts bench/ on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "shakespeare"
 BUILTIN = {
@@ -42,21 +44,12 @@ BUILTIN = {
 }
 
 
-def toml_value(text: str):
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text, text)
-
-
 def config_toml(settings: str, steps: int) -> str:
     sections: dict[str, dict] = {"log": {"format": "json"}, "daemon": {"eval_every_steps": steps}}
     for item in filter(None, settings.split("/")):
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
-        sections.setdefault(section, {})[name] = toml_value(value)
+        sections.setdefault(section, {})[name] = parse_value(value)
     return "".join(f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()) + "\n"
                    for s, keys in sections.items())
 

@@ -296,7 +296,7 @@ def measure_torch(bench: BenchConfig, threads: int, batches: list, steps: int, w
 
 def run_config(bench: BenchConfig, threads: list[int], peaks: dict, args) -> dict:
     """Every measurement for one config, one entry per thread count."""
-    arch = getattr(args, "arch", "gpt2")
+    arch = args.arch
     model_config = bench.model_config(arch)
     per_token = flops_per_token(model_config, bench.seq_len)
     batches = random_batches(BYTE_VOCAB_SIZE, bench.batch_size, bench.seq_len, count=args.steps + args.warmup)
@@ -372,7 +372,7 @@ def measure_start_times() -> dict:
 def format_table(report: dict) -> str:
     """The report as aligned text, one row per config and thread count."""
     peaks = ", ".join(f"{p['threads']} thr {p['gflops']:.1f}" for p in report["peak_gflops"])
-    arch = report.get("arch", "gpt2")
+    arch = report["arch"]
     what = "the product's default: rotary positions, Muon" if arch == "product" else "GPT-2, AdamW"
     lines = [f"architecture: {arch} ({what}); MFU over forward, backward and reduction; "
              f"update: clipping and optimizer (share of the step)",
