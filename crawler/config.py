@@ -243,6 +243,9 @@ DAEMON_DEFAULTS = {
     # minutes (docs/BENCHMARKS.md, bench/arch_ablation.sh)
     "train": {"schedule": "constant", "warmup_steps": 100, "learning_rate": 3e-3, "optimizer": "muon",
               "muon_lr": 0.01},
+    # d=128, 4 layers: ahead of d=192/6 and d=256/6 after 10 and 30 daemon minutes, and of
+    # d=192/6 and d=64/2 with 1 thread and on a 4-play corpus, so one size for every machine
+    # and corpus rather than a rule at first start (docs/BENCHMARKS.md)
     "model": {"d_model": 128, "n_layer": 4, "n_head": 4, "positions": "rope"},
     "store": {"url": ""},  # SQLite in the state directory (Config.database_url)
 }
