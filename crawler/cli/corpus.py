@@ -266,6 +266,11 @@ def describe_status(report: dict, config: Config, now: float) -> str:
                      f"queued); {docs.get('duplicate', 0):,} duplicate, {docs.get('skipped', 0):,} skipped, "
                      f"{docs.get('failed', 0):,} failed")
         queued, withdrawn = report["tokens_queued"], report.get("tokens_withdrawn", 0)
+        live = h.get("queue_tokens")
+        if isinstance(live, int) and not isinstance(live, bool):
+            # the store's figure moves only at checkpoints; a running daemon's health has where
+            # training is now (it counts withdrawn text ahead of it, so never above the store's)
+            queued = min(queued, max(0, live))
         total = report["tokens_total"] - withdrawn
         text = f"text       {_count(total)} tokens stored, {_count(queued)} not yet trained"
         if withdrawn:

@@ -521,3 +521,11 @@ def test_status_for_a_person_rounds_says_what_the_daemon_does_and_when_the_queue
                           ({"blocked": "disk_full"}, "writes blocked (disk_full)")):
         report["daemon"]["health"] = base | health
         assert doing in describe_status(report, Config(), now).splitlines()[0]
+    # before the first checkpoint the store says nothing is trained; the running daemon's own
+    # figure says how far it is, and a stale or withdrawn-inflated one never raises the store's
+    report["daemon"]["health"] = base | {"queue_tokens": 1_234_567}
+    assert "4.07M tokens stored, 1.23M not yet trained" in describe_status(report, Config(), now)
+    report["daemon"]["health"] = base | {"queue_tokens": 3_000_000}
+    assert "4.07M tokens stored, 1.95M not yet trained" in describe_status(report, Config(), now)
+    report["daemon"] = {"running": False, "pid": None, "health": None}
+    assert "1.95M not yet trained" in describe_status(report, Config(), now)
