@@ -629,8 +629,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader had what it wanted (`generate ... | head`): no error
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except EXPECTED as exc:
         return _fail(exc, getattr(exc, "status", EXIT_ERROR))
+
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit finds no closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # a stream with no descriptor (tests)
+        pass
 
 
 def _fail(exc: BaseException, status: int) -> int:

@@ -154,6 +154,23 @@ def test_console_script_module_gives_one_line_without_traceback(tmp_path):
     assert_one_error_line(result.stderr, "no checkpoint in")
 
 
+
+def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path):
+    """`crystalline generate ... | head`: once the reader has closed the pipe, the command stops
+    with 141 (a shell's status for SIGPIPE) and writes nothing to stderr, no error line and no
+    "Exception ignored" from the interpreter's last flush."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: every write gets EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "crawler", "status", "--json", "--state-dir", tmp_path / "state"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
 # ---------------------------------------------------------------------------------------------
 # tiny end-to-end runs
 
