@@ -20,7 +20,7 @@ from .. import ConfigError
 from ..config import Config, load_config
 from ..ingest.pipeline import Ingestor, IngestSummary, iter_files
 from ..logging import get_logger
-from ..service.status import open_queue, status_report
+from ..service.status import open_queue, status_report, tokens_untrained
 from ..state.disk import PROCESSED_DIR
 from .progress import IngestProgress, on_terminal
 
@@ -265,12 +265,7 @@ def describe_status(report: dict, config: Config, now: float) -> str:
         lines.append(f"documents  {stored:,} stored ({docs.get('trained', 0):,} trained, {docs.get('queued', 0):,} "
                      f"queued); {docs.get('duplicate', 0):,} duplicate, {docs.get('skipped', 0):,} skipped, "
                      f"{docs.get('failed', 0):,} failed")
-        queued, withdrawn = report["tokens_queued"], report.get("tokens_withdrawn", 0)
-        live = h.get("queue_tokens")
-        if isinstance(live, int) and not isinstance(live, bool):
-            # the store's figure moves only at checkpoints; a running daemon's health has where
-            # training is now (it counts withdrawn text ahead of it, so never above the store's)
-            queued = min(queued, max(0, live))
+        queued, withdrawn = tokens_untrained(report), report.get("tokens_withdrawn", 0)
         total = report["tokens_total"] - withdrawn
         text = f"text       {_count(total)} tokens stored, {_count(queued)} not yet trained"
         if withdrawn:

@@ -69,6 +69,7 @@ from .state import add_commands as add_state_commands
 
 PROG = "crystalline"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 LN2 = math.log(2.0)
 
 
@@ -634,9 +635,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BROKEN_PIPE
     except EXPECTED as exc:
         return _fail(exc, getattr(exc, "status", EXIT_ERROR))
-
-
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
 
 def _silence_stdout() -> None:

@@ -202,7 +202,7 @@ class Window:
         from storage import CorpusQueue
 
         from ..state.health import read_health
-        from .status import store_report
+        from .status import store_report, tokens_untrained
 
         d = self.daemon
         database = getattr(d, "database", None)
@@ -210,6 +210,7 @@ class Window:
             raise RequestError(503, "the daemon is starting: its store is not open yet")
         report = store_report(d.config, CorpusQueue(database))
         report["daemon"] = {"running": True, "pid": os.getpid(), "health": read_health(d.config.state_dir)}
+        report["tokens_untrained"] = tokens_untrained(report)
         return report
 
     def _live(self) -> dict:

@@ -65,6 +65,18 @@ def store_report(config: Config, queue) -> dict:
     }
 
 
+def tokens_untrained(report: dict) -> int:
+    """Tokens training has not reached yet: the store's figure, which moves only at checkpoints,
+    or a running daemon's own from its health report (`daemon.health.queue_tokens`) where that is
+    lower; it counts withdrawn text ahead of training too, so it never raises the store's."""
+    queued = report["tokens_queued"]
+    health = (report.get("daemon") or {}).get("health") or {}
+    live = health.get("queue_tokens")
+    if isinstance(live, int) and not isinstance(live, bool):
+        queued = min(queued, max(0, live))
+    return queued
+
+
 def status_report(config: Config) -> dict:
     """`store_report` of the configuration's store, opened here; a SQLite store that does not
     exist yet is reported as such (`exists: false`, the disk use) and not created."""

@@ -154,7 +154,6 @@ def test_console_script_module_gives_one_line_without_traceback(tmp_path):
     assert_one_error_line(result.stderr, "no checkpoint in")
 
 
-
 def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path):
     """`crystalline generate ... | head`: once the reader has closed the pipe, the command stops
     with 141 (a shell's status for SIGPIPE) and writes nothing to stderr, no error line and no
