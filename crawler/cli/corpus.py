@@ -17,31 +17,28 @@ from pathlib import Path
 from typing import Any
 
 from .. import ConfigError
-from ..config import Config, load_config
+from ..config import Config
 from ..ingest.pipeline import Ingestor, IngestSummary, iter_files
 from ..logging import get_logger
 from ..service.status import open_queue, status_report, tokens_untrained
 from ..state.disk import PROCESSED_DIR
+from .opener import add_state_flags, command_config
 from .progress import IngestProgress, on_terminal
 
 
-def add_commands(commands: Any, state: dict) -> None:
+def add_commands(commands: Any) -> None:
     """Register `ingest` and `status` on the CLI's subparsers."""
-    common = {"--state-dir": dict(state, default=None), "--config": dict(default=None, metavar="FILE",
-              help="TOML configuration (default: STATE_DIR/crystalline.toml when present)")}
     ingest = commands.add_parser("ingest", help="add files and folders to the corpus queue")
     ingest.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive)")
     ingest.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    for flag, kw in common.items():
-        ingest.add_argument(flag, **kw)
+    add_state_flags(ingest)
     ingest.set_defaults(handler=command_ingest)
 
     status = commands.add_parser("status", help="whether a daemon runs, and what the corpus queue holds")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("--health", action="store_true",
                         help="exit 1 unless a daemon holds the state directory and reports fresh figures")
-    for flag, kw in common.items():
-        status.add_argument(flag, **kw)
+    add_state_flags(status)
     status.set_defaults(handler=command_status)
 
     forget = commands.add_parser("forget", help="remove a file's text from the corpus and from all future training")
@@ -50,13 +47,12 @@ def add_commands(commands: Any, state: dict) -> None:
                              "(everything under it), or a document id from the logs")
     forget.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
     forget.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    for flag, kw in common.items():
-        forget.add_argument(flag, **kw)
+    add_state_flags(forget)
     forget.set_defaults(handler=command_forget)
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, state_dir=args.state_dir)
+    return command_config(args)
 
 
 def _state_tokenizer(config: Config):

@@ -45,7 +45,7 @@ from storage import StorageError
 
 from .. import ConfigError as SettingError
 from .. import installed_version
-from ..config import DATABASE_FILE, DEFAULT_STATE_DIR, LOG_LEVELS, LogConfig, load_config
+from ..config import DATABASE_FILE, LOG_LEVELS, LogConfig
 from ..ingest.data import DataError, SkippedFile, eval_windows, find_files, load_corpus, read_text
 from ..ingest.tokenizer import (
     FIXED,
@@ -62,6 +62,7 @@ from ..logging import configure_logging, get_logger
 from ..service.daemon import REPEAT_SIGNAL_SECONDS, DaemonError, lower_priority
 from ..state.health import DaemonAlreadyRunning
 from .corpus import add_commands as add_corpus_commands
+from .opener import add_state_flags, command_config
 from .plot import add_commands as add_plot_commands
 from .progress import SHOWN_BY_BARS, BarSafeStream, TrainProgress, on_terminal
 from .service import add_commands as add_service_commands
@@ -137,7 +138,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {installed_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
-    state = {"default": DEFAULT_STATE_DIR, "metavar": "DIR", "help": "checkpoints live in DIR/checkpoints"}
 
     train = commands.add_parser("train", help="store files in the corpus and train on it (the daemon's loop)")
     train.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (recursive), stored as `ingest` does")
@@ -160,9 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="checkpoint every N steps (default: [daemon] checkpoint_every_steps); 0 = only at the end")
     train.add_argument("--keep-last", type=_integer(1), default=None, metavar="N")
     train.add_argument("--log-every", type=_integer(1), default=None, metavar="N")
-    train.add_argument("--config", default=None, metavar="FILE",
-                       help="TOML configuration (default: STATE_DIR/crystalline.toml when present); flags win")
-    train.add_argument("--state-dir", **dict(state, default=None))
+    add_state_flags(train)  # flags win over the configuration
     train.set_defaults(handler=command_train)
 
     generate = commands.add_parser("generate", help="continue a prompt with the best checkpoint")
@@ -173,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=_real(0.0, 1.0, low_open=True), default=1.0, metavar="P")
     generate.add_argument("--seed", type=_integer(0), default=0, metavar="S")
     generate.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
-    generate.add_argument("--state-dir", **state)
+    add_state_flags(generate)
     generate.set_defaults(handler=command_generate)
 
     evaluate = commands.add_parser("eval", help="bits per byte of the best checkpoint on files")
@@ -182,13 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=_integer(1), default=16, metavar="B")
     evaluate.add_argument("--threads", type=_integer(0), default=0)
     evaluate.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
-    evaluate.add_argument("--state-dir", **state)
+    add_state_flags(evaluate)
     evaluate.set_defaults(handler=command_eval)
 
     export = commands.add_parser("export", help="write the best model as one standalone safetensors file")
     export.add_argument("out", metavar="OUT", help="the file to write (replaced atomically)")
     export.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
-    export.add_argument("--state-dir", **state)
+    add_state_flags(export)
     export.set_defaults(handler=command_export)
 
     # bench's flags belong to crawler.bench.throughput (add_arguments), parsed only when bench runs
@@ -209,12 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
     tokenizer_train.add_argument("--force", action="store_true",
                                  help=f"replace the tokenizer of a state dir that has a {DATABASE_FILE} "
                                  "(never one with checkpoints)")
-    tokenizer_train.add_argument("--state-dir", **state)
+    add_state_flags(tokenizer_train)
     tokenizer_train.set_defaults(handler=command_tokenizer_train)
-    add_corpus_commands(commands, state)
-    add_service_commands(commands, state)
-    add_state_commands(commands, state)
-    add_plot_commands(commands, state)
+    add_corpus_commands(commands)
+    add_service_commands(commands)
+    add_state_commands(commands)
+    add_plot_commands(commands)
     return parser
 
 
@@ -242,18 +240,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _model_checkpoint(args: argparse.Namespace, log: Any):
     """The checkpoint a model command uses (CheckpointStore.load_model): the best by held-out bits
-    per byte unless --latest, or when there is none yet, the newest."""
+    per byte unless --latest, or when there is none yet, the newest; and its state directory."""
     from ..training.checkpoints import CheckpointStore
 
-    store = CheckpointStore(args.state_dir, log=log)
+    state_dir = command_config(args).state_dir
+    store = CheckpointStore(state_dir, log=log)
     checkpoint = store.load_model(latest=args.latest)
     if checkpoint is None:
         hint = "run 'crystalline train PATH...' or the daemon first"
-        raise CliError(f"no checkpoint in {store.directory} ({hint} or pass --state-dir)")
-    return checkpoint
+        raise CliError(f"no checkpoint in {store.directory} ({hint}, or pass --state-dir or set CRYSTALLINE_STATE_DIR)")
+    return checkpoint, state_dir
 
 
-def _checkpoint_tokenizer(checkpoint, state_dir: str) -> Tokenizer:
+def _checkpoint_tokenizer(checkpoint, state_dir: Path) -> Tokenizer:
     """The checkpoint's tokenizer, which must be the state dir's (TokenizerError otherwise)."""
     identity = checkpoint.extra.get("tokenizer")
     if identity is None:
@@ -356,7 +355,7 @@ def command_train(args: argparse.Namespace) -> int:
 
     log = get_logger("cli")
     overrides, pinned = _train_overrides(args)
-    config = load_config(args.config, state_dir=args.state_dir, overrides=overrides)
+    config = command_config(args, overrides)
     team = None
     if args.distributed:  # under mpiexec: rank 0 runs all of this, the others follow its steps
         from ..training.team import follow, join
@@ -452,8 +451,8 @@ def command_generate(args: argparse.Namespace) -> int:
     from engine.sample import sample
 
     log = get_logger("cli")
-    checkpoint = _model_checkpoint(args, log)
-    tokenizer = _checkpoint_tokenizer(checkpoint, args.state_dir)
+    checkpoint, state_dir = _model_checkpoint(args, log)
+    tokenizer = _checkpoint_tokenizer(checkpoint, state_dir)
     prompt = args.prompt.encode("utf-8", "surrogateescape")  # the bytes the shell passed
     # a document starts after EOD in training, so a prompt does too
     try:
@@ -472,8 +471,8 @@ def command_generate(args: argparse.Namespace) -> int:
 def command_eval(args: argparse.Namespace) -> int:
     """Bits per byte of the best (or --latest) checkpoint on PATH...: summed nats / ln 2 / source bytes."""
     log = get_logger("cli")
-    checkpoint = _model_checkpoint(args, log)
-    tokenizer = _checkpoint_tokenizer(checkpoint, args.state_dir)
+    checkpoint, state_dir = _model_checkpoint(args, log)
+    tokenizer = _checkpoint_tokenizer(checkpoint, state_dir)
     corpus = _load_corpus(args.paths, tokenizer, log)
     model = checkpoint.model_config
     recipe = TrainConfig(batch_size=args.batch_size, seq_len=model.context_length, threads=args.threads)
@@ -512,8 +511,8 @@ def command_export(args: argparse.Namespace) -> int:
     from engine.export import export_model
 
     log = get_logger("cli")
-    checkpoint = _model_checkpoint(args, log)
-    tokenizer = _checkpoint_tokenizer(checkpoint, args.state_dir)
+    checkpoint, state_dir = _model_checkpoint(args, log)
+    tokenizer = _checkpoint_tokenizer(checkpoint, state_dir)
     metadata = {"tokenizer": json.dumps(checkpoint.extra.get("tokenizer"), sort_keys=True),
                 "source": str(checkpoint.path)}
     if checkpoint.extra.get("val_bits_per_byte") is not None:
@@ -541,7 +540,7 @@ def command_tokenizer_train(args: argparse.Namespace) -> int:
     from ..training.checkpoints import CheckpointStore
 
     log = get_logger("cli")
-    state = Path(args.state_dir)
+    state = command_config(args).state_dir
     store = CheckpointStore(state, log=log)
     checkpoints = store.rolling()
     if checkpoints:

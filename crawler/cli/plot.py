@@ -15,19 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import ConfigError
-from ..config import load_config
+from .opener import add_state_flags, command_config
 
 PAGE = 10_000  # evaluations read per query
 
 
-def add_commands(commands: Any, state: dict) -> None:
+def add_commands(commands: Any) -> None:
     """Register `plot` on the CLI's subparsers."""
     plot = commands.add_parser("plot", help="draw the learning curve (held-out and training bits per byte)")
     plot.add_argument("--output", "-o", default="learning-curve.png", metavar="FILE.png",
                       help="the picture to write (default: learning-curve.png)")
-    plot.add_argument("--state-dir", **dict(state, default=None))
-    plot.add_argument("--config", default=None, metavar="FILE",
-                      help="TOML configuration (default: STATE_DIR/crystalline.toml when present)")
+    add_state_flags(plot)
     plot.set_defaults(handler=command_plot)
 
 
@@ -50,7 +48,7 @@ def command_plot(args: argparse.Namespace) -> int:
 
     from storage import CorpusQueue, open_database
 
-    config = load_config(args.config, state_dir=args.state_dir)
+    config = command_config(args)
     if not config.state_dir.is_dir():
         raise ConfigError(f"{config.state_dir}: no such state directory (pass --state-dir)")
     database = open_database(config.storage_config())

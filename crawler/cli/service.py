@@ -11,14 +11,13 @@ from typing import Any
 
 from .. import ConfigError
 from ..config import CONFIG_FILE, default_config_text
+from .opener import add_state_flags, command_config, command_state_dir
 
 
-
-def add_commands(commands: Any, state: dict) -> None:
+def add_commands(commands: Any) -> None:
     """Register `run` and `init` on the CLI's subparsers."""
     run = commands.add_parser("run", help="run the daemon in the foreground (systemd and Docker supervise it)")
-    run.add_argument("--state-dir", **dict(state, default=None))
-    run.add_argument("--config", default=None, metavar="FILE", help=f"TOML configuration (default: STATE_DIR/{CONFIG_FILE})")
+    add_state_flags(run)
     run.add_argument("--watch", action="append", default=None, metavar="DIR", help="a folder to watch (repeatable)")
     run.add_argument("--threads", type=int, default=None, metavar="N", help="engine worker threads; 0 = every core")
     run.add_argument("--polling", action="store_true", default=None, help="poll instead of inotify events")
@@ -37,11 +36,11 @@ def add_commands(commands: Any, state: dict) -> None:
     for name, text in (("pause", "hold training (ingest goes on) until `resume`; a checkpoint is written first"),
                        ("resume", "let training go on after `pause`")):
         control = commands.add_parser(name, help=text)
-        control.add_argument("--state-dir", **state)
+        add_state_flags(control)
         control.set_defaults(handler=command_pause if name == "pause" else command_resume)
 
     init = commands.add_parser("init", help=f"write a commented default {CONFIG_FILE} into the state directory")
-    init.add_argument("--state-dir", **state)
+    add_state_flags(init)
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(handler=command_init)
 
@@ -68,9 +67,9 @@ def command_pause(args: argparse.Namespace) -> int:
     from ..service.daemon import PAUSE_FILE
     from ..state.health import lock_holder
 
-    state = Path(args.state_dir)
+    state = command_config(args).state_dir
     if not state.is_dir():
-        raise ConfigError(f"{state}: no such state directory (pass --state-dir)")
+        raise ConfigError(f"{state}: no such state directory (pass --state-dir or set CRYSTALLINE_STATE_DIR)")
     (state / PAUSE_FILE).touch()
     pid = lock_holder(state)
     where = f"the daemon (pid {pid}) holds training at its next step" if pid else "no daemon runs: it will start paused"
@@ -83,7 +82,7 @@ def command_resume(args: argparse.Namespace) -> int:
     from ..service.daemon import PAUSE_FILE
     from ..state.health import lock_holder
 
-    state = Path(args.state_dir)
+    state = command_config(args).state_dir
     try:
         (state / PAUSE_FILE).unlink()
     except FileNotFoundError:
@@ -95,7 +94,7 @@ def command_resume(args: argparse.Namespace) -> int:
 
 
 def command_init(args: argparse.Namespace) -> int:
-    path = Path(args.state_dir) / CONFIG_FILE
+    path = command_state_dir(args, unreadable_config_ok=args.force) / CONFIG_FILE
     if path.exists() and not args.force:
         raise ConfigError(f"{path} exists; --force overwrites it")
     path.parent.mkdir(parents=True, exist_ok=True)

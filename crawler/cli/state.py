@@ -32,32 +32,27 @@ from typing import Any
 from engine.checkpoint import fsync_path
 
 from .. import ConfigError
-from ..config import load_config
 from ..logging import get_logger
 from ..state.disk import QUARANTINE_DIR
 from ..training.checkpoints import CheckpointStore
+from .opener import add_state_flags, command_config
 
 
-def add_commands(commands: Any, state: dict) -> None:
+def add_commands(commands: Any) -> None:
     """Register `repair` and `reset` on the CLI's subparsers."""
-    common = {"--state-dir": dict(state, default=None), "--config": dict(default=None, metavar="FILE",
-              help="TOML configuration (default: STATE_DIR/crystalline.toml when present)")}
     repair = commands.add_parser("repair", help="make the database and the checkpoint files agree again")
-    for flag, kw in common.items():
-        repair.add_argument(flag, **kw)
+    add_state_flags(repair)
     repair.set_defaults(handler=command_repair)
 
     reset = commands.add_parser("reset", help="drop the model and its training state (with --keep-corpus)")
     reset.add_argument("--keep-corpus", action="store_true",
                        help="keep the stored text; the checkpoints are moved into STATE_DIR/quarantine/")
-    for flag, kw in common.items():
-        reset.add_argument(flag, **kw)
+    add_state_flags(reset)
     reset.set_defaults(handler=command_reset)
 
     backup = commands.add_parser("backup", help="copy the state directory consistently, even while a daemon runs")
     backup.add_argument("dest", metavar="DEST", help="a new folder; it becomes a state directory to run on")
-    for flag, kw in common.items():
-        backup.add_argument(flag, **kw)
+    add_state_flags(backup)
     backup.set_defaults(handler=command_backup)
 
 
@@ -65,7 +60,7 @@ class _OpenState:
     """The state directory's lock, database and queue, for one command; released on exit."""
 
     def __init__(self, args: argparse.Namespace):
-        self.config = load_config(args.config, state_dir=args.state_dir)
+        self.config = command_config(args)
         self.database = None
 
     def __enter__(self):
@@ -160,7 +155,7 @@ def command_backup(args: argparse.Namespace) -> int:
 
     from sqlalchemy.engine import make_url
 
-    config = load_config(args.config, state_dir=args.state_dir)
+    config = command_config(args)
     state, dest = config.state_dir, Path(args.dest)
     url = make_url(config.database_url)
     if url.get_backend_name() != "sqlite":

@@ -353,10 +353,12 @@ class Daemon:
         return EXIT_STOPPED
 
     def start(self) -> None:
-        """Take the state directory's lock, then start every part: metrics and the window when
-        configured, the store, the workers (waiting until each has initialized), then the
-        watcher; logs daemon_started, then daemon_ready. A stop signal during a slow start
-        (numba compiling) skips the rest, and the next tick takes it.
+        """Take the state directory's lock, then start every part: the store, the workers (waiting
+        until each has initialized: the checkpoints are checked and loaded), then metrics and the
+        window when configured, then the watcher; logs daemon_started, then daemon_ready. Nothing
+        listens before the state is known to be good, so a refusal to start is one line on
+        stderr. A stop signal during a slow start (numba compiling) skips the rest, and the next
+        tick takes it.
 
         Raises DaemonAlreadyRunning or OSError when the lock cannot be taken: nothing started.
         After the lock, raises DaemonError when a part cannot start; stop() then ends what did."""
@@ -368,9 +370,6 @@ class Daemon:
                       database=display_url(self.config.database_url))
         self.log.info("config_loaded", config=self.config.to_dict())
         lower_priority(self.config.daemon.nice, self.log)
-        self._serve_metrics()
-        if self.window is not None:
-            self.window.serve(self)  # http_serving, or http_failed and on without it
         self._write_health(self.health_report("starting", t0))
         self._start_parts(t0)
         now = self.clock()  # tick's schedule starts here
@@ -397,6 +396,9 @@ class Daemon:
             if not thread.initialized:  # (one that dies later is restarted by tick)
                 raise _start_failure(f"the {name} worker could not start", thread.error, EXIT_WORKER_FAILED,
                                      "worker_failed")
+        self._serve_metrics()  # the state is open and checked: now the figures can be served
+        if self.window is not None:
+            self.window.serve(self)  # http_serving, or http_failed and on without it
         self.watcher = self.make_watcher()
         self.watcher.start()
         self.notifier.ready(self._status_line())

@@ -127,7 +127,6 @@ class Window:
         self.daemon = None
         self.server: ThreadingHTTPServer | None = None
         self.stopping = threading.Event()
-        self.log = get_logger("http")
         self._status: tuple[float, dict] | None = None
         self._status_lock = threading.Lock()
         self._last_snapshot = None
@@ -172,6 +171,13 @@ class Window:
         shown = f"[{host}]" if ":" in host else host
         self.log.info("http_serving", listen=self.config.listen, port=bound, url=f"http://{shown}:{bound}/",
                       token=bool(self.token))
+
+    @property
+    def log(self) -> Any:
+        """The page's logger, bound when used: the window is made before the daemon configures
+        logging (it observes the events), and a logger bound then would write where the
+        command line pointed events first (stderr), not where the daemon's go."""
+        return get_logger("http")
 
     def stop(self) -> None:
         """Stop accepting, end the event streams and the completions; idempotent."""

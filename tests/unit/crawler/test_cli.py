@@ -92,12 +92,17 @@ def test_bad_usage_is_one_line_and_status_2(capsys, argv, fragment):
     assert_one_error_line(err, fragment)
 
 
-@pytest.mark.parametrize("argv", [["generate"], ["eval", "x"], ["export", "out"], ["pause"], ["resume"], ["init"]])
-def test_a_command_without_state_dir_uses_the_configurations_default(argv):
-    from crawler.cli.main import parse_args
-    from crawler.config import DEFAULT_STATE_DIR, Config
+def test_every_command_has_the_same_state_flags():
+    """No command keeps a default of its own: the state directory is resolved by load_config."""
+    from crawler.cli.main import build_parser
 
-    assert parse_args(argv).state_dir == DEFAULT_STATE_DIR == str(Config().state_dir)
+    commands = build_parser()._subparsers._group_actions[0].choices
+    tokenizer = commands["tokenizer"]._subparsers._group_actions[0].choices
+    parsers = {name: p for name, p in commands.items() if name not in ("bench", "tokenizer")}
+    parsers["tokenizer train"] = tokenizer["train"]
+    for name, parser in parsers.items():
+        flags = {a.dest: a.default for a in parser._actions if a.dest in ("state_dir", "config")}
+        assert flags == {"state_dir": None, "config": None}, name
 
 
 def test_help_exits_zero(capsys):
