@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
-
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from .config import ConfigError
 
-if TYPE_CHECKING:
-    from .mask import StreamMask
+
+class WindowMask(Protocol):
+    """What says which windows meet text training must not read: a HoldoutSplit, or a
+    StreamMask (mask.py, which builds on this module and so is not imported here)."""
+
+    def overlaps(self, starts: np.ndarray, length: int) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ REPLAY_ROUNDS = 32  # draw_window_starts redraws windows that touch held-out tex
 
 
 def draw_window_starts(rng: np.random.Generator, high: int, count: int, seq_len: int,
-                       holdout: HoldoutSplit | StreamMask | None) -> np.ndarray:
+                       holdout: WindowMask | None) -> np.ndarray:
     """Up to `count` window starts drawn uniformly from [0, high): int64 (n,), in the order drawn.
 
     The first round is rng.integers(0, high, size=count); with `holdout`, starts whose window of

@@ -1,10 +1,11 @@
 """Format parsers for the extractor: the bytes or decoded text of one file in, readable text out.
 
-This module is the back half of `crawler.ingest.extract`. It turns HTML, JSON, JSON Lines, CSV/TSV, PDF,
-DOCX and EPUB into text, and it owns the vocabulary those parsers report in: `Skipped` with a
-reason from SKIP_REASONS, `ExtractionFailed`, and the `ExtractLimits` they obey. Callers import
-all of these from `crawler.ingest.extract`, which re-exports them; this module does not open files,
-detect kinds or decode plain text, and it logs nothing.
+This module is the back half of `crawler.ingest.inprocess`, which dispatches to it by kind. It
+turns HTML, JSON, JSON Lines, CSV/TSV, PDF, DOCX and EPUB into text, and it owns the vocabulary
+those parsers report in: `Skipped` with a reason from SKIP_REASONS, `ExtractionFailed`, and the
+`ExtractLimits` they obey. Callers import all of these from `crawler.ingest.extract`, which
+re-exports them; this module does not open files, detect kinds or decode plain text, and it logs
+nothing.
 
 Zipped formats (DOCX, EPUB) go through `GuardedZip`, which enforces the member count, the
 declared and the actually inflated sizes, and the compression ratios before and while reading.

@@ -2,7 +2,7 @@
 
 Untrusted documents go through pypdf, zipfile and expat, where one pathological page can spin
 for minutes and one crafted stream can allocate gigabytes. `ExtractorPool` runs
-`crawler.ingest.extract.extract_in_process` on a path in a separate Python process, so a hang or a
+`crawler.ingest.inprocess.extract_in_process` on a path in a separate Python process, so a hang or a
 memory blow-up costs that process and never the daemon:
 
 - wall time: the parent waits `time_budget_seconds` plus a grace for the answer, then kills the
@@ -28,8 +28,9 @@ Setting the limits needs the prlimit64 system call (glibc's setrlimit uses it), 
 @system-service filter allows (it is in @default); the unit's `~@resources` removes only the old
 setrlimit call. Where a limit cannot be set, the child carries on without it.
 
-It is not the extractor (crawler.ingest.extract) and logs nothing. Unix only (select, resource).
-Relies on the standard library.
+It is not the extractor (crawler.ingest.inprocess parses; crawler.ingest.extract, above this
+module, decides which files come here) and logs nothing. Unix only (select, resource).
+Relies on the standard library, and in the child on crawler.ingest.inprocess.
 """
 
 from __future__ import annotations
@@ -367,7 +368,8 @@ def child_main(argv: list[str]) -> None:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     logging.disable(logging.WARNING)  # pypdf warns about every quirk; the parent decides what to log
-    from .extract import extract_in_process
+    # the child's side alone parses: the parent's never loads the extractor (charset-normalizer)
+    from .inprocess import extract_in_process
 
     if argv[:1] == ["--initializer"]:
         import runpy

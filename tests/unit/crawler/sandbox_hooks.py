@@ -9,9 +9,9 @@ import os
 import signal
 import time
 
-from crawler.ingest import extract
+from crawler.ingest import inprocess
 
-_docx_text = extract._BYTES_PARSERS["docx"]
+_docx_text = inprocess._BYTES_PARSERS["docx"]
 
 
 def _docx_with_hooks(data, limits, check_time):
@@ -27,4 +27,4 @@ def _docx_with_hooks(data, limits, check_time):
     return text
 
 
-extract._BYTES_PARSERS["docx"] = _docx_with_hooks
+inprocess._BYTES_PARSERS["docx"] = _docx_with_hooks
