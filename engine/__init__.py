@@ -30,6 +30,7 @@ _EXPORTS = {
     "init_parameters": "layout",
     "parameter_table": "layout",
     "Generator": "sample",
+    "SampleConfig": "sampling",
     "StepStats": "trainer",
     "Trainer": "trainer",
 }
@@ -56,4 +57,5 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, eagerly
     from .errors import CheckpointError, EngineError, NonFiniteLoss, ShapeMismatch
     from .layout import count_parameters, init_parameters, parameter_table
     from .sample import Generator
+    from .sampling import SampleConfig
     from .trainer import StepStats, Trainer

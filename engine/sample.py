@@ -4,6 +4,7 @@
 architecture option included) one position at a time, storing each layer's keys and values so later
 positions attend to them without recomputing; with rotary positions the keys are stored turned.
 `sample_next` turns logits into a token id (temperature, top-k, top-p); `sample` joins the two.
+Their settings' bounds, and the defaults callers offer, are sampling.py's.
 Not a training path: no activations are kept for backward, and the batch size is one.
 Relies on numpy only (float32 matrix-vector products; BLAS does the heavy lifting).
 
@@ -27,6 +28,9 @@ from .errors import ShapeMismatch
 from .kernels.rope import rope_tables
 from .layout import parameter_table
 from .maths import gelu, layernorm, relu2, rmsnorm, rotate, softcap
+from .sampling import SampleConfig, check_setting
+
+_PLAIN = SampleConfig()  # the settings' defaults: the model's own distribution, no filter
 
 
 class KVCache:
@@ -153,29 +157,23 @@ class Generator:
 # choosing a token
 
 
-def _check_sampling(temperature: float, top_k: int, top_p: float) -> None:
-    if not temperature >= 0:  # also rejects NaN
-        raise ValueError(f"temperature ({temperature}) must be >= 0 (0 means greedy)")
-    if top_k < 0:
-        raise ValueError(f"top_k ({top_k}) must be >= 0 (0 means off)")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p ({top_p}) must be in (0, 1] (1 means off)")
-
-
 def sample_next(
     logits: np.ndarray,
     rng: np.random.Generator,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    temperature: float = _PLAIN.temperature,
+    top_k: int = _PLAIN.top_k,
+    top_p: float = _PLAIN.top_p,
 ) -> int:
     """Draw one token id from logits (V,).
 
     temperature 0 is greedy (argmax, no random draw). top_k keeps the k largest logits (0, or a
     k >= V, is off). top_p keeps the smallest set of most likely tokens whose probability sums to
     at least p (1.0 is off). Filters apply in that order, each to the result of the last.
+    Raises ConfigError (a ValueError) for a setting outside sampling.BOUNDS.
     """
-    _check_sampling(temperature, top_k, top_p)
+    check_setting("temperature", temperature)
+    check_setting("top_k", top_k)
+    check_setting("top_p", top_p)
     logits = np.asarray(logits, dtype=np.float64)
     if temperature == 0:
         return int(np.argmax(logits))
@@ -201,22 +199,20 @@ def sample(
     prompt: list[int],
     max_new_tokens: int,
     *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int = 0,
+    temperature: float = _PLAIN.temperature,
+    top_k: int = _PLAIN.top_k,
+    top_p: float = _PLAIN.top_p,
+    seed: int = _PLAIN.seed,
     stop_token: int | None = None,
 ) -> list[int]:
     """Continue `prompt` by up to max_new_tokens ids and return only the new ones.
 
     Deterministic in `seed`. Generation ends early, without the stop token in the result, when
     `stop_token` is drawn. A prompt longer than context_length slides as the module docstring
-    describes. Raises ValueError for an empty prompt, an id outside [0, V), max_new_tokens < 0
-    or an out-of-range sampling setting.
+    describes. Raises ValueError for an empty prompt or an id outside [0, V), and ConfigError (a
+    ValueError) for a setting outside sampling.BOUNDS.
     """
-    _check_sampling(temperature, top_k, top_p)
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens ({max_new_tokens}) must be >= 0")
+    SampleConfig(max_new_tokens, temperature, top_k, top_p, seed).validate()
     if stop_token is not None:
         _check_ids(np.asarray([stop_token]), config.vocab_size)
     prompt = _as_token_array(prompt, config.vocab_size)

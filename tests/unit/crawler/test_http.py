@@ -1,4 +1,4 @@
-"""The daemon's window (crawler/service/http.py) over real sockets: the safety checks, the event stream,
+"""The daemon's window (crawler/service/http/) over real sockets: the safety checks, the event stream,
 completions and their limits against an in-process server with a stand-in daemon; then the API
 of a running `crystalline run` (marked slow): status and history against the store, a dropped
 file on the event stream, a completion while training steps go on, refusals that leave it running."""
@@ -19,7 +19,8 @@ import pytest
 from crawler import ConfigError
 from crawler.config import Config, HttpConfig, load_config
 from crawler.logging import configure_logging, get_logger
-from crawler.service.http import MAX_BODY_BYTES, Window
+from crawler.service.http import Window
+from crawler.service.http.handler import MAX_BODY_BYTES
 
 
 def _e2e_runner():
@@ -167,7 +168,7 @@ def test_a_listen_address_beyond_loopback_needs_a_token(tmp_path):
     (json.dumps({"prompt": 5}).encode(), 400, "prompt must be a string"),
     (json.dumps({"prompt": "a", "max_new_tokens": "10"}).encode(), 400, "max_new_tokens must be an integer"),
     (json.dumps({"prompt": "a", "max_new_tokens": True}).encode(), 400, "max_new_tokens must be an integer"),
-    (json.dumps({"prompt": "a", "max_new_tokens": 10**6}).encode(), 400, "max_new_tokens (1000000) must be in [1, 512]"),
+    (json.dumps({"prompt": "a", "max_new_tokens": 10**6}).encode(), 400, "max_new_tokens (1000000) must be in [0, 512]"),
     (json.dumps({"prompt": "a", "temperature": -1}).encode(), 400, "temperature"),
     (json.dumps({"prompt": "a", "path": "/etc/passwd"}).encode(), 400, "unknown field 'path'"),
     (b"x" * (MAX_BODY_BYTES + 1), 413, "larger than"),
