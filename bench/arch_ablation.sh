@@ -8,6 +8,8 @@
 #   bench/arch_ablation.sh [MINUTES] [RUN ...]    (default: 5, every screening run below)
 #   bench/arch_ablation.sh 10 default+rope default+muon   # confirm the leaders at 10 minutes
 #   python bench/daemon_learning.py --summary            # the table
+#   ALLOW_DIRTY=1 bench/arch_ablation.sh ...              # record from a tree with uncommitted changes
+#                                                         # (rows marked dirty; refused otherwise)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-5}"
@@ -24,4 +26,5 @@ if [ "$#" -eq 0 ]; then
 fi
 runs=""
 for r in "$@"; do runs+="${runs:+,}daemon:$r:$minutes"; done
-exec "${PYTHON:-.venv/bin/python}" bench/daemon_learning.py --runs "$runs" --recipes "$recipes" --at "$minutes"
+exec "${PYTHON:-.venv/bin/python}" bench/daemon_learning.py --runs "$runs" --recipes "$recipes" --at "$minutes" \
+  ${ALLOW_DIRTY:+--allow-dirty}

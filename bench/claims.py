@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import queue as queue_module
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -23,13 +22,11 @@ from pathlib import Path
 import sqlalchemy as sa
 import structlog
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from crawler.config import Config  # noqa: E402
-from crawler.ingest.claiming import ClaimGate  # noqa: E402
-from crawler.ingest.tokenizer import ByteTokenizer  # noqa: E402
-from crawler.service.daemon import IngestWorker  # noqa: E402
-from storage import CorpusQueue, FileClaims, StorageConfig, open_database  # noqa: E402
+from crawler.config import Config
+from crawler.ingest.claiming import ClaimGate
+from crawler.ingest.tokenizer import ByteTokenizer
+from crawler.service.daemon import IngestWorker
+from storage import CorpusQueue, FileClaims, StorageConfig, open_database
 
 
 def one_run(url: str, folder: Path, files: list[Path], claims: bool) -> float:

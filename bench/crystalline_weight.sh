@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Held-out bits per byte for crystalline_weight 0, 0.01 and 0.1 on the shared Shakespeare corpus:
-# config S (d=128, L=4, H=4, T=128, B=16), 2 threads, AdamW lr 1e-3, 100 warmup steps, cosine,
+# size S of engine.sizes (d=128, L=4, H=4; T=128, B=16), 2 threads, lr 1e-3, 100 warmup steps, cosine,
 # STEPS steps on train/, then bits per byte on val/ (every target once, windows of 128).
 # usage: bench/crystalline_weight.sh [STEPS] [CORPUS]   (needs the shared corpus; not a test)
 set -euo pipefail

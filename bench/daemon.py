@@ -1,10 +1,11 @@
 """The daemon as a user sees it: start-up, drop-to-ingested latency, training overhead, RSS, idle CPU.
 
 Each measurement runs `python -m crawler run --state-dir TMP` as a subprocess on a fresh temporary
-state dir with its own STATE_DIR/crystalline.toml, follows its JSON events on stdout (with
-crawler.service.child, as tests/e2e does), stops it with SIGTERM and checks it exits 0. Model:
-config S (d=128, L=4, H=4, T=128, batch 16, 2 threads, lr 1e-3, warmup 100, constant) unless
-flags change it.
+state dir with its own STATE_DIR/crystalline.toml, follows its JSON events on stdout (the harness's
+daemon, crawler.bench.harness, on crawler.service.child as tests/e2e does), stops it with SIGTERM
+and checks it exits 0. Model: size S of engine.sizes (d=128, L=4, H=4; --size picks another),
+T=128, batch 16, 2 threads, lr 1e-3, warmup 100, constant, the daemon's architecture and
+optimizer, unless flags change them.
 
   ready     launch -> `daemon_ready` received, warm numba cache: one untimed run, then --runs (5);
             each, the median, and the `seconds` the event reports.
@@ -32,12 +33,11 @@ flags change it.
 Not a test; `overhead` and `soak` need the shared corpus.
 """
 
+from __future__ import annotations
+
 import argparse
-import contextlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -47,61 +47,32 @@ from pathlib import Path
 
 import numpy as np
 
-from crawler.service.child import ChildFailed, DaemonChild
+from crawler.bench.harness import (
+    DEFAULT_CORPUS,
+    BenchDaemon,
+    RunFailed,
+    json_events,
+    mean_rate,
+    running,
+)
+from crawler.service.child import ChildFailed
+from engine.sizes import parse_size
 
 LOG_EVERY = 10
 MEASUREMENTS = ("ready", "latency", "overhead", "soak", "idle")
 WORDS = "river stone light crystal north wind alpha beta gamma delta the of and to".split()
 
 
-def config_toml(args, inbox: Path, idle: str, settle: float, status: float) -> str:
+def daemon(args, idle="sleep", settle=1.0, status=30.0, corpus: Path | None = None):
+    """A ready daemon (crawler.bench.harness.running) of this run's size and recipe."""
     sections = {
-        "watch": {"roots": [str(inbox)], "settle_seconds": float(settle)},
         "daemon": {"idle": idle, "status_interval_seconds": float(status), "log_every": LOG_EVERY},
-        "model": {"context_length": args.context, "d_model": args.d_model, "n_layer": args.layers, "n_head": args.heads},
+        "model": {"context_length": args.context, **args.size.shape()},
         "train": {"batch_size": args.batch_size, "seq_len": args.context, "learning_rate": 0.001, "warmup_steps": 100,
                   "schedule": "constant", "threads": args.threads},
-        "log": {"level": "info", "format": "json"},
-    }  # JSON scalars, strings and lists are valid TOML
-    return "".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()) + "\n"
-                   for name, keys in sections.items())
-
-
-class Daemon(DaemonChild):
-    """One `crystalline run` subprocess with its own STATE_DIR/crystalline.toml; each JSON event
-    gets `_received` (perf_counter), and `launched` is when it was started."""
-
-    def __init__(self, state: Path, config: str):
-        state.mkdir(parents=True)
-        (state / "crystalline.toml").write_text(config)
-        super().__init__(state)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 180.0) -> int:
-        """SIGTERM, and the exit status, which must be 0."""
-        if (code := super().stop(sig, timeout)) != 0:
-            raise SystemExit(f"daemon exited {code} after SIGTERM:\n{self.tail(30)}")
-        return code
-
-
-@contextlib.contextmanager
-def running(args, idle="sleep", settle=1.0, status=30.0, corpus: Path | None = None):
-    """A ready daemon on a temporary state dir and inbox (a copy of `corpus` when given)."""
-    work = Path(tempfile.mkdtemp(prefix="crystalline-daemon-bench-"))
-    try:
-        inbox = work / "inbox"
-        shutil.copytree(corpus, inbox) if corpus else inbox.mkdir()
-        d = Daemon(work / "state", config_toml(args, inbox, idle, settle, status))
-        d.inbox = inbox
-        try:
-            d.wait(lambda ev: [e for e in ev if e.get("event") == "daemon_ready"], 600, "daemon_ready")
-            yield d
-            d.stop()
-        finally:
-            if d.proc.poll() is None:
-                d.proc.kill()
-                d.proc.wait(timeout=30)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        "log": {"level": "info"},
+    }
+    return running(sections, corpus, settle_seconds=settle)
 
 
 def wall(event: dict) -> float:
@@ -125,7 +96,7 @@ def drop(path: Path, text: str, rename: bool) -> float:
     return time.time()
 
 
-def ingested_times(d: Daemon, names: list[str], timeout: float) -> dict[str, float]:
+def ingested_times(d: BenchDaemon, names: list[str], timeout: float) -> dict[str, float]:
     want = set(names)
 
     def done(events):
@@ -146,7 +117,7 @@ def pct(values, *qs) -> list[float]:
 def measure_ready(args) -> dict:
     launches, reported = [], []
     for run in range(args.runs + 1):  # run 0 warms the numba cache and the page cache
-        with running(args) as d:
+        with daemon(args) as d:
             ready = d.find("daemon_ready")[0]
             if run:
                 launches.append(round(ready["_received"] - d.launched, 3))
@@ -155,7 +126,7 @@ def measure_ready(args) -> dict:
             "event_seconds": reported, "event_seconds_median": float(np.median(reported))}
 
 
-def latencies(d: Daemon, prefix: str, count: int, size: int, rename: bool, interval: float, timeout: float):
+def latencies(d: BenchDaemon, prefix: str, count: int, size: int, rename: bool, interval: float, timeout: float):
     """Drop `count` files; (latencies, drop times, ingested times), in seconds of wall clock."""
     dropped = {}
     for i in range(count):
@@ -168,7 +139,7 @@ def latencies(d: Daemon, prefix: str, count: int, size: int, rename: bool, inter
 
 def measure_latency(args) -> dict:
     out = {"settle_seconds": args.settle}
-    with running(args, settle=args.settle) as d:
+    with daemon(args, settle=args.settle) as d:
         for variant, rename in (("renamed", True), ("in_place", False)):
             lat, _, _ = latencies(d, variant, args.files, 2000, rename, args.interval, 120 + 2 * args.settle)
             figures = dict(zip(("p50_s", "p99_s", "max_s"), pct(lat, 50, 99, 100)))
@@ -183,14 +154,13 @@ def measure_latency(args) -> dict:
 
 
 def rate(events: list[dict]) -> float | None:
-    """Tokens over seconds across events that each cover the same number of tokens."""
-    rates = [e["tokens_per_s"] for e in events if e.get("tokens_per_s")]
-    return len(rates) / sum(1.0 / r for r in rates) if rates else None
+    """Tokens over seconds across train_step events (each covers log_every steps)."""
+    return mean_rate([e["tokens_per_s"] for e in events if e.get("tokens_per_s")])
 
 
 def daemon_rate(args, corpus: Path) -> dict:
     n_files = sum(1 for p in corpus.rglob("*") if p.is_file() and not p.name.startswith("."))
-    with running(args, idle="replay", corpus=corpus) as d:
+    with daemon(args, idle="replay", corpus=corpus) as d:
         d.wait(lambda ev: sum(e.get("event") in ("file_ingested", "file_skipped", "file_failed") for e in ev) >= n_files,
                600, f"{n_files} corpus files ingested")
         start = time.perf_counter() + args.warmup_seconds
@@ -206,16 +176,13 @@ def train_rate(args, corpus: Path, tokens_per_s: float) -> dict:
     steps = max(2 * LOG_EVERY, int(tokens_per_s * (args.warmup_seconds + args.window) / (args.batch_size * args.context)))
     with tempfile.TemporaryDirectory(prefix="crystalline-train-bench-") as state:
         cmd = [sys.executable, "-m", "crawler", "train", str(corpus), "--steps", str(steps), "--state-dir", state,
-               "--threads", str(args.threads), "--context", str(args.context), "--d-model", str(args.d_model),
-               "--layers", str(args.layers), "--heads", str(args.heads), "--batch-size", str(args.batch_size),
+               "--threads", str(args.threads), "--context", str(args.context), "--d-model", str(args.size.d_model),
+               "--layers", str(args.size.n_layer), "--heads", str(args.size.n_head), "--batch-size", str(args.batch_size),
                "--lr", "0.001", "--warmup", "100", "--schedule", "constant", "--log-every", str(LOG_EVERY)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"crystalline train exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    events = []
-    for line in proc.stderr.splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            events.append(json.loads(line))
+        raise RunFailed(f"crystalline train exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    events = json_events(proc.stderr)
     started = wall(next(e for e in events if e.get("event") == "train_started"))
     steps_ev = [e for e in events if e.get("event") == "train_step"]
     kept = [e for e in steps_ev if wall(e) >= started + args.warmup_seconds] or steps_ev[1:] or steps_ev
@@ -228,7 +195,7 @@ def measure_overhead(args) -> dict:
     for _ in range(2):
         d = daemon_rate(args, corpus)
         if not d["tokens_per_s"]:
-            raise SystemExit("no train_step events from the daemon in the window (a longer --window?)")
+            raise RunFailed("no train_step events from the daemon in the window (a longer --window?)")
         runs.append({"daemon": d, "train": train_rate(args, corpus, d["tokens_per_s"])})
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     daemon = float(np.mean([r["daemon"]["tokens_per_s"] for r in runs]))
@@ -238,7 +205,7 @@ def measure_overhead(args) -> dict:
 
 
 def measure_soak(args) -> dict:
-    with running(args, idle="replay", status=args.status_interval, corpus=Path(args.corpus)) as d:
+    with daemon(args, idle="replay", status=args.status_interval, corpus=Path(args.corpus)) as d:
         end = time.perf_counter() + 60 * args.minutes
         while (left := end - time.perf_counter()) > 0:
             time.sleep(min(60.0, left))
@@ -248,7 +215,7 @@ def measure_soak(args) -> dict:
                       f"step {status[-1].get('step')}", file=sys.stderr, flush=True)
         samples = [(round(e["_received"] - d.launched, 1), e["rss_mb"]) for e in d.find("status")]
     if not samples:
-        raise SystemExit("no status events (a longer --minutes or a shorter --status-interval?)")
+        raise RunFailed("no status events (a longer --minutes or a shorter --status-interval?)")
     if args.csv:
         Path(args.csv).write_text("seconds,rss_mb\n" + "".join(f"{t},{r}\n" for t, r in samples))
     late = [(t, r) for t, r in samples if t >= 120.0]
@@ -264,7 +231,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure_idle(args) -> dict:
-    with running(args, settle=args.settle) as d:
+    with daemon(args, settle=args.settle) as d:
         names = [f"idle-{i}.txt" for i in range(5)]
         for i, name in enumerate(names):
             drop(d.inbox / name, text_of(name, i, 3000), True)
@@ -292,9 +259,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("measurements", nargs="+", choices=MEASUREMENTS, metavar="MEASUREMENT",
                    help=f"one or more of: {', '.join(MEASUREMENTS)}")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    p.add_argument("--corpus", default="../shared/corpus/shakespeare/train", help="overhead and soak: a folder")
-    for flag, default in (("--threads", 2), ("--d-model", 128), ("--layers", 4), ("--heads", 4),
-                          ("--context", 128), ("--batch-size", 16), ("--runs", 5), ("--files", 50), ("--burst", 1000)):
+    p.add_argument("--corpus", default=str(DEFAULT_CORPUS / "train"), help="overhead and soak: a folder")
+    p.add_argument("--size", type=parse_size, default="S",
+                   help="a size of engine.sizes (XS, S, d192x4, d192x6, M, L) or d_model:layers:heads (default S)")
+    for flag, default in (("--threads", 2), ("--context", 128), ("--batch-size", 16), ("--runs", 5), ("--files", 50),
+                          ("--burst", 1000)):
         p.add_argument(flag, type=int, default=default, help=f"default {default}")
     for flag, default in (("--settle", 1.0), ("--interval", 0.2), ("--warmup-seconds", 30.0), ("--window", 60.0),
                           ("--minutes", 30.0), ("--status-interval", 10.0), ("--idle-seconds", 60.0)):
@@ -308,7 +277,7 @@ def main(argv=None) -> int:
     if {"overhead", "soak"} & set(args.measurements) and not Path(args.corpus).is_dir():
         print(f"bench/daemon.py: corpus not found: {args.corpus}", file=sys.stderr)
         return 2
-    report = {"config": {"d_model": args.d_model, "n_layer": args.layers, "n_head": args.heads, "context": args.context,
+    report = {"config": {"size": args.size.name, **args.size.shape(), "context": args.context,
                          "batch_size": args.batch_size, "threads": args.threads, "cpus": os.cpu_count()}}
     for name in dict.fromkeys(args.measurements):
         report[name] = globals()[f"measure_{name}"](args)
@@ -327,5 +296,5 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except ChildFailed as exc:  # the daemon exited early or a wait ran out: its last lines say why
+    except (ChildFailed, RunFailed) as exc:  # the daemon exited early or a wait ran out: its last lines say why
         sys.exit(str(exc))

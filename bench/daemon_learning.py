@@ -10,8 +10,9 @@ run stopped half-way records nothing and starts over next time.
                    `python -m crawler run --state-dir STATE` (cwd: the repo root) on a fresh
                    temporary STATE with its own crystalline.toml: [watch] roots = [INBOX],
                    settle_seconds = 0.5; [log] format = "json"; and [model] d_model/n_layer/n_head
-                   unless SIZE is "default" (SIZE: a --sizes name, or d:L:H). Everything else is
-                   the daemon's default, threads (every core) included. Once `daemon_ready` is
+                   unless SIZE is "default" (SIZE: a size of engine.sizes, XS, S, d192x4, d192x6,
+                   M or L, or any d:L:H). Everything else is the daemon's default, threads (every
+                   core) included. Once `daemon_ready` is
                    logged, every file of CORPUS/train is copied into INBOX, and the clock starts
                    at the copy. At each --at minute up to MIN, and at MIN itself, the daemon gets
                    SIGTERM (it finishes its step and writes a final checkpoint), and, with the
@@ -32,7 +33,7 @@ run stopped half-way records nothing and starts over next time.
                    `eval_finished` (val_bits_per_byte, train_bits_per_byte, epoch), whether and
                    when (daemon seconds) `training_plateaued` was logged, the `trainer_idle`
                    times, and a count of every event name.
-  torch:LR:MIN     PyTorch eager (crawler.bench.torch_reference.TorchGPT) at config S: byte tokenizer
+  torch:LR:MIN     PyTorch eager (crawler.bench.torch_reference.TorchGPT) at size S: byte tokenizer
                    V=257, d=128, L=4, H=4, T=128, B=16; AdamW betas (0.9, 0.95), weight decay 0.1
                    on the engine's DECAYED tensors, clip 1.0, torch.set_num_threads(--threads);
                    batches from crawler.ingest.data.WindowSampler over CORPUS/train (the engine's seed).
@@ -42,9 +43,9 @@ run stopped half-way records nothing and starts over next time.
                    and total = MIN minutes / their mean step time. Training stops when the clock
                    (batches and steps, from step 0; one untimed warm-up step on a throwaway copy
                    first) reaches MIN, whether before or after that estimate. Then all of
-                   CORPUS/val as bench/learning.py evaluates it: every target once, windows of 128
-                   (crawler.ingest.data.eval_windows), bits per byte = summed nats / ln 2 / target bytes
-                   (ByteTokenizer.token_bytes), the same count the daemon's eval divides by.
+                   CORPUS/val as bench/learning.py evaluates it (crawler.bench.harness.held_out:
+                   every target once, windows of 128, bits per byte = summed nats / ln 2 / target
+                   bytes), the same count the daemon's eval divides by.
 
   A RECIPE (--recipes NAME=section.key=value/section.key=value,...) adds those settings to the
   run's crystalline.toml: `daemon:default+rope+muon:5` is the default size with both recipes.
@@ -55,56 +56,64 @@ run stopped half-way records nothing and starts over next time.
   the text the daemon is about to get; its few seconds are not daemon minutes):
   `--runs daemon:default+bpe:10 --recipes bpe=tokenizer.vocab_size=4096`.
 
+Each row records the commit it was measured on (crawler.bench.results); from a tree with
+uncommitted changes the script refuses to start unless given --allow-dirty, and marks the rows
+dirty. Rows recorded before the sizes were named in engine.sizes call d192x6 "M" and M "L"; the
+model each row trained is in its `model`, and a run of the new M is not taken for an old "M".
+
 Summary (printed after the runs, or alone with --summary): a markdown table of every run key in
-the results (one row per daemon checkpoint), the best torch bpb per minutes over the learning
-rates, and daemon/torch: the daemon's bpb (best checkpoint, else latest) over that best torch bpb
-at the same minutes; below 1 the daemon is ahead.
+the results (one row per daemon checkpoint, with the model's shape, and "dirty" for a row
+measured on a dirty tree), the best torch bpb per minutes over the learning rates, and
+daemon/torch: the daemon's bpb (best checkpoint, else latest) over that best torch bpb at the
+same minutes; below 1 the daemon is ahead.
 
     python bench/daemon_learning.py                      # daemon:default:60 (evals at 10, 60) and
                                                          # torch at 3e-4, 1e-3, 2e-3 for 10 and 60 min
     python bench/daemon_learning.py --runs daemon:default:10,torch:1e-3:10 --at 10,60
-    python bench/daemon_learning.py --runs daemon:M:60 --sizes S=128:4:4,M=192:6:6,L=256:6:8
+    python bench/daemon_learning.py --runs daemon:d192x6:60,daemon:M:30,daemon:128:6:4:30
     python bench/daemon_learning.py --runs daemon:default:5,daemon:default+muon:5 \
         --recipes muon=train.optimizer=muon,rope=model.positions=rope --at 5
     python bench/daemon_learning.py --summary [--results FILE]
 Not a test: the machine should otherwise be quiet. Exit 2 when the corpus, or PyTorch for a
-torch run (pip install -e '.[bench]'), is missing; 1 when a run failed (it is not recorded).
+torch run (pip install -e '.[bench]'), is missing, or the tree is dirty without --allow-dirty;
+1 when a run failed (it is not recorded).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import math
-import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
-from crawler.service.child import ChildFailed, DaemonChild
+from crawler.bench.harness import (
+    DEFAULT_CORPUS,
+    BenchDaemon,
+    CorpusMissing,
+    RunFailed,
+    copy_files,
+    corpus_folder,
+    crystalline,
+    evaluate,
+    held_out,
+    load_tokens,
+    mean_rate,
+    parse_recipes,
+    record_each,
+    watching,
+    with_settings,
+)
+from crawler.bench.results import ResultLog, add_result_flags, is_dirty
+from engine.sizes import SIZES, ModelSize, parse_size
 
-REPO = Path(__file__).resolve().parent.parent
-LN2 = math.log(2.0)
-DEFAULT_SIZES = "S=128:4:4,M=192:6:6,L=256:6:8"
 DEFAULT_LRS = ("3e-4", "1e-3", "2e-3")
 DEFAULT_AT = "10,60"
 TORCH_WARMUP = 100
 MEASURED_STEPS = 20  # timed steps that size the cosine schedule
-READY_TIMEOUT_S = 600.0  # a cold numba cache compiles for minutes
-STOP_TIMEOUT_S = 300.0  # SIGTERM -> exit: the step in flight and the final checkpoint
-EVAL_TIMEOUT_S = 1800.0
-PROGRESS_EVERY_S = 60.0
-
-
-class RunFailed(Exception):
-    """A run that could not finish; it is reported and left out of the results."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,9 +123,9 @@ class RunFailed(Exception):
 @dataclass(frozen=True)
 class Run:
     kind: str  # "daemon" or "torch"
-    arg: str  # daemon: "default", a --sizes name or d:L:H; torch: the learning rate
+    arg: str  # daemon: "default", a size's name or d:L:H; torch: the learning rate
     minutes: float
-    size: tuple[int, int, int] | None = None  # daemon: (d_model, n_layer, n_head); None = defaults
+    size: ModelSize | None = None  # daemon: engine.sizes' shape; None = the daemon's default
     recipe: tuple[tuple[str, str, object], ...] = ()  # daemon: (section, key, value) added to its toml
 
     @property
@@ -130,65 +139,23 @@ def lr_text(lr: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def parse_size(text: str) -> tuple[int, int, int]:
-    d, layers, heads = (int(v) for v in text.split(":"))  # ValueError on anything else
-    if min(d, layers, heads) < 1 or d % heads:
-        raise ValueError(text)
-    return d, layers, heads
-
-
-def parse_sizes(text: str) -> dict[str, tuple[int, int, int]]:
-    sizes = {}
-    for item in filter(None, text.split(",")):
-        name, _, spec = item.partition("=")
-        try:
-            sizes[name] = parse_size(spec)
-        except ValueError:
-            raise ValueError(f"--sizes item {item!r} must be NAME=d_model:layers:heads, "
-                             "heads dividing d_model") from None
-    return sizes
-
-
-def parse_minutes(text: str, what: str) -> float:
+def parse_positive(text: str, what: str, unit: str = "number") -> float:
+    """A finite number above 0; ValueError naming `what` otherwise."""
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not value > 0 or math.isinf(value):
-        raise ValueError(f"{what} ({text!r}) must be a positive number of minutes")
+        raise ValueError(f"{what} ({text!r}) must be a positive {unit}")
     return value
 
 
-def parse_value(text: str):
-    """A recipe value as TOML would read it: an int, a float, true/false, else the string."""
-    if text in ("true", "false"):
-        return text == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def parse_minutes(text: str, what: str) -> float:
+    return parse_positive(text, what, "number of minutes")
 
 
-def parse_recipes(text: str) -> dict[str, tuple[tuple[str, str, object], ...]]:
-    """NAME=section.key=value/section.key=value,... -> {NAME: ((section, key, value), ...)}."""
-    recipes = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        name, _, spec = item.partition("=")
-        settings = []
-        for setting in spec.split("/"):
-            dotted, _, value = setting.partition("=")
-            section, _, key = dotted.partition(".")
-            if not (name and section and key and value):
-                raise ValueError(f"--recipes item {item!r} must be NAME=section.key=value[/section.key=value...]")
-            settings.append((section, key, parse_value(value)))
-        recipes[name] = tuple(settings)
-    return recipes
-
-
-def parse_run(text: str, sizes: dict, recipes: dict | None = None) -> Run:
-    """daemon:SIZE[+RECIPE...]:MIN or torch:LR:MIN (SIZE may itself be d:L:H)."""
+def parse_run(text: str, recipes: dict | None = None) -> Run:
+    """daemon:SIZE[+RECIPE...]:MIN or torch:LR:MIN (SIZE: a size of engine.sizes or d:L:H)."""
     kind, _, rest = text.strip().partition(":")
     arg, _, minutes = rest.rpartition(":")
     if kind == "daemon" and "+" in arg:
@@ -196,29 +163,29 @@ def parse_run(text: str, sizes: dict, recipes: dict | None = None) -> Run:
         unknown = [n for n in names if n not in (recipes or {})]
         if unknown:
             raise ValueError(f"run {text!r}: no recipe {unknown[0]!r} in --recipes")
-        run = parse_run(f"daemon:{arg}:{minutes}", sizes)
+        run = parse_run(f"daemon:{arg}:{minutes}")
         recipe = tuple(setting for n in names for setting in recipes[n])
         return Run("daemon", "+".join([arg, *names]), run.minutes, run.size, recipe)
     if kind not in ("daemon", "torch") or not arg:
         raise ValueError(f"run {text!r} must be daemon:SIZE:MINUTES or torch:LR:MINUTES")
     minutes_value = parse_minutes(minutes, f"minutes of run {text!r}")
     if kind == "torch":
-        try:
-            lr = float(arg)
-        except ValueError:
-            lr = float("nan")
-        if not lr > 0 or math.isinf(lr):
-            raise ValueError(f"learning rate of run {text!r} must be a positive number")
-        return Run("torch", lr_text(lr), minutes_value)
+        return Run("torch", lr_text(parse_positive(arg, f"learning rate of run {text!r}")), minutes_value)
     if arg == "default":
         return Run("daemon", arg, minutes_value)
-    if arg in sizes:
-        return Run("daemon", arg, minutes_value, sizes[arg])
     try:
         return Run("daemon", arg, minutes_value, parse_size(arg))
-    except ValueError:
-        raise ValueError(f"size {arg!r} of run {text!r}: not 'default', a --sizes name ({', '.join(sizes)}) "
-                         "or d_model:layers:heads") from None
+    except ValueError as exc:
+        raise ValueError(f"run {text!r}: {exc}, or 'default'") from None
+
+
+def same_run(run: Run, row: dict) -> bool:
+    """Whether a recorded row is this run: the same key, and for a daemon of a named size the
+    same shape (rows recorded before engine.sizes call d192x6 "M" and M "L")."""
+    model = row.get("model")
+    if run.size is None or not isinstance(model, dict):
+        return True
+    return all(model.get(field) == value for field, value in run.size.shape().items())
 
 
 def default_runs(at: list[float]) -> str:
@@ -230,63 +197,18 @@ def default_runs(at: list[float]) -> str:
 # the daemon
 
 
-def config_toml(inbox: Path, size: tuple[int, int, int] | None, recipe=()) -> str:
-    sections = {"watch": {"roots": [str(inbox)], "settle_seconds": 0.5}, "log": {"format": "json"}}
-    if size is not None:
-        sections["model"] = dict(zip(("d_model", "n_layer", "n_head"), size))
-    for section, key, value in recipe:
-        if section != "tokenizer":  # the script's own (run_daemon), not a daemon setting
-            sections.setdefault(section, {})[key] = value
-    # JSON scalars, strings and lists are valid TOML
-    return "".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()) + "\n"
-                   for name, keys in sections.items())
-
-
-class DaemonProcess(DaemonChild):
-    """One `crystalline run` (crawler.service.child.DaemonChild: every JSON event gets `_received`,
-    perf_counter), with this script's waits: a failure is RunFailed, and the run is not recorded."""
-
-    def __init__(self, state: Path):
-        super().__init__(state, cwd=REPO)
-
-    def last(self, name: str) -> dict | None:
-        with self.cond:
-            return next((e for e in reversed(self.events) if e.get("event") == name), None)
-
-    def first(self, name: str, timeout: float) -> dict:
-        """The first event `name`, waiting up to `timeout` s; RunFailed when the daemon exits first."""
-        try:
-            return self.wait_for(name, timeout)[0]
-        except ChildFailed as exc:
-            raise RunFailed(str(exc)) from None
-
-    def run_until(self, deadline: float, progress) -> None:
-        """Sleep until perf_counter() reaches deadline; RunFailed if the daemon exits first."""
-        next_report = time.perf_counter() + PROGRESS_EVERY_S
-        while (now := time.perf_counter()) < deadline:
-            if self.proc.poll() is not None:
-                raise RunFailed(f"daemon exited {self.proc.returncode} while training:\n{self.tail()}")
-            if now >= next_report:
-                progress(self)
-                next_report = now + PROGRESS_EVERY_S
-            time.sleep(min(1.0, deadline - now))
-
-    def stop(self) -> int:
-        """SIGTERM once (a second one would stop it at once, skipping the final checkpoint)."""
-        try:
-            code = super().stop(signal.SIGTERM, timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise RunFailed(f"daemon still running {STOP_TIMEOUT_S:.0f} s after SIGTERM:\n{self.tail()}") from None
-        if code != 0:
-            raise RunFailed(f"daemon exited {code} after SIGTERM:\n{self.tail()}")
-        return code
+def daemon_sections(inbox: Path, size: ModelSize | None, recipe=()) -> dict[str, dict]:
+    """The run's crystalline.toml: the inbox watched, its size's shape, its recipe."""
+    sections = watching(inbox) | ({"model": size.shape()} if size is not None else {})
+    # tokenizer.vocab_size is the script's own (run_daemon), not a daemon setting
+    return with_settings(sections, [setting for setting in recipe if setting[0] != "tokenizer"])
 
 
 @dataclass
 class Segment:
     """One daemon process's counted stretch: daemon seconds [offset, offset + end - start]."""
 
-    daemon: DaemonProcess
+    daemon: BenchDaemon
     offset: float  # daemon seconds counted before this segment
     start: float  # perf_counter when its clock started: the copy, or its daemon_ready
     end: float | None = None  # perf_counter of its SIGTERM
@@ -302,16 +224,15 @@ def evaluate_state(state: Path, val: Path) -> dict:
 
     No checkpoint yet (nothing trained before the SIGTERM) is recorded, not an error.
     """
-    base = [sys.executable, "-m", "crawler", "eval", str(val), "--json", "--state-dir", str(state)]
     t0 = time.perf_counter()
     out = {"best_file": any(state.rglob("best.safetensors"))}
-    default, error = run_eval(base)
+    default, error = evaluate(state, val)
     if default is None:
         if "no checkpoint" not in error:
             raise RunFailed(f"eval exited non-zero:\n{error}")
         return out | {"eval_s": round(time.perf_counter() - t0, 1), "checkpoint": False, "latest_flag": None,
                       "best": None, "latest": None, "eval_error": error.strip()[-500:]}
-    latest, error = run_eval(base + ["--latest"])
+    latest, error = evaluate(state, val, "--latest")
     if latest is None and not ("--latest" in error and "unrecognized" in error):
         raise RunFailed(f"eval --latest exited non-zero:\n{error}")
     out |= {"eval_s": round(time.perf_counter() - t0, 1), "checkpoint": True, "latest_flag": latest is not None}
@@ -320,95 +241,68 @@ def evaluate_state(state: Path, val: Path) -> dict:
     return out | {"best": default, "latest": latest}
 
 
-def run_eval(command: list[str]) -> tuple[dict | None, str]:
-    """(eval's JSON result, "") or (None, the end of its stderr) when it exits non-zero."""
-    try:
-        proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=EVAL_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise RunFailed(f"{' '.join(command[1:])} took over {EVAL_TIMEOUT_S:.0f} s") from None
-    if proc.returncode != 0:
-        return None, f"exit {proc.returncode}: {proc.stderr[-3000:]}"
-    for line in reversed(proc.stdout.splitlines()):
-        with contextlib.suppress(json.JSONDecodeError):
-            if isinstance(result := json.loads(line), dict) and "bits_per_byte" in result:
-                return result, ""
-    raise RunFailed(f"{' '.join(command[1:])} printed no JSON result:\n{proc.stdout[-2000:]}")
-
-
 def train_bpe(state: Path, text: Path, vocab_size: int) -> None:
     """`crystalline tokenizer train TEXT --vocab-size N` into the state dir; RunFailed if it fails."""
-    command = [sys.executable, "-m", "crawler", "tokenizer", "train", str(text), "--vocab-size", str(vocab_size),
-               "--state-dir", str(state)]
-    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=EVAL_TIMEOUT_S)
-    if proc.returncode != 0:
-        raise RunFailed(f"tokenizer train exited {proc.returncode}:\n{proc.stderr[-2000:]}")
-
-
-def copy_files(source: Path, inbox: Path) -> int:
-    """Every file under source into inbox, relative paths kept (a plain copy, as a user makes)."""
-    count = 0
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
-        target = inbox / path.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        count += 1
-    return count
+    done = crystalline("tokenizer", "train", str(text), "--vocab-size", str(vocab_size), "--state-dir", str(state))
+    if done.returncode != 0:
+        raise RunFailed(f"tokenizer train exited {done.returncode}:\n{done.stderr[-2000:]}")
 
 
 def run_daemon(run: Run, args, corpus: Path) -> dict:
     marks = sorted({m for m in args.at if m < run.minutes} | {run.minutes})
-    work = Path(tempfile.mkdtemp(prefix="crystalline-daemon-learning-"))
-    state, inbox = work / "state", work / "inbox"
-    state.mkdir()
-    inbox.mkdir()
-    (state / "crystalline.toml").write_text(config_toml(inbox, run.size, run.recipe))
-    for section, key, value in run.recipe:
-        if (section, key) == ("tokenizer", "vocab_size"):
-            train_bpe(state, corpus / "train", int(value))
     segments: list[Segment] = []
     checkpoints, stopped_s = [], 0.0
 
-    def progress(d: DaemonProcess) -> None:
+    def progress(d: BenchDaemon) -> None:
         step = d.last("train_step") or {}
         counted = segments[-1].seconds(time.perf_counter())
         print(f"{run.key}: {counted / 60:.1f}/{run.minutes:g} daemon min, step {step.get('step', '-')}, "
               f"loss {step.get('loss', '-')}", file=sys.stderr, flush=True)
 
-    daemon = DaemonProcess(state)
-    try:
-        daemon.first("daemon_ready", READY_TIMEOUT_S)
-        start = time.perf_counter()
-        files = copy_files(corpus / "train", inbox)
-        for i, mark in enumerate(marks):
-            segment = Segment(daemon, offset=segments[-1].seconds(segments[-1].end) if segments else 0.0, start=start)
-            segments.append(segment)
-            daemon.run_until(start + 60 * mark - segment.offset, progress)
-            segment.end = time.perf_counter()
-            daemon.stop()
-            evaluation = evaluate_state(state, corpus / "val")
-            figures = event_figures(segments)
-            checkpoints.append({"minutes": mark, "daemon_s": round(segment.seconds(segment.end), 1),
-                                "steps": figures["steps"],
-                                "bpb_best": (evaluation["best"] or {}).get("bits_per_byte"),
-                                "bpb_latest": (evaluation["latest"] or {}).get("bits_per_byte"), **evaluation})
-            print(f"{run.key}: at {mark:g} daemon min: step {figures['steps']}, bpb best "
-                  f"{fmt(checkpoints[-1]['bpb_best'])}, latest {fmt(checkpoints[-1]['bpb_latest'])}",
-                  file=sys.stderr, flush=True)
-            if i + 1 < len(marks):
-                daemon = DaemonProcess(state)
-                start = daemon.first("daemon_ready", READY_TIMEOUT_S)["_received"]
-                stopped_s += start - segment.end
-            else:
-                stopped_s += time.perf_counter() - segment.end
-    finally:
-        daemon.kill()
-        shutil.rmtree(work, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="crystalline-daemon-learning-") as work:
+        state, inbox = Path(work) / "state", Path(work) / "inbox"
+        state.mkdir()
+        inbox.mkdir()
+        sections = daemon_sections(inbox, run.size, run.recipe)
+        for section, key, value in run.recipe:
+            if (section, key) == ("tokenizer", "vocab_size"):
+                train_bpe(state, corpus / "train", int(value))
+        daemon = BenchDaemon(state, sections)
+        try:
+            daemon.first("daemon_ready")
+            start = time.perf_counter()
+            files = copy_files(corpus / "train", inbox)
+            for i, mark in enumerate(marks):
+                offset = segments[-1].seconds(segments[-1].end) if segments else 0.0
+                segment = Segment(daemon, offset=offset, start=start)
+                segments.append(segment)
+                daemon.run_until(start + 60 * mark - segment.offset, progress)
+                segment.end = time.perf_counter()
+                daemon.stop()
+                evaluation = evaluate_state(state, corpus / "val")
+                figures = event_figures(segments)
+                checkpoints.append({"minutes": mark, "daemon_s": round(segment.seconds(segment.end), 1),
+                                    "steps": figures["steps"],
+                                    "bpb_best": (evaluation["best"] or {}).get("bits_per_byte"),
+                                    "bpb_latest": (evaluation["latest"] or {}).get("bits_per_byte"), **evaluation})
+                print(f"{run.key}: at {mark:g} daemon min: step {figures['steps']}, bpb best "
+                      f"{fmt(checkpoints[-1]['bpb_best'])}, latest {fmt(checkpoints[-1]['bpb_latest'])}",
+                      file=sys.stderr, flush=True)
+                if i + 1 < len(marks):
+                    daemon = BenchDaemon(state)
+                    start = daemon.first("daemon_ready")["_received"]
+                    stopped_s += start - segment.end
+                else:
+                    stopped_s += time.perf_counter() - segment.end
+        finally:
+            daemon.kill()
     config = (first_event(segments, "config_loaded") or {}).get("config")
     config = config if isinstance(config, dict) else {}
     # trainer_ready's model (newer versions) is the one trained; else the configured one
     model = (first_event(segments, "trainer_ready") or {}).get("model") or config.get("model")
     last = checkpoints[-1]
-    return {"key": run.key, "kind": "daemon", "size": run.arg, "minutes": run.minutes, "at": marks,
+    return {"key": run.key, "kind": "daemon", "size": run.size.name if run.size else run.arg,
+            "minutes": run.minutes, "at": marks,
             "recipe": [f"{section}.{key}={value}" for section, key, value in run.recipe],
             "model": model, "params": (first_event(segments, "trainer_ready") or {}).get("params"),
             "train_files": files, "bpb_best": last["bpb_best"], "bpb_latest": last["bpb_latest"],
@@ -444,7 +338,7 @@ def event_figures(segments: list[Segment]) -> dict:
     return {
         "steps": max(steps) if steps else 0,
         "tokens_trained": saved[-1].get("tokens_trained") if saved else None,
-        "tokens_per_s": round(len(rates) / sum(1.0 / r for r in rates), 1) if rates else None,
+        "tokens_per_s": round(mean_rate(rates), 1) if rates else None,
         "eval_finished": last_eval,
         "eval_finished_count": len(evals),
         "plateaued": bool(plateau),
@@ -463,36 +357,26 @@ def event_figures(segments: list[Segment]) -> dict:
 def run_torch(run: Run, args, corpus: Path) -> dict:
     import torch
 
-    from crawler.bench.torch_reference import TorchGPT
-    from crawler.ingest.data import WindowSampler, eval_windows, load_corpus
+    from crawler.bench.torch_reference import TorchGPT, torch_optimizer, train_step
+    from crawler.ingest.data import WindowSampler
     from crawler.ingest.tokenizer import ByteTokenizer
-    from engine import ModelConfig, TrainConfig, init_parameters
+    from engine import TrainConfig, init_parameters
     from engine.schedule import learning_rate
 
-    model_config = ModelConfig(vocab_size=ByteTokenizer.vocab_size, context_length=128, d_model=128,
-                               n_layer=4, n_head=4).validate()
+    model_config = SIZES["S"].model_config(vocab_size=ByteTokenizer.vocab_size, context_length=128)
     recipe = TrainConfig(batch_size=16, seq_len=128, learning_rate=float(run.arg), warmup_steps=TORCH_WARMUP,
                          schedule="cosine", threads=args.threads).validate(model_config)
-    sampler = WindowSampler(load_corpus([corpus / "train"]).tokens, recipe.seq_len, recipe.batch_size, recipe.seed)
-    val_batches = list(eval_windows(load_corpus([corpus / "val"]).tokens, recipe.seq_len, recipe.batch_size))
-    val_bytes = sum(ByteTokenizer().token_bytes(y) for _, y in val_batches)
+    sampler = WindowSampler(load_tokens(corpus, "train"), recipe.seq_len, recipe.batch_size, recipe.seed)
+    val = held_out(load_tokens(corpus, "val"), recipe.seq_len, recipe.batch_size)
     params = init_parameters(model_config)
     torch.set_num_threads(args.threads)
 
     def make():
         model = TorchGPT.from_flat(model_config, params)
-        optimizer = torch.optim.AdamW(model.parameter_groups(recipe.weight_decay), lr=recipe.learning_rate,
-                                      betas=(recipe.beta1, recipe.beta2), eps=recipe.eps)
+        optimizer = torch_optimizer(model, recipe)  # AdamW: the recipe's optimizer
 
         def step(x, y, lr: float) -> float:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            loss = model.loss(x, y)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            optimizer.step()
-            return float(loss.detach())
+            return train_step(model, optimizer, x, y, recipe.grad_clip, lr)
 
         return model, step
 
@@ -512,21 +396,14 @@ def run_torch(run: Run, args, corpus: Path) -> dict:
         s += 1
     seconds = time.perf_counter() - start
     t0 = time.perf_counter()
-    nats = 0.0
-    with torch.no_grad():
-        for x, y in val_batches:
-            logits = model.logits(x)  # (b, t, V)
-            target = torch.as_tensor(y, dtype=torch.long).reshape(-1)
-            nats += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target,
-                                                            reduction="sum"))
-    bpb = nats / LN2 / val_bytes
+    bpb = val.bits_per_byte(model.nats)
     print(f"{run.key}: {s} steps in {seconds:.1f} s, val {bpb:.4f} bpb", file=sys.stderr, flush=True)
     return {"key": run.key, "kind": "torch", "lr": float(run.arg), "minutes": run.minutes, "bpb": bpb,
             "steps": s, "seconds": round(seconds, 2),
             "measured_step_ms": None if measured_ms is None else round(measured_ms, 2),
             "estimated_steps": estimated, "final_lr": learning_rate(schedule, max(s - 1, 0)),
             "train_loss_last20": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
-            "eval_s": round(time.perf_counter() - t0, 1), "val_bytes": int(val_bytes),
+            "eval_s": round(time.perf_counter() - t0, 1), "val_bytes": val.n_bytes,
             "model": model_config.to_dict(), "batch_size": recipe.batch_size, "warmup": recipe.warmup_steps,
             "min_lr_ratio": recipe.min_lr_ratio, "weight_decay": recipe.weight_decay,
             "threads": args.threads, "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
@@ -536,68 +413,51 @@ def run_torch(run: Run, args, corpus: Path) -> dict:
 # results and summary
 
 
-def load_results(path: Path) -> dict[str, dict]:
-    """The last record of each key in a JSON-lines file (later lines win: --force appends)."""
-    records = {}
-    if path.exists():
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                records[record["key"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                print(f"bench/daemon_learning.py: {path}:{number}: not a result line, ignored", file=sys.stderr)
-    return records
-
-
-def append_result(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def revision() -> str | None:
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    return None
-
-
 def fmt(value, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def summary(records: dict[str, dict]) -> str:
+def shape_of(row: dict) -> str:
+    """The trained model's size as engine.sizes names it (S, d192x6), or "-" when not recorded."""
+    model = row.get("model")
+    if not isinstance(model, dict) or not {"d_model", "n_layer", "n_head"} <= set(model):
+        return "-"
+    return parse_size(f"{model['d_model']}:{model['n_layer']}:{model['n_head']}").name
+
+
+def latest_rows(log: ResultLog) -> list[dict]:
+    """The last row of each run: of each key and shape (later rows win: --force appends)."""
+    return list({(row["key"], shape_of(row)): row for row in log.rows() if "key" in row}.values())
+
+
+def summary(records: list[dict]) -> str:
     rows, torch_best = [], {}
-    for key, r in records.items():
+    for r in records:
+        key, dirty = r["key"], "dirty" if is_dirty(r) else ""
         if r.get("kind") == "torch":
-            rows.append((key, r["minutes"], fmt(r.get("bpb")), fmt(r.get("bpb")), r.get("steps"), "-"))
+            rows.append((key, shape_of(r), r["minutes"], fmt(r.get("bpb")), fmt(r.get("bpb")), r.get("steps"), "-",
+                         dirty))
             if r.get("bpb") is not None and r["bpb"] < torch_best.get(r["minutes"], (math.inf,))[0]:
                 torch_best[r["minutes"]] = (r["bpb"], key)
         else:
             at = r.get("plateaued_at_s")
             for c in r.get("checkpoints", []):
                 plateau = f"at {at:.0f} s" if at is not None and at <= c["daemon_s"] else "no"
-                rows.append((key, c["minutes"], fmt(c.get("bpb_best")), fmt(c.get("bpb_latest")), c.get("steps"),
-                             plateau))
-    lines = ["| run | minutes | bpb best | bpb latest | steps | plateau |", "|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {k} | {m:g} | {b} | {l} | {s} | {p} |" for k, m, b, l, s, p in rows]
+                rows.append((key, shape_of(r), c["minutes"], fmt(c.get("bpb_best")), fmt(c.get("bpb_latest")),
+                             c.get("steps"), plateau, dirty))
+    lines = ["| run | model | minutes | bpb best | bpb latest | steps | plateau | tree |",
+             "|---|---|---:|---:|---:|---:|---|---|"]
+    lines += [f"| {k} | {shape} | {m:g} | {b} | {l} | {s} | {p} | {d} |" for k, shape, m, b, l, s, p, d in rows]
     if torch_best:
         lines += ["", "| minutes | best torch bpb | run |", "|---:|---:|---|"]
         lines += [f"| {m:g} | {b:.4f} | {k} |" for m, (b, k) in sorted(torch_best.items())]
     ratios = []
-    for key, r in records.items():
+    for r in records:
         for c in r.get("checkpoints", []) if r.get("kind") == "daemon" else []:
             daemon_bpb = c.get("bpb_best") if c.get("bpb_best") is not None else c.get("bpb_latest")
             best = next((v for m, v in torch_best.items() if math.isclose(m, c["minutes"])), None)
             if daemon_bpb is not None and best is not None:
-                ratios.append(f"| {key} | {c['minutes']:g} | {daemon_bpb:.4f} | {best[0]:.4f} | "
+                ratios.append(f"| {r['key']} ({shape_of(r)}) | {c['minutes']:g} | {daemon_bpb:.4f} | {best[0]:.4f} | "
                               f"{daemon_bpb / best[0]:.3f} |")
     if ratios:
         lines += ["", "| daemon run | minutes | daemon bpb | best torch bpb | daemon/torch |",
@@ -610,55 +470,47 @@ def summary(records: dict[str, dict]) -> str:
 # main
 
 
-def interrupted(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", default=None, help="comma-separated daemon:SIZE:MIN and torch:LR:MIN, run in this order "
                    f"(default daemon:default:<last --at> and torch at {', '.join(DEFAULT_LRS)} for each --at)")
     p.add_argument("--at", default=DEFAULT_AT, help=f"daemon minutes to evaluate at (default {DEFAULT_AT})")
     p.add_argument("--recipes", default="", help="NAME=section.key=value/...,...: settings a run adds with +NAME")
-    p.add_argument("--sizes", default=DEFAULT_SIZES, help=f"NAME=d_model:layers:heads,... (default {DEFAULT_SIZES})")
-    p.add_argument("--results", default=str(REPO / "bench" / "results" / "daemon_learning.jsonl"),
-                   help="JSON-lines results file (default bench/results/daemon_learning.jsonl)")
-    p.add_argument("--corpus", default="../shared/corpus/shakespeare", help="a folder with train/ and val/")
+    p.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="a folder with train/ and val/")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2); the daemon uses its default")
-    p.add_argument("--force", action="store_true", help="run keys already in the results again")
     p.add_argument("--summary", action="store_true", help="print the results file as tables; run nothing")
+    add_result_flags(p, "daemon_learning.jsonl")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    results = Path(args.results)
+    log = ResultLog(args.results, allow_dirty=args.allow_dirty)
     if args.summary:
-        records = load_results(results)
+        records = latest_rows(log)
         if not records:
-            print(f"bench/daemon_learning.py: no results in {results}", file=sys.stderr)
+            print(f"bench/daemon_learning.py: no results in {args.results}", file=sys.stderr)
             return 1
         print(summary(records))
         return 0
-    corpus = Path(args.corpus).resolve()
-    if not (corpus / "train").is_dir() or not (corpus / "val").is_dir():
-        print(f"bench/daemon_learning.py: corpus not found: {args.corpus} needs train/ and val/ folders",
-              file=sys.stderr)
-        return 2
     try:
+        corpus = corpus_folder(args.corpus)
         if args.threads < 1:
             raise ValueError(f"--threads ({args.threads}) must be at least 1")
         args.at = [parse_minutes(m, "--at") for m in args.at.split(",") if m.strip()]
         if not args.at:
             raise ValueError("--at must name at least one minute")
-        sizes = parse_sizes(args.sizes)
         recipes = parse_recipes(args.recipes)
-        runs = [parse_run(t, sizes, recipes) for t in (args.runs or default_runs(args.at)).split(",") if t.strip()]
-    except ValueError as exc:
+        runs = [parse_run(t, recipes) for t in (args.runs or default_runs(args.at)).split(",") if t.strip()]
+    except (CorpusMissing, ValueError) as exc:
         print(f"bench/daemon_learning.py: {exc}", file=sys.stderr)
         return 2
-    done = load_results(results)
-    todo = [r for r in dict.fromkeys(runs) if args.force or r.key not in done]
+    done = latest_rows(log)
+    todo = [r for r in dict.fromkeys(runs)
+            if args.force or not any(row["key"] == r.key and same_run(r, row) for row in done)]
+    for r in runs:
+        if r not in todo:
+            print(f"{r.key}: already in {args.results}, skipped (--force runs it again)", file=sys.stderr)
     if any(r.kind == "torch" for r in todo):
         try:
             import torch  # noqa: F401
@@ -666,30 +518,11 @@ def main(argv=None) -> int:
             print("bench/daemon_learning.py: PyTorch is needed for torch runs: pip install -e '.[bench]'",
                   file=sys.stderr)
             return 2
-    for r in runs:
-        if r not in todo:
-            print(f"{r.key}: already in {results}, skipped (--force runs it again)", file=sys.stderr)
-    failed = 0
-    signal.signal(signal.SIGTERM, interrupted)  # as Ctrl-C: the daemon is killed, its temp dir removed
-    for r in todo:
-        print(f"{r.key}: starting", file=sys.stderr, flush=True)
-        started = datetime.now(timezone.utc)
-        try:
-            record = (run_daemon if r.kind == "daemon" else run_torch)(r, args, corpus)
-        except RunFailed as exc:
-            print(f"{r.key}: FAILED, not recorded: {exc}", file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        except KeyboardInterrupt:
-            print(f"{r.key}: interrupted, not recorded", file=sys.stderr, flush=True)
-            return 130
-        record.update(started_at=started.isoformat(timespec="seconds"), revision=revision(), cpus=os.cpu_count(),
-                      corpus=str(corpus))
-        append_result(results, record)
-        print(f"{r.key}: recorded in {results}", file=sys.stderr, flush=True)
-    if (records := load_results(results)):
+    status = record_each(log, [(r.key, partial(run_daemon if r.kind == "daemon" else run_torch, r, args, corpus))
+                               for r in todo], "bench/daemon_learning.py", corpus=str(corpus))
+    if status in (0, 1) and (records := latest_rows(log)):
         print(summary(records))
-    return 1 if failed else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ each phase and their ratios; the on/off ratio compares two runs one after the ot
 carries the machine's drift, and the phases' ratios to "no client" are the steadier figures.
 
     python bench/http_cost.py [--seconds 20] [--rounds 3] [--warmup 20] [--json]
-Not a test; needs ../shared/corpus/shakespeare/train.
+Not a test; needs ../shared/corpus/shakespeare/train (or --corpus FOLDER).
 """
 
 from __future__ import annotations
@@ -20,67 +20,23 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = ROOT.parent / "shared" / "corpus" / "shakespeare" / "train"
+from crawler.bench.harness import DEFAULT_CORPUS, BenchDaemon, corpus_or_exit, free_port, running
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def daemon(corpus: Path, listen: str):
+    """A daemon on a fresh copy of `corpus`, `--http LISTEN`, once it has trained a first step."""
+    return running({"daemon": {"idle": "replay"}}, corpus, args=["--http", listen], ready="train_step")
 
 
-class Daemon:
-    """One daemon on a fresh copy of the corpus; train_step rates collected with their time."""
-
-    def __init__(self, work: Path, listen: str):
-        state, inbox = work / "state", work / "inbox"
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.copytree(CORPUS, inbox)
-        state.mkdir(parents=True)
-        (state / "crystalline.toml").write_text(f'[watch]\nroots = ["{inbox}"]\n\n[daemon]\nidle = "replay"\n')
-        self.proc = subprocess.Popen([sys.executable, "-m", "crawler", "run", "--state-dir", str(state),
-                                      "--http", listen], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        self.steps: list[tuple[float, float]] = []
-        self.generations: list[dict] = []
-        self.started = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self.started.wait(300):
-            self.proc.kill()
-            raise SystemExit("no train_step within 300 s")
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("event") == "train_step":
-                self.steps.append((time.monotonic(), event["tokens_per_s"]))
-                self.started.set()
-            elif event.get("event") == "generation_finished":
-                self.generations.append(event)
-
-    def rate(self, start: float, end: float) -> float:
-        """Median tokens/s of the train_step events logged in [start, end)."""
-        return statistics.median(r for at, r in self.steps if start <= at < end)
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=120)
+def rate(d: BenchDaemon, spans: list[tuple[float, float]]) -> float:
+    """Median tokens/s of the train_step events received in any of the (start, end) spans."""
+    return statistics.median(r for start, end in spans for r in d.rates(start, end))
 
 
 def get(address: str, path: str) -> None:
@@ -125,39 +81,31 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=float, default=20.0)
     parser.add_argument("--poll-every", type=float, default=5.0, help="seconds between status+history polls (the page: 5)")
     parser.add_argument("--tokens", type=int, default=512, help="max_new_tokens of each completion")
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS / "train"), help="the folder the daemon is given")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if not CORPUS.is_dir():
-        raise SystemExit(f"needs the shared corpus at {CORPUS}")
-    work = Path(tempfile.mkdtemp(prefix="crystalline-http-cost-"))
+    corpus = corpus_or_exit(args.corpus, "bench/http_cost.py", splits=())
     phases: dict[str, list[tuple[float, float]]] = {"quiet": [], "idle_page": [], "generating": []}
     polls = count = 0
-    try:
-        off = Daemon(work / "off", "off")
-        t0 = time.monotonic() + args.warmup
+    with daemon(corpus, "off") as off:
+        t0 = time.perf_counter() + args.warmup
         time.sleep(args.warmup + args.seconds * args.rounds)
-        rate_off = off.rate(t0, t0 + args.seconds * args.rounds)
-        off.stop()
-
-        address = f"127.0.0.1:{free_port()}"
-        on = Daemon(work / "on", address)
+        rate_off = rate(off, [(t0, t0 + args.seconds * args.rounds)])
+    address = f"127.0.0.1:{free_port()}"
+    with daemon(corpus, address) as on:
         time.sleep(args.warmup)
         for _ in range(args.rounds):  # in turn, so that the machine's drift falls on every phase alike
-            t = time.monotonic()
+            t = time.perf_counter()
             time.sleep(args.seconds)
-            phases["quiet"].append((t, time.monotonic()))
-            t = time.monotonic()
-            polls += idle_page(address, t + args.seconds, args.poll_every)
-            phases["idle_page"].append((t, time.monotonic()))
-            t = time.monotonic()
-            count += completions(address, t + args.seconds, args.tokens)
-            phases["generating"].append((t, time.monotonic()))
-        rates = {name: statistics.median(r for at, r in on.steps if any(a <= at < b for a, b in spans))
-                 for name, spans in phases.items()}
-        generated = list(on.generations)
-        on.stop()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            phases["quiet"].append((t, time.perf_counter()))
+            t = time.perf_counter()
+            polls += idle_page(address, time.monotonic() + args.seconds, args.poll_every)
+            phases["idle_page"].append((t, time.perf_counter()))
+            t = time.perf_counter()
+            count += completions(address, time.monotonic() + args.seconds, args.tokens)
+            phases["generating"].append((t, time.perf_counter()))
+        rates = {name: rate(on, spans) for name, spans in phases.items()}
+        generated = on.find("generation_finished")
     tokens = sum(g["tokens"] for g in generated)
     seconds = sum(g["seconds"] for g in generated)
     result = {"off_tokens_per_s": round(rate_off)} | {f"{k}_tokens_per_s": round(v) for k, v in rates.items()} | {

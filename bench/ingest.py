@@ -7,8 +7,9 @@ child's own (ru_maxrss of the finished child), and times it from the outside:
   small-files      10,000 files of about 500 bytes: files/s
   1gb              about 1 GB of generated text in 200 files: MB/s and peak RSS
 for the byte tokenizer and, with --bpe, a BPE of 8,192 (trained first, not timed), on SQLite
-and, with --postgres URL, on PostgreSQL. Then it reads training windows of config M (T=256)
-from the store and compares windows/s with what the engine consumes at M.
+and, with --postgres URL, on PostgreSQL. Then it reads training windows of `crystalline bench`'s
+config M (T=256, batches of 8) from the store, to compare windows/s with what the engine
+consumes at M.
 
     python bench/ingest.py [--corpus ../shared/corpus/shakespeare] [--bpe] [--postgres URL]
                            [--skip-1gb] [--json]
@@ -28,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from crawler.bench.throughput import CONFIGS
 
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex "
          "every jovial bystander near the old mill and river bank").split()
@@ -101,10 +104,10 @@ def run_ingest(paths: list[Path], state: Path, env: dict) -> dict:
     return report
 
 
-def window_rate(state: Path, env: dict, seq_len: int = 256, batch: int = 8, seconds: float = 3.0) -> float:
+def window_rate(state: Path, env: dict, seq_len: int = CONFIGS["M"].seq_len, batch: int = CONFIGS["M"].batch_size,
+                seconds: float = 3.0) -> float:
     code = f"""
-import time, sys
-sys.path.insert(0, '.')
+import time
 from crawler.config import load_config
 from storage import CorpusQueue, open_database
 config = load_config(state_dir={str(state)!r})

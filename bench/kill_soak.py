@@ -14,6 +14,8 @@ required). The check, on the database and the files:
     checkpoint file loads with the same step and position;
   - no temporary files are left in the checkpoints folder.
 
+Each daemon is crawler.bench.harness's; what each one logged is written to DIR/logs/.
+
     python bench/kill_soak.py --cycles 100 [--seed 1] [--keep DIR] [--json]
 Not a test (it takes about 10 minutes for 100 cycles); record its figures in docs/BENCHMARKS.md.
 """
@@ -25,50 +27,30 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from crawler.bench.harness import BenchDaemon, RunFailed
+from engine import load_checkpoint
+
 WORDS = "river stone light crystal north wind alpha beta gamma delta the of and to".split()
 IN_STREAM = ("queued", "trained")
-CONFIG = """
-[watch]
-roots = [{inbox}]
-settle_seconds = 0.3
-rescan_interval_seconds = 5.0
 
-[daemon]
-checkpoint_every_steps = 5
-keep_checkpoints = 3
-idle = "replay"
-log_every = 5
-status_interval_seconds = 1.0
-after_ingest = "keep"
 
-[model]
-context_length = 32
-d_model = 32
-n_layer = 1
-n_head = 2
-
-[train]
-batch_size = 4
-seq_len = 32
-warmup_steps = 5
-threads = 2
-
-[extract]
-max_file_bytes = 50000
-
-[log]
-level = "info"
-format = "json"
-"""
+def config(inbox: Path) -> dict[str, dict]:
+    """A tiny model, a checkpoint every 5 steps, idle "replay" so that it always trains."""
+    return {
+        "watch": {"roots": [str(inbox)], "settle_seconds": 0.3, "rescan_interval_seconds": 5.0},
+        "daemon": {"checkpoint_every_steps": 5, "keep_checkpoints": 3, "idle": "replay", "log_every": 5,
+                   "status_interval_seconds": 1.0, "after_ingest": "keep"},
+        "model": {"context_length": 32, "d_model": 32, "n_layer": 1, "n_head": 2},
+        "train": {"batch_size": 4, "seq_len": 32, "warmup_steps": 5, "threads": 2},
+        "extract": {"max_file_bytes": 50000},
+        "log": {"level": "info", "format": "json"},
+    }
 
 
 def good_text(seed: int, size: int) -> str:
@@ -125,24 +107,10 @@ def key_of(source_path: str) -> str:
 BAD_KINDS = ("binary", "empty", "huge", "name", "loop", "outside", "fifo", "autosave", "deleted")
 
 
-def start(state: Path, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    out = open(log, "w")
-    try:
-        return subprocess.Popen([sys.executable, "-m", "crawler", "run", "--state-dir", str(state)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    finally:
-        out.close()
-
-
-def events(log: Path) -> list[dict]:
-    found = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            found.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return found
+def keep_log(daemon: BenchDaemon, log: Path) -> list[dict]:
+    """Write what a daemon logged to `log` (for --keep); returns its events."""
+    log.write_text("".join(daemon.raw))
+    return daemon.events
 
 
 def rows(state: Path) -> list[dict]:
@@ -192,9 +160,6 @@ def check(state: Path, good: set[str]) -> dict:
     if latest is None or cursor is None or (latest[0], latest[2]) != (cursor[1], cursor[0]):
         failures.append(f"cursor {cursor} does not match the newest checkpoint row {latest}")
     else:
-        sys.path.insert(0, str(ROOT))
-        from engine import load_checkpoint
-
         path = Path(latest[1])
         if not path.is_absolute():
             path = state / "checkpoints" / path.name
@@ -221,14 +186,15 @@ def main(argv=None) -> int:
     state, inbox, logs = work / "state", work / "inbox", work / "logs"
     for folder in (state, inbox, logs):
         folder.mkdir(parents=True, exist_ok=True)
-    (state / "crystalline.toml").write_text(CONFIG.format(inbox=json.dumps(str(inbox))))
+    sections = config(inbox)
     good: set[str] = set()
     bad_counts: dict[str, int] = {}
     last_events: dict[str, int] = {}
     t0 = time.monotonic()
+    daemon = None
     try:
         for cycle in range(args.cycles):
-            proc = start(state, logs / f"cycle-{cycle:03d}.jsonl")
+            daemon = BenchDaemon(state, sections)
             for _ in range(rng.randint(1, 4)):
                 name = f"good-{len(good):04d}.txt"
                 drop_good(inbox / f"c{cycle:03d}", name, seed=len(good), size=rng.randint(500, 6000))
@@ -239,31 +205,34 @@ def main(argv=None) -> int:
                     good.add(stored)
                 bad_counts[kind] = bad_counts.get(kind, 0) + 1
             time.sleep(rng.uniform(0.5, 4.0))
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            seen = events(logs / f"cycle-{cycle:03d}.jsonl")
+            daemon.kill()
+            seen = keep_log(daemon, logs / f"cycle-{cycle:03d}.jsonl")
             last = seen[-1]["event"] if seen else "(nothing)"
             last_events[last] = last_events.get(last, 0) + 1
-        final_log = logs / "final.jsonl"
-        proc = start(state, final_log)
+        daemon = BenchDaemon(state, sections)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             stored = {key_of(r["source_path"]) for r in rows(state) if r["status"] in IN_STREAM} \
                 if (state / "corpus.db").exists() else set()
-            if good <= stored and any(e.get("event") == "train_step" for e in events(final_log)):
+            if good <= stored and daemon.find("train_step"):
                 break
             time.sleep(1.0)
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=120)
+        try:
+            daemon.stop(timeout=120)
+        except RunFailed:  # its exit status is one of the checks below
+            daemon.kill()
+        code = daemon.proc.returncode
+        final = keep_log(daemon, logs / "final.jsonl")
         result = check(state, good)
         if code != 0:
             result["failures"].append(f"the last daemon exited {code} after SIGTERM")
-        final = events(final_log)
         result |= {"cycles": args.cycles, "seed": args.seed, "bad_inputs": bad_counts,
                    "killed_after": dict(sorted(last_events.items(), key=lambda kv: -kv[1])),
                    "daemon_stopped": any(e.get("event") == "daemon_stopped" for e in final),
                    "minutes": round((time.monotonic() - t0) / 60, 1)}
     finally:
+        if daemon is not None:
+            daemon.kill()
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     if args.json:

@@ -1,6 +1,7 @@
 """Learning per wall-clock second: the engine against PyTorch eager, on real text.
 
-Trains config S (byte tokenizer, V=257, d=128, L=4, H=4, T=128, B=16; AdamW betas (0.9, 0.95),
+Trains size S of engine.sizes (byte tokenizer, V=257, d=128, L=4, H=4, T=128, B=16; GPT-2 with
+AdamW betas (0.9, 0.95),
 weight decay 0.1 on the engine's DECAYED tensors, global-norm clip 1.0, linear warmup then cosine
 or constant) twice from the SAME initial parameters on the SAME batches (WindowSampler over
 CORPUS/train, fixed seed): once with engine.Trainer, once with PyTorch eager (TorchGPT,
@@ -8,9 +9,9 @@ torch.optim.AdamW with the same param groups, lr set every step from engine.sche
 clip_grad_norm_). Both use --threads threads. They run alternately in chunks of --eval-every
 steps (engine chunk, torch chunk, ...), so both see the same machine load.
 
-At step 0, after every chunk and at the end, each model is evaluated on all of CORPUS/val (every
-target once, windows of 128, crawler.ingest.data.eval_windows): bits per byte = summed nats / ln 2 /
-target bytes (ByteTokenizer.token_bytes; EOD targets count 0 bytes). Seconds are training time
+At step 0, after every chunk and at the end, each model is evaluated on all of CORPUS/val
+(crawler.bench.harness.held_out: every target once, windows of 128): bits per byte = summed nats
+/ ln 2 / target bytes (EOD targets count 0 bytes). Seconds are training time
 only: evaluation is excluded, and one untimed warm-up step on a throwaway copy of each model
 (numba compile or cache load, torch's first-call allocations) runs before the clock starts.
 
@@ -27,33 +28,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
-
-from crawler.ingest.data import DataError, WindowSampler, eval_windows, load_corpus
+from crawler.bench.harness import DEFAULT_CORPUS, corpus_folder, held_out, load_tokens
+from crawler.ingest.data import DataError, WindowSampler
 from crawler.ingest.tokenizer import ByteTokenizer
 from engine import ConfigError, ModelConfig, TrainConfig, Trainer, init_parameters
-from engine.schedule import learning_rate
-
-LN2 = math.log(2.0)
+from engine.sizes import SIZES
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Held-out bits per byte vs training time: engine and PyTorch.")
     parser.add_argument("--steps", type=int, default=1000, help="optimizer steps for each (default 1000)")
     parser.add_argument("--threads", type=int, default=2, help="engine workers and torch threads (default 2)")
-    parser.add_argument("--corpus", default="../shared/corpus/shakespeare", help="folder with train/ and val/")
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="folder with train/ and val/")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     parser.add_argument("--eval-every", type=int, default=100, help="chunk length and eval interval")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    # not in --help: shrink config S for smoke runs.
-    for flag, default in (("--d-model", 128), ("--layers", 4), ("--heads", 4), ("--context", 128), ("--batch-size", 16)):
+    # not in --help: shrink size S for smoke runs.
+    for flag, default in (("--d-model", SIZES["S"].d_model), ("--layers", SIZES["S"].n_layer),
+                          ("--heads", SIZES["S"].n_head), ("--context", 128), ("--batch-size", 16)):
         parser.add_argument(flag, type=int, default=default, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -66,37 +63,26 @@ def value_at(curve: list[tuple[float, float]], t: float) -> float:
     return curve[-1][1]
 
 
-def torch_side(torch, model_config: ModelConfig, train: TrainConfig, params: np.ndarray):
-    """(step(x, y, s), eval_nats(x, y)) closures over a TorchGPT and its AdamW."""
-    from crawler.bench.torch_reference import TorchGPT
+def torch_side(model_config: ModelConfig, train: TrainConfig, params):
+    """(step(x, y, s), nats(x, y)) closures over a TorchGPT and its AdamW."""
+    from crawler.bench.torch_reference import TorchGPT, torch_optimizer, train_step
+    from engine.schedule import learning_rate
 
     model = TorchGPT.from_flat(model_config, params)
-    optimizer = torch.optim.AdamW(model.parameter_groups(train.weight_decay), lr=train.learning_rate,
-                                  betas=(train.beta1, train.beta2), eps=train.eps)
-    F = torch.nn.functional
+    optimizer = torch_optimizer(model, train)  # AdamW: the recipe's optimizer
 
     def step(x, y, s):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(train, s)
-        optimizer.zero_grad(set_to_none=True)
-        model.loss(x, y).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-        optimizer.step()
+        train_step(model, optimizer, x, y, train.grad_clip, learning_rate(train, s))
 
-    def eval_nats(x, y):
-        with torch.no_grad():
-            logits = model.logits(x)  # (b, t, V)
-            target = torch.as_tensor(y, dtype=torch.long).reshape(-1)
-            return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target, reduction="sum"))
-
-    return step, eval_nats
+    return step, model.nats
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    corpus = Path(args.corpus)
-    if not (corpus / "train").is_dir() or not (corpus / "val").is_dir():
-        print(f"bench/learning.py: corpus not found: {corpus} needs train/ and val/ folders", file=sys.stderr)
+    try:
+        corpus = corpus_folder(args.corpus)
+    except ValueError as exc:
+        print(f"bench/learning.py: {exc}", file=sys.stderr)
         return 2
     try:
         import torch
@@ -111,19 +97,14 @@ def main(argv=None) -> int:
         train = TrainConfig(batch_size=args.batch_size, seq_len=args.context, learning_rate=args.lr,
                             warmup_steps=args.warmup, schedule=args.schedule, total_steps=args.steps,
                             threads=args.threads).validate(model_config)
-        train_tokens = load_corpus([corpus / "train"]).tokens
-        val_tokens = load_corpus([corpus / "val"]).tokens
+        train_tokens = load_tokens(corpus, "train")
+        val = held_out(load_tokens(corpus, "val"), train.seq_len, train.batch_size)
         sampler = WindowSampler(train_tokens, train.seq_len, train.batch_size, train.seed)
     except (ConfigError, DataError) as exc:
         print(f"bench/learning.py: {exc}", file=sys.stderr)
         return 2
-    tokenizer = ByteTokenizer()
-    val_batches = list(eval_windows(val_tokens, train.seq_len, train.batch_size))
-    val_bytes = sum(tokenizer.token_bytes(y) for _, y in val_batches)
     params = init_parameters(model_config)
-
-    def bpb(evaluate) -> float:
-        return sum(evaluate(x, y) for x, y in val_batches) / LN2 / val_bytes
+    bpb = val.bits_per_byte
 
     # untimed warm-up on throwaway copies: numba's compile (or cache load), torch's first call.
     x0, y0 = sampler.batch(0)
@@ -131,12 +112,12 @@ def main(argv=None) -> int:
         scratch.step(x0, y0)
         scratch.evaluate(x0[:1], y0[:1])
     torch.set_num_threads(args.threads)
-    scratch_step, _ = torch_side(torch, model_config, train, params)
+    scratch_step, _ = torch_side(model_config, train, params)
     scratch_step(x0, y0, 0)
 
     trainer = Trainer(model_config, train, params=params)
     torch.set_num_threads(args.threads)  # again, in case the engine's BLAS limit touched torch's pool
-    torch_step, torch_nats = torch_side(torch, model_config, train, params)
+    torch_step, torch_nats = torch_side(model_config, train, params)
     engine_s = torch_s = 0.0
     start_bpb = (bpb(lambda x, y: trainer.evaluate(x, y)[0]), bpb(torch_nats))
     rows = [{"step": 0, "engine_s": 0.0, "engine_bpb": start_bpb[0], "torch_s": 0.0, "torch_bpb": start_bpb[1]}]
@@ -185,7 +166,7 @@ def main(argv=None) -> int:
                    "weight_decay": train.weight_decay, "grad_clip": train.grad_clip, "data_seed": train.seed},
         "threads": args.threads, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
         "steps": args.steps, "eval_every": args.eval_every, "corpus": str(corpus),
-        "train_tokens": int(train_tokens.size), "val_bytes": int(val_bytes), "rows": rows, "summary": summary,
+        "train_tokens": int(train_tokens.size), "val_bytes": val.n_bytes, "rows": rows, "summary": summary,
     }
     if args.json:
         print(json.dumps(report, indent=2))

@@ -13,26 +13,35 @@ loop's own held-out split, measured on the model `generate` would use (the coole
 
 Variants: NAME=section.key=value/section.key=value,... added to (or replacing) the built-in ones
 below; a name starting with "1" runs one process, any other N ranks. Each finished variant
-appends one JSON line to --results; a later invocation skips the names already there (--force
-runs them again). Not a test: the machine should otherwise be quiet.
+appends one JSON line to --results (bench/results/local_mode.jsonl) naming the commit it was
+measured on; from a tree with uncommitted changes only with --allow-dirty, which marks the row
+dirty (crawler.bench.results). A later invocation skips the names already there (--force runs
+them again). Not a test: the machine should otherwise be quiet.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
-from daemon_learning import parse_value  # beside this script: python bench/local_mode.py puts bench/ on sys.path
+from crawler.bench.harness import (
+    DEFAULT_CORPUS,
+    RunFailed,
+    corpus_folder,
+    json_events,
+    parse_settings,
+    record_each,
+    toml_text,
+)
+from crawler.bench.results import REPO, ResultLog, add_result_flags
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "shakespeare"
 BUILTIN = {
     "1": "",
     "sync": "distributed.mode=sync",
@@ -46,17 +55,14 @@ BUILTIN = {
 
 def config_toml(settings: str, steps: int) -> str:
     sections: dict[str, dict] = {"log": {"format": "json"}, "daemon": {"eval_every_steps": steps}}
-    for item in filter(None, settings.split("/")):
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        sections.setdefault(section, {})[name] = parse_value(value)
-    return "".join(f"[{s}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items()) + "\n"
-                   for s, keys in sections.items())
+    for section, key, value in parse_settings(settings):
+        sections.setdefault(section, {})[key] = value
+    return toml_text(sections)
 
 
 def run_variant(name: str, settings: str, args) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="crystalline-local-mode-"))
-    try:
+    with tempfile.TemporaryDirectory(prefix="crystalline-local-mode-") as folder:
+        work = Path(folder)
         (work / "crystalline.toml").write_text(config_toml(settings, args.steps))
         common = [str(args.corpus / "train"), "--steps", str(args.steps), "--state-dir", str(work)]
         if name.startswith("1"):
@@ -69,23 +75,15 @@ def run_variant(name: str, settings: str, args) -> dict:
         started = time.perf_counter()
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
         seconds = time.perf_counter() - started
-        if proc.returncode != 0:
-            raise SystemExit(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-        finished = None
-        for line in (proc.stdout + proc.stderr).splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(event, dict) and event.get("event") == "train_finished" and event.get("rank", 0) == 0:
-                finished = event
-        if finished is None:
-            raise SystemExit(f"{name}: no train_finished event\n{proc.stderr[-3000:]}")
-        return {"name": name, "settings": settings, "steps": args.steps, "ranks": 1 if name.startswith("1") else args.ranks,
-                "batch_per_rank": args.batch * args.ranks if name.startswith("1") else args.batch,
-                "val_bits_per_byte": finished.get("val_bits_per_byte"), "seconds": round(seconds, 1)}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RunFailed(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    finished = [e for e in json_events(proc.stdout + "\n" + proc.stderr)
+                if e.get("event") == "train_finished" and e.get("rank", 0) == 0]
+    if not finished:
+        raise RunFailed(f"{name}: no train_finished event\n{proc.stderr[-3000:]}")
+    return {"name": name, "settings": settings, "steps": args.steps, "ranks": 1 if name.startswith("1") else args.ranks,
+            "batch_per_rank": args.batch * args.ranks if name.startswith("1") else args.batch,
+            "val_bits_per_byte": finished[-1].get("val_bits_per_byte"), "seconds": round(seconds, 1)}
 
 
 def summary(results: list[dict]) -> str:
@@ -108,32 +106,32 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=8, help="windows per rank (one process takes batch x ranks)")
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="threads of the one-process run")
-    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    p.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "local_mode.jsonl")
-    p.add_argument("--force", action="store_true")
-    p.add_argument("--summary", action="store_true")
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="a folder with train/")
+    p.add_argument("--summary", action="store_true", help="print the results file as a table; run nothing")
+    add_result_flags(p, "local_mode.jsonl")
     args = p.parse_args()
     variants = dict(BUILTIN)
     for item in args.define:
         name, _, settings = item.partition("=")
         variants[name] = settings
-    results = [json.loads(line) for line in args.results.read_text().splitlines()] if args.results.exists() else []
+    log = ResultLog(args.results, allow_dirty=args.allow_dirty)
+    status = 0
     if not args.summary:
-        if not (args.corpus / "train").is_dir():
-            print(f"no corpus at {args.corpus}/train", file=sys.stderr)
+        try:
+            args.corpus = corpus_folder(args.corpus, splits=("train",))
+            unknown = [name for name in args.variants.split(",") if name not in variants]
+            if unknown:
+                raise ValueError(f"no variant {unknown[0]!r}: choose from {', '.join(variants)} or --define it")
+        except ValueError as exc:
+            print(f"bench/local_mode.py: {exc}", file=sys.stderr)
             return 2
-        done = {r["name"] for r in results}
-        for name in args.variants.split(","):
-            if name in done and not args.force:
-                continue
-            result = run_variant(name, variants[name], args)
-            print(json.dumps(result), flush=True)
-            results.append(result)
-            args.results.parent.mkdir(parents=True, exist_ok=True)
-            with args.results.open("a") as f:
-                f.write(json.dumps(result) + "\n")
-    print(summary(results))
-    return 0
+        done = log.latest("name")
+        todo = [(name, partial(run_variant, name, variants[name], args)) for name in args.variants.split(",")
+                if args.force or name not in done]
+        status = record_each(log, todo, "bench/local_mode.py")
+    if status in (0, 1) and (rows := log.rows()):
+        print(summary(rows))
+    return status
 
 
 if __name__ == "__main__":

@@ -1,20 +1,21 @@
 """Which model size learns most per CPU-minute here: held-out bits per byte after equal training time.
 
-Each candidate (default XS d=64 L=2 H=2; S d=128 L=4 H=4; S+ d=192 L=4 H=6; M d=256 L=6 H=8;
-all T=128, batch 16, lr 1e-3, warmup 100, constant schedule: the daemon's recipe; --threads 2)
-is trained with engine.Trainer on CORPUS/train (byte tokenizer, crawler.ingest.data.load_corpus and
-WindowSampler with the same seed, so every candidate draws the same batch sequence) for the same
+Each candidate (--sizes, of engine.sizes: default XS d=64 L=2 H=2; S d=128 L=4 H=4; d192x4
+d=192 L=4 H=6; M d=256 L=6 H=8; all T=128, batch 16, GPT-2 with AdamW at lr 1e-3, warmup 100,
+constant schedule: the daemon's recipe of issue 4; --threads 2) is trained with engine.Trainer on
+CORPUS/train (byte tokenizer, WindowSampler with the same seed, so every candidate draws the
+same batch sequence) for the same
 --seconds (180) of training time: wall clock inside Trainer.step, evaluation not counted. One
 untimed step on a throwaway trainer first (numba cache load, first-call allocations).
 
-Held-out bits per byte on CORPUS/val (crawler.ingest.data.eval_windows, every target once, windows of
-T; summed nats / ln 2 / target bytes by ByteTokenizer.token_bytes) at step 0, after every
+Held-out bits per byte on CORPUS/val (crawler.bench.harness.held_out: every target once, windows
+of T; summed nats / ln 2 / target bytes) at step 0, after every
 --seconds/--evals (3) of training time and at the end, so the curves show; --val-windows N keeps
 N evenly spaced windows of the val split (0, the default: all of it). Candidates run one after
 another, so the machine should otherwise be quiet. Winner: the lowest final bpb at equal time.
 
     python bench/model_size.py --seconds 180 --threads 2 [--json]
-    python bench/model_size.py --configs XS:64:2:2,S:128:4:4,M:256:6:8 --seconds 300
+    python bench/model_size.py --sizes XS,S,M,128:6:4 --seconds 300
 Not a test; exit 2 when the corpus is missing.
 """
 
@@ -22,25 +23,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
-
-from crawler.ingest.data import DataError, WindowSampler, eval_windows, load_corpus
+from crawler.bench.harness import DEFAULT_CORPUS, HeldOut, corpus_folder, held_out, load_tokens
+from crawler.ingest.data import DataError, WindowSampler
 from crawler.ingest.tokenizer import ByteTokenizer
-from engine import ConfigError, ModelConfig, TrainConfig, Trainer
+from engine import ConfigError, TrainConfig, Trainer
+from engine.sizes import ModelSize, parse_size
 
-LN2 = math.log(2.0)
 DATA_SEED = TrainConfig().seed  # the daemon's and `train`'s default
-DEFAULT_CONFIGS = "XS:64:2:2,S:128:4:4,S+:192:4:6,M:256:6:8"
+DEFAULT_SIZES = "XS,S,d192x4,M"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"NAME:d_model:layers:heads,... (default {DEFAULT_CONFIGS})")
+    p.add_argument("--sizes", default=DEFAULT_SIZES,
+                   help=f"sizes of engine.sizes or d_model:layers:heads, comma-separated (default {DEFAULT_SIZES})")
     p.add_argument("--seconds", type=float, default=180.0, help="training time per candidate (default 180)")
     p.add_argument("--evals", type=int, default=3, help="evaluations during the budget, the last at its end (default 3)")
     p.add_argument("--threads", type=int, default=2)
@@ -48,37 +47,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--corpus", default="../shared/corpus/shakespeare", help="a folder with train/ and val/")
+    p.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="a folder with train/ and val/")
     p.add_argument("--val-windows", type=int, default=0, help="evenly spaced val windows to use; 0 = all")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p.parse_args(argv)
 
 
-def parse_configs(text: str) -> list[tuple[str, int, int, int]]:
-    out = []
-    for item in text.split(","):
-        try:
-            name, d, layers, heads = item.split(":")
-            out.append((name, int(d), int(layers), int(heads)))
-        except ValueError:
-            raise ConfigError(f"--configs item {item!r} must be NAME:d_model:layers:heads") from None
-    return out
-
-
-def val_batches(tokens: np.ndarray, T: int, B: int, keep: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """All of eval_windows, or `keep` evenly spaced full windows of it, in batches of B."""
-    batches = list(eval_windows(tokens, T, B))
-    if not keep:
-        return batches
-    full = [b for b in batches if b[0].shape[1] == T]
-    x, y = np.concatenate([b[0] for b in full]), np.concatenate([b[1] for b in full])
-    rows = np.unique(np.linspace(0, x.shape[0] - 1, min(keep, x.shape[0])).astype(np.int64))
-    return [(x[rows[i:i + B]], y[rows[i:i + B]]) for i in range(0, rows.size, B)]
-
-
-def run_candidate(args, name, d, layers, heads, sampler, batches, val_bytes) -> dict:
-    model = ModelConfig(vocab_size=ByteTokenizer.vocab_size, context_length=args.context,
-                        d_model=d, n_layer=layers, n_head=heads).validate()
+def run_candidate(args, size: ModelSize, sampler: WindowSampler, val: HeldOut) -> dict:
+    name = size.name
+    model = size.model_config(vocab_size=ByteTokenizer.vocab_size, context_length=args.context)
     train = TrainConfig(batch_size=args.batch_size, seq_len=args.context, learning_rate=args.lr,
                         warmup_steps=args.warmup, schedule="constant", total_steps=10**9,
                         threads=args.threads).validate(model)
@@ -91,8 +68,8 @@ def run_candidate(args, name, d, layers, heads, sampler, batches, val_bytes) -> 
 
         def evaluate() -> None:
             t0 = time.perf_counter()
-            nats = sum(trainer.evaluate(x, y)[0] for x, y in batches)
-            curve.append({"seconds": round(trained, 2), "step": steps, "bpb": nats / LN2 / val_bytes,
+            bpb = val.bits_per_byte(lambda x, y: trainer.evaluate(x, y)[0])
+            curve.append({"seconds": round(trained, 2), "step": steps, "bpb": bpb,
                           "eval_s": round(time.perf_counter() - t0, 1)})
             if not args.json:
                 print(f"{name}: {trained:.1f} s, step {steps}, val {curve[-1]['bpb']:.4f} bpb", file=sys.stderr, flush=True)
@@ -113,35 +90,30 @@ def run_candidate(args, name, d, layers, heads, sampler, batches, val_bytes) -> 
                 evaluate()
                 curve.extend(dict(curve[-1]) for _ in range(crossed - 1))  # one step past several marks
         params = int(trainer.params.size)
-    return {"config": name, "d_model": d, "n_layer": layers, "n_head": heads, "params": params, "steps": steps,
+    return {"config": name, **size.shape(), "params": params, "steps": steps,
             "train_seconds": round(trained, 2), "tokens_per_s": round(steps * args.batch_size * args.context / trained, 1),
             "val_bpb": curve[-1]["bpb"], "curve": curve}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    corpus = Path(args.corpus)
-    if not (corpus / "train").is_dir() or not (corpus / "val").is_dir():
-        print(f"bench/model_size.py: corpus not found: {corpus} needs train/ and val/ folders", file=sys.stderr)
-        return 2
     try:
+        corpus = corpus_folder(args.corpus)
         if min(args.seconds, args.evals, args.threads) <= 0:
             raise ConfigError("--seconds, --evals and --threads must be positive")
-        configs = parse_configs(args.configs)
-        train_tokens = load_corpus([corpus / "train"]).tokens
-        val_tokens = load_corpus([corpus / "val"]).tokens
+        sizes = [parse_size(text) for text in args.sizes.split(",") if text]
+        train_tokens = load_tokens(corpus, "train")
         sampler = WindowSampler(train_tokens, args.context, args.batch_size, seed=DATA_SEED)
-        batches = val_batches(val_tokens, args.context, args.batch_size, args.val_windows)
-        val_bytes = sum(ByteTokenizer().token_bytes(y) for _, y in batches)
-        rows = [run_candidate(args, *c, sampler, batches, val_bytes) for c in configs]
-    except (ConfigError, DataError) as exc:
+        val = held_out(load_tokens(corpus, "val"), args.context, args.batch_size, keep=args.val_windows)
+        rows = [run_candidate(args, size, sampler, val) for size in sizes]
+    except (ValueError, DataError) as exc:
         print(f"bench/model_size.py: {exc}", file=sys.stderr)
         return 2
     winner = min(rows, key=lambda r: r["val_bpb"])
     report = {"recipe": {"context": args.context, "batch_size": args.batch_size, "lr": args.lr, "warmup": args.warmup,
                          "schedule": "constant", "threads": args.threads, "data_seed": DATA_SEED},
               "seconds": args.seconds, "corpus": str(corpus), "train_tokens": int(train_tokens.size),
-              "val_bytes": int(val_bytes), "rows": rows, "winner": winner["config"]}
+              "val_bytes": val.n_bytes, "rows": rows, "winner": winner["config"]}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -153,7 +125,7 @@ def main(argv=None) -> int:
               + "".join(f"{c['bpb']:>11.4f}" for c in r["curve"]) + f"{r['val_bpb']:>10.4f}")
     print("\n(bpb@: after that much training time, or the first step past it; exact times in --json)")
     print(f"winner after {args.seconds:.0f} s of training on {args.threads} threads: {winner['config']} "
-          f"({winner['val_bpb']:.4f} bpb on {val_bytes:,} val bytes)")
+          f"({winner['val_bpb']:.4f} bpb on {val.n_bytes:,} val bytes)")
     return 0
 
 

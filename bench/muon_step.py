@@ -1,7 +1,8 @@
 """The optimizer step's share of a training step: AdamW against Muon, side by side in one run.
 
-At the daemon's default size (crawler.config.DAEMON_DEFAULTS: d=128, L=4, H=4; the byte
-tokenizer's V=257, T=128, batch 16) on --threads (2) workers, one Trainer per variant (AdamW;
+At the daemon's default size and architecture (crawler.config.DAEMON_DEFAULTS: size S of
+engine.sizes, d=128, L=4, H=4, rotary positions; the byte tokenizer's V=257, T=128, batch 16) on
+--threads (2) workers, one Trainer per variant (AdamW;
 Muon at each of --ns-steps, default 5 and 3) steps on the same random byte batches, the variants
 taking turns step by step so that a busy machine slows them alike. Two untimed steps each first
 (numba cache load, first-call allocations). Per variant: mean step time (StepStats.seconds), mean
@@ -33,7 +34,8 @@ def main(argv=None) -> None:
 
     model = ModelConfig(vocab_size=BYTE_VOCAB_SIZE, **DAEMON_DEFAULTS["model"])
     base = TrainConfig(**DAEMON_DEFAULTS["train"], threads=args.threads)
-    variants = [("adamw", base)] + [
+    # the daemon's default optimizer is Muon: the AdamW variant asks for AdamW by name
+    variants = [("adamw", TrainConfig(**(base.to_dict() | {"optimizer": "adamw"})))] + [
         (f"muon ns={n}", TrainConfig(**(base.to_dict() | {"optimizer": "muon", "ns_steps": int(n)})))
         for n in args.ns_steps.split(",")
     ]

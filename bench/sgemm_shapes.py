@@ -1,4 +1,4 @@
-"""sgemm rate on one BLAS thread for the products one worker multiplies at config S (its 1,024
+"""sgemm rate on one BLAS thread for the products one worker multiplies at size S (its 1,024
 rows of a 16 x 128 batch on 2 threads), against the 2,048-square peak that MFU is measured by.
 
     python bench/sgemm_shapes.py

@@ -3,7 +3,8 @@
 Each round runs one short subprocess per tree, in turn (A, B, A, B, ...), with PYTHONPATH set to
 the tree, so both import their own engine (through its public API only: ModelConfig, TrainConfig,
 Trainer) (and numba caches its kernels beside each tree's
-sources). A subprocess builds a Trainer for each --configs entry at --threads, takes --warmup
+sources). A subprocess builds a Trainer for each --configs entry (`crystalline bench`'s S, M
+and L: engine.sizes' shapes with the bench's batches) at --threads, takes --warmup
 untimed steps and then --steps timed ones on the same random batches, and prints the medians of
 the whole step, of the forward + backward + reduction (the step less its update phase) and of
 the update phase, and the trainer's memory per worker. Round 0 is a warm-up (numba may be
@@ -27,8 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from crawler.bench.throughput import CONFIGS, arch_settings  # noqa: E402
+from crawler.bench.throughput import CONFIGS, arch_settings
 
 CHILD = r"""
 import json, statistics, sys

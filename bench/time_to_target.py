@@ -9,7 +9,9 @@ its cores) and the snapshots are measured on all of CORPUS/val with
 `crystalline eval`, oldest first, until one is at or under TARGET bits per byte: its second is
 the time to target. Runs go one after the other, never two at once; each appends one JSON line to
 --results (bench/results/time_to_target.jsonl), and a later invocation skips the keys already
-there.
+there. A row records the commit it was measured on (crawler.bench.results); from a tree with
+uncommitted changes the script refuses to start unless given --allow-dirty, and marks the rows
+dirty.
 
 Evaluation is made more frequent than the daemon's default ([daemon] eval_every_seconds = --every,
 the same for every run), so that the time is resolved to about that many seconds; the cool-downs
@@ -17,79 +19,75 @@ and evaluations this costs are inside the measured time, as they are for a user.
 
     python bench/time_to_target.py --runs default,default+rope --target 2.26 --max 10 \
         --recipes rope=model.positions=rope
-Not a test: the machine should otherwise be quiet.
+Not a test: the machine should otherwise be quiet. Exit 2 when the corpus is missing or the tree
+is dirty without --allow-dirty; 1 when a run failed (it is not recorded).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from daemon_learning import (  # noqa: E402
-    READY_TIMEOUT_S,
-    DaemonProcess,
+from crawler.bench.harness import (
+    DEFAULT_CORPUS,
+    BenchDaemon,
     RunFailed,
-    append_result,
-    config_toml,
     copy_files,
-    interrupted,
-    load_results,
+    corpus_folder,
+    evaluate,
     parse_recipes,
-    revision,
-    run_eval,
+    record_each,
+    watching,
+    with_settings,
 )
-
-REPO = Path(__file__).resolve().parent.parent
+from crawler.bench.results import ResultLog, add_result_flags
 
 
 def run_one(name: str, recipe: tuple, args, corpus: Path) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="crystalline-time-to-target-"))
-    state, inbox, snaps = work / "state", work / "inbox", work / "snapshots"
-    for folder in (state, inbox, snaps):
-        folder.mkdir()
     recipe = recipe + (("daemon", "eval_every_seconds", args.every),)
-    (state / "crystalline.toml").write_text(config_toml(inbox, None, recipe))
-    best = state / "checkpoints" / "best.safetensors"
     taken: list[tuple[float, int, float, Path]] = []  # (daemon s, step, held-out bpb, file)
-    daemon = DaemonProcess(state)
-    try:
-        daemon.first("daemon_ready", READY_TIMEOUT_S)
-        start = time.perf_counter()
-        copy_files(corpus / "train", inbox)
-        seen = 0
-        deadline = start + 60 * args.max
-        while time.perf_counter() < deadline:
-            if daemon.proc.poll() is not None:
-                raise RunFailed(f"daemon exited {daemon.proc.returncode}:\n{daemon.tail()}")
-            with daemon.cond:
-                daemon.cond.wait(0.5)
-                new = [e for e in daemon.events[seen:] if e.get("event") == "best_checkpoint_saved"]
-                seen = len(daemon.events)
-            for event in new:  # the next one comes an evaluation later: seconds away
-                second = event["_received"] - start
-                target = snaps / f"{len(taken):04d}.safetensors"
-                shutil.copyfile(best, target)
-                taken.append((second, event.get("step"), event.get("val_bits_per_byte"), target))
-                print(f"{name}: {second:6.1f} s step {event.get('step')}: held-out "
-                      f"{event.get('val_bits_per_byte'):.4f}", file=sys.stderr, flush=True)
-        daemon.stop()
-        steps = max((e.get("step", 0) for e in daemon.events if e.get("event") == "train_step"), default=0)
+    with tempfile.TemporaryDirectory(prefix="crystalline-time-to-target-") as work:
+        state, inbox, snaps = Path(work) / "state", Path(work) / "inbox", Path(work) / "snapshots"
+        for folder in (inbox, snaps):
+            folder.mkdir()
+        best = state / "checkpoints" / "best.safetensors"
+        daemon = BenchDaemon(state, with_settings(watching(inbox), recipe))
+        try:
+            daemon.first("daemon_ready")
+            start = time.perf_counter()  # the clock starts at the copy
+            copy_files(corpus / "train", inbox)
+            seen = 0
+            deadline = start + 60 * args.max
+            while time.perf_counter() < deadline:
+                if daemon.proc.poll() is not None:
+                    raise RunFailed(f"daemon exited {daemon.proc.returncode}:\n{daemon.tail()}")
+                with daemon.cond:
+                    daemon.cond.wait(0.5)
+                    new = [e for e in daemon.events[seen:] if e.get("event") == "best_checkpoint_saved"]
+                    seen = len(daemon.events)
+                for event in new:  # the next one comes an evaluation later: seconds away
+                    second = event["_received"] - start
+                    target = snaps / f"{len(taken):04d}.safetensors"
+                    shutil.copyfile(best, target)
+                    taken.append((second, event.get("step"), event.get("val_bits_per_byte"), target))
+                    print(f"{name}: {second:6.1f} s step {event.get('step')}: held-out "
+                          f"{event.get('val_bits_per_byte'):.4f}", file=sys.stderr, flush=True)
+            daemon.stop()
+        finally:
+            daemon.kill()
+        steps = max((e.get("step", 0) for e in daemon.find("train_step")), default=0)
         measured, reached = [], None
         for second, step, held_out, path in taken:
-            measure = work / "measure"
+            measure = Path(work) / "measure"
             shutil.rmtree(measure, ignore_errors=True)
             (measure / "checkpoints").mkdir(parents=True)
             shutil.copyfile(path, measure / "checkpoints" / "best.safetensors")
-            result, error = run_eval([sys.executable, "-m", "crawler", "eval", str(corpus / "val"), "--json",
-                                      "--state-dir", str(measure)])
+            result, error = evaluate(measure, corpus / "val")
             if result is None:
                 raise RunFailed(f"eval of the snapshot at {second:.1f} s failed: {error}")
             bpb = result["bits_per_byte"]
@@ -98,9 +96,6 @@ def run_one(name: str, recipe: tuple, args, corpus: Path) -> dict:
             if bpb <= args.target:
                 reached = measured[-1]
                 break
-    finally:
-        daemon.kill()
-        shutil.rmtree(work, ignore_errors=True)
     return {"key": f"{name}:{args.target:g}:{args.max:g}", "run": name, "target": args.target,
             "max_minutes": args.max, "eval_every_seconds": args.every,
             "recipe": [f"{s}.{k}={v}" for s, k, v in recipe],
@@ -116,19 +111,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=2.26, help="val bits per byte (default 2.26)")
     p.add_argument("--max", type=float, default=10.0, help="daemon minutes at most (default 10)")
     p.add_argument("--every", type=float, default=20.0, help="[daemon] eval_every_seconds of the runs (default 20)")
-    p.add_argument("--corpus", default="../shared/corpus/shakespeare", help="a folder with train/ and val/")
-    p.add_argument("--results", default=str(REPO / "bench" / "results" / "time_to_target.jsonl"))
-    p.add_argument("--force", action="store_true", help="run keys already in the results again")
+    p.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="a folder with train/ and val/")
+    add_result_flags(p, "time_to_target.jsonl")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    corpus = Path(args.corpus).resolve()
-    if not (corpus / "train").is_dir() or not (corpus / "val").is_dir():
-        print(f"bench/time_to_target.py: corpus not found: {args.corpus} needs train/ and val/", file=sys.stderr)
-        return 2
     try:
+        corpus = corpus_folder(args.corpus)
         recipes = parse_recipes(args.recipes)
         runs = []
         for text in (t.strip() for t in args.runs.split(",") if t.strip()):
@@ -139,30 +130,16 @@ def main(argv=None) -> int:
     except ValueError as exc:
         print(f"bench/time_to_target.py: {exc}", file=sys.stderr)
         return 2
-    results = Path(args.results)
-    done = load_results(results)
-    signal.signal(signal.SIGTERM, interrupted)
-    failed = 0
+    log = ResultLog(args.results, allow_dirty=args.allow_dirty)
+    done = log.latest()
+    todo = []
     for name, recipe in runs:
         key = f"{name}:{args.target:g}:{args.max:g}"
         if key in done and not args.force:
-            print(f"{key}: already in {results}, skipped", file=sys.stderr)
-            continue
-        started = datetime.now(timezone.utc)
-        try:
-            record = run_one(name, recipe, args, corpus)
-        except RunFailed as exc:
-            print(f"{key}: FAILED, not recorded: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        except KeyboardInterrupt:
-            print(f"{key}: interrupted, not recorded", file=sys.stderr)
-            return 130
-        record.update(started_at=started.isoformat(timespec="seconds"), revision=revision(), cpus=os.cpu_count(),
-                      corpus=str(corpus))
-        append_result(results, record)
-        print(f"{key}: {record['seconds_to_target']} s to {args.target} (recorded)", file=sys.stderr)
-    return 1 if failed else 0
+            print(f"{key}: already in {args.results}, skipped", file=sys.stderr)
+        else:
+            todo.append((key, partial(run_one, name, recipe, args, corpus)))
+    return record_each(log, todo, "bench/time_to_target.py", corpus=str(corpus))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """`crystalline bench`: training throughput of the engine, its thread scaling, and its cost.
 
-For each benchmark config and thread count it reports training tokens/s (median whole step,
+The configs are the sizes S, M and L of engine.sizes, each with the batch it trains on here.
+For each config and thread count it reports training tokens/s (median whole step,
 optimizer included, after warm-up steps, on random token data), parallel efficiency, achieved
 GFLOP/s and MFU over the forward, backward and gradient reduction (the step less its update
 phase) against this machine's measured single-precision matmul peak at that thread count, the
@@ -11,9 +12,10 @@ Once per run it times numba's cold compile and warm (cached) start in a subproce
 --compare-torch it trains the same model in PyTorch eager mode on the same batches and reports
 the engine/torch ratio measured side by side.
 
-Not a test: nothing here asserts a speed. The helpers (`flops_per_token`, `measure_matmul_peak`,
-`time_steps`, `measure_start_time`) are small and tested in tests/unit/crawler/test_bench.py.
-Relies on the engine, numpy and threadpoolctl; on torch only with --compare-torch.
+crawler.bench.report writes the report out. Not a test: nothing here asserts a speed. The
+helpers (`flops_per_token`, `measure_matmul_peak`, `time_steps`, `measure_start_time`) are small
+and tested in tests/unit/crawler/test_bench.py. Relies on the engine, numpy and threadpoolctl;
+on torch only with --compare-torch.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,9 @@ from typing import Callable
 import numpy as np
 
 from engine import BYTE_VOCAB_SIZE, ConfigError, ModelConfig, TrainConfig, count_parameters
+from engine.sizes import SIZES, ModelSize
+
+from .report import format_table, machine_info
 
 
 ARCHES = ("product", "gpt2")
@@ -56,7 +60,8 @@ def arch_settings(arch: str) -> tuple[dict, dict]:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """One row group of the report: a model shape and the batch it trains on."""
+    """One row group of the report: a model shape (a size of engine.sizes) and the batch it
+    trains on."""
 
     name: str
     d_model: int
@@ -64,6 +69,10 @@ class BenchConfig:
     n_head: int
     seq_len: int
     batch_size: int
+
+    @classmethod
+    def of(cls, size: ModelSize, seq_len: int, batch_size: int) -> BenchConfig:
+        return cls(size.name, size.d_model, size.n_layer, size.n_head, seq_len, batch_size)
 
     def model_config(self, arch: str = "gpt2") -> ModelConfig:
         return ModelConfig(
@@ -87,11 +96,10 @@ class BenchConfig:
         ).validate(self.model_config(arch))
 
 
-CONFIGS = {
-    "S": BenchConfig("S", d_model=128, n_layer=4, n_head=4, seq_len=128, batch_size=16),
-    "M": BenchConfig("M", d_model=256, n_layer=6, n_head=8, seq_len=256, batch_size=8),
-    "L": BenchConfig("L", d_model=512, n_layer=8, n_head=8, seq_len=256, batch_size=8),
-}
+# engine.sizes' S, M and L with the window and batch each trains on here: S the daemon's (T=128,
+# B=16), M and L longer windows in smaller batches, every step 2,048 tokens
+CONFIGS = {name: BenchConfig.of(SIZES[name], seq_len, batch_size)
+           for name, seq_len, batch_size in (("S", 128, 16), ("M", 256, 8), ("L", 256, 8))}
 # not offered in --help: a config small enough for the test suite.
 HIDDEN_CONFIGS = {
     "tiny": BenchConfig("tiny", d_model=16, n_layer=1, n_head=2, seq_len=16, batch_size=4),
@@ -258,27 +266,15 @@ def measure_torch(bench: BenchConfig, threads: int, batches: list, steps: int, w
     """PyTorch eager tokens/s (median step) for the same model, optimizer and clipping recipe."""
     from engine import init_parameters
 
-    from .torch_reference import TorchGPT, TorchMuon, require_torch
+    from .torch_reference import TorchGPT, require_torch, torch_optimizer, train_step
 
     torch = require_torch()
     model_config, train = bench.model_config(arch), bench.train_config(threads, arch)
     model = TorchGPT.from_flat(model_config, init_parameters(model_config))
-    if train.optimizer == "muon":
-        optimizer = TorchMuon(model, train)
-    else:
-        optimizer = torch.optim.AdamW(
-            model.parameter_groups(train.weight_decay),
-            lr=train.learning_rate,
-            betas=(train.beta1, train.beta2),
-            eps=train.eps,
-        )
+    optimizer = torch_optimizer(model, train)
 
     def step(i):
-        model.zero_grad()  # every gradient to None, as zero_grad(set_to_none=True)
-        loss = model.loss(*batches[i % len(batches)])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-        optimizer.step()
+        train_step(model, optimizer, *batches[i % len(batches)], train.grad_clip)
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -341,73 +337,12 @@ def run_config(bench: BenchConfig, threads: list[int], peaks: dict, args) -> dic
     }
 
 
-def machine_info() -> dict:
-    import numba
-
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "numpy": np.__version__,
-        "numba": numba.__version__,
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-    except ImportError:
-        info["torch"] = None
-    return info
-
-
 def measure_start_times() -> dict:
     """numba cold compile (empty cache dir) and warm start (the same dir again), in seconds."""
     with tempfile.TemporaryDirectory(prefix="crystalline-numba-cache-") as cache_dir:
         cold = measure_start_time(cache_dir)
         warm = measure_start_time(cache_dir)
     return {"cold_s": cold, "warm_s": warm}
-
-
-def format_table(report: dict) -> str:
-    """The report as aligned text, one row per config and thread count."""
-    peaks = ", ".join(f"{p['threads']} thr {p['gflops']:.1f}" for p in report["peak_gflops"])
-    arch = report["arch"]
-    what = "the product's default: rotary positions, Muon" if arch == "product" else "GPT-2, AdamW"
-    lines = [f"architecture: {arch} ({what}); MFU over forward, backward and reduction; "
-             f"update: clipping and optimizer (share of the step)",
-             f"float32 matmul peak (numpy sgemm, GFLOP/s): {peaks}"]
-    start = report["start_time"]
-    if start:
-        lines.append(f"numba start: cold compile {start['cold_s']:.1f} s, warm (cached) {start['warm_s']:.1f} s")
-    header = ["config", "params", "threads", "tok/s", "eff", "GFLOP/s", "MFU", "update ms", "MB/thread"]
-    if report["compare_torch"]:
-        header += ["torch tok/s", "engine/torch"]
-    rows = [header]
-    for config in report["configs"]:
-        for r in config["results"]:
-            row = [config["name"], f"{config['parameters'] / 1e6:.2f}M", str(r["threads"])]
-            if "skipped" in r:
-                rows.append(row + [f"skipped: {r['skipped']}"])
-                continue
-            eff = r["parallel_efficiency"]
-            row += [
-                f"{r['tokens_per_s']:.0f}",
-                "-" if eff is None else f"{eff:.2f}",
-                f"{r['gflops']:.2f}",
-                f"{100 * r['mfu']:.1f}%",
-                f"{r['update_ms_median']:.1f} ({100 * r['update_share']:.0f}%)",
-                f"{r['memory_per_thread_mb']:.1f}",
-            ]
-            if report["compare_torch"]:
-                row += [f"{r['torch_tokens_per_s']:.0f}", f"{r['engine_vs_torch']:.2f}x"]
-            rows.append(row)
-    full = [row for row in rows if len(row) == len(header)]
-    widths = [max(len(row[i]) for row in full) for i in range(len(header))]
-    for row in rows:
-        cells = zip(row, widths) if len(row) == len(header) else zip(row, widths[: len(row) - 1] + [0])
-        lines.append("  ".join(cell.rjust(width) for cell, width in cells))
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -181,6 +181,16 @@ class TorchGPT:
         tgt = torch.as_tensor(np.asarray(targets), dtype=torch.long)
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
 
+    def nats(self, inputs, targets) -> float:
+        """Summed cross-entropy in nats over all (B, T) positions, without gradients: the figure
+        engine.Trainer.evaluate returns first, the numerator of bits per byte."""
+        torch = require_torch()
+        with torch.no_grad():
+            logits = self.logits(inputs)
+            tgt = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+            return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                                           reduction="sum"))
+
     def loss_and_grad(self, inputs, targets) -> tuple[float, np.ndarray]:
         """The loss and its gradient in the flat engine layout (engine.model.loss_and_grad's twin)."""
         self.zero_grad()
@@ -274,3 +284,34 @@ class TorchMuon:
             for group in self.adamw.param_groups:
                 group["lr"] = lr
         self.adamw.step()
+
+
+# ---------------------------------------------------------------------------------------------
+# a training step as the engine takes it
+
+
+def torch_optimizer(model: TorchGPT, train):
+    """The engine's optimizer for `train` in PyTorch: TorchMuon for optimizer = "muon", else
+    torch.optim.AdamW with weight decay on the engine's DECAYED tensors only."""
+    if train.optimizer == "muon":
+        return TorchMuon(model, train)
+    torch = require_torch()
+    return torch.optim.AdamW(model.parameter_groups(train.weight_decay), lr=train.learning_rate,
+                             betas=(train.beta1, train.beta2), eps=train.eps)
+
+
+def train_step(model: TorchGPT, optimizer, inputs, targets, grad_clip: float, lr: float | None = None) -> float:
+    """One step: every gradient to None, the mean loss backward, the global norm clipped at
+    `grad_clip`, the optimizer's step at `lr` (its own rate when None). Returns the loss."""
+    torch = require_torch()
+    model.zero_grad()
+    loss = model.loss(inputs, targets)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if isinstance(optimizer, TorchMuon):
+        optimizer.step(lr)
+    else:
+        for group in optimizer.param_groups if lr is not None else ():
+            group["lr"] = lr
+        optimizer.step()
+    return float(loss.detach())

@@ -1,5 +1,6 @@
 """crawler.bench.throughput: the FLOP count against an independent count of every matmul, the peak and
-timing helpers on tiny inputs, and `main --json` on the hidden tiny config."""
+timing helpers on tiny inputs, `main --json` on the hidden tiny config, and its configs against the
+one table of named sizes (engine.sizes)."""
 
 import argparse
 import json
@@ -9,7 +10,8 @@ import sys
 import pytest
 
 from crawler.bench import throughput as bench
-from engine import ModelConfig
+from engine import ConfigError, ModelConfig
+from engine.sizes import SIZES, parse_size
 
 
 def matmul_flops_by_hand(config: ModelConfig, B: int, T: int) -> float:
@@ -100,7 +102,6 @@ def test_main_rejects_an_unknown_config(capsys):
 
 
 def run_tiny_main(capsys, *extra: str) -> dict:
-    pytest.importorskip("engine.trainer", reason="engine.Trainer has not landed yet")
     args = parse_bench_args(
         "--json", "--configs", "tiny", "--threads", "1,2", "--steps", "2", "--warmup", "1",
         "--peak-size", "32", "--skip-start-time", *extra,
@@ -142,7 +143,8 @@ def test_arch_chooses_the_products_defaults_or_gpt2(arch):
 
 @pytest.mark.torch
 def test_main_json_compares_with_torch(capsys):
-    pytest.importorskip("torch", reason="needs PyTorch: pip install -e '.[bench]'")
+    # `make test` installs torch; CRYSTALLINE_REQUIRE=torch (.ci/run) makes its absence stop the run
+    pytest.importorskip("torch", reason="needs PyTorch: `make test` installs it (pip install -e '.[dev,bench]')")
     report = run_tiny_main(capsys, "--compare-torch")
     for r in report["configs"][0]["results"]:
         assert r["torch_tokens_per_s"] > 0
@@ -164,3 +166,40 @@ def test_crystalline_bench_runs_through_the_command_line(capsys):
     assert status == 0
     report = json.loads(capsys.readouterr().out)
     assert report["arch"] == "gpt2" and [c["name"] for c in report["configs"]] == ["tiny"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the named sizes
+
+
+def test_bench_configs_are_the_named_sizes_s_m_and_l():
+    assert list(bench.CONFIGS) == ["S", "M", "L"]
+    for name, config in bench.CONFIGS.items():
+        assert (config.d_model, config.n_layer, config.n_head) == tuple(SIZES[name].shape().values())
+    assert [(SIZES[n].d_model, SIZES[n].n_layer) for n in "SML"] == [(128, 4), (256, 6), (512, 8)]
+
+
+def test_size_s_is_the_daemons_default_shape():
+    from crawler.config import DAEMON_DEFAULTS
+
+    model = DAEMON_DEFAULTS["model"]
+    assert SIZES["S"].shape() == {k: model[k] for k in ("d_model", "n_layer", "n_head")}
+
+
+def test_every_size_not_in_the_s_m_l_family_is_named_after_its_shape():
+    for name, size in SIZES.items():
+        if name not in ("XS", "S", "M", "L"):
+            assert name == f"d{size.d_model}x{size.n_layer}"
+        assert size.model_config().d_model == size.d_model  # a valid shape
+
+
+def test_parse_size_takes_a_name_or_a_shape_and_names_the_choices():
+    assert parse_size("M") is SIZES["M"]
+    assert parse_size("256:6:8") is SIZES["M"]  # a shape in the table is the table's size
+    assert parse_size("192:6:3").name == "d192x6h3"  # the same name, other heads
+    assert parse_size("96:3:3").shape() == {"d_model": 96, "n_layer": 3, "n_head": 3}
+    with pytest.raises(ConfigError, match="XS, S, d192x4, d192x6, M, L"):
+        parse_size("XL")
+    with pytest.raises(ConfigError, match="must divide"):
+        parse_size("100:2:3")
+
