@@ -1,6 +1,8 @@
-"""Files to tokens in the store: watching folders (`watcher`), claiming a file among several
-daemons (`claiming`), extracting text (`extract`, the front, which parses a file in this process,
-`inprocess`, or in a child process, `sandbox`, with the parsers of `formats`; each of the four
-imports only those named after it), tokenizers (`tokenizer`), the pipeline that stores a document
-once (`pipeline`), and reading files for the offline `eval` (`data`). May import `crawler.state`,
-`crawler.logging`, the store; knows nothing of the model, the training loop or the daemon."""
+"""Files to tokens in the store: watching folders (`watcher`, the debounce, which keeps one
+watchdog observer per root running with `observers` and takes its candidate files and their
+versions from `candidates`), claiming a file among several daemons (`claiming`), extracting text
+(`extract`, the front, which parses a file in this process, `inprocess`, or in a child process,
+`sandbox`, with the parsers of `formats`; each of the four imports only those named after it),
+tokenizers (`tokenizer`), the pipeline that stores a document once (`pipeline`), and reading
+files for the offline `eval` (`data`). May import `crawler.state`, `crawler.logging`, the store;
+knows nothing of the model, the training loop or the daemon."""

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from watchdog.events import FileModifiedEvent
 from watchdog.observers.polling import PollingObserver
 
-import crawler.ingest.watcher as watcher_module
+import crawler.ingest.observers as observers_module
 from crawler import ConfigError
 from crawler.ingest.watcher import OPEN_WRITE_CAP_SECONDS, WatchConfig, Watcher
 
@@ -399,14 +399,14 @@ def test_a_killed_observer_is_detected_restarted_and_followed_by_a_rescan(tmp_pa
 
 
 def test_repeated_watch_failures_fall_back_to_polling(tmp_path, monkeypatch):
-    make = watcher_module._make_observer
+    make = observers_module._make_observer
 
     def failing(polling, interval):
         if not polling:
             raise OSError(errno.ENOSPC, "inotify watch limit reached")
         return make(True, 0.1)
 
-    monkeypatch.setattr(watcher_module, "_make_observer", failing)
+    monkeypatch.setattr(observers_module, "_make_observer", failing)
     ready = Collector()
     with capture_logs() as logs, Watcher(config(tmp_path, settle_seconds=0.2), ready) as w:
         assert wait_for(lambda: isinstance(w.observers[tmp_path], PollingObserver))

@@ -11,7 +11,7 @@ from test_training import make_worker, store  # noqa: F401 (the fixture)
 
 from crawler.ingest.pipeline import Ingestor
 from crawler.ingest.tokenizer import ByteTokenizer
-from crawler.training.checkpoints import _unusable, stream_digest
+from crawler.training.reconcile import _unusable, stream_digest
 from crawler.training.worker import WITHDRAWAL_POLL_SECONDS, TrainingWorker
 from engine import load_checkpoint
 from storage import CorpusQueue
