@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import tomllib
@@ -106,6 +107,10 @@ class DaemonConfig:
     # claim_attempts times without being finished is recorded as failed
     claim_lease_seconds: float = 300.0
     claim_attempts: int = 3
+    # at start, a store that is unavailable for now (locked past busy_timeout_ms, a server that
+    # does not answer, a full disk) is retried this long before the daemon gives up (exit 4);
+    # 0: give up at once. Two minutes cover a database server restarting beside the daemon
+    store_start_timeout_seconds: float = 120.0
 
     def validate(self) -> "DaemonConfig":
         if not 0.0 <= self.replay_fraction < 1.0:
@@ -134,6 +139,9 @@ class DaemonConfig:
                      "eval_every_seconds", "stop_timeout_seconds", "claim_lease_seconds"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} ({getattr(self, name)}) must be positive")
+        if not 0 <= self.store_start_timeout_seconds < math.inf:
+            raise ConfigError(f"store_start_timeout_seconds ({self.store_start_timeout_seconds}) must be 0 (give up at "
+                              "once) or more seconds")
         return self
 
 
@@ -167,7 +175,7 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    # HOST:PORT of the daemon's page and API (crawler/service/http.py); empty: off. `crystalline run`
+    # HOST:PORT of the daemon's page and API (crawler/service/http/); empty: off. `crystalline run`
     # serves it on the loopback address by default; any other address needs a token
     listen: str = "127.0.0.1:8484"
     # the bearer token every request must carry (Authorization: Bearer, or ?token= for the page);
@@ -481,6 +489,7 @@ nice # CPU priority outside systemd: 0 leaves it, 19 is the lowest
 train # false (`run --no-train`): ingest only, into a shared corpus
 claim_lease_seconds # PostgreSQL, one folder watched by several daemons: a dead one's
 claim_attempts # files are taken over after this; failed after this many claims
+store_start_timeout_seconds # at start, an unavailable store is retried this long
 
 [model]                        # fixed once the first checkpoint exists (docs/BENCHMARKS.md: the
 context_length # size that learned most in an hour of the daemon on 2 cores)
@@ -543,7 +552,7 @@ format # auto: JSON lines off a terminal, readable on one; or json, console
 listen # HOST:PORT of a Prometheus endpoint, such as 127.0.0.1:9464; empty: off
 
 [http]
-listen # the page and API of `run` (crawler/service/http.py); "" or "off": off
+listen # the page and API of `run` (crawler/service/http/); "" or "off": off
 token # required beyond loopback: every request carries it (or token_file)
 token_file
 allowed_hosts # further Host names the page is reached by (DNS rebinding guard)

@@ -3,15 +3,40 @@
 Also the stream's held-out split (holdout.py: offsets training never sees) and the history of
 evaluations on it.
 
+The map, one concern a module:
+- queue.py: CorpusQueue, the one front every caller holds, gathered from the modules below it
+  - documents.py: documents in (add_documents, record_skip, the tokenizer)
+  - versions.py: which versions of each file are stored, and which one a change is read against
+  - reads.py: token windows out (training reads, replay draws, the held-out split and set)
+  - withdrawal.py: withdrawn text (forget, superseded versions, stream_mask)
+  - training_state.py: the cursor and its one writer, the checkpoint rows, stats
+  - evaluations.py: the history of evaluations on the held-out set
+- stream.py: tokens to chunk rows and a stream range back; rows.py: statements the parts share
+- holdout.py and mask.py: pure arithmetic over offsets (the held-out split; what training may read)
+- claims.py: which daemon ingests each file; locks.py: one training job per corpus
+- db.py: the engine, transactions, migrations on open (migrations/); models.py: the tables;
+  config.py: StorageConfig; errors.py: the typed exceptions; records.py: the values returned
+
 SQLite (one machine, WAL) or PostgreSQL (shared), through SQLAlchemy Core, with the schema kept
-by Alembic migrations that run on open. Knows nothing of the engine or the crawler: it takes and
+by Alembic migrations that run on open. A database error reaches callers as one of the
+StoreUnavailable classes (errors.py), transient or not, never as the driver's own exception. Knows nothing of the engine or the crawler: it takes and
 returns rows, token arrays and paths. Callers import from here.
 """
 
 from .claims import ClaimResult, FileClaims
 from .config import ConfigError, StorageConfig
 from .db import Database, open_database
-from .errors import DatabaseUnavailable, SchemaTooNew, StorageError, TokenizerMismatch
+from .errors import (
+    DatabaseUnavailable,
+    SchemaTooNew,
+    StorageError,
+    StoreBroken,
+    StoreBusy,
+    StoreDisconnected,
+    StoreFull,
+    StoreUnavailable,
+    TokenizerMismatch,
+)
 from .holdout import HoldoutSplit, draw_window_starts
 from .locks import TrainingLock, TrainingLocked
 from .mask import StreamMask
@@ -48,6 +73,11 @@ __all__ = [
     "SchemaTooNew",
     "StorageConfig",
     "StorageError",
+    "StoreBroken",
+    "StoreBusy",
+    "StoreDisconnected",
+    "StoreFull",
+    "StoreUnavailable",
     "StreamMask",
     "StoredVersion",
     "TokenizerMismatch",

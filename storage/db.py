@@ -12,8 +12,15 @@ this: the queue locks the rows it serializes on (SELECT ... FOR UPDATE).
 Opening runs Alembic in one write transaction: a fresh database is created at head, an older one
 is upgraded, and one at a revision this code does not know is refused with SchemaTooNew before
 anything is written; one that cannot be opened at all (a missing folder, a damaged file, a server
-that does not answer) raises DatabaseUnavailable, one line with the way out. Knows nothing of
-tokens or training; see queue.py.
+that does not answer) raises DatabaseUnavailable, one line with the way out.
+
+Driver errors are classified here, once, for every query of every store class: the engine's
+`handle_error` event replaces each driver error with a typed one (errors.py): StoreBusy (a lock
+held past busy_timeout_ms, a deadlock), StoreDisconnected (a connection lost or refused, an I/O
+error), StoreFull (SQLITE_FULL, SQLSTATE 53100), all transient, or StoreBroken for the rest. The
+few calls that reach the driver beneath SQLAlchemy (`_driver_errors`) get the same treatment.
+SQLAlchemy's own pre-ping is left alone, so a dropped pooled connection is still replaced
+without an error. Knows nothing of tokens or training; see queue.py.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -29,7 +37,16 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from .config import StorageConfig
-from .errors import DatabaseUnavailable, SchemaTooNew, StorageError
+from .errors import (
+    DatabaseUnavailable,
+    SchemaTooNew,
+    StorageError,
+    StoreBroken,
+    StoreBusy,
+    StoreDisconnected,
+    StoreFull,
+    StoreUnavailable,
+)
 from .models import metadata
 
 # found next to this file, so an installed package (package data) migrates as a checkout does
@@ -55,9 +72,14 @@ def create_engine(config: StorageConfig) -> sa.Engine:
     """An engine for `config.url`; on SQLite, with the pragmas and BEGIN handling above."""
     url = sa.make_url(config.url)
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
-    # each pooled connection is used by one thread at a time, never shared across threads
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+        engine = sa.create_engine(url, pool_pre_ping=True)
+        _classify_errors(engine, config)
+        return engine
+    # each pooled connection is used by one thread at a time, never shared across threads; the
+    # driver's own busy timeout (5 s unless told) is the configured one from the first pragma on
+    connect_args = {"check_same_thread": False, "timeout": config.busy_timeout_ms / 1000}
+    engine = sa.create_engine(url, connect_args=connect_args)
+    _classify_errors(engine, config)
     pragmas = sqlite_pragmas(config)
 
     @sa.event.listens_for(engine, "connect")
@@ -102,13 +124,15 @@ class Database:
                 and SYNCHRONOUS_LEVELS[configured] < SYNCHRONOUS_LEVELS["FULL"]
             )
             if raise_sync:
-                _set_synchronous(connection, "FULL")
+                with _driver_errors(self.config):
+                    _set_synchronous(connection, "FULL")
             try:
                 with connection.begin():
                     yield connection
             finally:
                 if raise_sync and not connection.invalidated:
-                    _set_synchronous(connection, configured)
+                    with _driver_errors(self.config):
+                        _set_synchronous(connection, configured)
 
     @contextmanager
     def read(self) -> Iterator[sa.Connection]:
@@ -134,11 +158,12 @@ class Database:
         that completes does it); True on PostgreSQL, which has no such file."""
         if self.dialect != "sqlite":
             return True
-        raw = self.engine.raw_connection()
-        try:
-            busy = raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        finally:
-            raw.close()
+        with _driver_errors(self.config):
+            raw = self.engine.raw_connection()
+            try:
+                busy = raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            finally:
+                raw.close()
         return busy == 0
 
     def close(self) -> None:
@@ -155,6 +180,123 @@ class Database:
 def _set_synchronous(connection: sa.Connection, level: str) -> None:
     # on the DBAPI connection, outside any transaction: SQLAlchemy would otherwise autobegin
     connection.connection.dbapi_connection.execute(f"PRAGMA synchronous={level}")
+
+
+# --- driver errors: classified once, here -----------------------------------------------------
+
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF; https://sqlite.org/rescode.html)
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY, SQLITE_IOERR = 5, 6, 8, 10
+SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 11, 13, 14, 26
+# ... read from the message when the error carries no code (one made by hand, an older Python)
+_SQLITE_TEXTS = (("database is locked", SQLITE_BUSY), ("database table is locked", SQLITE_LOCKED),
+                 ("database or disk is full", SQLITE_FULL), ("disk i/o error", SQLITE_IOERR),
+                 ("unable to open database file", SQLITE_CANTOPEN), ("file is not a database", SQLITE_NOTADB),
+                 ("malformed", SQLITE_CORRUPT), ("readonly database", SQLITE_READONLY))
+# PostgreSQL's SQLSTATEs that pass by themselves (https://www.postgresql.org/docs/current/errcodes-appendix.html);
+# every other one is StoreBroken. Class 08 (connection exception) is StoreDisconnected as a whole.
+BUSY_SQLSTATES = frozenset({
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available (lock_timeout)
+    "57014",  # query_canceled (statement_timeout)
+    "53200",  # out_of_memory
+})
+DISCONNECTED_SQLSTATES = frozenset({
+    "57P01",  # admin_shutdown: the server stops, or pg_terminate_backend
+    "57P02",  # crash_shutdown
+    "57P03",  # cannot_connect_now: the server is starting
+    "57P05",  # idle_session_timeout
+    "53300",  # too_many_connections: no connection slot left, for now
+})
+FULL_SQLSTATES = frozenset({"53100"})  # disk_full
+
+
+def _classify_errors(engine: sa.Engine, config: StorageConfig) -> None:
+    """Make every driver error this engine meets (a statement, BEGIN, COMMIT, a new connection)
+    leave as the typed error of `store_error` instead: SQLAlchemy raises what a handle_error
+    handler returns, with the driver's exception as its __cause__, after its own clean-up (a
+    lost connection is still invalidated)."""
+
+    @sa.event.listens_for(engine, "handle_error")
+    def on_error(context: Any) -> StoreUnavailable | None:
+        if context.is_pre_ping or context.sqlalchemy_exception is None:
+            # pre-ping: SQLAlchemy replaces the dead connection itself; no DBAPI error: our own bug
+            return None
+        return store_error(context.original_exception, config, disconnect=context.is_disconnect)
+
+
+@contextmanager
+def _driver_errors(config: StorageConfig) -> Iterator[None]:
+    """The same conversion for the few calls made on the driver's connection beneath SQLAlchemy."""
+    try:
+        yield
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in ("sqlite3", "psycopg", "psycopg2"):
+            raise
+        raise store_error(exc, config) from exc
+
+
+def store_error(orig: BaseException, config: StorageConfig, *, disconnect: bool = False) -> StoreUnavailable:
+    """The typed error for the driver error `orig` met on the database of `config`: StoreBusy,
+    StoreDisconnected, StoreFull or StoreBroken, its message one line naming the database, the
+    cause and the way out. `disconnect` is SQLAlchemy's judgement that the connection is gone."""
+    url = sa.make_url(config.url)
+    detail = _detail(orig)
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_error(orig, detail, Path(url.database or ""), config.busy_timeout_ms)
+    return _server_error(orig, detail, url.render_as_string(hide_password=True), disconnect)
+
+
+def _detail(orig: BaseException) -> str:
+    """The driver's message, first line only (PostgreSQL adds DETAIL, HINT and CONTEXT lines)."""
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return " ".join(text.split()) or type(orig).__name__
+
+
+def _sqlite_error(orig: BaseException, detail: str, path: Path, busy_timeout_ms: int) -> StoreUnavailable:
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        code &= 0xFF
+    else:
+        code = next((c for text, c in _SQLITE_TEXTS if text in detail.lower()), None)
+    if code in (SQLITE_BUSY, SQLITE_LOCKED):
+        return StoreBusy(f"the database {path} is locked ({detail}): another connection held it past "
+                         f"busy_timeout_ms ({busy_timeout_ms} ms); try again once that writer is done, or raise "
+                         "[store] busy_timeout_ms", orig)
+    if code == SQLITE_FULL:
+        return StoreFull(f"the database {path} is full ({detail}): free space on the file system that holds "
+                         "it; nothing of the failed transaction was written", orig)
+    if code in (SQLITE_IOERR, SQLITE_CANTOPEN):
+        return StoreDisconnected(f"the database {path} could not be read or written ({detail}): check the disk "
+                                 f"and that {path.parent} is still there and writable by this user", orig)
+    if code in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return StoreBroken(f"{path} is damaged ({detail}): restore it from a backup, or move it (and any "
+                           f"{path.name}-wal) aside to start a new, empty corpus", orig)
+    if code == SQLITE_READONLY:
+        return StoreBroken(f"the database {path} cannot be written ({detail}): check that this user may "
+                           f"write it and {path.parent}", orig)
+    return StoreBroken(f"the database {path} refused the operation ({type(orig).__name__}: {detail}); "
+                       "retrying will not help: check the file and the store url", orig)
+
+
+def _server_error(orig: BaseException, detail: str, shown: str, disconnect: bool) -> StoreUnavailable:
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    where = f"SQLSTATE {sqlstate}" if sqlstate else type(orig).__name__
+    # a client-side failure (refused, reset, closed) carries no SQLSTATE
+    lost = sqlstate is None and type(orig).__name__ in ("OperationalError", "InterfaceError")
+    if sqlstate in FULL_SQLSTATES:
+        return StoreFull(f"the database server {shown} is out of disk space ({detail}, {where}): free space "
+                         "on the server's disk; nothing of the failed transaction was written", orig)
+    if disconnect or lost or (sqlstate or "").startswith("08") or sqlstate in DISCONNECTED_SQLSTATES:
+        return StoreDisconnected(f"the connection to the database server {shown} was lost or refused "
+                                 f"({detail}, {where}): check that the server runs and answers from here", orig)
+    if sqlstate in BUSY_SQLSTATES:
+        return StoreBusy(f"the database server {shown} could not serve the transaction now ({detail}, {where}): "
+                         "another transaction held what it needed; try again", orig)
+    return StoreBroken(f"the database server {shown} refused the operation ({detail}, {where}); retrying "
+                       "will not help: check the store url, the schema and the server's log", orig)
 
 
 # --- migrations ---------------------------------------------------------------------------------
@@ -206,11 +348,11 @@ def open_database(config: StorageConfig) -> Database:
 
     A database that cannot be opened raises DatabaseUnavailable, one line naming the file or
     server and the way out (a missing folder, a damaged file, a refused connection), never the
-    driver's traceback."""
+    driver's traceback; its `transient` says whether opening may work later unchanged."""
     database = Database(create_engine(config.validate()), config)
     try:
         upgrade_schema(database)
-    except sa.exc.DBAPIError as exc:
+    except (StoreUnavailable, sa.exc.DBAPIError) as exc:
         database.close()
         raise unavailable(config.url, exc) from exc
     except BaseException:
@@ -219,27 +361,36 @@ def open_database(config: StorageConfig) -> Database:
     return database
 
 
-def unavailable(url: str, exc: sa.exc.DBAPIError) -> DatabaseUnavailable:
-    """The one-line DatabaseUnavailable for a driver error met while opening `url`."""
-    detail = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
+def unavailable(url: str, exc: StoreUnavailable | sa.exc.DBAPIError) -> DatabaseUnavailable:
+    """The one-line DatabaseUnavailable for a driver error met while opening `url` (as
+    store_error classified it, or still SQLAlchemy's own); transient when the classified error
+    is, unless the file's folder is missing or the file cannot be opened or is damaged."""
+    orig = exc.orig
+    detail = " ".join(str(orig).split()) or type(orig).__name__
+    transient = isinstance(exc, StoreUnavailable) and exc.transient
+    cause = exc.cause if isinstance(exc, StoreUnavailable) else "broken"
+
+    def refused(message: str, passes: bool = transient) -> DatabaseUnavailable:
+        return DatabaseUnavailable(message, orig, transient=passes, cause=cause if passes else "broken")
+
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite":
         shown = parsed.render_as_string(hide_password=True)
-        return DatabaseUnavailable(f"cannot open the database {shown}: {detail}; check that the server runs "
-                                   "and the store url names it")
+        return refused(f"cannot open the database {shown}: {detail}; check that the server runs and the store "
+                       "url names it")
     path = Path(parsed.database or "")
     lowered = detail.lower()
     if not path.parent.is_dir():
-        return DatabaseUnavailable(f"cannot open the database {path}: its folder {path.parent} does not exist; "
-                                   "create it, or set the store url (or the state directory) to an existing folder")
+        return refused(f"cannot open the database {path}: its folder {path.parent} does not exist; create it, or "
+                       "set the store url (or the state directory) to an existing folder", passes=False)
     if any(text in lowered for text in ("unable to open", "readonly", "read-only")):
-        return DatabaseUnavailable(f"cannot open the database {path}: {detail}; check that the daemon's user "
-                                   f"may read and write {path.parent}")
+        return refused(f"cannot open the database {path}: {detail}; check that the daemon's user may read and "
+                       f"write {path.parent}", passes=False)
     if "locked" in lowered or "busy" in lowered:
-        return DatabaseUnavailable(f"cannot open the database {path}: {detail}; another process holds it")
+        return refused(f"cannot open the database {path}: {detail}; another process holds it")
     if "full" in lowered:
-        return DatabaseUnavailable(f"cannot open the database {path}: {detail}; free space on its file system")
+        return refused(f"cannot open the database {path}: {detail}; free space on its file system")
     if any(text in lowered for text in ("not a database", "malformed", "corrupt")):
-        return DatabaseUnavailable(f"{path} is damaged ({detail}): restore it from a backup, or move it (and "
-                                   f"any {path.name}-wal) aside to start a new, empty corpus")
-    return DatabaseUnavailable(f"cannot open the database {path}: {detail}")
+        return refused(f"{path} is damaged ({detail}): restore it from a backup, or move it (and any "
+                       f"{path.name}-wal) aside to start a new, empty corpus", passes=False)
+    return refused(f"cannot open the database {path}: {detail}")

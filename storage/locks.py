@@ -16,7 +16,7 @@ import hashlib
 import sqlalchemy as sa
 
 from .db import Database
-from .errors import StorageError
+from .errors import StorageError, StoreUnavailable
 
 TRAINING_LOCK = 0x63727974  # "cryt": the first key of the pair; the second names the schema
 APPLICATION_NAME_LIMIT = 63  # PostgreSQL truncates application_name beyond this many bytes
@@ -77,7 +77,7 @@ class TrainingLock:
             connection.execute(sa.text("SELECT pg_advisory_unlock(:first, :second)"),
                                {"first": TRAINING_LOCK, "second": self._key})
             connection.commit()
-        except sa.exc.DBAPIError:
+        except (sa.exc.DBAPIError, StoreUnavailable):
             pass  # the connection is gone, and the lock with it
         finally:
             connection.close()

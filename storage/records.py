@@ -38,10 +38,12 @@ class StoredVersion:
 
 @dataclass(frozen=True)
 class AddResult:
-    document_id: int
-    status: str  # "queued" or "duplicate"
+    document_id: int | None  # None when stale: nothing was written
+    # "queued", "duplicate", or "stale": a version that `continues` one that is no longer its
+    # path's newest (another writer stored a newer one since it was read): read the file again
+    status: str
     duplicate_of: int | None  # the queued or trained document with the same content
-    version: int  # 1, 2, ... per source_path
+    version: int  # 1, 2, ... per source_path (0 when stale)
     token_count: int  # tokens added to the stream: 0 for a duplicate
     chunks: int
     stream_start: int | None  # [stream_start, stream_end): the document's place in the stream

@@ -20,7 +20,11 @@ checkpoints or a corpus database exist). A `train` run on a state dir that holds
 resumes it: the model shape comes from the checkpoint (a shape flag that disagrees is an error),
 and the loop continues exactly where it stopped.
 Exit status: 0 done, 1 error, 2 bad usage, 130 interrupted by Ctrl-C (143 by SIGTERM); `train`
-finishes its step and saves a checkpoint first, and a second signal stops at once.
+finishes its step and saves a checkpoint first, and a second signal stops at once. A store
+error has its own two (sysexits.h): 75 (EX_TEMPFAIL) the store is unavailable for now, locked
+past busy_timeout_ms, its server lost or refusing, its disk full: the same command may work
+later, unchanged; 74 (EX_IOERR) the store is broken, a damaged file, an unexpected schema, a
+refused constraint or login: it needs someone first. The line names which, and the way out.
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ from typing import Any, NoReturn
 
 from engine import CheckpointError, ConfigError, TrainConfig
 from engine.errors import EngineError
+from engine.sampling import BOUNDS as SAMPLE_BOUNDS
+from engine.sampling import TERMINAL_SAMPLING
+from engine.units import LN2
 from storage import ConfigError as StorageConfigError
-from storage import StorageError
+from storage import StorageError, StoreUnavailable
 
 from .. import ConfigError as SettingError
 from .. import installed_version
@@ -71,7 +78,6 @@ from .state import add_commands as add_state_commands
 PROG = "crystalline"
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
-LN2 = math.log(2.0)
 
 
 class CliError(Exception):
@@ -126,6 +132,15 @@ def _real(low: float, high: float = math.inf, low_open: bool = False) -> Callabl
     return parse
 
 
+def _sample_setting(name: str) -> Callable[[str], float]:
+    """The parser of a sampling setting's flag: its type (its default's) and its bound are the
+    engine's (engine/sampling.py), as POST /api/generate checks them."""
+    bound = SAMPLE_BOUNDS[name]
+    if isinstance(getattr(TERMINAL_SAMPLING, name), int):
+        return _integer(int(bound.low), None if math.isinf(bound.high) else int(bound.high))
+    return _real(bound.low, bound.high, low_open=bound.low_open)
+
+
 # ---------------------------------------------------------------------------------------------
 # parser
 
@@ -165,11 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser("generate", help="continue a prompt with the best checkpoint")
     generate.add_argument("prompt", nargs="?", default="", metavar="PROMPT")
-    generate.add_argument("--max-new-tokens", type=_integer(0), default=256, metavar="N")
-    generate.add_argument("--temperature", type=_real(0.0), default=1.0, metavar="X", help="0 = greedy")
-    generate.add_argument("--top-k", type=_integer(0), default=0, metavar="K", help="0 = off")
-    generate.add_argument("--top-p", type=_real(0.0, 1.0, low_open=True), default=1.0, metavar="P")
-    generate.add_argument("--seed", type=_integer(0), default=0, metavar="S")
+    terminal = TERMINAL_SAMPLING  # the defaults of a completion printed on a terminal
+    generate.add_argument("--max-new-tokens", type=_sample_setting("max_new_tokens"),
+                          default=terminal.max_new_tokens, metavar="N")
+    generate.add_argument("--temperature", type=_sample_setting("temperature"), default=terminal.temperature,
+                          metavar="X", help="0 = greedy")
+    generate.add_argument("--top-k", type=_sample_setting("top_k"), default=terminal.top_k, metavar="K", help="0 = off")
+    generate.add_argument("--top-p", type=_sample_setting("top_p"), default=terminal.top_p, metavar="P")
+    generate.add_argument("--seed", type=_sample_setting("seed"), default=terminal.seed, metavar="S")
     generate.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
     add_state_flags(generate)
     generate.set_defaults(handler=command_generate)
@@ -608,6 +626,8 @@ def _write_stdout(data: bytes) -> None:
 
 EXPECTED = (CliError, DataError, CheckpointError, ConfigError, SettingError, TokenizerError, EngineError, StorageError,
             StorageConfigError, DaemonAlreadyRunning, DaemonError, OSError)
+EXIT_STORE_BROKEN = 74  # EX_IOERR: a store error that retrying will not cure (storage.StoreBroken)
+EXIT_STORE_UNAVAILABLE = 75  # EX_TEMPFAIL: a transient store error (busy, disconnected, disk full)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -633,7 +653,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     except EXPECTED as exc:
-        return _fail(exc, getattr(exc, "status", EXIT_ERROR))
+        return _fail(exc, _exit_status(exc))
+
+
+def _exit_status(exc: BaseException) -> int:
+    """The exit status of an expected failure: its own `status`, a store error's class, else 1."""
+    if isinstance(exc, StoreUnavailable):  # (a DaemonError's `status` says how the daemon ended)
+        return EXIT_STORE_UNAVAILABLE if exc.transient else EXIT_STORE_BROKEN
+    return getattr(exc, "status", EXIT_ERROR)
 
 
 def _silence_stdout() -> None:

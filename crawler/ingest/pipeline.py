@@ -5,9 +5,11 @@ and by the daemon. Every file ends as exactly one outcome: ingested, duplicate (
 are already queued under another name), unchanged (this path, size and mtime were seen
 before: nothing is read), skipped (a reason from SKIP_REASONS) or failed (an error text).
 A changed text file that only grew since its stored version (its old bytes unchanged) stores
-only its new text, as a version that continues the earlier one; any other change is a whole new
+only its new text, as a version that continues the earlier one (read again when another writer
+stored a newer version meanwhile, so each byte is stored once); any other change is a whole new
 version (docs/STORAGE.md, "What a changed file means"). A bad
-file never raises out of `ingest_file`; only a storage failure does, because that is the
+file never raises out of `ingest_file`; only a storage failure does (a storage.StoreUnavailable,
+whose `transient` says whether the same files may be tried again later), because that is the
 caller's to handle (nothing of that transaction was committed). Every per-file fault (a
 symlink loop, a name that is not UTF-8, a parser's bug) is that file's own outcome: the looks
 and the extraction of one file run under one guard, and storage calls stay outside it, so a
@@ -42,6 +44,11 @@ HIDDEN_SUFFIXES = ("~", ".part", ".tmp", ".swp", ".crdownload")
 # kinds whose text is their decoded bytes, so text appended to the file is text appended to the
 # document; every other kind (a parser's output, a zip, a PDF) changes as a whole: a rewrite
 GROWTH_KINDS = frozenset(("text", "markdown"))
+# A file that only grew is read again when another writer (the daemon beside `crystalline ingest`)
+# stored a newer version of it between this reader's look and its commit. Each round lost is
+# such a version, stored by the other writer; this many in a row is not a race but a fault.
+REREAD_ROUNDS = 8
+CONCURRENT_WRITER = "concurrent_writer"  # the reason of a file failed after REREAD_ROUNDS
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,7 @@ class Ingestor:
         self.tokenizer = tokenizer
         self.tokenizer_identity = tokenizer.identity_string()
         self.limits = limits or ExtractLimits()
+        self._stale: set[str] = set()  # this round's files another writer stored a newer version of
         queue.set_tokenizer(self.tokenizer_identity)
 
     def ingest_file(self, path: str | Path, root: str | Path | None = None) -> IngestOutcome:
@@ -143,6 +151,22 @@ class Ingestor:
             yield from self._ingest_group(group, batch_bytes)
 
     def _ingest_group(self, group: list[tuple[Path, Path | None]], batch_bytes: int) -> Iterator[IngestOutcome]:
+        """The group's outcomes. A growth the store refused as stale (another writer stored a newer
+        version of the file after this one looked: add_documents, record_skip) has no outcome in
+        that round and is looked at again in the next, against the newest version, so its new
+        bytes are stored once: here it ends unchanged, or as a growth of the newer version."""
+        for _ in range(REREAD_ROUNDS):
+            self._stale = set()
+            yield from self._ingest_round(group, batch_bytes)
+            group = [(path, root) for path, root in group if str(path) in self._stale]
+            if not group:
+                return
+        for path, _ in group:
+            yield IngestOutcome(str(path), "failed", CONCURRENT_WRITER,
+                                f"another writer stored a newer version of it each of {REREAD_ROUNDS} times it "
+                                "was read; it is read again when it next changes")
+
+    def _ingest_round(self, group: list[tuple[Path, Path | None]], batch_bytes: int) -> Iterator[IngestOutcome]:
         looks = [_look(path, root) for path, root in group]
         seen = self.queue.seen_many([look.version for look in looks if look.version is not None])
         changed = [look.source for look in looks if look.version is not None and look.version not in seen]
@@ -151,6 +175,8 @@ class Ingestor:
         pending_bytes = 0
         for look in looks:
             prepared = self._prepare(look, seen, bases)
+            if prepared is None:  # stale: looked at again next round
+                continue
             if isinstance(prepared, IngestOutcome):
                 yield prepared
                 continue
@@ -162,8 +188,9 @@ class Ingestor:
         if pending:
             yield from self._commit(pending)
 
-    def _prepare(self, look: "_Look", seen: set, bases: dict) -> "IngestOutcome | _Pending":
-        """Everything for one file short of the database write: an outcome, or its tokens."""
+    def _prepare(self, look: "_Look", seen: set, bases: dict) -> "IngestOutcome | _Pending | None":
+        """Everything for one file short of the database write: an outcome, or its tokens (None:
+        its whitespace growth was stale, so it is looked at again)."""
         t0 = time.perf_counter()
         try:
             verdict = self._examine(look, seen, bases.get(look.source))
@@ -175,10 +202,13 @@ class Ingestor:
             size, mtime = look.version[1:] if look.version is not None else (None, None)
             grown = verdict.growth
             if grown is not None:  # grew by whitespace only: the next growth is measured from here
-                self.queue.record_skip(source_path=look.source, reason=verdict.reason, detail=verdict.detail,
-                                       kind=grown.kind, size=grown.size, mtime=grown.mtime,
-                                       content_hash=grown.content_hash, byte_offset=grown.offset,
-                                       continues=grown.continues)
+                recorded = self.queue.record_skip(source_path=look.source, reason=verdict.reason,
+                                                  detail=verdict.detail, kind=grown.kind, size=grown.size,
+                                                  mtime=grown.mtime, content_hash=grown.content_hash,
+                                                  byte_offset=grown.offset, continues=grown.continues)
+                if recorded is None:
+                    self._stale.add(look.source)
+                    return None
             else:
                 self.queue.record_skip(source_path=look.source, reason=verdict.reason, detail=verdict.detail,
                                        status=verdict.status, size=size, mtime=mtime)
@@ -227,6 +257,9 @@ class Ingestor:
         results = self.queue.add_documents(items, tokenizer=self.tokenizer_identity)
         share = (time.perf_counter() - t0) / len(pending)  # the commit's cost, split evenly
         for p, result in zip(pending, results):
+            if result.status == "stale":  # nothing written: looked at again next round
+                self._stale.add(p.source)
+                continue
             duplicate = result.status == "duplicate"
             yield IngestOutcome(p.source, "duplicate" if duplicate else "ingested", None,
                                 f"same content as document {result.duplicate_of}" if duplicate else None,

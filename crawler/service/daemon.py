@@ -12,6 +12,12 @@ finish its batch, close storage, release the state directory's lock; what the de
 short is named in `shutdown_cut_short`. A second signal exits at once (every file and database
 write is atomic, so that loses at most the steps since the last checkpoint). Every exit after
 `daemon_started` logs `daemon_stopped` with its reason and exit code (EXIT_*).
+
+A store that is unavailable for now (a transient store error: a lock held past busy_timeout_ms,
+a lost connection, a full database disk) ends no part: the StoreOutage (outage.py) keeps the
+times, the workers retry with its backoff (the ingest worker holds its files, none is failed),
+and health says `store unavailable` until the store answers. At start it is retried for
+`[daemon] store_start_timeout_seconds`; a permanent one refuses the start in one line.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine import CheckpointError, ConfigError
+from storage import StoreUnavailable
 
 from .. import ConfigError as SettingError
 from ..config import Config, load_config
@@ -39,6 +46,7 @@ from ..state.health import DaemonLock, HealthFile, process_stats, root_problem, 
 from ..state.writable import DISK_FULL, STATE_UNWRITABLE, WriteState, classify
 from ..training.worker import TrainingWorker
 from .notify import Notifier
+from .outage import StoreOutage, is_transient
 from .status import display_url
 
 # exit statuses: which way the daemon ended (daemon_stopped says it too)
@@ -59,16 +67,21 @@ JOIN_SLICE_SECONDS = 0.1  # the stop's joins wait this long at a time and then a
 class IngestWorker:
     """Takes ready files from the inbox queue and ingests them in batches; never loses one.
 
-    A per-file fault is that file's own outcome (Ingestor). A storage error that stops a batch:
-    when `writes` says it was a blocked write (disk full, read-only state) the files not yet
-    stored are held, ingest pauses while `writes.blocked` (re-checking it), and they are all
-    retried once writing works again (`writes.generation` grew); any other error is retried one
-    file at a time, so the file whose write fails alone gets `file_failed` and its neighbours are
-    stored. Nothing is stored twice: a committed file is never retried, and a retried file whose
-    version is already stored is `unchanged`. If the worker dies anyway, `shutdown` hands the
-    files it held back through `release` (the daemon passes `Watcher.reoffer`), else the inbox.
-    With a `gate` (PostgreSQL), it reads only the files this daemon claims; a file another
-    daemon holds waits for that daemon's lease (crawler/ingest/claiming.py).
+    A per-file fault is that file's own outcome (Ingestor). A storage error that stops a batch
+    holds the files not yet stored, in one list, when it is one that passes by itself: a
+    transient store error (storage.StoreUnavailable: a lock held past busy_timeout_ms, a lost
+    connection, a full database disk) is reported to the daemon's StoreOutage (`outage`), and
+    ingest waits out its backoff and then retries them before anything new; a blocked write of
+    the state directory (`writes` says disk full or read-only) pauses ingest while
+    `writes.blocked` (re-checking it), and they are retried once writing works again
+    (`writes.generation` grew). Held files stay offered: none is failed for the store's sake. Any
+    other error is retried one file at a time, so the file whose write fails alone gets
+    `file_failed` and its neighbours are stored. Nothing is stored twice: a committed file is
+    never retried, and a retried file whose version is already stored is `unchanged`. If the
+    worker dies anyway, `shutdown` hands the files it held back through `release` (the daemon
+    passes `Watcher.reoffer`), else the inbox. With a `gate` (PostgreSQL), it reads only the
+    files this daemon claims; a file another daemon holds waits for that daemon's lease
+    (crawler/ingest/claiming.py); a claim the store cannot take for now hands the batch back.
     """
 
     name = "ingest"
@@ -76,11 +89,13 @@ class IngestWorker:
     BLOCKED_PAUSE_SECONDS = 1.0  # between re-checks while writes are blocked
 
     def __init__(self, config: Config, queue, tokenizer, inbox: queue_module.Queue, log, *,
-                 writes: WriteState | None = None, release: Callable[[list], None] | None = None, gate=None):
+                 writes: WriteState | None = None, release: Callable[[list], None] | None = None, gate=None,
+                 outage: StoreOutage | None = None):
         self.config, self.queue, self.tokenizer, self.inbox = config, queue, tokenizer, inbox
         self.gate = gate  # crawler.ingest.claiming.ClaimGate on PostgreSQL: several daemons may watch one folder
         self.log = log.bind(component="ingest")
         self.writes = writes if writes is not None else WriteState(config.state_dir, self.log)
+        self.outage = outage if outage is not None else StoreOutage(self.log)  # the daemon's, shared
         self.release = release
         self.ingestor: Ingestor | None = None
         self.counts = {"ingested": 0, "duplicate": 0, "skipped": 0, "failed": 0, "unchanged": 0}
@@ -94,9 +109,12 @@ class IngestWorker:
     def run_once(self, now: float) -> float:
         if self.writes.blocked and not self.writes.recheck(now):
             return self.BLOCKED_PAUSE_SECONDS  # paused: the inbox fills and the watcher keeps the rest
-        if self.held:  # writing works again: every held file, before anything new
+        if self.outage.retry_in(self.name, now) > 0:  # the store is unavailable: wait for the next try
+            return min(self.outage.retry_in(self.name, now), self.BLOCKED_PAUSE_SECONDS)
+        if self.held:  # writing works again, or the store may answer: every held file, before anything new
             batch, self.held = self.held, []
-            self.log.info("ingest_resumed", files=len(batch), generation=self.writes.generation)
+            if not self.outage.failing(self.name):  # (a store retry says store_available once it works)
+                self.log.info("ingest_resumed", files=len(batch), generation=self.writes.generation)
         else:
             try:
                 batch = [self.inbox.get(timeout=0.5)]
@@ -111,22 +129,30 @@ class IngestWorker:
                     break
             if self.gate is not None:  # only the files this daemon claims; the rest wait or are failed
                 self._in_flight = list(batch)  # handed back by shutdown if claiming fails
-                batch, self._in_flight = self.gate.admit(batch, now, self.counts), []
+                try:
+                    batch, self._in_flight = self.gate.admit(batch, now, self.counts), []
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    self.outage.report(self.name, exc, now)  # nothing was claimed: offered again later
+                    unclaimed, self._in_flight = self._in_flight, []
+                    self._hand_back(unclaimed)
+                    return min(self.outage.retry_in(self.name, now), self.BLOCKED_PAUSE_SECONDS)
                 if not batch:
                     return 0.0
-        self._ingest(batch)
+        self._ingest(batch, now)
         if self.gate is not None:
             self.gate.finish([item for item in batch if item not in self.held])
-        return 0.0
+        return min(self.outage.retry_in(self.name, now), self.BLOCKED_PAUSE_SECONDS)  # 0 unless held for the store
 
-    def _ingest(self, batch: list[tuple[Path, Path]]) -> None:
+    def _ingest(self, batch: list[tuple[Path, Path]], now: float) -> None:
         """Ingest a batch; on a storage error hold, isolate or fail what is left (see the class)."""
         failure = self._attempt(batch)
         if failure is None:
+            self.outage.recovered(self.name, now)  # (logs store_available when it was unavailable)
             return
         exc, left = failure
-        if self.writes.report("ingest", exc):  # logged once as disk_full / state_unwritable
-            self.held.extend(left)
+        if self._hold(exc, left, now):
             return
         if len(batch) == 1:
             self._failed(batch[0], exc)
@@ -135,12 +161,23 @@ class IngestWorker:
         while self._isolating:
             failure = self._attempt(self._isolating[:1])
             if failure is not None:
-                if self.writes.report("ingest", failure[0]):  # blocked meanwhile: hold the rest too
-                    self.held.extend(self._isolating)
+                if self._hold(failure[0], self._isolating, now):  # unavailable meanwhile: hold the rest too
                     self._isolating = []
                     return
                 self._failed(self._isolating[0], failure[0])
             del self._isolating[0]
+
+    def _hold(self, exc: Exception, files: list[tuple[Path, Path]], now: float) -> bool:
+        """Keep `files` for a retry when `exc` passes by itself: a transient store error (the
+        outage's backoff says when to retry; logged once as store_unavailable) or a blocked write
+        of the state directory (the WriteState's probe says when; logged once as disk_full /
+        state_unwritable). False for any other error, which stays the caller's."""
+        if is_transient(exc):
+            self.outage.report(self.name, exc, now)
+        elif not self.writes.report("ingest", exc):
+            return False
+        self.held.extend(files)
+        return True
 
     def _attempt(self, batch: list[tuple[Path, Path]]) -> tuple[Exception, list] | None:
         """Ingest and report each file; None, or the storage error with the files not stored."""
@@ -197,12 +234,17 @@ class IngestWorker:
         self.held, self._in_flight, self._isolating = [], [], []
         if self.gate is not None:  # others may take these over at once; the deferred go back too
             unfinished = self.gate.shutdown(unfinished)
-        if not unfinished:
+        self._hand_back(unfinished)
+
+    def _hand_back(self, files: list) -> None:
+        """Offer files again through `release`, else put them back into the inbox (what does not
+        fit is found by the next start's scan)."""
+        if not files:
             return
         if self.release is not None:
-            self.release(unfinished)
+            self.release(files)
             return
-        for item in unfinished:
+        for item in files:
             try:
                 self.inbox.put_nowait(item)
             except queue_module.Full:
@@ -210,25 +252,42 @@ class IngestWorker:
 
 
 # errors whose message already says what is wrong and what to do: logged without a traceback
-EXPLAINED_ERRORS = (ConfigError, SettingError, CheckpointError)
+EXPLAINED_ERRORS = (ConfigError, SettingError, CheckpointError, StoreUnavailable)
 
 
 class WorkerThread:
-    """Runs one worker's loop on a thread until `stop` is set; records how it ended."""
+    """Runs one worker's loop on a thread until `stop` is set; records how it ended.
 
-    def __init__(self, worker, stop: threading.Event, log, clock: Callable[[], float], ready: threading.Event):
+    A transient store error out of run_once (storage.StoreUnavailable: a lock held too long, a
+    lost connection, a full database disk) is the store's outage, not the worker's death: it is
+    reported to `outage` (health says store unavailable), the loop waits out the outage's backoff
+    and calls run_once again, and the first call that returns says the store is back. A worker
+    keeps its state between two calls, so nothing is redone but the call that failed. One that
+    fails to initialize on a transient store error is reported too, and dies: the supervisor
+    starts a fresh one (within the start's bound, or with the restart backoff)."""
+
+    def __init__(self, worker, stop: threading.Event, log, clock: Callable[[], float], ready: threading.Event,
+                 outage: StoreOutage | None = None):
         self.worker, self.stop, self.log, self.clock, self.ready = worker, stop, log, clock, ready
+        self.outage = outage if outage is not None else StoreOutage(log, clock)
         self.error: BaseException | None = None
         self.initialized = False  # initialize() returned: a later error is a death, not a failed start
+        self._store_failed = False  # this thread reported the worker's last call to the outage
         self.thread = threading.Thread(target=self._run, name=f"crystalline-{worker.name}", daemon=True)
 
     def _run(self) -> None:
         try:
-            self.worker.initialize()
+            try:
+                self.worker.initialize()
+            except Exception as exc:
+                if is_transient(exc):
+                    self.outage.report(self.worker.name, exc, self.clock())
+                raise
+            self.outage.recovered(self.worker.name, self.clock())  # (when a failed start was reported)
             self.initialized = True
             self.ready.set()
             while not self.stop.is_set():
-                pause = self.worker.run_once(self.clock())
+                pause = self._step(self.clock())
                 if pause:
                     self.stop.wait(pause)
         except BaseException as exc:  # noqa: BLE001 - reported to the supervisor, which restarts
@@ -243,6 +302,21 @@ class WorkerThread:
             except BaseException as exc:  # noqa: BLE001
                 self.log.exception("worker_shutdown_failed", worker=self.worker.name, error=str(exc))
             self.ready.set()
+
+    def _step(self, now: float) -> float:
+        """One run_once at `now`; returns the pause before the next. A transient store error
+        gives the outage's delay before the retry instead of ending the loop."""
+        try:
+            pause = self.worker.run_once(now)
+        except StoreUnavailable as exc:
+            if not exc.transient:
+                raise
+            self._store_failed = True
+            return self.outage.report(self.worker.name, exc, now)
+        if self._store_failed:
+            self._store_failed = False
+            self.outage.recovered(self.worker.name, now)
+        return pause
 
     def start(self) -> None:
         self.thread.start()
@@ -274,7 +348,7 @@ class Daemon:
     """
 
     def __init__(self, config: Config, config_source: dict, clock: Callable[[], float] = time.monotonic,
-                 metrics=None, window=None, team=None):
+                 metrics=None, window=None, team=None, sleep: Callable[[float], None] = time.sleep):
         self.config = config
         self.team = team  # crawler.training.team.Team under mpiexec: this daemon is rank 0
         self.metrics = metrics  # crawler.service.metrics.EventMetrics when [metrics] or [http] listen is set (observing the log)
@@ -282,6 +356,7 @@ class Daemon:
         self.window = window  # crawler.service.http.Window when [http] listen is set: the page and API (observing the log too)
         self.config_source = config_source  # how to reload it: load_config keyword arguments
         self.clock = clock
+        self.sleep = sleep  # the start's waits for an unavailable store (a test's advances its clock)
         self.log = get_logger("daemon")
         self.stop_event = threading.Event()  # the workers' stop flag
         self.signals: list[int] = []  # recorded by handle_signal, taken by tick
@@ -292,12 +367,15 @@ class Daemon:
         self.restarts: dict[str, tuple[int, float]] = {}  # name -> (count, not before)
         self.started_wall = time.time()
         # the one judge of "disk full / state read-only", shared by every writer
-        self.writes = WriteState(config.state_dir, self.log, clock)
+        self.writes = WriteState(config.state_dir, self.log, clock, on_clear=self._renew_store_connections)
+        # the one judge of "store unavailable" (a lock, a lost connection, a full database disk)
+        self.outage = StoreOutage(self.log, clock)
         self._lock = DaemonLock(config.state_dir)  # held from start() to stop()
         self._health_file = HealthFile(config.state_dir, writes=self.writes)
         self._next_status = self._next_watchdog = math.inf  # tick's schedule, set when start() ends
         self._watchdog: float | None = None  # systemd's WatchdogSec, halved; None: no watchdog
         self._reported_block: str | None = None  # writes.blocked as health.json last said it
+        self._reported_store: str | None = None  # outage.cause as health.json last said it
         self._unwatched: dict[str, str] = {}  # watch root -> why it cannot be watched
         self._health_error: str | None = None  # the last health.json failure logged
         self.folder_caps = FolderCaps(config.state_dir, self.log)  # processed/ and quarantine/ caps
@@ -379,23 +457,40 @@ class Daemon:
 
     def _start_parts(self, t0: float) -> None:
         """Open the store, start the workers, then the watcher; a stop signal meanwhile skips
-        the rest. Raises DaemonError when a part cannot start."""
-        try:
-            self.database, self.tokenizer = self.open_store()
-        except Exception as exc:  # noqa: BLE001 - any failure here is the store's or the state's
-            raise _start_failure("the store could not be opened", exc, EXIT_STORAGE_FAILED, "storage_failed") from exc
+        the rest. A store unavailable for now (a transient store error) is retried until
+        `[daemon] store_start_timeout_seconds` after t0. Raises DaemonError when a part cannot
+        start."""
+        deadline = t0 + self.config.daemon.store_start_timeout_seconds
+        while True:
+            try:
+                self.database, self.tokenizer = self.open_store()
+                break
+            except Exception as exc:  # noqa: BLE001 - any failure here is the store's or the state's
+                if not is_transient(exc):
+                    raise _start_failure("the store could not be opened", exc, EXIT_STORAGE_FAILED,
+                                         "storage_failed") from exc
+                if not self._wait_for_store("start", exc, deadline):
+                    return  # a stop signal meanwhile: tick takes it
+        self.outage.recovered("start", self.clock())
         self.inbox: queue_module.Queue = queue_module.Queue(maxsize=self.config.daemon.ingest_queue_size)
         if self.config.daemon.train:  # else ingest only (`run --no-train`)
             self._hold_training_lock()
             self._start_worker("trainer")
         self._start_worker("ingest")
-        for name, thread in self.workers.items():
-            while not thread.ready.wait(LOOP_SECONDS):
-                if self.stop_requested:  # a stop during a slow start (numba compiling)
+        for name in list(self.workers):
+            while True:
+                thread = self.workers[name]
+                while not thread.ready.wait(LOOP_SECONDS):
+                    if self.stop_requested:  # a stop during a slow start (numba compiling)
+                        return
+                if thread.initialized:  # (one that dies later is restarted by tick)
+                    break
+                if not is_transient(thread.error):
+                    raise _start_failure(f"the {name} worker could not start", thread.error, EXIT_WORKER_FAILED,
+                                         "worker_failed")
+                if not self._wait_for_store(name, thread.error, deadline, reported=True):
                     return
-            if not thread.initialized:  # (one that dies later is restarted by tick)
-                raise _start_failure(f"the {name} worker could not start", thread.error, EXIT_WORKER_FAILED,
-                                     "worker_failed")
+                self._start_worker(name)  # a fresh worker: the failed one has shut down
         self._serve_metrics()  # the state is open and checked: now the figures can be served
         if self.window is not None:
             self.window.serve(self)  # http_serving, or http_failed and on without it
@@ -409,6 +504,24 @@ class Daemon:
                       train=self.config.daemon.train)
         self._write_health(self.health_report("ready", now))
 
+    def _wait_for_store(self, part: str, exc: BaseException, deadline: float, reported: bool = False) -> bool:
+        """At start, after `part` met the transient store error `exc`: record it with the outage
+        (unless `reported` already), say `starting` with the store unavailable in health.json, and
+        wait out the outage's backoff, no later than `deadline` on the daemon's clock, in
+        LOOP_SECONDS slices of `sleep`. Returns False when a stop signal came meanwhile. Raises
+        DaemonError (storage_unavailable) once the deadline has passed."""
+        now = self.clock()
+        delay = self.outage.retry_in(part, now) if reported else self.outage.report(part, exc, now)
+        if now >= deadline:
+            bound = self.config.daemon.store_start_timeout_seconds
+            raise DaemonError(f"the store is unavailable: {_one_line(exc)}; gave up after {bound:g} s ([daemon] "
+                              "store_start_timeout_seconds)", EXIT_STORAGE_FAILED, "storage_unavailable") from exc
+        self._write_health(self.health_report("starting", now))
+        until = min(now + delay, deadline)
+        while not self.stop_requested and (now := self.clock()) < until:
+            self.sleep(min(LOOP_SECONDS, until - now))
+        return not self.stop_requested
+
     # --- the parts: what a test replaces with stand-ins ---------------------------------------------
 
     def open_store(self) -> tuple[Any, Any]:
@@ -419,13 +532,18 @@ class Daemon:
         from ..ingest.tokenizer import load_state_tokenizer
 
         database = open_database(self.config.storage_config())
-        tokenizer = load_state_tokenizer(self.config.state_dir)
-        CorpusQueue(database).set_tokenizer(tokenizer.identity_string())
+        try:
+            tokenizer = load_state_tokenizer(self.config.state_dir)
+            CorpusQueue(database).set_tokenizer(tokenizer.identity_string())
+        except BaseException:
+            database.close()  # the start may try again: no pool left open behind it
+            raise
         return database, tokenizer
 
     def make_worker(self, name: str):
         """A new worker by name ("trainer" or "ingest") on the open store, sharing the daemon's
-        WriteState; the ingest worker hands the files it could not store back to the watcher."""
+        WriteState and StoreOutage; the ingest worker hands the files it could not store back to
+        the watcher."""
         from storage import CorpusQueue
 
         queue = CorpusQueue(self.database)
@@ -436,7 +554,8 @@ class Daemon:
 
         log = get_logger("ingest")
         return IngestWorker(self.config, queue, self.tokenizer, self.inbox, log, writes=self.writes,
-                            release=self._reoffer, gate=make_gate(self.config, self.database, queue, log))
+                            release=self._reoffer, gate=make_gate(self.config, self.database, queue, log),
+                            outage=self.outage)
 
     def make_watcher(self):
         """The watcher over [watch] roots, offering ready files to the ingest inbox."""
@@ -485,7 +604,8 @@ class Daemon:
             watcher.reoffer(files)
 
     def _start_worker(self, name: str) -> None:
-        thread = WorkerThread(self.make_worker(name), self.stop_event, self.log, self.clock, threading.Event())
+        thread = WorkerThread(self.make_worker(name), self.stop_event, self.log, self.clock, threading.Event(),
+                              outage=self.outage)
         self.workers[name] = thread
         thread.start()
 
@@ -498,8 +618,9 @@ class Daemon:
         asks the trainer for a checkpoint, and a stop signal ends the pass (daemon_stopping):
         returns False, and the caller calls stop(). Then: restart the workers that died (with
         backoff), renew the ingest claims, follow the pause file, re-check blocked writes; every
-        status_interval_seconds, and at once when a block begins or ends, the status event,
-        health.json and the folder caps; then the systemd watchdog when due. Returns True."""
+        status_interval_seconds, and at once when a block or a store outage begins or ends, the
+        status event, health.json and the folder caps; then the systemd watchdog when due.
+        Returns True."""
         while self.signals:
             signum = self.signals.pop(0)
             if signum == signal.SIGHUP:
@@ -514,7 +635,8 @@ class Daemon:
         self._supervise(now)
         self._renew_claims(now)
         self._follow_pause()
-        if self._check_writes(now) or now >= self._next_status:
+        store_changed = self._check_store(now)
+        if self._check_writes(now) or store_changed or now >= self._next_status:
             self._next_status = now + self.config.daemon.status_interval_seconds
             self._report(now)
             self._trim_folders()
@@ -558,6 +680,27 @@ class Daemon:
         changed, self._reported_block = blocked != self._reported_block, blocked
         return changed
 
+    def _renew_store_connections(self) -> None:
+        """When a block of the state's writes clears, before any writer retries (WriteState's
+        on_clear, whoever's recheck cleared it): close the SQLite store's pooled connections, so
+        each next use opens a new one. SQLite opens a connection read-only, and keeps it so, when
+        it cannot open the database for writing: one the pool opened while the state was
+        read-only would refuse every write after, until a restart. A connection in use now is
+        not handed out again: it goes back to the old pool, which is dropped. (PostgreSQL's
+        connections never depended on the state.)"""
+        database = getattr(self, "database", None)  # None before the store is open
+        if getattr(database, "dialect", None) == "sqlite":
+            database.engine.dispose()
+
+    def _check_store(self, now: float) -> bool:
+        """True when the store became unavailable, or answers again, since health.json last
+        said, so that it says so now rather than at the next interval; also when the status
+        report's own read of the store failed and its retry is due (for an idle daemon, the one
+        call that finds the store back)."""
+        cause = self.outage.cause
+        changed, self._reported_store = cause != self._reported_store, cause
+        return changed or (self.outage.failing("status") and self.outage.retry_in("status", now) == 0)
+
     def _status_line(self) -> str:
         trainer = self.training_worker()
         f = trainer.figures if trainer else None
@@ -569,6 +712,8 @@ class Daemon:
             line += f", held-out {f.val_bits_per_byte:.3f} bits/byte (best {f.best_val_bits_per_byte:.3f})"
         if self.writes.blocked:
             line += f", {self.writes.blocked}: ingest and checkpoints paused"
+        if self.outage.cause:
+            line += f", store unavailable ({self.outage.cause}): retrying"
         return line + (", plateaued" if f.plateaued else "")
 
     def health_report(self, state: str, now: float) -> dict[str, Any]:
@@ -595,6 +740,7 @@ class Daemon:
             "blocked": writes["blocked"], "blocked_parts": writes.get("parts"),
             "free_bytes": writes.get("free_bytes"),
             "unwatched_roots": self._unwatched_roots() or None,
+            "store_unavailable": self.outage.snapshot(now),
         }
 
     def _unwatched_roots(self) -> dict[str, str]:
@@ -630,15 +776,21 @@ class Daemon:
     def _report(self, now: float) -> None:
         from storage import CorpusQueue
 
-        report = self.health_report("ready", now)
-        try:
+        figures, error = {}, None
+        try:  # first: a store that does not answer is in this very report
             stats = CorpusQueue(self.database).stats()
             trainer = self.training_worker()
             position = trainer.figures.position if trainer else 0
-            report |= {"queue_documents": stats.documents.get("queued", 0),
+            figures = {"queue_documents": stats.documents.get("queued", 0),
                        "queue_tokens": max(0, stats.tokens_total - position)}
+            self.outage.recovered("status", now)
         except Exception as exc:  # noqa: BLE001 - a status report must not stop the daemon
-            report["last_error"] = f"{type(exc).__name__}: {exc}"
+            if is_transient(exc):
+                self.outage.report("status", exc, now)
+            error = f"{type(exc).__name__}: {exc}"
+        report = self.health_report("ready", now) | figures
+        if error is not None:
+            report["last_error"] = error
         self._write_health(report)
         self.log.info("status", **{k: v for k, v in report.items() if k not in ("pid", "state", "started_at")})
         self.notifier.status(self._status_line())

@@ -12,9 +12,10 @@ Two files in STATE_DIR, both written only by the daemon:
   no longer write), the file is rewritten in place: that needs no new block and no right on the
   directory, so the report can still say why writes fail.
 
-`check_health` joins the two for `crystalline status --health` (and Docker's HEALTHCHECK). It
-also looks at the state directory's file system itself (read-only, or less free space than the
-daemon's write probe needs), without writing anything: a daemon that cannot write its state
+`check_health` joins the two for `crystalline status --health` (and Docker's HEALTHCHECK), a
+store outage the daemon reports in health.json (`store_unavailable`) included. It also looks
+at the state directory's file system itself (read-only, or less free space than the daemon's
+write probe needs), without writing anything: a daemon that cannot write its state
 cannot always say so in health.json, and the checker must fail with the reason all the same.
 Not a supervisor: nothing here restarts anything. Relies on Linux flock(2), /proc for the
 memory and thread counts (with a fallback elsewhere), and the standard library only.
@@ -44,7 +45,7 @@ STATES = ("starting", "ready", "stopping")
 # the keys of health.json, in the order they are written; missing values are written as null
 FIELDS = ("pid", "started_at", "updated_at", "state", "step", "tokens_trained", "queue_documents",
           "queue_tokens", "loss", "tokens_per_s", "last_checkpoint_step", "last_checkpoint_age_s",
-          "rss_mb", "threads", "last_error", "blocked", "blocked_parts", "unwatched_roots")
+          "rss_mb", "threads", "last_error", "blocked", "blocked_parts", "unwatched_roots", "store_unavailable")
 # acquire() retries this long: `lock_holder` probes by taking a shared lock for an instant, and
 # a daemon starting in that instant must not be told that another daemon runs.
 ACQUIRE_GRACE_S = 0.25
@@ -339,8 +340,9 @@ def check_health(state_dir: str | Path, max_age_s: float,
 
     Healthy when a live process holds daemon.lock, the state directory can be written (as far
     as can be seen without writing: `state_dir_problem`), health.json was written by that
-    process within `max_age_s` seconds, it reports no blocked writes and no watch root it cannot
-    watch, and its state is "ready". `report` is health.json (empty when absent) plus `lock_pid`
+    process within `max_age_s` seconds, it reports no store outage (`store_unavailable`: the
+    store does not answer for now; while starting, "daemon is starting: store unavailable: ..."),
+    no blocked writes and no watch root it cannot watch, and its state is "ready". `report` is health.json (empty when absent) plus `lock_pid`
     (None: no daemon, 0: pid not yet written) and `age_s`.
     """
     state_dir = Path(state_dir)
@@ -368,6 +370,11 @@ def check_health(state_dir: str | Path, max_age_s: float,
         return False, f"health.json has no valid updated_at ({health.get('updated_at')!r})", report
     if age > max_age_s:
         return False, f"health.json is {age:.0f} s old (limit {max_age_s:g} s)", report
+    store = health.get("store_unavailable")
+    if store:  # the daemon retries by itself; health.json says so until the store answers
+        error = store.get("error") if isinstance(store, dict) else store
+        starting = "daemon is starting: " if health.get("state") == "starting" else ""
+        return False, f"{starting}store unavailable: {error or 'see the log (store_unavailable)'}", report
     blocked = health.get("blocked")
     if blocked:
         parts = ", ".join(sorted(health.get("blocked_parts") or {})) or "?"

@@ -9,6 +9,10 @@ writer then keeps what it could not write and pauses that kind of write instead 
 `recheck(now)`, called by the supervisor, tries a small probe write in the state directory at most
 every `recheck_seconds`; once it succeeds the block is cleared (`state_writable`) and
 `generation` grows by one, which is how a paused writer learns that it may retry what failed.
+Before that, `on_clear` renews what the block may have spoiled for good: the daemon closes the
+store's pooled SQLite connections, since SQLite opens a connection read-only, and keeps it so,
+when the database cannot be opened for writing (one opened while the state was read-only would
+refuse every write after it is writable again, until a restart).
 
 Not a supervisor and not a retry loop: it decides nothing but "blocked or not". Knows nothing
 of storage or the engine: database errors are recognised by their driver's error text or SQLSTATE.
@@ -75,10 +79,11 @@ class WriteState:
     """Whether writes to the state directory are blocked, and since when."""
 
     def __init__(self, state_dir: str | Path, log: Any, clock: Callable[[], float] = time.monotonic,
-                 recheck_seconds: float = RECHECK_SECONDS) -> None:
+                 recheck_seconds: float = RECHECK_SECONDS, on_clear: Callable[[], None] | None = None) -> None:
         self.state_dir = Path(state_dir)
         self._log = log
         self._clock = clock
+        self._on_clear = on_clear  # run when a block clears, before writers learn it; must not raise
         self.recheck_seconds = recheck_seconds
         self._lock = threading.Lock()
         self._reason: str | None = None
@@ -125,7 +130,9 @@ class WriteState:
 
     def recheck(self, now: float, force: bool = False) -> bool:
         """While blocked, at most every recheck_seconds (or at once with force): try the probe
-        write. Returns True when writes work (then or already)."""
+        write. Returns True when writes work (then or already). When the probe works, `on_clear`
+        runs first, then the block clears and `generation` grows, so a writer that sees either
+        finds what on_clear renewed."""
         with self._lock:
             if self._reason is None:
                 return True
@@ -134,10 +141,13 @@ class WriteState:
             self._next_check = now + self.recheck_seconds
         if not probe(self.state_dir):
             return False
+        if self._on_clear is not None:
+            self._on_clear()
         with self._lock:
             reason, since, parts = self._reason, self._since, sorted(self._parts)
             self._reason, self._since, self._parts = None, None, {}
-            self.generation += 1
+            if reason is not None:  # (another thread's recheck may have cleared it meanwhile)
+                self.generation += 1
         if reason is not None:
             self._log.info("state_writable", was=reason, blocked_s=round(now - since, 1), parts=parts)
         return True

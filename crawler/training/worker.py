@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import CheckpointError, ConfigError, NonFiniteLoss
+from engine.units import LN2
 from storage import HoldoutSplit, StreamMask, draw_window_starts
 
 from ..config import Config
@@ -61,7 +62,6 @@ from .checkpoints import RESET_HINT, CheckpointStore, stream_digest
 FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
 WITHDRAWAL_POLL_SECONDS = 1.0  # how often the loop asks the store for new withdrawals
 TRAIN_WINDOW = 50  # steps in the recent-window estimate of training bits per byte
-LN2 = math.log(2.0)
 
 
 class TrainedText:

@@ -1,8 +1,8 @@
 """End-to-end: several `crystalline run` daemons sharing one PostgreSQL corpus (docs/SCALE-OUT.md).
 
 Each test gets a schema of its own on the server named by CRYSTALLINE_TEST_POSTGRES_URL (first on
-the search_path, as the storage tests do) and skips, saying why, when the variable is unset or
-the server does not answer.
+the search_path, as the storage tests do). It skips, saying why, when the variable is unset, and
+fails when it is set and the server does not answer (tests/conftest.py's `postgres_url`).
 """
 
 from __future__ import annotations
@@ -23,26 +23,18 @@ from .conftest import DaemonProcess, write_text_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-POSTGRES_ENV = "CRYSTALLINE_TEST_POSTGRES_URL"
 FILES = 500
 IN_STREAM = ("queued", "trained")
 
 
 @pytest.fixture
-def corpus_url():
+def corpus_url(postgres_url):
     """A URL to an empty schema of the test server (dropped afterwards)."""
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(f"{POSTGRES_ENV} is not set, so there is no PostgreSQL server to test against")
-    admin = sa.create_engine(base, connect_args={"connect_timeout": 3})
+    admin = sa.create_engine(postgres_url, connect_args={"connect_timeout": 3})
     schema = f"crystalline_e2e_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL at {sa.make_url(base).render_as_string()} is unreachable: {exc.orig}")
-    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield url.render_as_string(hide_password=False)
     finally:

@@ -176,12 +176,10 @@ def test_a_tokenizer_change_under_an_existing_corpus_is_refused(tmp_path, capsys
 
 # --- the daemon's path: Watcher -> IngestWorker -> store, one step at a time ----------------------
 
-POSTGRES_ENV = "CRYSTALLINE_TEST_POSTGRES_URL"
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def store(request, tmp_path):
-    """A CorpusQueue on an empty database of each kind (PostgreSQL: a fresh schema, dropped after)."""
+    """A CorpusQueue on an empty database of each kind (PostgreSQL: a fresh schema on the server of
+    tests/conftest.py's `postgres_url`, dropped after; it skips or fails as that fixture says)."""
     import uuid
 
     import sqlalchemy as sa
@@ -191,17 +189,11 @@ def store(request, tmp_path):
         yield CorpusQueue(database)
         database.close()
         return
-    base = os.environ.get(POSTGRES_ENV)
-    if not base:
-        pytest.skip(f"{POSTGRES_ENV} is not set, so there is no PostgreSQL server to test against")
+    base = request.getfixturevalue("postgres_url")
     admin = sa.create_engine(base)
     schema = f"crystalline_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.skip(f"PostgreSQL is unreachable: {exc.orig}")
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
     database = open_database(StorageConfig(url=url.render_as_string(hide_password=False)).validate())
     try:
@@ -496,7 +488,8 @@ def test_a_full_disk_after_part_of_a_batch_was_committed_stores_nothing_twice(tm
 
 def test_a_real_full_disk_under_the_database(tmp_path):
     """A 1 MB tmpfs holds the database: ingest fills it, stops without dying, and finishes every
-    file once space is freed. Needs root (mount); skipped otherwise."""
+    file once space is freed. The store says so (StoreFull): the files wait out the store
+    outage's backoff, not the state directory's write probe. Needs root (mount); skipped otherwise."""
     import shutil
     import subprocess
 
@@ -522,16 +515,19 @@ def test_a_real_full_disk_under_the_database(tmp_path):
         clock = FakeClock()
         writes = WriteState(disk, __import__("structlog").get_logger(), clock=clock, recheck_seconds=10.0)
         pipeline = Pipeline(root, queue, clock=clock, writes=writes, state_dir=disk)
+        outage = pipeline.worker.outage
         with capture_logs() as logs:
             pipeline.step()
-            assert writes.blocked == "disk_full" and pipeline.worker.held
+            assert outage.cause == "disk_full" and pipeline.worker.held
             clock.t += 10
-            pipeline.step()  # the re-check's probe fails: still blocked, nothing lost
-            assert writes.blocked == "disk_full"
+            pipeline.step()  # the retry fails again: still unavailable, nothing lost
+            assert outage.cause == "disk_full" and pipeline.worker.held
             ballast.unlink()
             clock.t += 10
             pipeline.step()
-        assert writes.blocked is None and len(events(logs, "disk_full")) == 1
+        assert outage.cause is None and not pipeline.worker.held and writes.blocked is None
+        assert [e["cause"] for e in events(logs, "store_unavailable")] == ["disk_full"]
+        assert events(logs, "store_available")[0]["tries"] == 2 and not events(logs, "file_failed")
         names = sorted(Path(e["path"]).name for e in events(logs, "file_ingested"))
         assert names == [f"doc{i:02d}.txt" for i in range(20)]
         assert nonzero(queue.stats().documents) == {"queued": 20}
@@ -577,7 +573,7 @@ def test_fifo_and_socket_are_skipped_as_unsupported_once_and_never_opened(tmp_pa
 
 
 def test_a_file_in_a_folder_the_daemon_may_not_enter_is_skipped_as_unreadable_once(tmp_path, store, monkeypatch):
-    """Injected (root is not stopped by permissions); the real case runs below under setpriv."""
+    """Injected (root is not stopped by permissions); the real case runs below as nobody."""
     from structlog.testing import capture_logs
 
     root = tmp_path / "inbox"
@@ -602,8 +598,11 @@ def test_a_file_in_a_folder_the_daemon_may_not_enter_is_skipped_as_unreadable_on
     assert len(events(logs, "file_ingested")) == len(good) and not events(logs, "watcher_error")
 
 
-UNPRIVILEGED_SCRIPT = r'''
-import json, os, sys, time
+# the child of the test below: imports, then a warm-up database (SQLite and the migrations load
+# lazily), all before the child becomes nobody
+UNPRIVILEGED_PREPARE = r'''
+import queue as queue_module
+import tempfile
 from pathlib import Path
 import structlog
 from structlog.testing import capture_logs
@@ -612,7 +611,10 @@ from crawler.service.daemon import IngestWorker
 from crawler.ingest.tokenizer import ByteTokenizer
 from crawler.ingest.watcher import WatchConfig, Watcher
 from storage import CorpusQueue, StorageConfig, open_database
-import queue as queue_module
+with tempfile.TemporaryDirectory() as warm:
+    open_database(StorageConfig(url=f"sqlite:///{warm}/warm.db").validate()).close()
+'''
+UNPRIVILEGED_CHECK = r'''
 base = Path(sys.argv[1])
 database = open_database(StorageConfig(url=f"sqlite:///{base / 'state' / 'corpus.db'}").validate())
 inbox = queue_module.Queue()
@@ -634,38 +636,22 @@ print(json.dumps([{k: v for k, v in e.items() if k != "exc_info"} for e in logs]
 '''
 
 
-def test_unreadable_files_and_folders_for_real_under_an_unprivileged_user(tmp_path):
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
-    command = [sys.executable, "-c", UNPRIVILEGED_SCRIPT]
-    if os.geteuid() == 0:
-        if not shutil.which("setpriv"):
-            pytest.skip("as root, permissions stop nothing, and setpriv (util-linux) is missing to drop them")
-        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
-    base = Path(tempfile.mkdtemp(prefix="crystalline-perm-"))  # tmp_path is not open to another user
-    try:
-        root = base / "inbox"
-        good_files(root, 2)
-        (base / "state").mkdir()
-        for folder, mode in (("noenter", 0o644), ("nolist", 0o000)):  # r without x; nothing at all
-            (root / folder).mkdir()
-            (root / folder / "inside.txt").write_text("private\n")
-        for path in (base, root, base / "state", *root.glob("good*")):
-            path.chmod(0o777 if path.is_dir() else 0o666)
-        (root / "noenter").chmod(0o644)
-        (root / "nolist").chmod(0o000)
-        repo = Path(__file__).resolve().parents[3]
-        result = subprocess.run([*command, str(base)], capture_output=True, text=True, cwd=repo, timeout=120,
-                                env=os.environ | {"PYTHONPATH": str(repo)})
-        assert result.returncode == 0, result.stderr[-3000:]
-        logs = json.loads(result.stdout.strip().splitlines()[-1])
-    finally:
-        for folder in ("noenter", "nolist"):
-            (base / "inbox" / folder).chmod(0o755)
-        shutil.rmtree(base)
+def test_unreadable_files_and_folders_for_real_under_an_unprivileged_user(as_nobody):
+    """The injected test above, for real: a folder that may be listed but not entered, and one
+    that may not even be listed, walked and ingested by a user whom permissions stop (root is
+    not stopped: tests/conftest.py's `as_nobody` runs the child as nobody)."""
+    base = as_nobody.folder
+    root = base / "inbox"
+    good_files(root, 2)
+    (base / "state").mkdir()
+    for folder in ("noenter", "nolist"):
+        (root / folder).mkdir()
+        (root / folder / "inside.txt").write_text("private\n")
+    for path in (root, base / "state", *root.glob("good*")):
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    (root / "noenter").chmod(0o644)  # r without x
+    (root / "nolist").chmod(0o000)  # nothing at all
+    logs = json.loads(as_nobody.run(UNPRIVILEGED_CHECK, base, prepare=UNPRIVILEGED_PREPARE).strip().splitlines()[-1])
     assert [(Path(e["path"]).relative_to(root).as_posix(), e["reason"]) for e in events(logs, "file_skipped")] == [
         ("noenter/inside.txt", "unreadable")]
     [folder] = events(logs, "folder_unreadable")

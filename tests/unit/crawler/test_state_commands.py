@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from crawler.cli.main import main
+from crawler.cli.main import EXIT_STORE_BROKEN, main
 
 TINY = ["--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16", "--batch-size", "4", "--threads", "1"]
 
@@ -118,14 +118,14 @@ def test_a_damaged_database_header_is_one_line(capsys, tmp_path, text):
     for command in (["status"], ["repair"], ["train", text, *TINY]):
         status, _, err = run(capsys, *command, "--state-dir", state)
         line = error_line(err)
-        assert status == 1 and f"{state / 'corpus.db'} is damaged" in line and "backup" in line
+        assert status == EXIT_STORE_BROKEN and f"{state / 'corpus.db'} is damaged" in line and "backup" in line
 
 
 def test_a_store_url_in_a_missing_folder_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("CRYSTALLINE_STORE_URL", f"sqlite:///{tmp_path / 'nowhere' / 'corpus.db'}")
     status, _, err = run(capsys, "status", "--state-dir", tmp_path / "state")
     line = error_line(err)
-    assert status == 1 and f"{tmp_path / 'nowhere'} does not exist" in line and "store url" in line
+    assert status == EXIT_STORE_BROKEN and f"{tmp_path / 'nowhere'} does not exist" in line and "store url" in line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
+"""crawler.state.writable: which errors mean a full disk or an unwritable state directory, one
+log line per blocked part until a probe clears it, and the probe itself on real folders (run as
+nobody, whom a folder's mode stops where it would not stop root)."""
+
 import errno
-import os
+import json
 import sqlite3
 
-import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
@@ -64,12 +67,15 @@ def test_a_block_is_logged_once_per_part_and_cleared_by_a_probe(tmp_path, monkey
     assert state.snapshot() == {"blocked": None}
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
-def test_probe_fails_in_a_folder_that_cannot_be_written(tmp_path):
-    assert writable.probe(tmp_path)
-    assert not (tmp_path / writable.PROBE_FILE).exists()
-    tmp_path.chmod(0o500)
-    try:
-        assert not writable.probe(tmp_path)
-    finally:
-        tmp_path.chmod(0o700)
+def test_probe_fails_in_a_folder_that_cannot_be_written(as_nobody):
+    """Probed by a user whom permissions stop (root writes into a read-only folder anyway:
+    tests/conftest.py's `as_nobody`): True in a folder open to all, False in one of mode 555,
+    and no probe file left in either."""
+    open_to_all, read_only = as_nobody.folder / "open", as_nobody.folder / "read-only"
+    for folder, mode in ((open_to_all, 0o777), (read_only, 0o555)):
+        folder.mkdir()
+        folder.chmod(mode)
+    out = as_nobody.run("print(json.dumps([writable.probe(path) for path in sys.argv[1:]]))",
+                        open_to_all, read_only, prepare="from crawler.state import writable")
+    assert json.loads(out) == [True, False]
+    assert not (open_to_all / writable.PROBE_FILE).exists() and not (read_only / writable.PROBE_FILE).exists()

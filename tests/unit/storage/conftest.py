@@ -1,16 +1,15 @@
 """Fixtures of the storage tests: each store test runs on SQLite and on PostgreSQL.
 
-SQLite: a file under tmp_path. PostgreSQL: the server named by CRYSTALLINE_TEST_POSTGRES_URL,
-with a fresh schema per test (first on the search_path, so every table, the alembic_version one
-included, lands in it), dropped afterwards. The PostgreSQL variants are marked `postgres` and
-skip, saying why, when the variable is unset or the server does not answer.
+SQLite: a file under tmp_path. PostgreSQL: the server named by CRYSTALLINE_TEST_POSTGRES_URL
+(tests/conftest.py's `postgres_url`), with a fresh schema per test (first on the search_path, so
+every table, the alembic_version one included, lands in it), dropped afterwards. The PostgreSQL
+variants are marked `postgres`; they skip, saying why, when the variable is unset, and fail when
+it is set and the server does not answer.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import os
 import uuid
 
 import numpy as np
@@ -19,33 +18,9 @@ import sqlalchemy as sa
 
 from storage import CorpusQueue, StorageConfig, open_database
 
-POSTGRES_ENV = "CRYSTALLINE_TEST_POSTGRES_URL"
 TOKENIZER = '{"kind": "byte", "version": 1}'
 # small and odd, so documents in the tests cross chunk boundaries at awkward places
 CHUNK_TOKENS = 7
-
-
-@functools.cache
-def _postgres_unreachable(url: str) -> str | None:
-    engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        return f"PostgreSQL at {sa.make_url(url).render_as_string()} is unreachable: {exc.orig}"
-    finally:
-        engine.dispose()
-    return None
-
-
-def postgres_url_or_skip() -> str:
-    url = os.environ.get(POSTGRES_ENV)
-    if not url:
-        pytest.skip(f"{POSTGRES_ENV} is not set, so there is no PostgreSQL server to test against")
-    reason = _postgres_unreachable(url)
-    if reason:
-        pytest.skip(reason)
-    return url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -54,7 +29,7 @@ def database_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'corpus.db'}"
         return
-    base = postgres_url_or_skip()
+    base = request.getfixturevalue("postgres_url")
     schema = f"crystalline_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(base)
     with admin.begin() as connection:

@@ -151,10 +151,11 @@ def test_pyproject_ships_the_migrations_as_package_data():
 
 def test_foreign_keys_are_enforced(make_config):
     with open_database(make_config()) as database:
-        with pytest.raises(sa.exc.IntegrityError):
+        with pytest.raises(storage.StoreBroken) as raised:  # a refused constraint: retrying will not help
             with database.write() as connection:
                 orphan = {"document_id": 999, "seq": 0, "stream_start": 0, "token_count": 1}
                 connection.execute(chunks.insert().values(dtype="uint16", tokens=b"\0\0", **orphan))
+        assert not raised.value.transient and "foreign key" in str(raised.value).lower()
 
 
 def test_size_bytes_grows_with_the_corpus(make_config, add):
@@ -217,7 +218,7 @@ def test_sqlite_writer_takes_the_lock_at_begin_and_readers_go_on(sqlite_url):
     with open_database(config) as first, open_database(impatient) as second:
         with first.write():
             # no statement yet, but BEGIN IMMEDIATE already holds the write lock
-            with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+            with pytest.raises(storage.StoreBusy, match="database is locked"):
                 with second.write():
                     pass
             with second.read() as connection:  # WAL: a reader is never blocked by the writer

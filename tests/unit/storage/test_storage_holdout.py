@@ -272,16 +272,16 @@ def test_walking_with_a_holdout_reads_each_free_window_once(queue, add):
 
 
 def test_read_windows_with_a_holdout_never_reads_held_out_tokens(queue, add, monkeypatch):
-    import storage.queue
+    import storage.reads
 
     append(queue, add, [200])
     ranges = []
-    real = storage.queue.read_range
+    real = storage.reads.read_range
     def spy(connection, start, stop):
         ranges.append((start, stop))
         return real(connection, start, stop)
 
-    monkeypatch.setattr(storage.queue, "read_range", spy)
+    monkeypatch.setattr(storage.reads, "read_range", spy)
     queue.read_windows(0, 100, 4, holdout=TINY)
     mask = held_out_mask(TINY, 200)
     assert ranges and not any(mask[a:b].any() for a, b in ranges)

@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 import storage.db
-import storage.queue
+import storage.documents
+import storage.training_state
 from storage import CorpusQueue, Cursor, NewDocument, StoredVersion, TokenizerMismatch, open_database
 from storage.models import chunks, documents
 
@@ -149,7 +150,7 @@ def test_add_document_is_all_or_nothing(queue, add, monkeypatch):
     def fail(connection, end):
         raise RuntimeError("killed after the document and its chunks were written")
 
-    monkeypatch.setattr(storage.queue, "advance_stream", fail)
+    monkeypatch.setattr(storage.documents, "advance_stream", fail)
     with pytest.raises(RuntimeError, match="killed"):
         add(queue, "/in/a.txt", np.arange(30))
     assert rows(queue, documents) == [] and rows(queue, chunks) == []
@@ -254,7 +255,7 @@ def test_commit_checkpoint_is_all_or_nothing(queue, add, monkeypatch):
     def fail(connection, stream_position):
         raise RuntimeError("disk full, say, after the checkpoint row and the cursor were written")
 
-    monkeypatch.setattr(storage.queue, "_mark_trained", fail)
+    monkeypatch.setattr(storage.training_state, "_mark_trained", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         queue.commit_checkpoint(step=1, path="cp1", stream_position=20, tokens_trained=20)
     assert queue.checkpoints() == []

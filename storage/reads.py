@@ -1,0 +1,203 @@
+"""Token windows out of the stream: training reads in order, replay draws, the held-out set.
+
+The stream is every queued or trained document's tokens in arrival order. Training reads it in
+order from a position (read_windows), replay samples windows from the part before the cursor
+(sample_replay), and evaluation reads the held-out regions (holdout_set). With a HoldoutSplit
+(holdout.py, recorded once in meta["holdout"] by `holdout`), the training reads and the replay
+draws skip every window that touches a held-out region; with a StreamMask (mask.py) they, and
+the held-out set, skip withdrawn text too. Reads touch only the chunks that overlap the
+requested range (stream.py), so memory follows the request, never the corpus.
+
+Read only, but for `holdout`'s first call: nothing here stores documents (documents.py),
+withdraws text (withdrawal.py) or moves the cursor (training_state.py). A mixin of CorpusQueue
+(queue.py): relies on its `database`, and on stream.py, holdout.py, mask.py and rows.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from .db import Database
+from .holdout import HoldoutSplit, draw_window_starts, evaluation_windows
+from .mask import StreamMask
+from .models import meta
+from .records import HoldoutSet
+from .rows import meta_value
+from .stream import lock_stream, read_range, stream_end
+from .training_state import read_cursor
+
+
+class StreamReads:
+    """CorpusQueue's reads of the stream; each method reads one snapshot unless it says otherwise."""
+
+    database: Database
+
+    # --- the held-out split -----------------------------------------------------------------------
+
+    def holdout(self, default: HoldoutSplit) -> HoldoutSplit:
+        """The corpus's held-out split: the one recorded, else `default`, recorded now. Atomic.
+
+        The first call records `default` in meta["holdout"] under the stream lock (as
+        set_tokenizer does), so concurrent first calls agree; later calls, after restarts and
+        config changes alike, return the recorded split unchanged, whatever `default` says. Raises
+        ConfigError for an invalid `default` (nothing is written) or a malformed recorded split.
+        Only the first call writes (and may block up to busy_timeout_ms for another writer).
+        """
+        default.validate()
+        with self.database.read() as connection:
+            recorded = meta_value(connection, "holdout")
+        if recorded is not None:
+            return HoldoutSplit.from_json(recorded)
+        with self.database.write() as connection:
+            lock_stream(connection)
+            recorded = meta_value(connection, "holdout")
+            if recorded is not None:
+                return HoldoutSplit.from_json(recorded)
+            connection.execute(meta.insert().values(key="holdout", value=default.to_json()))
+            return default
+
+    # --- windows out ------------------------------------------------------------------------------
+
+    def read_tokens(self, start: int, stop: int, missing: int | None = None) -> np.ndarray:
+        """Stream tokens [start, stop) as int32 (stop - start,), in one snapshot. Raises ValueError
+        for a range that is empty-negative or beyond the stream's end. A forgotten token raises
+        StorageError, or with `missing` (say -1) is that value instead."""
+        with self.database.read() as connection:
+            end = stream_end(connection)
+            if not 0 <= start <= stop <= end:
+                raise ValueError(f"range [{start}, {stop}) must lie within the stream [0, {end})")
+            if start == stop:
+                return np.empty(0, np.int32)
+            return read_range(connection, start, stop, missing)
+
+    def stream_end(self) -> int:
+        """The stream's length in tokens, as last committed: one small read."""
+        with self.database.read() as connection:
+            return stream_end(connection)
+
+    def read_windows(
+        self, position: int, count: int, seq_len: int, holdout: HoldoutSplit | StreamMask | None = None,
+        return_starts: bool = False,
+    ) -> tuple[np.ndarray, int] | tuple[np.ndarray, int, np.ndarray]:
+        """Up to `count` windows of seq_len + 1 consecutive stream tokens, from `position` on.
+
+        Window j covers [position + j*seq_len, position + j*seq_len + seq_len + 1), so consecutive
+        windows share one token (the last target of one is the first input of the next). Only
+        complete windows: n = 0 while the stream is too short. Returns (int32 (n, seq_len + 1),
+        position + n*seq_len). One snapshot; reads only the chunks overlapping the range.
+
+        With `holdout`, windows touching a held-out region are skipped (never read): it examines
+        windows in order until `count` are taken or no complete window is left, and returns
+        (the windows taken, position + examined*seq_len), skipped windows counted as examined.
+        Tokens are read one run of adjacent taken windows at a time. With a StreamMask, windows
+        touching withdrawn text are skipped the same way. With `return_starts`, a third value:
+        each window's stream offset, int64 (n,).
+        """
+        if position < 0 or count < 0 or seq_len < 1:
+            raise ValueError(
+                f"position ({position}) and count ({count}) must be >= 0, seq_len ({seq_len}) >= 1"
+            )
+        if holdout is None:
+            with self.database.read() as connection:
+                n = max(0, min(count, (stream_end(connection) - position - 1) // seq_len))
+                flat = read_range(connection, position, position + n * seq_len + 1) if n else None  # (n*T + 1,)
+            index = np.arange(n)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]  # (n, T + 1)
+            windows = flat[index] if n else np.empty((0, seq_len + 1), np.int32)
+            result = windows, position + n * seq_len
+            return (*result, position + np.arange(n, dtype=np.int64) * seq_len) if return_starts else result
+        with self.database.read() as connection:
+            available = max(0, (stream_end(connection) - position - 1) // seq_len)
+            taken, examined = holdout.training_windows(position, seq_len, available, count)
+            out = np.empty((len(taken), seq_len + 1), np.int32)  # (n, T + 1)
+            breaks = np.flatnonzero(np.diff(taken) != 1) + 1  # where a run of adjacent j ends
+            row = 0
+            for run in np.split(taken, breaks) if len(taken) else []:
+                start = position + int(run[0]) * seq_len
+                flat = read_range(connection, start, start + len(run) * seq_len + 1)  # (m*T + 1,)
+                index = np.arange(len(run))[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+                out[row : row + len(run)] = flat[index]  # (m, T + 1)
+                row += len(run)
+        result = out, position + examined * seq_len
+        return (*result, position + taken.astype(np.int64) * seq_len) if return_starts else result
+
+    def read_windows_at(self, starts: np.ndarray, seq_len: int) -> np.ndarray:
+        """The windows of seq_len + 1 tokens at these stream offsets, in their order: int32
+        (n, seq_len + 1). One snapshot; runs of adjacent windows (seq_len apart) are read at once.
+        Raises StorageError for a window on forgotten text (check with a StreamMask first)."""
+        starts = np.asarray(starts, np.int64).reshape(-1)  # (n,)
+        out = np.empty((starts.size, seq_len + 1), np.int32)  # (n, T + 1)
+        if starts.size == 0:
+            return out
+        order = np.argsort(starts, kind="stable")
+        ordered = starts[order]
+        breaks = np.flatnonzero(np.diff(ordered) != seq_len) + 1  # where a run of adjacent windows ends
+        row = 0
+        with self.database.read() as connection:
+            for run in np.split(ordered, breaks):
+                first = int(run[0])
+                flat = read_range(connection, first, first + len(run) * seq_len + 1)  # (m*T + 1,)
+                index = np.arange(len(run))[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
+                out[order[row : row + len(run)]] = flat[index]  # (m, T + 1)
+                row += len(run)
+        return out
+
+    def sample_replay(
+        self,
+        count: int,
+        seq_len: int,
+        rng: np.random.Generator,
+        end: int | None = None,
+        holdout: HoldoutSplit | StreamMask | None = None,
+    ) -> np.ndarray:
+        """`count` windows of the trained stream: int32 (count, seq_len + 1), for replay.
+
+        Window i starts at rng.integers(0, end - seq_len, size=count)[i], drawn uniformly, so
+        every window ends at or before `end`: the committed cursor by default, or the trainer's
+        own position, which runs ahead of the cursor between checkpoints. While fewer than
+        seq_len + 1 tokens lie before `end` it returns an empty (0, seq_len + 1) array and draws
+        nothing from `rng`. One small query per window, all in one snapshot.
+
+        With `holdout`, windows touching a held-out region are dropped and the missing ones
+        redrawn the same way, in up to REPLAY_ROUNDS rounds (the first round draws what the call
+        without `holdout` draws); if windows are still missing it returns fewer than `count`.
+        """
+        if count < 0 or seq_len < 1:
+            raise ValueError(f"count ({count}) must be >= 0 and seq_len ({seq_len}) >= 1")
+        with self.database.read() as connection:
+            limit = read_cursor(connection).stream_position if end is None else min(end, stream_end(connection))
+            high = limit - seq_len  # window starts lie in [0, high)
+            if count == 0 or high <= 0:
+                return np.empty((0, seq_len + 1), np.int32)
+            positions = draw_window_starts(rng, high, count, seq_len, holdout)  # (n,)
+            out = np.empty((len(positions), seq_len + 1), np.int32)  # (count, T + 1)
+            for i, start in enumerate(positions.tolist()):
+                out[i] = read_range(connection, start, start + seq_len + 1)
+        return out
+
+    def holdout_set(self, holdout: HoldoutSplit | StreamMask, seq_len: int) -> HoldoutSet:
+        """The evaluation windows of every complete held-out block, in stream order.
+
+        Blocks are holdout.complete_blocks(stream end), less (with a StreamMask) those whose
+        region meets withdrawn text; each region [k*S, k*S + S + 1) is cut as
+        holdout.evaluation_windows says (n = S // seq_len windows of seq_len + 1 tokens, plus a
+        tail window of r + 1 tokens when r = S % seq_len > 0), so every target of every region is
+        scored exactly once. One snapshot, one read per block (at most max_blocks of them).
+        HoldoutSet.key names the blocks: a withdrawal can change the set without changing its size.
+        """
+        if seq_len < 1:
+            raise ValueError(f"seq_len ({seq_len}) must be >= 1")
+        mask = holdout if isinstance(holdout, StreamMask) else None
+        split = holdout.split if mask is not None else holdout
+        S = split.validate().block_tokens
+        with self.database.read() as connection:
+            ks = split.complete_blocks(stream_end(connection))  # (B,)
+            if mask is not None:
+                ks = ks[~mask.withdrawn_overlaps(ks * S, S + 1)]
+            regions = np.empty((len(ks), S + 1), np.int32)  # (B, S + 1)
+            for i, k in enumerate(ks.tolist()):
+                regions[i] = read_range(connection, k * S, k * S + S + 1)
+        windows, tail = evaluation_windows(regions, seq_len)
+        key = hashlib.sha256(np.ascontiguousarray(ks, "<i8").tobytes()).hexdigest()[:16]
+        return HoldoutSet(blocks=len(ks), tokens=len(ks) * S, windows=windows, tail=tail, key=f"{len(ks)}-{key}")

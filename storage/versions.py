@@ -1,0 +1,127 @@
+"""File versions: which versions of each path the store holds, and which one a change is read against.
+
+Every document row is one version of a source path (version 1, 2, ... per path, allocated under
+the stream lock). The one rule of "the version a changed file is compared with" lives here
+(`_latest_accounted`): a path's newest version whose bytes are all accounted for (stored, a
+duplicate, or a growth by whitespace only), not another skip. latest_versions answers it for the
+ingest side; `newest_versions` and `stale_continuations` answer it under the lock for the
+writers (documents.py), which is what keeps two writers of one growing file from both storing it.
+
+Read only: storing a version is documents.py's. A mixin of CorpusQueue (queue.py): relies on
+its `database`, and on models.py and rows.py; the functions below run inside the caller's
+transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from .db import Database
+from .models import IN_STREAM, documents
+from .records import NewDocument, StoredVersion
+from .rows import in_groups
+
+
+class FileVersions:
+    """CorpusQueue's lookups of file versions; each method reads one snapshot."""
+
+    database: Database
+
+    def seen_many(self, versions: Sequence[tuple[str, int, float]]) -> set[tuple[str, int, float]]:
+        """Which of these (path, size, mtime) file versions already have a row of any status.
+        One snapshot, a few IN queries: the cheap way to reconcile a large folder."""
+        wanted = set(versions)
+        found: set[tuple[str, int, float]] = set()
+        with self.database.read() as connection:
+            for group in in_groups({path for path, _, _ in wanted}):
+                query = sa.select(documents.c.source_path, documents.c.size, documents.c.mtime).where(
+                    documents.c.source_path.in_(group))
+                found |= {tuple(row) for row in connection.execute(query)} & wanted
+        return found
+
+    def latest_versions(self, paths: Sequence[str]) -> dict[str, StoredVersion]:
+        """For each path with one, its latest version whose bytes are all accounted for (stored,
+        a duplicate, or a growth by whitespace only; not a skip). One snapshot, a few IN
+        queries. What a changed file is compared with (docs/STORAGE.md, "What a changed file
+        means")."""
+        found: dict[str, StoredVersion] = {}
+        columns = (documents.c.source_path, documents.c.version, documents.c.id, documents.c.size,
+                   documents.c.mtime, documents.c.content_hash, documents.c.kind, documents.c.status)
+        with self.database.read() as connection:
+            for group in in_groups(set(paths)):
+                for path, _, *fields in connection.execute(_latest_accounted(group, columns)):
+                    found[path] = StoredVersion(int(fields[0]), int(fields[1]), fields[2], *fields[3:])
+        return found
+
+    def seen(self, source_path: str, size: int, mtime: float) -> bool:
+        """Whether this exact file version (path, size, mtime) already has a row of any status."""
+        query = sa.select(documents.c.id).where(
+            documents.c.source_path == source_path,
+            documents.c.size == size,
+            documents.c.mtime == mtime,
+        )
+        with self.database.read() as connection:
+            return connection.execute(query.limit(1)).first() is not None
+
+
+# --- inside the caller's transaction -------------------------------------------------------------
+
+
+def max_versions(connection: sa.Connection, paths: set[str]) -> dict[str, int]:
+    """The highest version of each path that has rows, in a few IN queries."""
+    found: dict[str, int] = {}
+    for group in in_groups(paths):
+        query = (sa.select(documents.c.source_path, sa.func.max(documents.c.version))
+                 .where(documents.c.source_path.in_(group)).group_by(documents.c.source_path))
+        found |= {path: int(version) for path, version in connection.execute(query)}
+    return found
+
+
+def _latest_accounted(group: list[str], columns: tuple) -> sa.Select:
+    """`columns` of each path's (of `group`) newest version whose bytes are all accounted for:
+    stored, a duplicate, or a growth by whitespace only (a skip with a content hash), not another
+    skip. The one rule of "the version a changed file is compared with"."""
+    latest = (sa.select(documents.c.source_path, sa.func.max(documents.c.version).label("version"))
+              .where(documents.c.source_path.in_(group), documents.c.content_hash.is_not(None),
+                     documents.c.size.is_not(None),
+                     sa.or_(documents.c.status.in_((*IN_STREAM, "duplicate")), documents.c.byte_offset.is_not(None)))
+              .group_by(documents.c.source_path).subquery())
+    return sa.select(*columns).join(latest, sa.and_(documents.c.source_path == latest.c.source_path,
+                                                    documents.c.version == latest.c.version))
+
+
+def newest_versions(connection: sa.Connection, paths: set[str]) -> dict[str, int]:
+    """The id of each path's newest accounted-for version (_latest_accounted), for paths with one."""
+    found: dict[str, int] = {}
+    for group in in_groups(paths):
+        query = _latest_accounted(group, (documents.c.source_path, documents.c.id))
+        found |= {path: int(document_id) for path, document_id in connection.execute(query)}
+    return found
+
+
+def stale_continuations(connection: sa.Connection, items: Sequence[NewDocument]) -> set[int]:
+    """The indices of the items that continue a version no longer their path's newest: another
+    writer stored a newer one after the caller read it, or an earlier item of the batch is a
+    version of the same path. Call under the stream lock, or the answer may be stale itself."""
+    continuing = {item.source_path for item in items if item.continues is not None}
+    if not continuing:
+        return set()
+    newest = newest_versions(connection, continuing)
+    stale, versioned = set(), set()
+    for i, item in enumerate(items):
+        if item.continues is not None and (item.source_path in versioned
+                                           or newest.get(item.source_path) != item.continues):
+            stale.add(i)
+        else:
+            versioned.add(item.source_path)
+    return stale
+
+
+def next_version(connection: sa.Connection, source_path: str) -> int:
+    """The version the path's next row takes: 1 for a path with no rows."""
+    query = sa.select(sa.func.max(documents.c.version)).where(
+        documents.c.source_path == source_path
+    )
+    return int(connection.execute(query).scalar() or 0) + 1
