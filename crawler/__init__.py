@@ -9,7 +9,8 @@ Rooms, each a package whose docstring says what it owns; an import goes only dow
 - `crawler.ingest`    files to tokens: watching, extraction (and its child process), formats,
                       tokenizers, claims, the ingest pipeline into the store
 - `crawler.config`    the one configuration: TOML < environment < flags, validated once, composed
-                      of the engine's, the store's and each room's own sections
+                      of the engine's, the store's and each room's own sections; its sections and
+                      defaults, the loader, the `crystalline init` template
 - `crawler.training`  the training loop that joins the store and the engine, its checkpoints, and
                       the team of ranks under MPI
 - `crawler.service`   the running daemon: its supervisor and workers, systemd notify, the HTTP

@@ -1,23 +1,17 @@
-"""The daemon's and the CLI's configuration: one immutable `Config`, built once at the edge.
+"""The configuration's settings: what each section holds, its defaults, and the rules it must meet.
 
-Sources, later ones winning: built-in defaults, a TOML file (`--config`, or
-STATE_DIR/crystalline.toml when it exists), environment variables `CRYSTALLINE_<SECTION>_<KEY>`
-(for example CRYSTALLINE_STORAGE_URL, CRYSTALLINE_EXTRACT_MAX_FILE_BYTES), then command-line
-flags. Each section is the frozen dataclass its owner defines (`storage.StorageConfig`,
-`crawler.ingest.extract.ExtractLimits`, ...); `load_config` validates them all before anything starts,
-and every error names the setting, where it came from and what is allowed. This is the one
-module that reads configuration files and the environment.
+The crawler's own sections are the frozen dataclasses here (`DaemonConfig`, `LogConfig`,
+`MetricsConfig`, `HttpConfig`), each with its `validate()`; the engine's, the store's and the
+ingest room's are their owners' (`SECTIONS` names each by its TOML table). `DAEMON_DEFAULTS` holds
+the product's defaults where they differ from the engine's, `Config` composes every section, and
+`check_across_sections` holds the rules that join two of them. Reads no file and no environment
+(`loader` does).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import re
-import tomllib
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,18 +20,19 @@ from typing import Any
 from engine import ConfigError as EngineConfigError
 from engine.config import ModelConfig, TrainConfig
 from engine.distributed import DistributedConfig
+from engine.sizes import SIZES
 from storage import StorageConfig
 
-from . import ConfigError
-from .ingest.extract import ExtractLimits
-from .ingest.watcher import WatchConfig
+from .. import ConfigError
+from ..ingest.extract import ExtractLimits
+from ..ingest.watcher import WatchConfig
 
+# the names the configuration goes by on disk, in the environment and in its error messages
 DEFAULT_STATE_DIR = "crystalline-state"
 CONFIG_FILE = "crystalline.toml"
 DATABASE_FILE = "corpus.db"
 ENV_PREFIX = "CRYSTALLINE_"
 BUILT_IN = "built-in daemon default"
-
 
 IDLE_MODES = ("replay", "sleep")
 AFTER_INGEST = ("keep", "move")
@@ -251,10 +246,10 @@ DAEMON_DEFAULTS = {
     # minutes (docs/BENCHMARKS.md, bench/arch_ablation.sh)
     "train": {"schedule": "constant", "warmup_steps": 100, "learning_rate": 3e-3, "optimizer": "muon",
               "muon_lr": 0.01},
-    # d=128, 4 layers: ahead of d=192/6 and d=256/6 after 10 and 30 daemon minutes, and of
-    # d=192/6 and d=64/2 with 1 thread and on a 4-play corpus, so one size for every machine
-    # and corpus rather than a rule at first start (docs/BENCHMARKS.md)
-    "model": {"d_model": 128, "n_layer": 4, "n_head": 4, "positions": "rope"},
+    # size S (engine/sizes.py: d=128, 4 layers): ahead of d=192/6 and d=256/6 after 10 and 30
+    # daemon minutes, and of d=192/6 and d=64/2 with 1 thread and on a 4-play corpus, so one size
+    # for every machine and corpus rather than a rule at first start (docs/BENCHMARKS.md)
+    "model": {**SIZES["S"].shape(), "positions": "rope"},
     "store": {"url": ""},  # SQLite in the state directory (Config.database_url)
 }
 
@@ -301,119 +296,8 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def _convert(value: Any, kind: Any, where: str) -> Any:
-    """Coerce a TOML or environment value to the field's type, or say what was expected."""
-    if isinstance(kind, str):  # postponed annotations
-        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(kind, kind)
-    if typing.get_origin(kind) is tuple:  # a list in TOML, comma-separated in the environment
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
-            raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
-        return tuple(v.strip() for v in items if v.strip())
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if kind is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if kind is str:
-            if not isinstance(value, (str, int, float)):
-                raise ValueError
-            return str(value)
-    except (TypeError, ValueError):
-        name = getattr(kind, "__name__", str(kind))
-        raise ConfigError(f"{where}: expected {name}, got {value!r}") from None
-    return value
-
-
-def _section(cls: type, values: Mapping[str, tuple[Any, str]], section: str):
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        where = values[unknown[0]][1]
-        raise ConfigError(f"{where}: unknown setting [{section}] {unknown[0]}; allowed: {', '.join(sorted(known))}")
-    kwargs = {key: _convert(value, hints[key], where) for key, (value, where) in values.items()}
-    try:
-        instance = cls(**kwargs)
-        validate = getattr(instance, "validate", None)
-        if cls is StorageConfig:  # checked once its url is resolved (Config.storage_config)
-            return instance
-        return validate() if validate else instance
-    except (ConfigError, EngineConfigError) as exc:  # say where the values it names were set: that is where to fix them
-        text = str(exc)
-        sources = [where for key, (_, where) in values.items()
-                   if re.search(rf"\b{key}\b", text) and where != BUILT_IN]
-        raise ConfigError(f"[{section}] {text}" + (f" (set in {'; '.join(sources)})" if sources else "")) from None
-
-
-def load_config(config_file: str | Path | None = None, env: Mapping[str, str] | None = None,
-                state_dir: str | Path | None = None,
-                overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Config:
-    """Resolve and validate the configuration. `overrides` holds flag values by section;
-    `state_dir` is the --state-dir flag. Raises ConfigError naming the bad setting."""
-    env = os.environ if env is None else env
-    values: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in SECTIONS}
-    top: dict[str, tuple[Any, str]] = {}
-
-    resolved_state = state_dir or env.get(ENV_PREFIX + "STATE_DIR")
-    path = Path(config_file) if config_file else None
-    if path is None:
-        candidate = Path(resolved_state or DEFAULT_STATE_DIR) / CONFIG_FILE
-        path = candidate if candidate.is_file() else None
-    if path is not None:
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-        for key, value in data.items():
-            if isinstance(value, dict):
-                if key not in SECTIONS:
-                    raise ConfigError(f"{path}: unknown section [{key}]; allowed: {', '.join(SECTIONS)}")
-                for k, v in value.items():
-                    values[key][k] = (v, f"{path} [{key}] {k}")
-            elif key == "state_dir":
-                top[key] = (value, f"{path} state_dir")
-            else:
-                raise ConfigError(f"{path}: unknown setting {key!r}; allowed: state_dir and sections {', '.join(SECTIONS)}")
-
-    for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            name = f"{ENV_PREFIX}{section}_{f.name}".upper()
-            if name in env:
-                values[section][f.name] = (env[name], f"environment {name}")
-    if ENV_PREFIX + "STATE_DIR" in env:
-        top["state_dir"] = (env[ENV_PREFIX + "STATE_DIR"], f"environment {ENV_PREFIX}STATE_DIR")
-
-    for section, flags in (overrides or {}).items():
-        for key, value in flags.items():
-            if value is not None:
-                values[section][key] = (value, f"flag --{key.replace('_', '-')}")
-    if state_dir is not None:
-        top["state_dir"] = (str(state_dir), "flag --state-dir")
-
-    state = Path(str(top["state_dir"][0])) if "state_dir" in top else Path(DEFAULT_STATE_DIR)
-    for section, defaults in DAEMON_DEFAULTS.items():  # the product's defaults, under every source
-        for key, value in defaults.items():
-            values[section].setdefault(key, (value, BUILT_IN))
-    sections = {name: _section(cls, values[name], name) for name, cls in SECTIONS.items()}
-    config = Config(state_dir=state, **sections)
-    check_across_sections(config, values)
-    return config
+# ---------------------------------------------------------------------------------------------
+# the rules that join two sections (each section's own are its `validate()`)
 
 
 def check_across_sections(config: Config, values: Mapping[str, Mapping[str, tuple[Any, str]]] | None = None) -> None:
@@ -440,159 +324,3 @@ def check_across_sections(config: Config, values: Mapping[str, Mapping[str, tupl
         if page[1] == metrics[1] and page[1] != 0:
             raise ConfigError(f"[http] listen ({config.http.listen}){where('http', 'listen')} and [metrics] listen "
                               f"({config.metrics.listen}){where('metrics', 'listen')} use the same port")
-
-
-# ---------------------------------------------------------------------------------------------
-# the commented file `crystalline init` writes: the comments live here, every value is read off
-# the defaults above (so a default has one owner), and every setting must be listed
-# (tests/unit/crawler/test_config.py)
-
-CONFIG_TEMPLATE = """\
-# crystalline configuration. Every setting is optional: this file shows the defaults.
-# Precedence: these values < CRYSTALLINE_<SECTION>_<KEY> environment variables < flags.
-# The state directory (database, checkpoints, tokenizer) is --state-dir, CRYSTALLINE_STATE_DIR,
-# or `state_dir = "..."` at the top of this file.
-
-[watch]
-roots # folders watched recursively (created when missing)
-settle_seconds # a file is complete when its size and mtime hold this long
-polling # true for network filesystems and container volumes
-poll_interval_seconds
-rescan_interval_seconds # full scan beside the events (0: at start and after errors only)
-include # name globs; empty: every file
-exclude # name or relative-path globs
-
-[daemon]
-replay_fraction # share of each batch replayed from trained data (limits forgetting)
-idle # once training plateaus: "sleep" until new text, "replay" trains on
-eval_every_steps # held-out bits per byte every N steps or M seconds, and at checkpoints
-eval_every_seconds
-plateau_patience # evaluations in a row that do not beat the best by plateau_margin
-plateau_margin # bits per byte
-max_passes # passes over the text after which training stops; 0: no limit
-replay_memory_mb # trained text held in memory for replay and further passes
-cooldown_fraction # best.safetensors is a copy cooled for this share of the steps since
-                               # the last evaluation (the rate decayed to 0); 0: the live weights
-checkpoint_every_steps # each checkpoint is also evaluated
-checkpoint_every_seconds
-keep_checkpoints
-checkpoints_max_mb # disk caps in MB, enforced oldest first; 0: no cap. Checkpoints by
-processed_max_mb # step (never the newest nor best.safetensors); processed/ and
-quarantine_max_mb # quarantine/ by modification time (docs/STORAGE.md)
-log_every # a train_step event every N steps
-status_interval_seconds # a status event, health.json and the systemd STATUS= line
-ingest_queue_size
-after_ingest # "move": ingested files go to STATE_DIR/processed/
-health_max_age_seconds # `crystalline status --health` fails past this
-stop_timeout_seconds # a stop ends within this (checkpoint first); below TimeoutStopSec=90
-nice # CPU priority outside systemd: 0 leaves it, 19 is the lowest
-train # false (`run --no-train`): ingest only, into a shared corpus
-claim_lease_seconds # PostgreSQL, one folder watched by several daemons: a dead one's
-claim_attempts # files are taken over after this; failed after this many claims
-store_start_timeout_seconds # at start, an unavailable store is retried this long
-
-[model]                        # fixed once the first checkpoint exists (docs/BENCHMARKS.md: the
-context_length # size that learned most in an hour of the daemon on 2 cores)
-d_model
-n_layer
-n_head
-mlp_ratio
-seed # vocab_size comes from the state directory's tokenizer
-positions # "learned" (GPT-2), "rope" (rotary, in attention) or "both"
-norm # "layernorm" or "rmsnorm"
-qk_norm # RMS-normalise each head's queries and keys
-activation # "gelu" or "relu2" (ReLU squared)
-zero_init_proj # the output projections start at zero
-logit_softcap # c * tanh(logits / c); 0: off
-tie_head # the head shares the token embedding
-
-[train]
-batch_size
-micro_batch_size # 0: the whole per-thread share in one pass
-recompute_activation # redo the MLP's activation in the backward: less memory, a little more time
-seq_len
-learning_rate # AdamW's; held after warmup; the cool-downs decay a copy
-warmup_steps
-schedule # warm up once, then hold: the schedule for continuous training
-total_steps # "cosine" only: the decay ends here, at min_lr_ratio of the rate
-min_lr_ratio
-weight_decay
-beta1
-beta2
-eps
-grad_clip
-optimizer # "adamw", or "muon": Muon for the 2-D matrices, AdamW for the rest
-muon_lr # Muon's rate, momentum and decoupled weight decay
-muon_momentum
-muon_weight_decay
-ns_steps # Newton-Schulz iterations of Muon's orthogonalisation
-crystalline_weight
-threads # 0: every core
-seed
-
-[store]
-url # empty: SQLite in STATE_DIR/corpus.db; or postgresql+psycopg://user@host/db
-sqlite_synchronous # NORMAL survives process crashes; FULL also power loss (slower)
-busy_timeout_ms
-chunk_tokens
-
-[extract]
-max_file_bytes # larger files are skipped as too_large
-max_uncompressed_bytes
-max_compression_ratio
-max_zip_members
-time_budget_seconds
-max_memory_bytes # address space of the child process that parses PDF, DOCX and EPUB
-
-[log]
-level # debug, info, warning, error
-format # auto: JSON lines off a terminal, readable on one; or json, console
-
-[metrics]
-listen # HOST:PORT of a Prometheus endpoint, such as 127.0.0.1:9464; empty: off
-
-[http]
-listen # the page and API of `run` (crawler/service/http/); "" or "off": off
-token # required beyond loopback: every request carries it (or token_file)
-token_file
-allowed_hosts # further Host names the page is reached by (DNS rebinding guard)
-max_generations # completions at once; a 429 beyond
-max_new_tokens
-generation_cpu_share # of one core, for a completion: training keeps its cores
-
-[distributed]                  # only under `mpiexec -n N crystalline run|train --distributed`
-mode # "sync": gradients summed every step (a fast LAN); "local": each
-sync_every # machine takes this many steps, then parameters are averaged (slow links)
-outer_lr # "local": the outer step on the averaged change (1.0, momentum 0:
-outer_momentum # plain averaging; DiLoCo's outer Nesterov: 0.7 and 0.9)
-average_state # "local": average the optimizer's moments too (3x the traffic)
-timeout_seconds
-"""
-NOT_IN_FILE = {"model": {"vocab_size"}}  # comes from the state directory's tokenizer
-COMMENT_COLUMN = 31
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (tuple, list)):
-        return "[" + ", ".join(json.dumps(v) for v in value) + "]"
-    return repr(value)
-
-
-def default_config_text(defaults: "Config | None" = None) -> str:
-    """CONFIG_TEMPLATE with each setting's default value: `key = value  # comment`."""
-    defaults = defaults or Config()
-    lines, section = [], None
-    for line in CONFIG_TEMPLATE.splitlines():
-        match = re.match(r"^(\w+)(?:\s+(#.*))?$", line)
-        if line.startswith("["):
-            section = line[1:line.index("]")]
-        elif match and section:
-            key, comment = match.groups()
-            text = f"{key} = {_toml_value(getattr(getattr(defaults, section), key))}"
-            line = f"{text:<{COMMENT_COLUMN - 1}} {comment}" if comment else text
-        lines.append(line)
-    return "\n".join(lines) + "\n"
