@@ -1,6 +1,6 @@
 # Two entry points that work on a fresh machine with Python >= 3.11 and pip:
 #   make run    set up .venv and run the daemon: drop files into ./inbox, state in ./crystalline-state
-#   make test   set up .venv and run the whole test suite (what .ci/run calls)
+#   make test   set up .venv with the test extras and PyTorch, and run the whole test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,6 +13,13 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# the tests add the bench extra: PyTorch, the reference the engine's parity tests compare against
+# (tests/unit/engine/test_torch_parity.py, test_arch_torch.py). A stamp of its own, so that
+# `make run` stays without it.
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
 run: $(BIN)/.installed
 	$(BIN)/crystalline run
 
@@ -20,7 +27,7 @@ run: $(BIN)/.installed
 sample: $(BIN)/.installed
 	$(BIN)/crystalline train examples/sample.txt --steps 300 --state-dir sample-state
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed

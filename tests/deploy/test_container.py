@@ -108,7 +108,27 @@ def test_image_ingests_trains_stops_with_a_checkpoint_and_resumes_as_uid_10001(i
     for line in lines[1:]:
         assert line.count("'10001'") == 8, f"a process not running as 10001:10001: {line}"
 
-    # 4. stop with a 90 s grace: exit 0, and the shutdown names the checkpoint it stands on
+    # 4. the operator's commands exactly as docs/DEPLOY.md gives them: `docker exec crystalline
+    # crystalline pause` from the image's working directory, which is not the state directory;
+    # only CRYSTALLINE_STATE_DIR (set by the image) says where the state is
+    def operator(*argv: str):
+        return podman("exec", first_run.name, "crystalline", *argv, check=False)
+
+    paused = operator("pause")
+    assert paused.returncode == 0, paused.stderr.decode()
+    held = first_run.wait_event("training_paused")
+    assert held["checkpoint_step"] > 0, held
+    shown = operator("status")
+    assert shown.returncode == 0, shown.stderr.decode()
+    assert "/data" in shown.stdout.decode() and "paused" in shown.stdout.decode(), shown.stdout.decode()
+    sampled = operator("generate", "the river", "--max-new-tokens", "20")
+    assert sampled.returncode == 0, sampled.stderr.decode()
+    assert sampled.stdout.startswith(b"the river") and len(sampled.stdout) > len("the river\n")
+    resumed = operator("resume")
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    first_run.wait_event("training_unpaused")
+
+    # 5. stop with a 90 s grace: exit 0, and the shutdown names the checkpoint it stands on
     stop_s = first_run.stop()
     assert first_run.exit_code() == 0
     logged = first_run.logs()
@@ -119,7 +139,7 @@ def test_image_ingests_trains_stops_with_a_checkpoint_and_resumes_as_uid_10001(i
     assert stopped["unsaved_steps"] == 0, stopped
     assert first(logged, "daemon_stopped", reason="signal", exit_code=0) is not None
 
-    # 5. a new container on the same volume resumes from that checkpoint and ingests nothing again
+    # 6. a new container on the same volume resumes from that checkpoint and ingests nothing again
     names["containers"].append(f"{volume}-b")
     second_run = Container(image, f"{volume}-b", volume, inbox)
     loaded = second_run.wait_event("checkpoint_loaded")

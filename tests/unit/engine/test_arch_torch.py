@@ -11,7 +11,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="needs PyTorch: pip install -e '.[bench]'")
+# `make test` installs torch; without it these skip, and a run with CRYSTALLINE_REQUIRE=torch
+# (.ci/run) stops before the first test instead (tests/conftest.py)
+torch = pytest.importorskip("torch", reason="needs PyTorch: `make test` installs it (pip install -e '.[dev,bench]')")
 
 from crawler.bench.torch_reference import TorchGPT  # noqa: E402
 from crawler.config import Config  # noqa: E402

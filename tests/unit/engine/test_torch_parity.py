@@ -11,12 +11,15 @@ import math
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="needs PyTorch: pip install -e '.[bench]'")
+# `make test` installs torch; without it these skip, and a run with CRYSTALLINE_REQUIRE=torch
+# (.ci/run) stops before the first test instead (tests/conftest.py)
+torch = pytest.importorskip("torch", reason="needs PyTorch: `make test` installs it (pip install -e '.[dev,bench]')")
 
 from crawler.bench.torch_reference import TorchGPT  # noqa: E402
 from engine import ModelConfig, TrainConfig, Trainer  # noqa: E402
 from engine.layout import init_parameters, parameter_table  # noqa: E402
 from engine.model import loss_and_grad  # noqa: E402
+from engine.reference import reference_forward  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -85,11 +88,10 @@ def test_zero_parameters_give_the_uniform_loss_ln_V():
 
 
 def test_reference_logits_match_the_engine_numpy_reference():
-    reference = pytest.importorskip("engine.reference")
     params = random_params(CONFIG)
     inputs, _ = random_batch(0)
     ours = TorchGPT.from_flat(CONFIG, params, dtype=torch.float64).logits(inputs).detach().numpy()
-    np.testing.assert_allclose(ours, reference.reference_forward(CONFIG, params, inputs), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(ours, reference_forward(CONFIG, params, inputs), rtol=1e-9, atol=1e-9)
 
 
 def test_flat_round_trip_is_exact():
