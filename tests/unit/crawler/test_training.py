@@ -12,7 +12,6 @@ from structlog.testing import capture_logs
 from crawler.config import Config, DaemonConfig
 from crawler.ingest.pipeline import Ingestor
 from crawler.ingest.tokenizer import ByteTokenizer
-from crawler.training import worker as training
 from crawler.training.checkpoints import BEST_CHECKPOINT
 from crawler.training.worker import TrainingWorker
 from engine import CheckpointError, ModelConfig, TrainConfig, load_checkpoint
@@ -203,7 +202,7 @@ def test_a_checkpoint_from_another_tokenizer_is_refused(tmp_path, store):
 
 
 def test_replay_share_of_batches(tmp_path, store, monkeypatch):
-    monkeypatch.setattr(training, "FRESH_BUFFER", 8)  # replay draws from text before the buffer
+    monkeypatch.setattr("crawler.training.batches.FRESH_BUFFER", 8)  # replay draws from text before the buffer
     add_text(store, tmp_path, "a.txt", "x" * 5000)
     worker = make_worker(tmp_path, store, replay_fraction=0.25, checkpoint_every_steps=1000)
     worker.initialize()
@@ -257,7 +256,7 @@ def test_no_held_out_token_reaches_a_batch_and_the_split_survives_restarts(tmp_p
     again = make_worker(tmp_path, store)
     again.initialize()
     try:
-        assert again.split == SMALL_SPLIT
+        assert again.batches.split == SMALL_SPLIT
     finally:
         again.shutdown()
 
@@ -293,8 +292,9 @@ class ScriptedWorker(TrainingWorker):
         super().__init__(*args, **kwargs)
         self.script = list(script)
 
-    def _measure(self, holdout) -> float:
-        return self.script.pop(0)
+    def initialize(self) -> None:
+        super().initialize()
+        self.evaluation.measure = lambda holdout: self.script.pop(0)
 
 
 def test_plateau_idles_after_patience_and_new_text_wakes_it(tmp_path, store):
@@ -371,7 +371,7 @@ def test_a_restart_keeps_the_plateau_and_the_best(tmp_path, store):
 def test_the_best_model_is_a_cooled_copy_and_live_training_goes_on_undisturbed(tmp_path, monkeypatch):
     """Two runs from the same corpus, with and without cool-downs: the live weights agree bit for
     bit, and the best file holds the cooled copy with its own figure."""
-    monkeypatch.setattr(training, "FRESH_BUFFER", 8)  # cool-downs draw from text before the buffer
+    monkeypatch.setattr("crawler.training.batches.FRESH_BUFFER", 8)  # cool-downs draw from text before the buffer
     runs = {}
     for fraction in (0.0, 0.5):
         folder = tmp_path / f"run-{fraction}"
@@ -412,7 +412,7 @@ def test_the_best_model_is_a_cooled_copy_and_live_training_goes_on_undisturbed(t
 
 
 def test_a_stop_request_cuts_a_cool_down_short(tmp_path, store, monkeypatch):
-    monkeypatch.setattr(training, "FRESH_BUFFER", 8)
+    monkeypatch.setattr("crawler.training.batches.FRESH_BUFFER", 8)
     add_text(store, tmp_path, "a.txt", "the quick brown fox jumps over the lazy dog. " * 200)
     asked = []
     config = tiny_config(tmp_path / "state", eval_every_steps=10, checkpoint_every_steps=1000, cooldown_fraction=1.0)
@@ -438,7 +438,7 @@ def test_a_stop_request_cuts_a_cool_down_short(tmp_path, store, monkeypatch):
 
 
 def test_the_trained_text_in_memory_draws_what_the_store_draws(tmp_path, store):
-    from crawler.training.worker import TrainedText
+    from crawler.training.batches import TrainedText
 
     CorpusQueue(store).holdout(SMALL_SPLIT)
     add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 100)

@@ -11,8 +11,9 @@ from test_training import make_worker, store  # noqa: F401 (the fixture)
 
 from crawler.ingest.pipeline import Ingestor
 from crawler.ingest.tokenizer import ByteTokenizer
+from crawler.training.batches import WITHDRAWAL_POLL_SECONDS
 from crawler.training.reconcile import _unusable, stream_digest
-from crawler.training.worker import WITHDRAWAL_POLL_SECONDS, TrainingWorker
+from crawler.training.worker import TrainingWorker
 from engine import load_checkpoint
 from storage import CorpusQueue
 
@@ -89,7 +90,7 @@ def test_a_document_forgotten_while_training_is_never_read_again(tmp_path, store
         for i in range(100):
             worker.run_once(2.0 + i * 0.01)
         assert seen.batches and not seen.has_old_text()
-        held = worker.trained._tokens[: worker.trained.size]
+        held = worker.batches.trained._tokens[: worker.batches.trained.size]
         assert not np.isin(held, list(OLD_IDS)).any()  # no copy left in memory either
     finally:
         worker.shutdown()

@@ -1,0 +1,244 @@
+"""What each training step trains on: `Batches` assembles a step's windows from new text and the
+text already trained, and `TrainedText` holds the trained part of the stream in memory.
+
+- New text first. The stream is read in order from the trainer's position into a shuffle
+  buffer of up to FRESH_BUFFER windows, which is served in a permuted order (a batch of
+  consecutive windows from one place of one file learns less); `replay_fraction` of each batch
+  is drawn from text already trained, to limit forgetting.
+- Then further passes: with no new text, whole batches are drawn uniformly from everything
+  trained so far.
+- Never the held-out split: `storage.HoldoutSplit` reserves a fixed share of fixed-size blocks
+  of the stream (recorded in the store on first use, so it never changes); every read here
+  passes it, so no held-out token reaches a batch.
+- Never withdrawn text (a rewritten file's untrained tokens, a forgotten document): every read
+  passes a `storage.StreamMask` of the split and the withdrawn ranges. `poll_withdrawals` looks
+  for new withdrawals every WITHDRAWAL_POLL_SECONDS, and each refill looks too; a new one drops
+  the windows of the shuffle buffer it touches and blanks the in-memory copy of the trained text.
+
+Every draw is seeded from the train seed and a position (the buffer's order from its stream
+offset, a step's replay from the step: streams 0 and 1; the cool-down's are stream 2), and the
+buffer's unserved windows and the replay credit go into each checkpoint (`state`, `restore`), so
+a resumed run takes the same batches as an uninterrupted one.
+
+Not when to evaluate or checkpoint, nor the held-out measure (crawler/training/evaluation.py
+reads `mask`, `trained` and `trained_end` from here). Relies on storage's CorpusQueue for the
+stream, its windows and its withdrawals, and on storage.draw_window_starts for the one uniform
+draw that the store's own sample_replay makes too.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from storage import HoldoutSplit, StreamMask, draw_window_starts
+
+FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
+WITHDRAWAL_POLL_SECONDS = 1.0  # how often the loop asks the store for new withdrawals
+
+
+class TrainedText:
+    """The trained part of the stream in memory, up to `limit` tokens, for the windows drawn by
+    replay, further passes and cool-downs: drawing a batch from the store costs a query a window,
+    more than a small model's whole step. Draws exactly what CorpusQueue.sample_replay draws
+    (the same draw_window_starts), and hands over to it beyond `limit`. Grows by appending, with
+    its capacity doubled, as the trained region grows; the stream never changes behind it."""
+
+    def __init__(self, queue, limit: int, vocab_size: int):
+        self.queue, self.limit = queue, limit
+        self._tokens = np.empty(1 << 16, np.uint16 if vocab_size <= 1 << 16 else np.int32)
+        self.size = 0  # tokens [0, size) of the stream are held
+
+    @staticmethod
+    def limit_of(memory_mb: int, vocab_size: int) -> int:
+        """The tokens `memory_mb` megabytes hold at the width a vocabulary of `vocab_size` needs."""
+        return memory_mb * 1_000_000 // (2 if vocab_size <= 1 << 16 else 4)
+
+    def sample(self, count: int, seq_len: int, rng: np.random.Generator, end: int, holdout) -> np.ndarray:
+        """`count` windows (int32 (n, seq_len + 1)) drawn uniformly from stream tokens [0, end)."""
+        if end > self.limit:
+            return self.queue.sample_replay(count, seq_len, rng, end=end, holdout=holdout)
+        high = end - seq_len  # window starts lie in [0, high)
+        if count == 0 or high <= 0:
+            return np.empty((0, seq_len + 1), np.int32)
+        if end > self.size:
+            if end > self._tokens.size:
+                grown = np.empty(max(end, 2 * self._tokens.size), self._tokens.dtype)
+                grown[: self.size] = self._tokens[: self.size]
+                self._tokens = grown
+            # forgotten text reads as 0: the mask keeps every draw away from it
+            self._tokens[self.size : end] = self.queue.read_tokens(self.size, end, missing=0)
+            self.size = end
+        starts = draw_window_starts(rng, high, count, seq_len, holdout)  # (n,)
+        return self._tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)  # (n, T + 1)
+
+    def blank(self, mask: StreamMask) -> None:
+        """Zero the held tokens inside withdrawn ranges: no copy of forgotten text stays in memory."""
+        for start, end in zip(mask.starts.tolist(), mask.ends.tolist()):
+            if start < self.size:
+                self._tokens[start : min(end, self.size)] = 0
+
+
+class Batch(NamedTuple):
+    """One step's windows, new text first, or None (with the new windows taken, given back)."""
+
+    windows: np.ndarray | None  # (B, T + 1) int32; None: no batch could be built
+    fresh: int  # rows of new text
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+class Batches:
+    """The shuffle buffer of new text, the replay credit and the mask, from one stream position.
+
+    The buffer holds windows read from stream offset `trained_end` up to `position`, served in
+    `_order`; `_taken` of them are already trained. Everything before `trained_end` has been
+    trained on: replay, further passes and cool-downs draw from there."""
+
+    def __init__(self, queue, split: HoldoutSplit, mask: StreamMask, trained: TrainedText, seq_len: int,
+                 seed: int, log):
+        self.queue, self.trained, self.seq_len, self.seed, self.log = queue, trained, seq_len, seed, log
+        self.split = split
+        self.mask = mask  # the split and the withdrawn ranges: what no read may touch
+        self.position = 0  # the stream offset the next refill reads from
+        self._mask_checked_at = -np.inf  # the `now` of the last look for withdrawals
+        self._buffer = np.empty((0, 1), np.int32)
+        self._starts = np.empty(0, np.int64)  # each buffered window's stream offset
+        self._order = np.empty(0, np.int64)
+        self._buffer_start = 0
+        self._taken = 0
+        self._replay_credit = 0.0
+        self._stream_end = 0  # the stream's length, read at each refill of the shuffle buffer
+
+    @property
+    def trained_end(self) -> int:
+        """The stream offset before which all text has been trained on."""
+        return self._buffer_start
+
+    @property
+    def trainable_tokens(self) -> int:
+        """The stream's length at the last refill less its held-out and withdrawn tokens."""
+        split, end = self.split, self._stream_end
+        held = len(split.blocks(end)) * (split.block_tokens + 1)
+        return end - held - self.mask.withdrawn_tokens
+
+    # --- a step's batch --------------------------------------------------------------------------
+
+    def assemble(self, B: int, step: int, replay_fraction: float, new_text_required: bool) -> Batch:
+        """B windows for `step`: new text, with `replay_fraction` of them (as credit builds up)
+        drawn from the trained text, or all of them drawn from it when no new text is left. With
+        `new_text_required` (the passes are done) and no new text, no batch is built. A batch
+        the trained text cannot complete is not built either, and its new windows are given
+        back to the buffer."""
+        T = self.seq_len
+        rng = np.random.default_rng([self.seed, 1, step])  # replay draws of this step
+        can_replay = self._buffer_start > T
+        credit = self._replay_credit + replay_fraction * B
+        want_replay = min(int(credit), B) if can_replay else 0
+        fresh = self._take_fresh(B - want_replay, step)
+        if fresh.shape[0] == 0 and new_text_required:
+            return Batch(None, 0)
+        shortfall = B - fresh.shape[0]
+        # a refill above moved _buffer_start: everything before it is trained
+        replay = (self.trained.sample(shortfall, T, rng, end=self._buffer_start, holdout=self.mask) if shortfall
+                  else np.empty((0, T + 1), np.int32))
+        if replay.shape[0] < shortfall:  # not enough data yet to fill a batch: wait for files
+            self._taken = max(0, self._taken - fresh.shape[0])
+            return Batch(None, int(fresh.shape[0]))
+        if fresh.shape[0] and can_replay:  # the credit is the replay share owed, once replay can be had
+            self._replay_credit = max(0.0, credit - replay.shape[0])
+        windows = np.concatenate([fresh, replay]) if replay.shape[0] else fresh  # (B, T + 1)
+        return Batch(windows, int(fresh.shape[0]))
+
+    def _fill(self, windows: np.ndarray, start: int, starts: np.ndarray, taken: int = 0) -> None:
+        self._buffer, self._buffer_start, self._taken, self._starts = windows, start, taken, starts
+        rng = np.random.default_rng([self.seed, 0, start])
+        self._order = rng.permutation(windows.shape[0])
+
+    def _take_fresh(self, count: int, step: int) -> np.ndarray:
+        """Up to `count` windows of new text, refilling the shuffle buffer from the stream."""
+        T = self.seq_len
+        taken: list[np.ndarray] = []
+        have = 0
+        while have < count:
+            if self._taken >= self._order.size:
+                position = self.position
+                self._stream_end = self.queue.stream_end()
+                if self._stream_end - position <= T:  # no complete window of new text: no read
+                    self._buffer_start = position  # the buffer is used up: all before is trained
+                    break
+                self._follow_withdrawals(step)
+                windows, end, starts = self.queue.read_windows(position, FRESH_BUFFER, T, holdout=self.mask,
+                                                               return_starts=True)
+                if windows.shape[0] == 0:
+                    self.position = self._buffer_start = end  # past any held-out or withdrawn stretch
+                    break
+                self._fill(windows, position, starts)
+                self.position = end
+            n = min(count - have, self._order.size - self._taken)
+            taken.append(self._buffer[self._order[self._taken : self._taken + n]])
+            self._taken += n
+            have += n
+        return np.concatenate(taken) if taken else np.empty((0, T + 1), np.int32)
+
+    # --- withdrawals -------------------------------------------------------------------------------
+
+    def poll_withdrawals(self, now: float, step: int) -> None:
+        """Take up new withdrawals, at most every WITHDRAWAL_POLL_SECONDS of `now`."""
+        if now - self._mask_checked_at >= WITHDRAWAL_POLL_SECONDS:
+            self._mask_checked_at = now
+            self._follow_withdrawals(step)
+
+    def _follow_withdrawals(self, step: int) -> None:
+        """Take up withdrawals made since the mask was read (a rewrite's ingest, `forget`)."""
+        generation = self.queue.withdrawal_generation()
+        if generation == self.mask.generation:
+            return
+        before = self.mask.withdrawn_tokens
+        self.mask = self.queue.stream_mask(self.split)
+        dropped = self._withdraw_buffered()
+        self.trained.blank(self.mask)
+        self.log.info("withdrawal_applied", generation=generation, withdrawn_tokens=self.mask.withdrawn_tokens,
+                      new_tokens=self.mask.withdrawn_tokens - before, buffered_windows_dropped=dropped, step=step)
+
+    def _withdraw_buffered(self) -> int:
+        """Drop the buffered windows not yet served that meet withdrawn text; returns how many.
+        The windows left keep their serving order."""
+        pending = self._order[self._taken :]  # (n,) buffer rows still to serve, in order
+        if pending.size == 0:
+            return 0
+        gone = self.mask.overlaps(self._starts[pending], self.seq_len + 1)  # (n,)
+        if not gone.any():
+            return 0
+        self._order = np.concatenate([self._order[: self._taken], pending[~gone]])
+        return int(gone.sum())
+
+    # --- a checkpoint's part -----------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """The buffer's unserved windows (by stream offset, in serving order) and the replay credit."""
+        return {"fresh": {"start": self._buffer_start, "windows": int(self._order.size), "taken": self._taken,
+                          "pending": self._starts[self._order[self._taken :]].tolist()},
+                "replay_credit": self._replay_credit}
+
+    def restore(self, extra: dict, position: int) -> None:
+        """Take up a checkpoint's `state()` (its `extra`), the stream read up to `position`."""
+        self._replay_credit = float(extra.get("replay_credit", 0.0))
+        self.position = self._buffer_start = position
+        self._stream_end = self.queue.stream_end()
+        fresh = extra.get("fresh")
+        if fresh and "pending" in fresh:  # the windows not yet served, in serving order
+            starts = np.asarray(fresh["pending"], np.int64)  # (n,)
+            starts = starts[~self.mask.overlaps(starts, self.seq_len + 1)]  # withdrawn since: dropped
+            self._buffer, self._starts = self.queue.read_windows_at(starts, self.seq_len), starts
+            self._order, self._taken = np.arange(starts.size), 0
+            self._buffer_start = int(fresh["start"])
+        elif fresh and int(fresh["windows"]) > int(fresh["taken"]):  # an earlier version's checkpoint
+            start, count = int(fresh["start"]), int(fresh["windows"])
+            windows, end, starts = self.queue.read_windows(start, count, self.seq_len, holdout=self.split,
+                                                           return_starts=True)
+            if end == position and windows.shape[0] == count:
+                self._fill(windows, start, starts, taken=int(fresh["taken"]))
+                self._withdraw_buffered()
