@@ -25,7 +25,7 @@ import structlog
 from crawler.config import Config
 from crawler.ingest.claiming import ClaimGate
 from crawler.ingest.tokenizer import ByteTokenizer
-from crawler.service.daemon import IngestWorker
+from crawler.service.ingest_worker import IngestWorker
 from storage import CorpusQueue, FileClaims, StorageConfig, open_database
 
 

@@ -20,7 +20,8 @@ from .. import ConfigError
 from ..config import Config
 from ..ingest.pipeline import Ingestor, IngestSummary, iter_files
 from ..logging import get_logger
-from ..service.status import open_queue, status_report, tokens_untrained
+from ..service.opening import open_queue
+from ..service.status import status_report, tokens_untrained
 from ..state.disk import PROCESSED_DIR
 from .opener import add_state_flags, command_config
 from .progress import IngestProgress, on_terminal
@@ -70,7 +71,11 @@ def ingest_paths(paths, queue, tokenizer, config: Config, log, level: str = "deb
     ingestor = Ingestor(queue, tokenizer, config.extract)
     emit = getattr(log, level)
     stream = progress_stream if progress_stream is not None else sys.stderr
-    files, sizes = iter_files(paths), {}
+    def unreadable(folder: Path, error: OSError) -> None:  # as the daemon's watcher says it
+        log.warning("folder_unreadable", path=str(folder), error=error.strerror or type(error).__name__,
+                    action="give this user read and execute permission on it, then ingest it again")
+
+    files, sizes = iter_files(paths, on_unreadable=unreadable), {}
     if on_terminal(stream):  # the bar needs the totals: walk first (off a terminal, walk as we go)
         files = list(files)
         sizes = {os.path.abspath(f): _size(f) for f, _ in files}

@@ -46,14 +46,14 @@ def command_plot(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
-    from storage import CorpusQueue, open_database
+    from ..service.opening import open_queue
 
     config = command_config(args)
     if not config.state_dir.is_dir():
         raise ConfigError(f"{config.state_dir}: no such state directory (pass --state-dir)")
-    database = open_database(config.storage_config())
+    database, queue = open_queue(config)
     try:
-        history = read_history(CorpusQueue(database))
+        history = read_history(queue)
     finally:
         database.close()
     if not history:

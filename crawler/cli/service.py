@@ -6,7 +6,6 @@ Wired into the parser by crawler/cli/main.py; the daemon itself is crawler/servi
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from .. import ConfigError

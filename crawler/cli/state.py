@@ -56,32 +56,21 @@ def add_commands(commands: Any) -> None:
     backup.set_defaults(handler=command_backup)
 
 
-class _OpenState:
-    """The state directory's lock, database and queue, for one command; released on exit."""
+def _open_state(args: argparse.Namespace):
+    """The state directory opened as the daemon opens it (crawler/service/opening.py): its lock,
+    so never beside a daemon or `train`, then the store; the caller closes it."""
+    from ..service.opening import OpenedState
 
-    def __init__(self, args: argparse.Namespace):
-        self.config = command_config(args)
-        self.database = None
-
-    def __enter__(self):
-        from ..service.status import open_queue
-        from ..state.health import DaemonLock
-
-        if not self.config.state_dir.is_dir():
-            raise ConfigError(f"{self.config.state_dir}: no such state directory (pass --state-dir)")
-        self.lock = DaemonLock(self.config.state_dir)  # never beside a daemon or `train`
-        self.lock.acquire()
-        try:
-            self.database, self.queue = open_queue(self.config)
-        except BaseException:
-            self.lock.release()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.database is not None:
-            self.database.close()
-        self.lock.release()
+    opened = OpenedState(command_config(args))
+    if not opened.config.state_dir.is_dir():
+        raise ConfigError(f"{opened.config.state_dir}: no such state directory (pass --state-dir)")
+    try:
+        opened.lock()
+        opened.open_store()
+    except BaseException:
+        opened.close()
+        raise
+    return opened
 
 
 def command_repair(args: argparse.Namespace) -> int:
@@ -89,7 +78,7 @@ def command_repair(args: argparse.Namespace) -> int:
     from ..ingest.tokenizer import load_state_tokenizer
 
     log = get_logger("repair")
-    with _OpenState(args) as opened:
+    with _open_state(args) as opened:
         state = opened.config.state_dir
         tokenizer = load_state_tokenizer(state)
         store = CheckpointStore(state, opened.queue, log)
@@ -125,7 +114,7 @@ def command_reset(args: argparse.Namespace) -> int:
     if not args.keep_corpus:
         raise ConfigError("reset needs --keep-corpus: it drops the model and its training state and keeps the "
                           "stored text (to drop the corpus as well, remove the state directory)")
-    with _OpenState(args) as opened:
+    with _open_state(args) as opened:
         state = opened.config.state_dir
         # files first: were the database reset first and the move to fail, the next start would
         # adopt the old weights instead of starting afresh

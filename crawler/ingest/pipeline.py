@@ -27,7 +27,7 @@ import os
 import stat
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,14 +107,22 @@ def within(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
-def iter_files(paths: Iterable[str | Path]) -> Iterator[tuple[Path, Path]]:
+def iter_files(paths: Iterable[str | Path],
+               on_unreadable: Callable[[Path, OSError], None] | None = None) -> Iterator[tuple[Path, Path]]:
     """(file, root) for every candidate file under the given files and folders: recursive,
     sorted (a folder's files before its subfolders), hidden and temporary names skipped,
-    symlinked folders neither descended into nor offered."""
+    symlinked folders neither descended into nor offered. A folder that cannot be listed is
+    passed over and told to on_unreadable(folder, error), so its files are not lost silently."""
+
+    def on_folder(folder: Path, error: OSError | None) -> None:
+        if error is not None and on_unreadable is not None:
+            on_unreadable(folder, error)
+
     for given in paths:
         root = Path(given)
         if root.is_dir():
-            for entry in walk_files(root, skip=is_ignored_name, ordered=True, linked_folders=False):
+            for entry in walk_files(root, skip=is_ignored_name, ordered=True, linked_folders=False,
+                                    on_folder=on_folder):
                 yield Path(entry.path), root
         else:
             yield root, root.parent

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..config import DATABASE_FILE, Config
 from ..state.disk import disk_usage
+from .opening import open_queue
 
 TREND_EVALUATIONS = 5  # the held-out trend in `status`: the change over the last few evaluations
 
@@ -19,15 +20,6 @@ def display_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
-
-
-def open_queue(config: Config):
-    """Open (creating or upgrading) the database and its queue."""
-    from storage import CorpusQueue, open_database
-
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    database = open_database(config.storage_config())
-    return database, CorpusQueue(database)
 
 
 def recent_evaluations(queue) -> list:

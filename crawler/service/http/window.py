@@ -6,9 +6,9 @@ observer every event passes on its way to the renderer (metrics, then the event 
 files and train_step points), and once `serve`d answers the routes from the daemon it serves.
 It is a thin front: who may ask is access.py's, the event stream events.py's, the store's
 reports reports.py's, a completion completion.py's, the HTTP framing handler.py's.
-Not the daemon's supervisor (crawler/service/daemon.py starts and stops the window, and the
-window never stops the daemon). Relies on the daemon's attributes (config, database, tokenizer,
-clock, writes, training_worker) and on the [http] section of the configuration.
+Not the daemon's supervisor (crawler/service/supervisor.py starts and stops the window, and
+the window never stops the daemon). Relies on the daemon's attributes (config, database,
+tokenizer, clock, writes, training_worker) and on the [http] section of the configuration.
 """
 
 from __future__ import annotations

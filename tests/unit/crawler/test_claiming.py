@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from crawler.config import Config
 from crawler.ingest.claiming import EXHAUSTED, ClaimGate
 from crawler.ingest.tokenizer import ByteTokenizer
-from crawler.service.daemon import IngestWorker
+from crawler.service.ingest_worker import IngestWorker
 from storage import CorpusQueue, FileClaims, StorageConfig, open_database
 
 LEASE = 60.0

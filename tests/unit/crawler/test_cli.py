@@ -447,11 +447,11 @@ def test_train_runs_until_the_plateau_without_steps(capsysbinary, tmp_path, bigg
 def test_a_second_stop_signal_to_train_stops_at_once_unless_it_repeats_the_first(monkeypatch):
     import signal
 
-    from crawler.cli.main import StopFlag
+    from crawler.cli.train import StopFlag
 
     now = [100.0]
     exits = []
-    monkeypatch.setattr("crawler.cli.main.os._exit", lambda code: exits.append(code))
+    monkeypatch.setattr("crawler.cli.train.os._exit", lambda code: exits.append(code))
     flag = StopFlag(clock=lambda: now[0])
     flag.handle(signal.SIGTERM, None)
     assert flag.signum == signal.SIGTERM and exits == []

@@ -177,7 +177,7 @@ def test_a_bad_setting_for_run_is_one_line_naming_it(tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("status, reason", [(3, "worker_failed"), (4, "storage_failed"), (1, "internal_error")])
 def test_a_daemon_that_cannot_run_is_one_line_with_its_exit_status(monkeypatch, capsys, status, reason):
     from crawler.cli.main import main
-    from crawler.service.daemon import DaemonError
+    from crawler.service.exits import DaemonError
 
     def run_daemon(**kwargs):
         raise DaemonError("the trainer worker could not start: d_model: checkpoint=32 expected=64", status, reason)

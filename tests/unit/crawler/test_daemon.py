@@ -15,14 +15,9 @@ from structlog.testing import capture_logs
 
 from crawler import ConfigError
 from crawler.config import Config, DaemonConfig, WatchConfig
-from crawler.service.daemon import (
-    EXIT_FAILED,
-    EXIT_STORAGE_FAILED,
-    EXIT_WORKER_FAILED,
-    Daemon,
-    DaemonError,
-    WorkerThread,
-)
+from crawler.service.exits import EXIT_FAILED, EXIT_STORAGE_FAILED, EXIT_WORKER_FAILED, DaemonError
+from crawler.service.supervisor import Daemon
+from crawler.service.threads import WorkerThread
 from crawler.state.health import HealthFile, read_health
 
 WAIT = 10  # a failure guard for waits on events, never reached when the test passes
@@ -206,7 +201,7 @@ def test_ingest_worker_moves_stored_files_when_asked(tmp_path):
 
     from crawler.config import DaemonConfig
     from crawler.ingest.tokenizer import ByteTokenizer
-    from crawler.service.daemon import IngestWorker
+    from crawler.service.ingest_worker import IngestWorker
     from storage import CorpusQueue, StorageConfig, open_database
 
     inbox = tmp_path / "inbox"
@@ -233,7 +228,7 @@ def test_ingest_worker_moves_stored_files_when_asked(tmp_path):
 
 def test_a_second_stop_signal_exits_at_once(tmp_path, monkeypatch):
     exits, now = [], [1000.0]
-    monkeypatch.setattr("crawler.service.daemon.os._exit", lambda code: exits.append(code))
+    monkeypatch.setattr("crawler.service.supervisor.os._exit", lambda code: exits.append(code))
     daemon = PartsDaemon(config_for(tmp_path), clock=lambda: now[0])
     daemon.handle_signal(signal.SIGHUP)
     daemon.handle_signal(signal.SIGTERM)
@@ -415,7 +410,7 @@ def test_a_worker_dying_in_a_loop_on_a_full_disk_still_ends_in_daemon_stopped(tm
             return going
 
     Flaky.failures, Flaky.runs = 1000, 0
-    monkeypatch.setattr("crawler.service.daemon.HealthFile", FullDisk)
+    monkeypatch.setattr("crawler.service.reporting.HealthFile", FullDisk)
     monkeypatch.setattr("crawler.state.writable.probe", lambda state_dir: False)  # and it stays full
     clock = Ticking(step=10.0)  # every supervisor step is past the restart backoff
     daemon = Dying(config_for(tmp_path), clock=clock)
@@ -455,11 +450,11 @@ def test_the_supervisor_rechecks_blocked_writes_and_reports_the_change_at_once(t
 
 
 def test_the_supervisors_report_takes_its_time_and_memory_from_the_health_module(tmp_path, monkeypatch):
-    import crawler.service.daemon as daemon_module
+    import crawler.service.reporting as reporting_module
 
     daemon = PartsDaemon(config_for(tmp_path))
     daemon.started_wall = 1_700_000_000.0
-    monkeypatch.setattr(daemon_module, "process_stats", lambda: {"rss_mb": 12.5, "threads": 9})
+    monkeypatch.setattr(reporting_module, "process_stats", lambda: {"rss_mb": 12.5, "threads": 9})
     report = daemon.health_report("ready", daemon.clock())
     # the format HealthFile writes updated_at in: one clock format in health.json
     assert report["started_at"] == "2023-11-14T22:13:20.000+00:00"
@@ -468,7 +463,7 @@ def test_the_supervisors_report_takes_its_time_and_memory_from_the_health_module
 
 def test_workers_share_the_daemons_write_state_and_hand_back_files_to_the_watcher(tmp_path):
     from crawler.ingest.tokenizer import ByteTokenizer
-    from crawler.service.daemon import IngestWorker
+    from crawler.service.ingest_worker import IngestWorker
     from crawler.training.worker import TrainingWorker
     from storage import StorageConfig, open_database
 
@@ -542,7 +537,7 @@ def test_nice_lowers_the_priority_of_every_thread_started_after_it(tmp_path):
     # in a child process: niceness cannot be raised back, and the test process must keep its own
     code = (
         "import os, threading, structlog\n"
-        "from crawler.service.daemon import lower_priority\n"
+        "from crawler.service.supervisor import lower_priority\n"
         "before = os.nice(0)\n"
         "lower_priority(5, structlog.get_logger())\n"
         "seen = []\n"

@@ -234,7 +234,7 @@ def test_the_training_loop_keeps_its_checkpoints_within_the_cap(tmp_path):
 def test_the_daemon_sweeps_the_folders_on_its_status_interval(tmp_path):
     from test_daemon import StubWatcher
 
-    from crawler.service.daemon import Daemon
+    from crawler.service.supervisor import Daemon
 
     class Ingest:  # an ingest worker that has moved nothing yet
         name = "ingest"

@@ -225,7 +225,7 @@ class Pipeline:
 
         from crawler.config import Config
         from crawler.ingest.watcher import WatchConfig, Watcher
-        from crawler.service.daemon import IngestWorker
+        from crawler.service.ingest_worker import IngestWorker
 
         self.clock = clock or FakeClock()
         self.inbox = queue_module.Queue()
@@ -398,7 +398,8 @@ def test_a_worker_that_dies_mid_batch_hands_its_files_back_to_be_offered_again(t
     import structlog
     from structlog.testing import capture_logs
 
-    from crawler.service.daemon import IngestWorker, WorkerThread
+    from crawler.service.ingest_worker import IngestWorker
+    from crawler.service.threads import WorkerThread
 
     class Killed(BaseException):
         """Escapes every `except Exception`, as a worker's death would."""
@@ -607,7 +608,7 @@ from pathlib import Path
 import structlog
 from structlog.testing import capture_logs
 from crawler.config import Config
-from crawler.service.daemon import IngestWorker
+from crawler.service.ingest_worker import IngestWorker
 from crawler.ingest.tokenizer import ByteTokenizer
 from crawler.ingest.watcher import WatchConfig, Watcher
 from storage import CorpusQueue, StorageConfig, open_database
@@ -768,7 +769,7 @@ def test_a_file_written_by_twenty_append_cycles_stores_each_byte_once(tmp_path, 
 
     from crawler.config import Config
     from crawler.ingest.watcher import WatchConfig, Watcher
-    from crawler.service.daemon import IngestWorker
+    from crawler.service.ingest_worker import IngestWorker
 
     root = tmp_path / "inbox"
     root.mkdir()

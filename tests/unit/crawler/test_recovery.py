@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from crawler.config import Config
 from crawler.ingest.tokenizer import ByteTokenizer
 from crawler.ingest.watcher import WatchConfig, Watcher
-from crawler.service.daemon import Daemon
+from crawler.service.supervisor import Daemon
 from crawler.state import writable
 from crawler.state.writable import STATE_UNWRITABLE, WriteState
 from storage import CorpusQueue, StorageConfig, open_database

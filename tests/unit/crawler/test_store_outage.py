@@ -28,8 +28,10 @@ from structlog.testing import capture_logs
 
 from crawler.cli.main import EXIT_STORE_BROKEN, EXIT_STORE_UNAVAILABLE, main
 from crawler.config import Config, DaemonConfig
-from crawler.service.daemon import EXIT_STORAGE_FAILED, Daemon, DaemonError, WorkerThread
+from crawler.service.exits import EXIT_STORAGE_FAILED, DaemonError
 from crawler.service.outage import StoreOutage
+from crawler.service.supervisor import Daemon
+from crawler.service.threads import WorkerThread
 from crawler.state.health import DaemonLock, check_health, read_health
 from storage import StorageConfig, StoreBroken, StoreBusy, open_database
 

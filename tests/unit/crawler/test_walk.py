@@ -100,3 +100,37 @@ def test_each_caller_keeps_its_view_of_one_tree(tree):
     usage = folder_usage(tree)
     assert usage.files == 10
     assert usage.bytes == sum(os.lstat(e.path).st_size for e in walk_files(tree))
+
+
+def test_ingest_names_a_folder_it_cannot_list_instead_of_passing_over_it(tmp_path, monkeypatch, capsys):
+    """`crystalline ingest DIR` with a subfolder it may not list (root lists anything, so the
+    refusal is injected at os.scandir): one folder_unreadable event naming it, the rest stored."""
+    import json
+    import os
+
+    import structlog
+
+    from crawler.cli.main import main
+
+    tree = tmp_path / "tree"
+    (tree / "closed").mkdir(parents=True)
+    (tree / "closed" / "hidden.txt").write_text("never seen\n")
+    (tree / "open.txt").write_text("seen and stored\n")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("closed"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    try:
+        status = main(["ingest", str(tree), "--state-dir", str(tmp_path / "state"), "--json"])
+    finally:
+        structlog.reset_defaults()
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert json.loads(out)["files"] == {"ingested": 1}
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    [folder] = [e for e in logged if e["event"] == "folder_unreadable"]
+    assert folder["path"] == str(tree / "closed") and folder["error"] == "Permission denied"
