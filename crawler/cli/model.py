@@ -40,24 +40,19 @@ def add_commands(commands: Any) -> None:
     generate.add_argument("--top-k", type=sample_setting("top_k"), default=terminal.top_k, metavar="K", help="0 = off")
     generate.add_argument("--top-p", type=sample_setting("top_p"), default=terminal.top_p, metavar="P")
     generate.add_argument("--seed", type=sample_setting("seed"), default=terminal.seed, metavar="S")
-    generate.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
-    add_state_flags(generate)
-    generate.set_defaults(handler=command_generate)
 
     evaluate = commands.add_parser("eval", help="bits per byte of the best checkpoint on files")
     evaluate.add_argument("paths", nargs="+", metavar="PATH")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     evaluate.add_argument("--batch-size", type=integer(1), default=16, metavar="B")
     evaluate.add_argument("--threads", type=integer(0), default=0)
-    evaluate.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
-    add_state_flags(evaluate)
-    evaluate.set_defaults(handler=command_eval)
 
     export = commands.add_parser("export", help="write the best model as one standalone safetensors file")
     export.add_argument("out", metavar="OUT", help="the file to write (replaced atomically)")
-    export.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
-    add_state_flags(export)
-    export.set_defaults(handler=command_export)
+    for parser, handler in ((generate, command_generate), (evaluate, command_eval), (export, command_export)):
+        parser.add_argument("--latest", action="store_true", help="the newest checkpoint, not the best")
+        add_state_flags(parser)
+        parser.set_defaults(handler=handler)
 
 
 

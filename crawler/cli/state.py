@@ -25,6 +25,7 @@ expected failure is one line there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def _open_state(args: argparse.Namespace):
     except BaseException:
         opened.close()
         raise
-    return opened
+    return contextlib.closing(opened)
 
 
 def command_repair(args: argparse.Namespace) -> int:

@@ -139,7 +139,7 @@ def command_train(args: argparse.Namespace) -> int:
     log = get_logger("cli")
     overrides, pinned = _train_overrides(args)
     config = command_config(args, overrides)
-    with OpenedState(config) as opened:  # closing it ends the other ranks after the final checkpoint
+    with contextlib.closing(OpenedState(config)) as opened:  # closing ends the ranks after the last checkpoint
         if opened.join(args.distributed):  # rank > 0 under mpiexec: follows rank 0's steps
             return opened.follow(log)
         missing = [p for p in args.paths if not Path(p).exists() and not Path(p).is_symlink()]

@@ -28,7 +28,7 @@ from ..state.health import DaemonLock
 
 
 class OpenedState:
-    """The parts of one state directory a command holds; a context manager that closes them."""
+    """The parts of one state directory a command holds (`with contextlib.closing(...)` closes them)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -116,12 +116,6 @@ class OpenedState:
         self.release_training()
         self.close_store()
         self.release_lock()
-
-    def __enter__(self) -> "OpenedState":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_queue(config: Config) -> tuple[Any, Any]:

@@ -7,6 +7,7 @@ them, newest first.
 """
 
 import ast
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_the_rule_can_fail(tmp_path):
 
 def test_steps_in_order_and_close_undoes_them(tmp_path):
     config = load_config(env={}, state_dir=tmp_path / "state")
-    with OpenedState(config) as opened:
+    with contextlib.closing(OpenedState(config)) as opened:
         assert opened.join(distributed=False) is False and opened.team is None
         opened.lock()
         database, queue = opened.open_store()
