@@ -2,7 +2,10 @@
 watchdog observer per root running with `observers` and takes its candidate files and their
 versions from `candidates`), claiming a file among several daemons (`claiming`), extracting text
 (`extract`, the front, which parses a file in this process, `inprocess`, or in a child process,
-`sandbox`, with the parsers of `formats`; each of the four imports only those named after it),
-tokenizers (`tokenizer`), the pipeline that stores a document once (`pipeline`), and reading
-files for the offline `eval` (`data`). May import `crawler.state`, `crawler.logging`, the store;
-knows nothing of the model, the training loop or the daemon."""
+`sandbox`; below them, in the order they import each other: `terms`, the limits and skip
+reasons all of them speak; `compressed`, single gzip, bzip2 and xz files; `kinds`, what a file
+is; the parsers `formats` (HTML, JSON, CSV, PDF, DOCX, EPUB), `troff_inline` and `troff` (man
+pages) and `info` (GNU info); each imports only those named before it), tokenizers
+(`tokenizer`), the pipeline that stores a document once (`pipeline`), and reading files for the
+offline `eval` (`data`). May import `crawler.state`, `crawler.logging`, the store; knows nothing
+of the model, the training loop or the daemon."""

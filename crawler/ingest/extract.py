@@ -2,27 +2,30 @@
 
 `extract_file` reads a file within `ExtractLimits` and returns an `Extraction`, or raises
 `Skipped` with a reason from the fixed set SKIP_REASONS (a log field), or `ExtractionFailed`
-when a parser rejects a file that looked valid.
+when a parser rejects a file that looked valid. EXTRACTOR_VERSION names this extractor, for a
+caller that records which one gave a verdict.
 
 Skip reasons: empty (no bytes, or only whitespace text), binary (NUL bytes or a known binary
-signature), too_large (over max_file_bytes), unsupported (a document type with no extractor,
-an encrypted PDF, a directory, FIFO, socket or device), unreadable (an OS error on open or read),
-vanished (the path is gone), decompression_bomb (a zip over its limits), timeout (the time budget
-ran out), undecodable (no text encoding fits). too_large also covers a parser that needed more
-than max_memory_bytes.
+signature, also inside a compressed file), too_large (over max_file_bytes), unsupported (a
+document type with no extractor, an encrypted PDF, a directory, FIFO, socket or device),
+unreadable (an OS error on open or read), vanished (the path is gone), decompression_bomb (a
+zip, or a single gzip, bzip2 or xz file, over its limits), timeout (the time budget ran out),
+undecodable (no text encoding fits), corrupt (a compressed stream that is truncated or fails its
+checks). too_large also covers a parser that needed more than max_memory_bytes.
 
-This module decides where a file is parsed. PDF, DOCX and EPUB (ISOLATED_KINDS), the kinds whose
-parsers untrusted bytes can hang or blow up, are parsed in an extractor process
-(`crawler.ingest.sandbox`, which opens the path again) under a hard wall time and address-space
-limit; every other kind, plain text first, is read, decoded and parsed here, in this process.
-Either way the work is `crawler.ingest.inprocess`'s (kinds, reading, decoding, the dispatch to
-`crawler.ingest.formats`' parsers). The pool of extractor processes starts with the first file
-that needs one; `shutdown_pool()` ends it (atexit does too).
+This module decides where a file is parsed. PDF, DOCX, EPUB and every compressed file
+(ISOLATED_KINDS), the kinds whose parsers untrusted bytes can hang or blow up, are parsed in an
+extractor process (`crawler.ingest.sandbox`, which opens the path again) under a hard wall time
+and address-space limit; every other kind, plain text first, is read, decoded and parsed here,
+in this process. Either way the work is `crawler.ingest.inprocess`'s (reading, decoding, the
+dispatch to the parsers). The pool of extractor processes starts with the first file that needs
+one; `shutdown_pool()` ends it (atexit does too).
 
-The modules below it, in the order they import each other: formats (parsers, errors, limits),
-inprocess (one file in this process), sandbox (inprocess in a child process), then this one; it
-re-exports what callers need of the first two. It is not a file watcher and not a policy on
-paths: O_NOFOLLOW, roots and symlinks are the caller's business, and it logs nothing.
+The modules below it, in the order they import each other: terms (limits, skip reasons,
+errors), compressed, kinds, the parsers (formats, troff_inline, troff, info), inprocess (one
+file in this process), sandbox (inprocess in a child process), then this one; it re-exports what
+callers need of terms and inprocess. It is not a file watcher and not a policy on paths:
+O_NOFOLLOW, roots and symlinks are the caller's business, and it logs nothing.
 Relies on the standard library and those modules.
 """
 
@@ -32,7 +35,6 @@ import atexit
 import os
 import threading
 
-from .formats import SKIP_REASONS, ExtractionFailed, ExtractLimits, Skipped
 from .inprocess import (
     ISOLATED_KINDS,
     KINDS,
@@ -45,10 +47,17 @@ from .inprocess import (
     extract_unless_isolated,
 )
 from .sandbox import ExtractorPool
+from .terms import (
+    EXTRACTOR_VERSION,
+    SKIP_REASONS,
+    ExtractionFailed,
+    ExtractLimits,
+    Skipped,
+)
 
-__all__ = ["SKIP_REASONS", "KINDS", "PROBE_BYTES", "ISOLATED_KINDS", "ExtractLimits", "Extraction", "Skipped",
-           "ExtractionFailed", "extract_file", "extract_in_process", "shutdown_pool", "detect_kind", "binary_mark",
-           "decode_text"]
+__all__ = ["SKIP_REASONS", "EXTRACTOR_VERSION", "KINDS", "PROBE_BYTES", "ISOLATED_KINDS", "ExtractLimits",
+           "Extraction", "Skipped", "ExtractionFailed", "extract_file", "extract_in_process", "shutdown_pool",
+           "detect_kind", "binary_mark", "decode_text"]
 
 
 def extract_file(path: str | os.PathLike[str], limits: ExtractLimits = ExtractLimits()) -> Extraction:

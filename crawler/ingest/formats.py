@@ -1,11 +1,11 @@
 """Format parsers for the extractor: the bytes or decoded text of one file in, readable text out.
 
 This module is the back half of `crawler.ingest.inprocess`, which dispatches to it by kind. It
-turns HTML, JSON, JSON Lines, CSV/TSV, PDF, DOCX and EPUB into text, and it owns the vocabulary
-those parsers report in: `Skipped` with a reason from SKIP_REASONS, `ExtractionFailed`, and the
-`ExtractLimits` they obey. Callers import all of these from `crawler.ingest.extract`, which
-re-exports them; this module does not open files, detect kinds or decode plain text, and it logs
-nothing.
+turns HTML, JSON, JSON Lines, CSV/TSV, PDF, DOCX and EPUB into text, and reports in the terms of
+`crawler.ingest.terms` (`Skipped`, `ExtractionFailed`, the `ExtractLimits` it obeys). Man pages
+are `crawler.ingest.troff`'s, GNU info files `crawler.ingest.info`'s, and single compressed
+files `crawler.ingest.compressed`'s. This module does not open files, detect kinds or decode
+plain text, and it logs nothing.
 
 Zipped formats (DOCX, EPUB) go through `GuardedZip`, which enforces the member count, the
 declared and the actually inflated sizes, and the compression ratios before and while reading.
@@ -13,7 +13,7 @@ XML is parsed with expat with any DTD refused, so entity expansion and external 
 happen (the defusedxml rule). Time is cooperative here: parsers call `check_time()` between PDF
 pages and EPUB chapters; nothing in this module interrupts a single slow page. The hard limits
 (wall time, memory) come from running these parsers in `crawler.ingest.sandbox`'s extractor processes.
-Relies on the standard library and pypdf.
+Relies on the standard library, pypdf and `crawler.ingest.terms`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import json
 import posixpath
 import zipfile
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from html.parser import HTMLParser
 from urllib.parse import unquote
 from xml.etree.ElementTree import Element, TreeBuilder
@@ -34,70 +32,13 @@ from xml.parsers import expat
 from pypdf import PdfReader
 from pypdf.errors import DependencyError, LimitReachedError
 
-from .. import ConfigError
-
-SKIP_REASONS = ("empty", "binary", "too_large", "unsupported", "unreadable", "vanished",
-                "decompression_bomb", "timeout", "undecodable")
-
-MIN_MEMORY_BYTES = 128 * 2**20  # below this the extractor process could not even start a parser
-CheckTime = Callable[[], None]  # raises Skipped("timeout") once the file's time budget is spent
-
-
-class Skipped(Exception):
-    """The file is deliberately not extracted. `reason` is one of SKIP_REASONS (a log field);
-    `detail` says why in words, for people."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        if reason not in SKIP_REASONS:
-            raise ValueError(f"unknown skip reason {reason!r}; allowed: {', '.join(SKIP_REASONS)}")
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}" if self.detail else self.reason
-
-
-class ExtractionFailed(Exception):
-    """A parser rejected a file that looked valid (bad JSON, a broken PDF or zip); `detail` says how."""
-
-    def __init__(self, detail: str):
-        super().__init__(detail)
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class ExtractLimits:
-    """What one file may cost the extractor; the [extract] section of the configuration."""
-
-    # larger files are skipped as too_large (checked by fstat before reading, and while reading)
-    max_file_bytes: int = 64 * 2**20
-    # zipped formats: the sum of the member sizes read (a zip bomb inflates far past its file size)
-    max_uncompressed_bytes: int = 256 * 2**20
-    # zipped formats, per member and overall; real DOCX/EPUB XML compresses 5-30x, zeros ~1000x
-    max_compression_ratio: float = 200.0
-    max_zip_members: int = 10_000
-    # per file, for the slow parsers: checked between pages and members, and enforced for PDF,
-    # DOCX and EPUB by stopping their extractor process (crawler.ingest.sandbox) shortly after
-    time_budget_seconds: float = 30.0
-    # PDF, DOCX and EPUB: the address space (RLIMIT_AS) of the extractor process; a parser that
-    # needs more is stopped and the file skipped as too_large. The process alone takes ~40 MB.
-    max_memory_bytes: int = 2 * 2**30
-
-    def validate(self) -> "ExtractLimits":
-        """Return self, or raise ConfigError naming the first bad limit."""
-        for name in ("max_file_bytes", "max_uncompressed_bytes", "max_zip_members"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"[extract] {name} ({getattr(self, name)}) must be >= 1")
-        if not self.max_compression_ratio >= 1.0:
-            raise ConfigError(f"[extract] max_compression_ratio ({self.max_compression_ratio}) must be >= 1")
-        if not self.time_budget_seconds > 0:
-            raise ConfigError(f"[extract] time_budget_seconds ({self.time_budget_seconds}) must be > 0")
-        if self.max_memory_bytes < MIN_MEMORY_BYTES:
-            raise ConfigError(f"[extract] max_memory_bytes ({self.max_memory_bytes}) must be >= {MIN_MEMORY_BYTES} "
-                              f"(128 MiB; the extractor process alone needs about 40 MB)")
-        return self
-
+from .terms import (
+    RATIO_FLOOR_BYTES,
+    CheckTime,
+    ExtractionFailed,
+    ExtractLimits,
+    Skipped,
+)
 
 # --------------------------------------------------------------------------------------------
 # HTML: visible text, block structure as newlines
@@ -287,7 +228,6 @@ def pdf_text(data: bytes, limits: ExtractLimits, check_time: CheckTime) -> str:
 # --------------------------------------------------------------------------------------------
 # Zip containers and XML
 
-_RATIO_FLOOR = 2**20  # below 1 MiB inflated, a high ratio is just a small repetitive XML part
 
 
 class GuardedZip:
@@ -305,7 +245,7 @@ class GuardedZip:
             raise Skipped("decompression_bomb",
                           f"{len(members)} zip members, over max_zip_members ({limits.max_zip_members})")
         declared = sum(member.file_size for member in members)
-        if declared > _RATIO_FLOOR and declared > limits.max_compression_ratio * len(data):
+        if declared > RATIO_FLOOR_BYTES and declared > limits.max_compression_ratio * len(data):
             raise Skipped("decompression_bomb", f"{declared} bytes declared in a {len(data)}-byte zip, "
                           f"over max_compression_ratio ({limits.max_compression_ratio:g})")
         self.read_total = 0
@@ -326,7 +266,7 @@ class GuardedZip:
             raise Skipped("decompression_bomb", f"{name!r} declares {member.file_size} bytes, over the "
                           f"{allowance} left of max_uncompressed_bytes")
         ratio = member.file_size / max(member.compress_size, 1)
-        if member.file_size > _RATIO_FLOOR and ratio > self.limits.max_compression_ratio:
+        if member.file_size > RATIO_FLOOR_BYTES and ratio > self.limits.max_compression_ratio:
             raise Skipped("decompression_bomb", f"{name!r} inflates {ratio:.0f}x, over "
                           f"max_compression_ratio ({self.limits.max_compression_ratio:g})")
         try:

@@ -1,7 +1,8 @@
-"""Extractor processes: PDF, DOCX and EPUB parsed in child interpreters under hard limits.
+"""Extractor processes: PDF, DOCX, EPUB and compressed files parsed in child interpreters under
+hard limits.
 
-Untrusted documents go through pypdf, zipfile and expat, where one pathological page can spin
-for minutes and one crafted stream can allocate gigabytes. `ExtractorPool` runs
+Untrusted documents go through pypdf, zipfile, expat and the decompressors, where one
+pathological page can spin for minutes and one crafted stream can allocate gigabytes. `ExtractorPool` runs
 `crawler.ingest.inprocess.extract_in_process` on a path in a separate Python process, so a hang or a
 memory blow-up costs that process and never the daemon:
 
@@ -46,7 +47,7 @@ import threading
 import time
 from dataclasses import asdict
 
-from .formats import ExtractionFailed, ExtractLimits, Skipped
+from .terms import ExtractionFailed, ExtractLimits, Skipped
 
 __all__ = ["ExtractorPool", "START_TIMEOUT_SECONDS", "child_main"]
 

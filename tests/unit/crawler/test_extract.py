@@ -1,6 +1,7 @@
 """Extraction: every kind on small real files written here, and every skip reason from a real file."""
 
 import hashlib
+import json
 import os
 import random
 import signal
@@ -424,15 +425,26 @@ def test_directory_is_unsupported(tmp_path):
     assert skip_reason(tmp_path) == ("unsupported", "not a regular file (directory)")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file anyway")
-def test_unreadable_permission_denied(tmp_path):
-    path = tmp_path / "secret.txt"
-    path.write_text("hidden")
-    path.chmod(0)
-    try:
-        assert skip_reason(path)[0] == "unreadable"
-    finally:
-        path.chmod(0o600)
+def test_unreadable_permission_denied(as_nobody):
+    """A file of mode 000 is skipped as unreadable, not raised. Read by a user whom permissions
+    stop (root reads it anyway: tests/conftest.py's `as_nobody`), beside a readable control."""
+    readable, secret = as_nobody.folder / "open.txt", as_nobody.folder / "secret.txt"
+    readable.write_text("open to all\n")
+    secret.write_text("hidden\n")
+    readable.chmod(0o644)
+    secret.chmod(0)
+    out = as_nobody.run("""
+        for path in sys.argv[1:]:
+            try:
+                print(json.dumps(["read", extract_file(path).text]))
+            except Skipped as skipped:
+                print(json.dumps([skipped.reason, skipped.detail]))
+        """, readable, secret, prepare="""
+        from crawler.ingest.extract import Skipped, extract_file
+        extract_file(sys.argv[1])  # loads what a first read imports
+        """)
+    assert [json.loads(line) for line in out.splitlines()] == [
+        ["read", "open to all"], ["unreadable", "open: Permission denied"]]
 
 
 def test_unreadable_symlink_loop_and_file_used_as_folder(tmp_path):
@@ -556,7 +568,7 @@ def test_a_document_whose_name_is_not_utf8_goes_through_the_process(tmp_path):
 
 def test_skip_reasons_are_a_fixed_set():
     assert set(SKIP_REASONS) == {"empty", "binary", "too_large", "unsupported", "unreadable", "vanished",
-                                 "decompression_bomb", "timeout", "undecodable"}
+                                 "decompression_bomb", "timeout", "undecodable", "corrupt"}
     with pytest.raises(ValueError, match="unknown skip reason"):
         Skipped("because")
     assert str(Skipped("empty", "0 bytes")) == "empty: 0 bytes"
