@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from storage import CorpusQueue, FileClaims, NewDocument, TrainingLock, TrainingLocked, open_database
+from storage import CorpusQueue, FileClaims, NewDocument, StorageConfig, TrainingLock, TrainingLocked, open_database
 from storage.models import claims as claims_table
 from storage.models import documents
 
@@ -257,9 +257,7 @@ def test_the_lock_ends_with_its_connection(postgres_config):
         second_db.close()
 
 
-def test_sqlite_needs_no_training_lock(make_config, database_url):
-    if not database_url.startswith("sqlite"):
-        pytest.skip("SQLite only")
-    with open_database(make_config()) as database:
+def test_sqlite_needs_no_training_lock(tmp_path):
+    with open_database(StorageConfig(url=f"sqlite:///{tmp_path / 'corpus.db'}")) as database:
         with TrainingLock(database, "a") as first, TrainingLock(database, "b") as second:
             assert first.held and second.held  # the state directory's lock guards a SQLite corpus
