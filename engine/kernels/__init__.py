@@ -5,6 +5,10 @@ Conventions (llm.c): outputs first, then inputs and weights, then integer dims. 
 with `=`. Parameter gradients (dweight, dbias, dwte...) accumulate with `+=`, so micro-steps add
 up; each kernel's docstring says whether its activation gradient is overwritten or accumulated.
 Every kernel is single-threaded and releases the GIL: the parallelism is the worker pool's.
+
+Not layers: activation.py (the MLP activation's loops, for gelu.py and relu2.py), heads.py (the
+fused q, k, v buffer's layout, for attention.py, rope.py and qknorm.py) and fastmath.py hold
+`inline="always"` helpers that several layers' kernels compile in.
 """
 
 # LLVM fast-math flags that allow vectorised reductions but keep NaN and inf semantics, so a

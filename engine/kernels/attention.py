@@ -29,6 +29,7 @@ from numba import njit
 
 from . import KERNEL
 from .fastmath import fast_exp
+from .heads import qkv_sizes
 
 
 @njit(**KERNEL)
@@ -63,15 +64,35 @@ def add_rows(dst, src, n, hs):
             dst[t, i] += src[t, i]
 
 
+@njit(inline="always", **KERNEL)
+def gather_qkv(Q, K, Vv, qkv, b, h, C, hs):
+    """Q, K, Vv (T, hs) = head h's q, k and v in row b of qkv (B, T, 3C)."""
+    gather_head(Q, qkv, b, h * hs, hs)
+    gather_head(K, qkv, b, C + h * hs, hs)
+    gather_head(Vv, qkv, b, 2 * C + h * hs, hs)
+
+
+@njit(inline="always", **KERNEL)
+def scatter_qkv(dqkv, dQ, dK, dV, b, h, C, hs):
+    """Head h's q, k and v in row b of dqkv (B, T, 3C) = dQ, dK, dV (T, hs): gather_qkv's inverse."""
+    scatter_head(dqkv, dQ, b, h * hs, hs)
+    scatter_head(dqkv, dK, b, C + h * hs, hs)
+    scatter_head(dqkv, dV, b, 2 * C + h * hs, hs)
+
+
+@njit(inline="always", **KERNEL)
+def attention_sizes(qkv, NH, tile):
+    """(B, T, C, hs, tile, scale) of qkv (B, T, 3C) with NH heads: tile 0 becomes
+    default_tile(hs), and the scores are scaled by 1/sqrt(hs)."""
+    B, T, C, hs = qkv_sizes(qkv, NH)
+    return B, T, C, hs, (tile if tile > 0 else default_tile(hs)), np.float32(1.0 / math.sqrt(hs))
+
+
 @njit(**KERNEL)
 def attention_forward(out, lse, qkv, NH, tile=0):
     """out (B, T, C) and lse (B, NH, T) are written; qkv (B, T, 3C); tile query rows per block
     (0: default_tile(hs))."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // NH
-    tile = tile if tile > 0 else default_tile(hs)
-    scale = np.float32(1.0 / math.sqrt(hs))
+    B, T, C, hs, tile, scale = attention_sizes(qkv, NH, tile)
     Q = np.empty((T, hs), dtype=np.float32)
     K = np.empty((T, hs), dtype=np.float32)
     Vv = np.empty((T, hs), dtype=np.float32)
@@ -80,9 +101,7 @@ def attention_forward(out, lse, qkv, NH, tile=0):
     for b in range(B):
         for h in range(NH):
             # pass 1: gather this head's q, k, v into contiguous blocks
-            gather_head(Q, qkv, b, h * hs, hs)
-            gather_head(K, qkv, b, C + h * hs, hs)
-            gather_head(Vv, qkv, b, 2 * C + h * hs, hs)
+            gather_qkv(Q, K, Vv, qkv, b, h, C, hs)
             for i0 in range(0, T, tile):
                 i1 = min(i0 + tile, T)
                 S = strip[: (i1 - i0) * i1].reshape((i1 - i0, i1))
@@ -117,11 +136,7 @@ def attention_forward(out, lse, qkv, NH, tile=0):
 def attention_backward(dqkv, dout, qkv, lse, NH, tile=0):
     """dqkv (B, T, 3C) is overwritten (one producer); dout (B, T, C); qkv, lse and tile as
     forward (the same tile is not needed: lse does not depend on it)."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    hs = C // NH
-    tile = tile if tile > 0 else default_tile(hs)
-    scale = np.float32(1.0 / math.sqrt(hs))
+    B, T, C, hs, tile, scale = attention_sizes(qkv, NH, tile)
     Q = np.empty((T, hs), dtype=np.float32)
     K = np.empty((T, hs), dtype=np.float32)
     Vv = np.empty((T, hs), dtype=np.float32)
@@ -135,9 +150,7 @@ def attention_backward(dqkv, dout, qkv, lse, NH, tile=0):
     dstrip = np.empty(rows * T, dtype=np.float32)
     for b in range(B):
         for h in range(NH):
-            gather_head(Q, qkv, b, h * hs, hs)
-            gather_head(K, qkv, b, C + h * hs, hs)
-            gather_head(Vv, qkv, b, 2 * C + h * hs, hs)
+            gather_qkv(Q, K, Vv, qkv, b, h, C, hs)
             gather_head(dY, dout, b, h * hs, hs)
             dK[:] = 0.0
             dV[:] = 0.0
@@ -175,9 +188,7 @@ def attention_backward(dqkv, dout, qkv, lse, NH, tile=0):
                 np.dot(dP, K[:i1], dQ[i0:i1])
                 np.dot(dP.T, Q[i0:i1], part[:i1])
                 add_rows(dK, part, i1, hs)
-            scatter_head(dqkv, dQ, b, h * hs, hs)
-            scatter_head(dqkv, dK, b, C + h * hs, hs)
-            scatter_head(dqkv, dV, b, 2 * C + h * hs, hs)
+            scatter_qkv(dqkv, dQ, dK, dV, b, h, C, hs)
 
 
 # ---------------------------------------------------------------------------------------------

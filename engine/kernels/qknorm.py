@@ -4,9 +4,9 @@ attention logits cannot grow without bound.
 
     out = x * rstd,  rstd = 1 / sqrt(mean(x^2) + eps) over each hs-wide head slice
 
-Works on the fused (B, T, 3C) buffer of attention.py, like rope.py: the 2*NH heads of q and k
-are normalised, v is copied through. The forward caches rstd (B, T, 2*NH); the backward reads the
-forward's input, so `out` must be a different array from `inp`.
+Works on the fused (B, T, 3C) buffer of attention.py (heads.py), like rope.py: the 2*NH heads of
+q and k are normalised, v is copied through. The forward caches rstd (B, T, 2*NH); the backward
+reads the forward's input, so `out` must be a different array from `inp`.
 """
 
 import numpy as np
@@ -14,6 +14,7 @@ from numba import njit
 
 from ..maths import NORM_EPS
 from . import KERNEL
+from .heads import qkv_sizes
 
 EPS = NORM_EPS
 
@@ -21,9 +22,7 @@ EPS = NORM_EPS
 @njit(**KERNEL)
 def qknorm_forward(out, rstd, inp, NH):
     """out (B, T, 3C) and rstd (B, T, 2*NH) are written; inp (B, T, 3C), not the same as out."""
-    B, T, C3 = inp.shape
-    C = C3 // 3
-    hs = C // NH
+    B, T, C, hs = qkv_sizes(inp, NH)
     for b in range(B):
         for t in range(T):
             x = inp[b, t]
@@ -40,7 +39,7 @@ def qknorm_forward(out, rstd, inp, NH):
                     o[base + i] = x[base + i] * s
                 rstd[b, t, h] = s
             # pass 3: v goes through unchanged
-            for c in range(2 * C, C3):
+            for c in range(2 * C, x.shape[0]):
                 o[c] = x[c]
 
 
@@ -48,9 +47,7 @@ def qknorm_forward(out, rstd, inp, NH):
 def qknorm_backward(dinp, dout, inp, rstd, NH):
     """dinp (B, T, 3C) is overwritten (one producer) and may be the same array as dout;
     inp (B, T, 3C) and rstd (B, T, 2*NH) as in the forward."""
-    B, T, C3 = inp.shape
-    C = C3 // 3
-    hs = C // NH
+    B, T, C, hs = qkv_sizes(inp, NH)
     for b in range(B):
         for t in range(T):
             x = inp[b, t]
@@ -66,7 +63,7 @@ def qknorm_backward(dinp, dout, inp, rstd, NH):
                 dot = dot / hs
                 for i in range(hs):
                     d[base + i] = s * (g[base + i] - x[base + i] * s * dot)
-            for c in range(2 * C, C3):
+            for c in range(2 * C, x.shape[0]):
                 d[c] = g[c]
 
 

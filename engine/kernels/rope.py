@@ -5,9 +5,10 @@ angle t * base^(-2i/hs) of its position t.
     out1 = x1 cos - x2 sin,  out2 = x2 cos + x1 sin
 
 Only q and k turn: q . k then depends on the positions through their difference alone. The
-kernels work on the fused (B, T, 3C) buffer of attention.py: the heads of q and then of k are
-the 2*NH contiguous hs-wide slices of its first 2C channels; v is copied through. A rotation is
-linear and orthogonal, so the backward is the opposite turn and needs nothing cached.
+kernels work on the fused (B, T, 3C) buffer of attention.py (heads.py): the heads of q and then
+of k are the 2*NH contiguous hs-wide slices of its first 2C channels; v is copied through. A
+rotation is linear and orthogonal, so the backward is the opposite turn and needs nothing
+cached: both kernels are `rotate`, by the angle and by minus the angle.
 """
 
 import numpy as np
@@ -15,6 +16,7 @@ from numba import njit
 
 from ..maths import ROPE_BASE, rope_angles
 from . import KERNEL
+from .heads import qkv_sizes
 
 BASE = ROPE_BASE
 
@@ -26,13 +28,11 @@ def rope_tables(maxT: int, hs: int) -> tuple[np.ndarray, np.ndarray]:
     return cos.astype(np.float32), sin.astype(np.float32)
 
 
-@njit(**KERNEL)
-def rope_forward(out, inp, cos, sin, NH):
-    """out (B, T, 3C) is written and may be the same array as inp (B, T, 3C); cos, sin
-    (maxT, hs/2) with maxT >= T, row t for position t."""
-    B, T, C3 = inp.shape
-    C = C3 // 3
-    hs = C // NH
+@njit(inline="always", **KERNEL)
+def rotate(out, inp, cos, sin, NH, sign):
+    """out = inp with each head of q and k turned by sign * its angles (sign 1 or -1, float32)
+    and v copied; out may be the same array as inp. Shapes as rope_forward's."""
+    B, T, C, hs = qkv_sizes(inp, NH)
     half = hs // 2
     for b in range(B):
         for t in range(T):
@@ -46,36 +46,26 @@ def rope_forward(out, inp, cos, sin, NH):
                 for i in range(half):
                     x1 = x[base + i]
                     x2 = x[base + half + i]
-                    o[base + i] = x1 * co[i] - x2 * si[i]
-                    o[base + half + i] = x2 * co[i] + x1 * si[i]
+                    o[base + i] = x1 * co[i] - x2 * (sign * si[i])  # sign * si[i] = sin(sign * angle)
+                    o[base + half + i] = x2 * co[i] + x1 * (sign * si[i])
             # pass 2: v goes through unchanged
-            for c in range(2 * C, C3):
+            for c in range(2 * C, x.shape[0]):
                 o[c] = x[c]
+
+
+@njit(**KERNEL)
+def rope_forward(out, inp, cos, sin, NH):
+    """out (B, T, 3C) is written and may be the same array as inp (B, T, 3C); cos, sin
+    (maxT, hs/2) with maxT >= T, row t for position t."""
+    rotate(out, inp, cos, sin, NH, np.float32(1.0))
 
 
 @njit(**KERNEL)
 def rope_backward(dinp, dout, cos, sin, NH):
     """dinp (B, T, 3C) is overwritten (one producer) and may be the same array as dout."""
-    B, T, C3 = dout.shape
-    C = C3 // 3
-    hs = C // NH
-    half = hs // 2
-    for b in range(B):
-        for t in range(T):
-            g = dout[b, t]
-            d = dinp[b, t]
-            co = cos[t]
-            si = sin[t]
-            for h in range(2 * NH):
-                base = h * hs
-                for i in range(half):
-                    # forward: out1 = x1 cos - x2 sin; out2 = x2 cos + x1 sin  (the transpose turns back)
-                    g1 = g[base + i]
-                    g2 = g[base + half + i]
-                    d[base + i] = g1 * co[i] + g2 * si[i]
-                    d[base + half + i] = g2 * co[i] - g1 * si[i]
-            for c in range(2 * C, C3):
-                d[c] = g[c]
+    # forward: out1 = x1 cos - x2 sin; out2 = x2 cos + x1 sin  ->  the transpose, the turn back:
+    # dx1 = g1 cos + g2 sin; dx2 = g2 cos - g1 sin; v's gradient goes through
+    rotate(dinp, dout, cos, sin, NH, np.float32(-1.0))
 
 
 # ---------------------------------------------------------------------------------------------
