@@ -2,9 +2,10 @@
 
 This module is the back half of `crawler.ingest.inprocess`, which dispatches to it by kind. It
 turns HTML, JSON, JSON Lines, CSV/TSV, PDF, DOCX and EPUB into text, and reports in the terms of
-`crawler.ingest.terms` (`Skipped`, `ExtractionFailed`, the `ExtractLimits` it obeys). Man pages
-are `crawler.ingest.troff`'s, GNU info files `crawler.ingest.info`'s, and single compressed
-files `crawler.ingest.compressed`'s. This module does not open files, detect kinds or decode
+`crawler.ingest.terms` (`Skipped`, `ExtractionFailed`, the `ExtractLimits` it obeys). HTML is
+`crawler.ingest.html`'s (`html_text`, which EPUB chapters go through too, is importable from
+here), man pages `crawler.ingest.troff`'s, GNU info files `crawler.ingest.info`'s, and single
+compressed files `crawler.ingest.compressed`'s. This module does not open files, detect kinds or decode
 plain text, and it logs nothing.
 
 Zipped formats (DOCX, EPUB) go through `GuardedZip`, which enforces the member count, the
@@ -13,7 +14,7 @@ XML is parsed with expat with any DTD refused, so entity expansion and external 
 happen (the defusedxml rule). Time is cooperative here: parsers call `check_time()` between PDF
 pages and EPUB chapters; nothing in this module interrupts a single slow page. The hard limits
 (wall time, memory) come from running these parsers in `crawler.ingest.sandbox`'s extractor processes.
-Relies on the standard library, pypdf and `crawler.ingest.terms`.
+Relies on the standard library, pypdf, `crawler.ingest.html` and `crawler.ingest.terms`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import json
 import posixpath
 import zipfile
 import zlib
-from html.parser import HTMLParser
 from urllib.parse import unquote
 from xml.etree.ElementTree import Element, TreeBuilder
 from xml.parsers import expat
@@ -32,6 +32,7 @@ from xml.parsers import expat
 from pypdf import PdfReader
 from pypdf.errors import DependencyError, LimitReachedError
 
+from .html import html_text
 from .terms import (
     RATIO_FLOOR_BYTES,
     CheckTime,
@@ -39,99 +40,6 @@ from .terms import (
     ExtractLimits,
     Skipped,
 )
-
-# --------------------------------------------------------------------------------------------
-# HTML: visible text, block structure as newlines
-
-_INVISIBLE = frozenset({"script", "style", "head", "template", "noscript"})
-_HEAD_CONTENT = frozenset({"title", "meta", "link", "base", "style", "script", "noscript", "template"})
-# blocks set off by a blank line, and blocks that only start a new line
-_PARAGRAPHS = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "ul", "ol", "dl",
-                         "table", "hr", "figure", "section", "article", "header", "footer", "main",
-                         "nav", "aside", "address", "details", "form", "fieldset"})
-_LINES = frozenset({"div", "li", "dt", "dd", "tr", "caption", "figcaption", "summary", "body", "legend"})
-
-
-class _HTMLText(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)  # entities arrive unescaped in handle_data
-        self.lines: list[str] = []  # finished lines; "" is a blank line
-        self.line: list[str] = []  # pieces of the line being built
-        self.space = False  # collapsed whitespace is pending before the next word
-        self.hidden: list[str] = []  # open invisible elements
-        self.pre = 0  # depth of <pre>, inside which whitespace is kept
-
-    def handle_starttag(self, tag: str, attrs: list) -> None:
-        if "head" in self.hidden and tag not in _HEAD_CONTENT:
-            self.hidden.clear()  # <head> ends implicitly where the body content starts
-        if tag in _INVISIBLE:
-            self.hidden.append(tag)
-        elif self.hidden:
-            return  # invisible content shapes no lines either
-        elif tag == "br":
-            self._end_line(force=True)
-        elif tag in ("td", "th") and self.line:
-            self.line.append("\t")
-            self.space = False
-        else:
-            self._block(tag)
-            if tag == "pre":
-                self.pre += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _INVISIBLE:
-            if tag in self.hidden:
-                del self.hidden[len(self.hidden) - 1 - self.hidden[::-1].index(tag):]
-        elif tag != "br" and not self.hidden:
-            if tag == "pre" and self.pre:
-                self.pre -= 1
-            self._block(tag)
-
-    def handle_data(self, data: str) -> None:
-        if self.hidden:
-            return
-        if self.pre:
-            first, *rest = data.split("\n")
-            self.line.append(first)
-            for piece in rest:
-                self._end_line(force=True)
-                self.line.append(piece)
-            return
-        words = data.split()
-        if not words:
-            self.space = self.space or bool(data)
-            return
-        if (self.space or data[0].isspace()) and self.line:
-            self.line.append(" ")
-        self.line.append(" ".join(words))
-        self.space = data[-1].isspace()
-
-    def _block(self, tag: str) -> None:
-        if tag in _PARAGRAPHS:
-            self._end_line()
-            if self.lines and self.lines[-1]:
-                self.lines.append("")
-        elif tag in _LINES:
-            self._end_line()
-
-    def _end_line(self, force: bool = False) -> None:
-        text = "".join(self.line).rstrip(" ")
-        if text or force:
-            self.lines.append(text)
-        self.line = []
-        self.space = False
-
-
-def html_text(text: str) -> str:
-    """Visible text of an HTML or XHTML document: no script, style, head, template or noscript;
-    whitespace collapsed as a browser would (kept inside <pre>); blocks on their own lines and
-    paragraphs separated by a blank line; table cells joined by tabs; entities unescaped."""
-    parser = _HTMLText()
-    parser.feed(text)
-    parser.close()
-    parser._end_line()
-    return "\n".join(parser.lines).strip("\n")
-
 
 # --------------------------------------------------------------------------------------------
 # JSON, JSON Lines, CSV/TSV

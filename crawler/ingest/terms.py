@@ -22,7 +22,12 @@ SKIP_REASONS = ("empty", "binary", "too_large", "unsupported", "unreadable", "va
 # 1: the extractor before this constant. 2: a single gzip, bzip2 or xz file is its content (it was
 # binary); man pages become their text (they were troff source); GNU info files with index
 # markers are read (their NUL bytes made them binary); a truncated stream is `corrupt`.
-EXTRACTOR_VERSION = 2
+# 3: an HTML page is its main content: navigation landmarks (<nav>, the navigation, search,
+# banner and contentinfo roles, DocBook's navheader/navfooter) go, and so does everything outside
+# a <main> or role=main (`crawler.ingest.html`). The text stored for HTML changes, and the
+# version recorded with a document says which extractor made its text; pages stored before keep
+# theirs (only skips are offered again).
+EXTRACTOR_VERSION = 3
 
 # The compression ratio limit holds past this many inflated bytes: below 1 MiB a high ratio is
 # only a small repetitive part (a zip's XML, a short compressed page) and cannot hurt.
