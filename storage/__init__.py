@@ -12,6 +12,8 @@ The map, one concern a module:
   - training_state.py: the cursor and its one writer, the checkpoint rows, stats
   - evaluations.py: the history of evaluations on the held-out set
 - stream.py: tokens to chunk rows and a stream range back; rows.py: statements the parts share
+- cache.py: StreamCache, a copy of the stream in one flat file, derived from the store, for
+  reading windows at any size (one pread a window)
 - holdout.py and mask.py: pure arithmetic over offsets (the held-out split; what training may read)
 - claims.py: which daemon ingests each file; locks.py: one training job per corpus
 - db.py: the engine, transactions, migrations on open (migrations/); models.py: the tables;
@@ -23,6 +25,7 @@ StoreUnavailable classes (errors.py), transient or not, never as the driver's ow
 returns rows, token arrays and paths. Callers import from here.
 """
 
+from .cache import StreamCache
 from .claims import ClaimResult, FileClaims
 from .config import ConfigError, StorageConfig
 from .db import Database, open_database
@@ -78,6 +81,7 @@ __all__ = [
     "StoreDisconnected",
     "StoreFull",
     "StoreUnavailable",
+    "StreamCache",
     "StreamMask",
     "StoredVersion",
     "TokenizerMismatch",

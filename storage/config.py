@@ -31,6 +31,12 @@ class StorageConfig:
     # tokens per stored chunk blob: 65536 uint16 tokens are 128 KiB, so a read of one window
     # touches at most two chunks per document it spans.
     chunk_tokens: int = 65536
+    # the corpus rules on what is stored (crawler/ingest/cleaning.py; docs/STORAGE.md, "Boilerplate
+    # and near-duplicates"): a line repeated as navigation, header or footer across many documents
+    # is stored by the first 20 and dropped from the rest; a document whose text is mostly one
+    # already stored is skipped as near_duplicate. Either off: stored as extracted
+    drop_boilerplate: bool = True
+    skip_near_duplicates: bool = True
 
     def validate(self) -> "StorageConfig":
         if not isinstance(self.url, str) or "://" not in self.url:
@@ -57,4 +63,7 @@ class StorageConfig:
             raise ConfigError(f"busy_timeout_ms ({self.busy_timeout_ms!r}) must be in [0, 600000]")
         if not isinstance(self.chunk_tokens, int) or not 1 <= self.chunk_tokens <= 2**24:
             raise ConfigError(f"chunk_tokens ({self.chunk_tokens!r}) must be in [1, 16777216]")
+        for name in ("drop_boilerplate", "skip_near_duplicates"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} ({getattr(self, name)!r}) must be true or false")
         return self

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import sqlalchemy as sa
 from alembic import command
@@ -37,16 +37,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from .config import StorageConfig
-from .errors import (
-    DatabaseUnavailable,
-    SchemaTooNew,
-    StorageError,
-    StoreBroken,
-    StoreBusy,
-    StoreDisconnected,
-    StoreFull,
-    StoreUnavailable,
-)
+from .errors import (DatabaseUnavailable, SchemaTooNew, StorageError, StoreBroken, StoreBusy, StoreDisconnected,
+                     StoreFull, StoreUnavailable)
 from .models import metadata
 
 # found next to this file, so an installed package (package data) migrates as a checkout does
@@ -98,7 +90,21 @@ def create_engine(config: StorageConfig) -> sa.Engine:
     return engine
 
 
-class Database:
+class ClosesOnExit:
+    """A `with` block closes it on the way out, whatever ends the block: the base of the store's
+    fronts that hold connections (Database, queue.CorpusQueue), each with its own close()."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Database(ClosesOnExit):
     """An open corpus database: the engine and the two transaction scopes all queries use."""
 
     def __init__(self, engine: sa.Engine, config: StorageConfig):
@@ -169,12 +175,6 @@ class Database:
     def close(self) -> None:
         """Closes every pooled connection. Idempotent."""
         self.engine.dispose()
-
-    def __enter__(self) -> "Database":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _set_synchronous(connection: sa.Connection, level: str) -> None:

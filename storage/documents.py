@@ -84,7 +84,8 @@ class DocumentStore:
         item = NewDocument(source_path, content_hash, size, mtime, kind, tokens)
         return self.add_documents([item], tokenizer=tokenizer)[0]
 
-    def add_documents(self, items: Sequence[NewDocument], *, tokenizer: str) -> list[AddResult]:
+    def add_documents(self, items: Sequence[NewDocument], *, tokenizer: str,
+                      extractor_version: int | None = None) -> list[AddResult]:
         """Stores several file versions in arrival order; returns one AddResult each.
 
         Atomic and durable: one transaction, committed at synchronous=FULL on SQLite, holds every
@@ -103,7 +104,8 @@ class DocumentStore:
         the whole batch, which is what makes many small files cheap. May block up to
         busy_timeout_ms for another writer. Raises ValueError for empty or out-of-range tokens
         or a malformed hash (nothing is written), and TokenizerMismatch when `tokenizer` is not
-        the corpus tokenizer (the first one is recorded).
+        the corpus tokenizer (the first one is recorded). Every row records `extractor_version`
+        (the extractor that read the files; a number storage only keeps).
         """
         items = [replace_tokens(item, check_tokens(item.tokens)) for item in items]
         for item in items:
@@ -131,7 +133,8 @@ class DocumentStore:
                 row = {"source_path": item.source_path, "content_hash": item.content_hash,
                        "size": item.size, "mtime": item.mtime, "kind": item.kind,
                        "version": version, "tokenizer": tokenizer,
-                       "byte_offset": item.byte_offset, "continues": item.continues}
+                       "byte_offset": item.byte_offset, "continues": item.continues,
+                       "extractor_version": extractor_version}
                 if item.content_hash in originals:
                     row |= {"status": "duplicate", "duplicate_of": originals[item.content_hash], "token_count": 0}
                     plans.append((row, None))
@@ -201,6 +204,7 @@ class DocumentStore:
         content_hash: str | None = None,
         byte_offset: int | None = None,
         continues: int | None = None,
+        extractor_version: int | None = None,
     ) -> int | None:
         """Records a file version that put nothing in the stream; returns its row id. Atomic.
 
@@ -210,6 +214,8 @@ class DocumentStore:
         growth is measured from (latest_versions). One that `continues` a version no longer
         the path's newest is stale, as in add_documents: nothing is written and None returned
         (a row measured from an older version would make the next growth store bytes again).
+        `extractor_version` names the extractor that gave the verdict (None: not an extractor's,
+        or not known), so that seen_many can offer the file to a newer one.
         """
         if status not in ("skipped", "failed"):
             raise ValueError(f"status ({status!r}) must be 'skipped' or 'failed'")
@@ -230,6 +236,7 @@ class DocumentStore:
                 "version": next_version(connection, source_path),
                 "byte_offset": byte_offset,
                 "continues": continues,
+                "extractor_version": extractor_version,
             }
             return insert_row(connection, documents, row)
 

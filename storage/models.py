@@ -176,6 +176,10 @@ documents = sa.Table(
     # the file its text starts at, and the id of the version it continues; NULL for a whole file
     sa.Column("byte_offset", sa.BigInteger, nullable=True),
     sa.Column("continues", sa.Integer, nullable=True),
+    # (revision 0007) the extractor that gave the row's verdict (the crawler's EXTRACTOR_VERSION);
+    # NULL for a row written before it was recorded. A skip by an older extractor, for a reason a
+    # newer one may cure, is read again (versions.FileVersions.seen_many)
+    sa.Column("extractor_version", sa.Integer, nullable=True),
     sa.CheckConstraint(
         "status IN ('queued', 'trained', 'duplicate', 'skipped', 'failed')", name="status"
     ),
@@ -292,4 +296,37 @@ claims = sa.Table(
     sa.Column("lease_until", sa.Double, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Index(None, "claimed_by"),
+)
+
+# --- corpus rules (revision 0008) ----------------------------------------------------------------
+
+# the boilerplate rule's line statistics (corpus_rules.py, crawler/ingest/cleaning.py): per line,
+# by a signed 64-bit hash of its text, the documents that hold it, and the hash of the path that
+# counted it last (a new version of that file does not count it again). No rowid on SQLite:
+# the hash is the table's one key.
+corpus_lines = sa.Table(
+    "corpus_lines",
+    metadata,
+    sa.Column("line_hash", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("documents", sa.Integer, nullable=False),
+    sa.Column("last_path", sa.BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# the near-duplicate index: a stored document's MinHash (PERMUTATIONS little-endian uint32) and
+# its count of distinct shingles, and one row per locality-sensitive band key it holds
+document_signatures = sa.Table(
+    "document_signatures",
+    metadata,
+    sa.Column("document_id", sa.Integer, sa.ForeignKey("documents.id"), primary_key=True, autoincrement=False),
+    sa.Column("shingles", sa.Integer, nullable=False),
+    sa.Column("signature", sa.LargeBinary, nullable=False),
+)
+
+signature_bands = sa.Table(
+    "signature_bands",
+    metadata,
+    sa.Column("band_key", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("document_id", sa.Integer, sa.ForeignKey("documents.id"), primary_key=True, autoincrement=False),
+    sqlite_with_rowid=False,
 )

@@ -7,10 +7,12 @@ here as mixins over one Database:
                  version that `continues` another), record_skip
 - versions.py    FileVersions: seen, seen_many, latest_versions (the version a change is read against)
 - reads.py       StreamReads: the held-out split, read_windows, read_windows_at, sample_replay,
-                 holdout_set, read_tokens, stream_end
+                 holdout_set, read_tokens, stream_end, document_identity
 - withdrawal.py  Withdrawal: forget, stream_mask, withdrawal_generation
 - training_state.py  TrainingState: the cursor and its one writer, the checkpoint rows, stats
 - evaluations.py Evaluations: the history of evaluations on the held-out set
+- document_text.py DocumentText: document_versions (every version of a file, for `show`)
+- corpus_rules.py CorpusRules: count_lines, near_duplicate_candidates, record_signatures (the corpus rules)
 
 Each public method is one transaction through db.Database unless its docstring says otherwise.
 Not a place for queries: a new one goes to the module of its concern. Knows nothing of the
@@ -19,7 +21,9 @@ engine or the crawler.
 
 from __future__ import annotations
 
-from .db import Database
+from .corpus_rules import CorpusRules
+from .db import ClosesOnExit, Database
+from .document_text import DocumentText
 from .documents import DocumentStore
 from .evaluations import Evaluations
 from .reads import StreamReads
@@ -28,7 +32,8 @@ from .versions import FileVersions
 from .withdrawal import Withdrawal
 
 
-class CorpusQueue(DocumentStore, FileVersions, StreamReads, Withdrawal, TrainingState, Evaluations):
+class CorpusQueue(DocumentStore, FileVersions, StreamReads, Withdrawal, TrainingState, Evaluations, DocumentText,
+                  CorpusRules, ClosesOnExit):
     """The corpus store's interface; each method is one transaction unless it says otherwise."""
 
     def __init__(self, database: Database):
@@ -38,9 +43,3 @@ class CorpusQueue(DocumentStore, FileVersions, StreamReads, Withdrawal, Training
     def close(self) -> None:
         """Closes the database this queue was given. Idempotent."""
         self.database.close()
-
-    def __enter__(self) -> "CorpusQueue":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -6,7 +6,9 @@ order from a position (read_windows), replay samples windows from the part befor
 (holdout.py, recorded once in meta["holdout"] by `holdout`), the training reads and the replay
 draws skip every window that touches a held-out region; with a StreamMask (mask.py) they, and
 the held-out set, skip withdrawn text too. Reads touch only the chunks that overlap the
-requested range (stream.py), so memory follows the request, never the corpus.
+requested range (stream.py), so memory follows the request, never the corpus. sample_replay
+costs a query a window: a reader that draws many windows from a long stream keeps a copy of it
+(cache.py, which names the stream with document_identity) and draws the same windows there.
 
 Read only, but for `holdout`'s first call: nothing here stores documents (documents.py),
 withdraws text (withdrawal.py) or moves the cursor (training_state.py). A mixin of CorpusQueue
@@ -18,11 +20,12 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import sqlalchemy as sa
 
 from .db import Database
 from .holdout import HoldoutSplit, draw_window_starts, evaluation_windows
 from .mask import StreamMask
-from .models import meta
+from .models import documents, meta
 from .records import HoldoutSet
 from .rows import meta_value
 from .stream import lock_stream, read_range, stream_end
@@ -76,6 +79,18 @@ class StreamReads:
         """The stream's length in tokens, as last committed: one small read."""
         with self.database.read() as connection:
             return stream_end(connection)
+
+    def document_identity(self, offset: int) -> str | None:
+        """Names the document holding stream offset `offset` apart from any other document of any
+        store: "ID:STORED_AT:HASH" (its id, when it was stored, its content hash); None where no
+        document holds it. The one at offset 0 names the stream itself: another corpus (a reset,
+        another database) has another, so a copy of the stream kept outside the store (cache.py)
+        can tell it is not this one's. One read, which scans the documents table."""
+        query = sa.select(documents.c.id, documents.c.created_at, documents.c.content_hash).where(
+            documents.c.stream_start <= offset, documents.c.stream_end > offset).limit(1)
+        with self.database.read() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else f"{row.id}:{row.created_at.isoformat()}:{row.content_hash}"
 
     def read_windows(
         self, position: int, count: int, seq_len: int, holdout: HoldoutSplit | StreamMask | None = None,

@@ -6,6 +6,8 @@ the stream lock). The one rule of "the version a changed file is compared with" 
 duplicate, or a growth by whitespace only), not another skip. latest_versions answers it for the
 ingest side; `newest_versions` and `stale_continuations` answer it under the lock for the
 writers (documents.py), which is what keeps two writers of one growing file from both storing it.
+What counts as seen lives here too: any row of that (path, size, mtime), but a skip that an
+older extractor gave for a reason the caller says a newer one may cure (seen_many).
 
 Read only: storing a version is documents.py's. A mixin of CorpusQueue (queue.py): relies on
 its `database`, and on models.py and rows.py; the functions below run inside the caller's
@@ -14,7 +16,7 @@ transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import sqlalchemy as sa
 
@@ -29,17 +31,26 @@ class FileVersions:
 
     database: Database
 
-    def seen_many(self, versions: Sequence[tuple[str, int, float]]) -> set[tuple[str, int, float]]:
+    def seen_many(self, versions: Sequence[tuple[str, int, float]], *, extractor_version: int | None = None,
+                  reoffered: Collection[str] = ()) -> set[tuple[str, int, float]]:
         """Which of these (path, size, mtime) file versions already have a row of any status.
-        One snapshot, a few IN queries: the cheap way to reconcile a large folder."""
+        One snapshot, a few IN queries: the cheap way to reconcile a large folder.
+
+        With `extractor_version`, a 'skipped' row whose reason is in `reoffered` and that an
+        older extractor recorded (extractor_version below it, or NULL) does not count: that
+        file version is offered to the current extractor again (docs/STORAGE.md, "A skip by an
+        older extractor"). Its next row, whatever the verdict, counts."""
         wanted = set(versions)
         found: set[tuple[str, int, float]] = set()
+        columns = (documents.c.source_path, documents.c.size, documents.c.mtime, documents.c.status,
+                   documents.c.reason, documents.c.extractor_version)
         with self.database.read() as connection:
             for group in in_groups({path for path, _, _ in wanted}):
-                query = sa.select(documents.c.source_path, documents.c.size, documents.c.mtime).where(
-                    documents.c.source_path.in_(group))
-                found |= {tuple(row) for row in connection.execute(query)} & wanted
-        return found
+                query = sa.select(*columns).where(documents.c.source_path.in_(group))
+                for path, size, mtime, status, reason, recorded in connection.execute(query):
+                    if not _reoffered(status, reason, recorded, extractor_version, reoffered):
+                        found.add((path, size, mtime))
+        return found & wanted
 
     def latest_versions(self, paths: Sequence[str]) -> dict[str, StoredVersion]:
         """For each path with one, its latest version whose bytes are all accounted for (stored,
@@ -64,6 +75,13 @@ class FileVersions:
         )
         with self.database.read() as connection:
             return connection.execute(query.limit(1)).first() is not None
+
+
+def _reoffered(status: str, reason: str | None, recorded: int | None, current: int | None,
+               reasons: Collection[str]) -> bool:
+    """Whether a row is a skip an older extractor gave for a reason the current one may cure."""
+    return (current is not None and status == "skipped" and reason in reasons
+            and (recorded is None or recorded < current))
 
 
 # --- inside the caller's transaction -------------------------------------------------------------

@@ -165,6 +165,8 @@ def command_forget(args: argparse.Namespace) -> int:
     database, queue = open_queue(config)
     try:
         result = queue.forget(paths=paths, prefixes=prefixes, document_ids=ids, dry_run=args.dry_run)
+        if not args.dry_run and result.documents:
+            _blank_token_copy(config, queue)
     finally:
         database.close()
     missing = set(result.not_found)
@@ -180,6 +182,30 @@ def command_forget(args: argparse.Namespace) -> int:
     else:
         print(describe_forget(report))
     return 1 if unknown and not result.documents else 0
+
+
+def _blank_token_copy(config: Config, queue) -> None:
+    """The forgotten text leaves the training loop's copy of the stream (STATE_DIR/stream.tokens)
+    now: when no daemon or `train` holds the state, by opening the copy, which zeroes every
+    withdrawn range durably (storage/cache.py); a running trainer does it itself within a second."""
+    from storage import StreamCache
+
+    from ..service.opening import OpenedState
+    from ..state.health import DaemonAlreadyRunning
+    from ..training.batches import STREAM_CACHE_FILE
+
+    path = config.state_dir / STREAM_CACHE_FILE
+    if not path.exists():
+        return
+    opened = OpenedState(config)
+    try:
+        opened.lock()
+    except DaemonAlreadyRunning:
+        return  # its trainer blanks the text itself
+    try:
+        StreamCache.open(path, queue, _state_tokenizer(config).vocab_size).close()
+    finally:
+        opened.close()
 
 
 def describe_forget(report: dict) -> str:

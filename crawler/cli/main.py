@@ -2,13 +2,13 @@
 
 This is the edge where flags become configuration. Each command group registers its own
 flags and handler from its module: `train` (train.py), `generate`, `eval`, `export`
-(model.py), `tokenizer train` (tokenizer.py), `ingest`, `status`, `forget` (corpus.py), `run`,
-`pause`, `resume`, `init` (service.py), `repair`, `reset`, `backup` (state.py), `plot`
-(plot.py); `bench` is crawler/bench/throughput.py's, whose flags are parsed only when it runs.
-Every command finds its state directory as the daemon does (opener.py). Every expected failure
-(a missing file, no or an incompatible checkpoint, a bad flag value, a store error) ends as ONE
-line `crystalline: error: ...` on stderr and a non-zero exit status, never a traceback; a
-traceback means a bug.
+(model.py), `tokenizer train` (tokenizer.py), `ingest`, `status`, `forget` (corpus.py), `show`
+(show.py), `run`, `pause`, `resume`, `init` (service.py), `repair`, `reset`, `backup`
+(state.py), `plot` (plot.py); `bench` is crawler/bench/throughput.py's, whose flags are
+parsed only when it runs. Every command finds its state directory as the daemon does
+(opener.py). Every expected failure (a missing file, no or an incompatible checkpoint, a bad
+flag value, a store error) ends as ONE line `crystalline: error: ...` on stderr and a non-zero
+exit status, never a traceback; a traceback means a bug.
 
 State layout: STATE_DIR/corpus.db (the corpus, the cursor, checkpoint rows, the evaluation
 history), STATE_DIR/checkpoints/ckpt-*.safetensors (rolling) and best.safetensors, and an
@@ -46,6 +46,7 @@ from .parsing import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, PROG, CliEr
 from .plot import add_commands as add_plot_commands
 from .progress import SHOWN_BY_BARS, BarSafeStream, on_terminal
 from .service import add_commands as add_service_commands
+from .show import add_commands as add_show_commands
 from .state import add_commands as add_state_commands
 from .tokenizer import add_commands as add_tokenizer_commands
 from .train import add_commands as add_train_commands
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(handler=command_bench)
     add_tokenizer_commands(commands)
     add_corpus_commands(commands)
+    add_show_commands(commands)
     add_service_commands(commands)
     add_state_commands(commands)
     add_plot_commands(commands)

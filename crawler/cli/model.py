@@ -4,7 +4,9 @@ They use the best checkpoint by held-out bits per byte (checkpoints/best.safeten
 newest with --latest, as CheckpointStore.load_model picks it, with the tokenizer the checkpoint
 records (which must be the state directory's). They take no lock and open no store, so they
 work beside a running daemon. `generate`'s settings and their bounds are the engine's
-(engine/sampling.py), the same the page's prompt box obeys.
+(engine/sampling.py), the same the page's prompt box obeys. `eval` reads each file as the daemon
+does (crawler.ingest.reading: the same extraction, normalisation and skips), so it scores the
+text the model trains on.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from engine.sampling import BOUNDS as SAMPLE_BOUNDS
 from engine.sampling import TERMINAL_SAMPLING
 from engine.units import LN2
 
-from ..ingest.data import eval_windows, load_corpus
+from ..ingest.data import SkippedFile, eval_windows, load_corpus
 from ..ingest.tokenizer import Tokenizer, TokenizerError, tokenizer_from_identity
 from ..logging import get_logger
 from .opener import add_state_flags, command_config
@@ -97,11 +99,18 @@ def _checkpoint_tokenizer(checkpoint, state_dir: Path) -> Tokenizer:
     return tokenizer
 
 
-def _load_corpus(paths: Sequence[str], tokenizer: Tokenizer, log: Any):
-    corpus = load_corpus(paths, tokenizer)
-    for skipped in corpus.skipped:
-        log.warning("file_skipped", path=str(skipped.path), reason=skipped.reason, detail=skipped.message)
-    return corpus
+def log_left_out(log: Any, item: SkippedFile) -> None:
+    """A file an offline command leaves out, logged as the daemon logs it: file_skipped with its
+    reason, or file_failed (a parser rejected it)."""
+    if item.status == "failed":
+        log.warning("file_failed", path=str(item.path), reason=item.reason, error=item.detail)
+    else:
+        log.warning("file_skipped", path=str(item.path), reason=item.reason, detail=item.detail)
+
+
+def _load_corpus(paths: Sequence[str], tokenizer: Tokenizer, log: Any, args: argparse.Namespace):
+    """The files' text as the daemon reads it, within the state's [extract] limits."""
+    return load_corpus(paths, tokenizer, command_config(args).extract, on_skip=lambda item: log_left_out(log, item))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,11 +140,12 @@ def command_generate(args: argparse.Namespace) -> int:
 
 
 def command_eval(args: argparse.Namespace) -> int:
-    """Bits per byte of the best (or --latest) checkpoint on PATH...: summed nats / ln 2 / source bytes."""
+    """Bits per byte of the best (or --latest) checkpoint on PATH...: summed nats / ln 2 / the bytes
+    of the files' text, each file read as the daemon reads it (what it would skip is skipped)."""
     log = get_logger("cli")
     checkpoint, state_dir = _model_checkpoint(args, log)
     tokenizer = _checkpoint_tokenizer(checkpoint, state_dir)
-    corpus = _load_corpus(args.paths, tokenizer, log)
+    corpus = _load_corpus(args.paths, tokenizer, log, args)
     model = checkpoint.model_config
     recipe = TrainConfig(batch_size=args.batch_size, seq_len=model.context_length, threads=args.threads)
     loss_sum, n_tokens, n_bytes = 0.0, 0, 0

@@ -1,8 +1,10 @@
 """`crystalline tokenizer train PATH... --vocab-size N`: the state directory's byte-level BPE.
 
-Trains on the files' text and writes STATE_DIR/tokenizer.json. The tokenizer is fixed for the
-life of a model, so this refuses a state directory that holds checkpoints, and one with a corpus
-database unless --force (its stored tokens were made with the old tokenizer).
+Trains on the files' text, each file read as the daemon reads it (crawler.ingest.reading: HTML,
+PDF and the rest as their extracted text; what the daemon skips is skipped, with its reason),
+and writes STATE_DIR/tokenizer.json. The tokenizer is fixed for the life of a model, so this
+refuses a state directory that holds checkpoints, and one with a corpus database unless
+--force (its stored tokens were made with the old tokenizer).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..config import DATABASE_FILE
 from ..ingest.data import DataError, SkippedFile, find_files, read_text
 from ..ingest.tokenizer import FIXED, MAX_BPE_VOCAB, MIN_BPE_VOCAB, TOKENIZER_FILE, train_bpe
 from ..logging import get_logger
+from .model import log_left_out
 from .opener import add_state_flags, command_config
 from .parsing import CliError, Parser, integer, write_stdout
 
@@ -31,7 +34,8 @@ def add_commands(commands: Any) -> None:
     tokenizer_train = tokenizer_commands.add_parser(
         "train", help=f"train a byte-level BPE on files and write STATE_DIR/{TOKENIZER_FILE}"
     )
-    tokenizer_train.add_argument("paths", nargs="+", metavar="PATH", help="UTF-8 text files or folders")
+    tokenizer_train.add_argument("paths", nargs="+", metavar="PATH",
+                                 help="files or folders, read as the daemon reads them")
     tokenizer_train.add_argument("--vocab-size", type=integer(MIN_BPE_VOCAB, MAX_BPE_VOCAB), required=True,
                                  metavar="N", help="ids, EOD included (at most the training text allows)")
     tokenizer_train.add_argument("--force", action="store_true",
@@ -46,7 +50,8 @@ def command_tokenizer_train(args: argparse.Namespace) -> int:
     from ..training.checkpoints import CheckpointStore
 
     log = get_logger("cli")
-    state = command_config(args).state_dir
+    config = command_config(args)
+    state = config.state_dir
     store = CheckpointStore(state, log=log)
     checkpoints = store.rolling()
     if checkpoints:
@@ -57,15 +62,15 @@ def command_tokenizer_train(args: argparse.Namespace) -> int:
                        f"{FIXED}; use a new --state-dir (or --force to replace it anyway)")
     files, skipped = find_files(args.paths)
     for item in skipped:
-        log.warning("file_skipped", path=str(item.path), reason=item.reason, detail=item.message)
+        log_left_out(log, item)
     used: list[Path] = []
 
     def texts(paths: Sequence[Path], first_pass: bool) -> Iterator[str]:
         for path in paths:
-            text = read_text(path)
+            text = read_text(path, config.extract)
             if isinstance(text, SkippedFile):
                 if first_pass:
-                    log.warning("file_skipped", path=str(path), reason=text.reason, detail=text.message)
+                    log_left_out(log, text)
                 continue
             if first_pass:
                 used.append(path)
@@ -76,7 +81,7 @@ def command_tokenizer_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     if not used:
         named = ", ".join(str(p) for p in args.paths)
-        raise DataError(f"no readable UTF-8 text files in {named}")
+        raise DataError(f"no readable text files in {named}")
     # compression on the training text: a second read, so no file is held in memory twice
     n_bytes = n_tokens = 0
     for text in texts(used, first_pass=False):

@@ -60,7 +60,8 @@ class DaemonConfig:
     max_passes: float = 100.0
     # the trained text is held in memory up to this size, for the windows of replay, further
     # passes and cool-downs (a window read from the store costs more than a small model's step);
-    # beyond it they are read from the store. 2 bytes a token (4 above 65,536 token ids)
+    # beyond it, from STATE_DIR/stream.tokens, a copy read a window at a time (docs/STORAGE.md).
+    # 2 bytes a token (4 above 65,536 token ids)
     replay_memory_mb: int = 256
     # the model handed to generate/eval/export (best.safetensors) is a cooled copy: at each
     # evaluation, a copy of the live weights trains this share of the steps since the last

@@ -99,6 +99,8 @@ url # empty: SQLite in STATE_DIR/corpus.db; or postgresql+psycopg://user@host/db
 sqlite_synchronous # NORMAL survives process crashes; FULL also power loss (slower)
 busy_timeout_ms
 chunk_tokens
+drop_boilerplate # a line repeated across many documents (navigation, footers) is stored a few times
+skip_near_duplicates # a document mostly like one stored is skipped (reason near_duplicate)
 
 [extract]
 max_file_bytes # larger files are skipped as too_large

@@ -1,34 +1,50 @@
-"""Offline training data: files on disk -> one token array -> reproducible batches of windows.
+"""Offline data: files on disk -> one token array -> reproducible batches of windows.
 
-This module serves the `train` and `eval` commands, which read the files named on the command
-line. It is not the daemon's ingest path (that one watches a folder and goes through storage).
+This module serves the `eval` and `tokenizer train` commands, which read the files named on the
+command line. It is not the daemon's ingest path (that one watches a folder and goes through
+storage), but it reads each file exactly as that path does: reading.py's `read_file`, the
+Ingestor's own per-file extraction (kinds, decoding, normalisation), so `eval` scores the text
+the daemon trains on, and a file the daemon skips is skipped here with the same reason. Inside
+a folder the same names are passed over (hidden and temporary ones). The rules on the stored
+corpus as a whole are not applied: an offline corpus is the files' text, so figures on one set
+of files stay comparable.
 
 Corpus layout: every document is preceded by the EOD separator, so the array reads
-``EOD doc1 EOD doc2 ... EOD docN``. The model thus always sees EOD before a document starts
+``EOD doc1 EOD doc2 ... EOD docN``, each document's tokens exactly those the daemon stores for
+it (reading.document_tokens). The model thus always sees EOD before a document starts
 (generation prompts begin with EOD for the same reason), and the targets of the array, every
-token after the first, are exactly the tokens of the source text plus the separators between
-documents (with the byte tokenizer, one token per source byte). With a BPE tokenizer a document
-must be UTF-8 text; other files are skipped (reason "not_utf8").
+token after the first, are exactly the tokens of the extracted texts plus the separators between
+documents (with the byte tokenizer, one token per byte of the UTF-8 text).
 
 Sampling is stateless: the batch of step s is drawn from ``np.random.default_rng([seed, s])``,
 so any step's batch can be rebuilt from (seed, step) alone; that is what makes a resumed run
 see exactly the batches an uninterrupted run would have seen.
-Relies on numpy, the tokenizer and the extractor's binary probe; knows nothing of the engine or
-storage.
+Relies on numpy, the tokenizer and reading.py; knows nothing of the engine or storage.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..state.walk import walk_files
-from .extract import PROBE_BYTES, binary_mark
+from .extract import ExtractLimits
+from .reading import (
+    EXTRACTION_FAILED,
+    SkippedFile,
+    document_tokens,
+    is_ignored_name,
+    read_file,
+)
 from .tokenizer import ByteTokenizer, Tokenizer, TokenizerError
+
+__all__ = ["Corpus", "CorpusTooShort", "DataError", "SkippedFile", "WindowSampler", "eval_windows", "find_files",
+           "load_corpus", "read_text"]
 
 
 class DataError(Exception):
@@ -39,15 +55,6 @@ class CorpusTooShort(DataError):
     """The corpus has fewer tokens than one training window needs."""
 
 
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file left out of the corpus; `reason` is one of: binary, empty, unreadable, not_utf8."""
-
-    path: Path
-    reason: str
-    message: str
-
-
 @dataclass
 class Corpus:
     """The token array of the files read, in order, with what was read and what was skipped."""
@@ -55,7 +62,7 @@ class Corpus:
     tokens: np.ndarray  # (N,) the tokenizer's dtype, "EOD doc1 EOD doc2 ..."
     files: list[Path] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
-    n_bytes: int = 0  # source bytes in the corpus: the denominator of bits per byte
+    n_bytes: int = 0  # bytes of the extracted texts (UTF-8): the denominator of bits per byte
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,7 +71,8 @@ class Corpus:
 
 def find_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[SkippedFile]]:
     """The files named by `paths`, in command-line order, each directory walked recursively in
-    sorted path order; hidden entries (names starting with ".") inside directories are ignored.
+    sorted path order; hidden and temporary names inside directories are passed over, as the
+    daemon passes them over (reading.is_ignored_name), and symlinked folders are not entered.
 
     A file named twice is read once. Raises DataError for a path that does not exist; an
     unreadable directory below a named one is reported as skipped instead.
@@ -85,9 +93,9 @@ def find_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Ski
 
             def unlisted(folder: Path, error: OSError | None) -> None:
                 if error is not None:
-                    skipped.append(SkippedFile(folder, "unreadable", f"{folder}: {error.strerror or error}"))
+                    skipped.append(SkippedFile(folder, "unreadable", str(error.strerror or error)))
 
-            found = walk_files(root, skip=_hidden, linked_folders=False, on_folder=unlisted)
+            found = walk_files(root, skip=is_ignored_name, linked_folders=False, on_folder=unlisted)
             for path in sorted(Path(entry.path) for entry in found):
                 add(path)
         elif root.exists():
@@ -97,71 +105,56 @@ def find_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Ski
     return files, skipped
 
 
-def _hidden(name: str) -> bool:
-    return name.startswith(".")
+def read_text(path: Path, limits: ExtractLimits | None = None) -> str | SkippedFile:
+    """The text of a file as the daemon stores it (reading.read_file), or a SkippedFile saying
+    why there is none."""
+    extraction = read_file(path, limits)
+    return extraction if isinstance(extraction, SkippedFile) else extraction.text
 
 
-def read_document(path: Path) -> bytes | SkippedFile:
-    """The bytes of a text file, or a SkippedFile saying why it is not one."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return SkippedFile(path, "unreadable", f"{path}: {exc.strerror or exc}")
-    if not data:
-        return SkippedFile(path, "empty", f"{path}: empty file")
-    # the extractor's probe, without its decoding: these bytes are trained on as they are, so
-    # UTF-16 text (NUL bytes) is binary here
-    why = binary_mark(data[:PROBE_BYTES])
-    if why is not None:
-        return SkippedFile(path, "binary", f"{path}: binary file ({why})")
-    return data
+def load_corpus(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer | None = None,
+                limits: ExtractLimits | None = None,
+                on_skip: Callable[[SkippedFile], None] | None = None) -> Corpus:
+    """Read and tokenize every file under `paths` into one "EOD doc1 EOD doc2 ..." array.
 
-
-def read_text(path: Path) -> str | SkippedFile:
-    """The text of a UTF-8 file, or a SkippedFile saying why it is not one."""
-    data = read_document(path)
-    if isinstance(data, SkippedFile):
-        return data
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return SkippedFile(path, "not_utf8", f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
-
-
-def load_corpus(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer | None = None) -> Corpus:
-    """Read and tokenize every text file under `paths` into one "EOD doc1 EOD doc2 ..." array.
-
-    Binary, empty and unreadable files (and, for a BPE, files that are not UTF-8) are skipped and
-    listed in `Corpus.skipped` for the caller to report. Raises DataError for a missing path, or
-    when no text file remains.
+    Each file is read as the daemon reads it (read_text); a file it would skip or fail is
+    listed in `Corpus.skipped`, with its reason, and told to `on_skip` as it is met (so the
+    caller can report it even when no file gives text). Raises DataError for a missing path,
+    or when no file gives text (the message counts the skips by reason).
     """
     tokenizer = tokenizer or ByteTokenizer()
-    files, skipped = find_files(paths)
+    skipped: list[SkippedFile] = []
+
+    def leave_out(item: SkippedFile) -> None:
+        skipped.append(item)
+        if on_skip is not None:
+            on_skip(item)
+
+    found, unlisted = find_files(paths)
+    for item in unlisted:
+        leave_out(item)
     documents: list[np.ndarray] = []
     used: list[Path] = []
     n_bytes = 0
-    for path in files:
-        data = read_document(path)
-        if isinstance(data, SkippedFile):
-            skipped.append(data)
+    for path in found:
+        text = read_text(path, limits)
+        if isinstance(text, SkippedFile):
+            leave_out(text)
             continue
         try:
-            documents.append(tokenizer.encode(data))  # the byte tokenizer takes any bytes
-        except TokenizerError as exc:
-            skipped.append(SkippedFile(path, "not_utf8", f"{path}: {exc}"))
+            tokens = document_tokens(tokenizer, text)  # (1 + n,) EOD first
+        except TokenizerError as exc:  # as the Ingestor's guard records it
+            leave_out(SkippedFile(path, EXTRACTION_FAILED, f"TokenizerError: {exc}", "failed"))
             continue
+        documents.append(tokens)
         used.append(path)
-        n_bytes += len(data)
+        n_bytes += tokenizer.token_bytes(tokens)
     if not documents:
         named = ", ".join(str(p) for p in paths) or "(no paths)"
-        raise DataError(f"no readable text files in {named}")
-    tokens = np.empty(sum(doc.size for doc in documents) + len(documents), dtype=tokenizer.dtype)  # (N,)
-    at = 0
-    for doc in documents:
-        tokens[at] = tokenizer.eod_id
-        tokens[at + 1 : at + 1 + doc.size] = doc
-        at += 1 + doc.size
-    return Corpus(tokens=tokens, files=used, skipped=skipped, n_bytes=n_bytes)
+        reasons = Counter(item.reason for item in skipped)
+        left_out = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        raise DataError(f"no readable text files in {named}" + (f" (left out: {left_out})" if left_out else ""))
+    return Corpus(tokens=np.concatenate(documents), files=used, skipped=skipped, n_bytes=n_bytes)
 
 
 # ---------------------------------------------------------------------------------------------

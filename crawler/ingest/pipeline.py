@@ -1,9 +1,12 @@
 """Ingest: one file -> extracted text -> token ids -> one corpus-queue transaction.
 
-Joins `crawler.ingest.extract`, a tokenizer and `storage.CorpusQueue`; used by `crystalline ingest`
-and by the daemon. Every file ends as exactly one outcome: ingested, duplicate (the same bytes
-are already queued under another name), unchanged (this path, size and mtime were seen
-before: nothing is read), skipped (a reason from SKIP_REASONS) or failed (an error text).
+Joins `crawler.ingest.reading` (the per-file extraction `eval` and `tokenizer train` share), a
+tokenizer and `storage.CorpusQueue`; used by `crystalline ingest` and by the daemon. Every file
+ends as exactly one outcome: ingested, duplicate (the same bytes are already queued under
+another name), unchanged (this path, size and mtime were seen before: nothing is read; unless an
+older extractor skipped it for a reason a newer one may cure, reading.REOFFERED_REASONS),
+skipped (a reason from SKIP_REASONS; near_duplicate from the corpus rules of cleaning.py, which
+also drop a whole document's boilerplate lines before its tokens are made) or failed (an error text).
 A changed text file that only grew since its stored version (its old bytes unchanged) stores
 only its new text, as a version that continues the earlier one (read again when another writer
 stored a newer version meanwhile, so each byte is stored once); any other change is a whole new
@@ -28,7 +31,7 @@ import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +39,12 @@ import numpy as np
 from storage import NewDocument, StoredVersion
 
 from ..state.walk import walk_files
-from .extract import PROBE_BYTES, Extraction, ExtractionFailed, ExtractLimits, Skipped, detect_kind, extract_file
+from .cleaning import NEAR_DUPLICATE, Cleaner
+from .extract import EXTRACTOR_VERSION, PROBE_BYTES, Extraction, ExtractLimits, detect_kind
+from .reading import REOFFERED_REASONS, SkippedFile, document_tokens, is_ignored_name, read_file
 
 # Skip reasons decided here, beside the extractor's own.
 OUTSIDE_ROOT = "outside_root"
-HIDDEN_SUFFIXES = ("~", ".part", ".tmp", ".swp", ".crdownload")
 # kinds whose text is their decoded bytes, so text appended to the file is text appended to the
 # document; every other kind (a parser's output, a zip, a PDF) changes as a whole: a rewrite
 GROWTH_KINDS = frozenset(("text", "markdown"))
@@ -82,13 +86,6 @@ class IngestSummary:
     def to_dict(self) -> dict:
         return {"files": dict(self.counts), "bytes": self.bytes, "tokens": self.tokens,
                 "reasons": {f"{s}:{r}": n for (s, r), n in sorted(self.reasons.items())}}
-
-
-def is_ignored_name(name: str) -> bool:
-    """Hidden and temporary names that are never ingested (dotfiles, editor and download
-    leftovers: emacs writes `#notes.txt#` autosaves and `.#notes.txt` locks)."""
-    return (name.startswith(".") or name.endswith(HIDDEN_SUFFIXES)
-            or (len(name) > 1 and name.startswith("#") and name.endswith("#")))
 
 
 def display_path(path: str | Path) -> str:
@@ -137,6 +134,7 @@ class Ingestor:
         self.tokenizer_identity = tokenizer.identity_string()
         self.limits = limits or ExtractLimits()
         self._stale: set[str] = set()  # this round's files another writer stored a newer version of
+        self.cleaner = Cleaner.for_queue(queue)  # the corpus rules ([store] drop_boilerplate, skip_near_duplicates)
         queue.set_tokenizer(self.tokenizer_identity)
 
     def ingest_file(self, path: str | Path, root: str | Path | None = None) -> IngestOutcome:
@@ -176,7 +174,9 @@ class Ingestor:
 
     def _ingest_round(self, group: list[tuple[Path, Path | None]], batch_bytes: int) -> Iterator[IngestOutcome]:
         looks = [_look(path, root) for path, root in group]
-        seen = self.queue.seen_many([look.version for look in looks if look.version is not None])
+        # unchanged: a row for this version, unless an older extractor skipped it for a reason it may cure
+        seen = self.queue.seen_many([look.version for look in looks if look.version is not None],
+                                    extractor_version=EXTRACTOR_VERSION, reoffered=REOFFERED_REASONS)
         changed = [look.source for look in looks if look.version is not None and look.version not in seen]
         bases = self.queue.latest_versions(changed) if changed else {}
         pending: list[_Pending] = []
@@ -204,6 +204,8 @@ class Ingestor:
             verdict = self._examine(look, seen, bases.get(look.source))
         except Exception as exc:  # noqa: BLE001 - one file's fault, whatever it is, is that file's outcome
             verdict = _Verdict("failed", "extraction_failed", f"{type(exc).__name__}: {exc}", remember=True)
+        if isinstance(verdict, _Pending) and verdict.tokens is None:  # a whole document the corpus rules judge
+            verdict = self._clean(verdict, first_version=look.source not in bases)
         if isinstance(verdict, _Pending):
             return verdict
         if verdict.remember:  # outside the guard: a storage error is the caller's, not this file's
@@ -213,13 +215,15 @@ class Ingestor:
                 recorded = self.queue.record_skip(source_path=look.source, reason=verdict.reason,
                                                   detail=verdict.detail, kind=grown.kind, size=grown.size,
                                                   mtime=grown.mtime, content_hash=grown.content_hash,
-                                                  byte_offset=grown.offset, continues=grown.continues)
+                                                  byte_offset=grown.offset, continues=grown.continues,
+                                                  extractor_version=EXTRACTOR_VERSION)
                 if recorded is None:
                     self._stale.add(look.source)
                     return None
             else:
                 self.queue.record_skip(source_path=look.source, reason=verdict.reason, detail=verdict.detail,
-                                       status=verdict.status, size=size, mtime=mtime)
+                                       status=verdict.status, size=size, mtime=mtime,
+                                       extractor_version=EXTRACTOR_VERSION)
         return IngestOutcome(look.source, verdict.status, verdict.reason, verdict.detail,
                              ms=(time.perf_counter() - t0) * 1e3)
 
@@ -241,29 +245,39 @@ class Ingestor:
                 extraction = Extraction(grown.text, grown.kind, grown.size, grown.mtime, grown.content_hash)
                 return _Pending(look.source, extraction, self._tokens(grown.text), time.perf_counter() - t0,
                                 offset=grown.offset, continues=grown.continues)
-        try:
-            extraction = extract_file(look.path, self.limits)
-        except Skipped as skip:
-            # nothing to remember about a file that is gone
-            return _Verdict("skipped", skip.reason, skip.detail, remember=skip.reason != "vanished")
-        except Exception as exc:  # noqa: BLE001 - a parser error or a pathological file: never fatal
-            failure = exc.detail if isinstance(exc, ExtractionFailed) and getattr(exc, "detail", None) else None
-            return _Verdict("failed", "extraction_failed", failure or f"{type(exc).__name__}: {exc}", remember=True)
-        return _Pending(look.source, extraction, self._tokens(extraction.text), time.perf_counter() - t0)
+        extraction = read_file(look.path, self.limits)  # as `eval` and `tokenizer train` read it
+        if isinstance(extraction, SkippedFile):  # nothing to remember about a file that is gone
+            return _Verdict(extraction.status, extraction.reason, extraction.detail,
+                            remember=extraction.reason != "vanished")
+        tokens = None if self.cleaner is not None else self._tokens(extraction.text)  # the rules' text, in _clean
+        return _Pending(look.source, extraction, tokens, time.perf_counter() - t0)
 
     def _tokens(self, text: str) -> np.ndarray:
-        body = self.tokenizer.encode_text(text)
-        tokens = np.empty(body.size + 1, dtype=body.dtype)
-        tokens[0] = self.tokenizer.eod_id  # a separator opens every document (and every growth) in the stream
-        tokens[1:] = body
-        return tokens
+        return document_tokens(self.tokenizer, text)
+
+    def _clean(self, pending: "_Pending", first_version: bool) -> "_Pending | _Verdict":
+        """The corpus rules (cleaning.py) on a whole document, outside the file's guard because
+        they ask the store: its tokens, of the text less its boilerplate lines, or a skip."""
+        t0 = time.perf_counter()
+        cleaned = self.cleaner.clean(pending.source, pending.extraction.text, first_version=first_version,
+                                     content_hash=pending.extraction.content_hash)
+        if cleaned.skip is not None:
+            return _Verdict("skipped", *cleaned.skip, remember=True)
+        try:
+            tokens = None if cleaned.near_of else self._tokens(cleaned.text or pending.extraction.text)
+        except Exception as exc:  # noqa: BLE001 - the tokenizer's fault on this file's text is the file's
+            return _Verdict("failed", "extraction_failed", f"{type(exc).__name__}: {exc}", remember=True)
+        return replace(pending, tokens=tokens, seconds=pending.seconds + time.perf_counter() - t0, cleaned=cleaned)
 
     def _commit(self, pending: list["_Pending"]) -> Iterator[IngestOutcome]:
         t0 = time.perf_counter()
+        held = [p for p in pending if p.cleaned is not None and p.cleaned.near_of is not None]  # near one of these
+        pending = [p for p in pending if p.cleaned is None or p.cleaned.near_of is None]
         items = [NewDocument(p.source, p.extraction.content_hash, p.extraction.size, p.extraction.mtime,
                              p.extraction.kind, p.tokens, p.offset, p.continues) for p in pending]
-        results = self.queue.add_documents(items, tokenizer=self.tokenizer_identity)
-        share = (time.perf_counter() - t0) / len(pending)  # the commit's cost, split evenly
+        results = self.queue.add_documents(items, tokenizer=self.tokenizer_identity,
+                                           extractor_version=EXTRACTOR_VERSION)
+        share = (time.perf_counter() - t0) / max(len(pending), 1)  # the commit's cost, split evenly
         for p, result in zip(pending, results):
             if result.status == "stale":  # nothing written: looked at again next round
                 self._stale.add(p.source)
@@ -274,6 +288,17 @@ class Ingestor:
                                 document_id=result.document_id, bytes=p.extraction.size - (p.offset or 0),
                                 tokens=0 if duplicate else int(p.tokens.size),
                                 ms=(p.seconds + share) * 1e3, offset=p.offset, withdrawn=result.withdrawn_tokens)
+        if self.cleaner is None:
+            return
+        # the corpus rules: the stored documents' signatures, then the near duplicates held back
+        details = self.cleaner.committed([(p.cleaned, r) for p, r in zip(pending, results)], [p.cleaned for p in held])
+        for p, detail in zip(held, details):
+            if detail is None:  # the document it is near was stale: both are looked at again next round
+                self._stale.add(p.source)
+                continue
+            self.queue.record_skip(source_path=p.source, reason=NEAR_DUPLICATE, detail=detail, size=p.extraction.size,
+                                   mtime=p.extraction.mtime, extractor_version=EXTRACTOR_VERSION)
+            yield IngestOutcome(p.source, "skipped", NEAR_DUPLICATE, detail, ms=p.seconds * 1e3)
 
 
 @dataclass(frozen=True)
@@ -341,6 +366,7 @@ class _Pending:
     seconds: float
     offset: int | None = None  # a file that only grew: the earlier version's size
     continues: int | None = None  # ... and that version's id
+    cleaned: object = None  # cleaning.Cleaned: the corpus rules' verdict on a whole document
 
 
 # --- files that only grew ---------------------------------------------------------------------

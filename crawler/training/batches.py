@@ -1,5 +1,7 @@
 """What each training step trains on: `Batches` assembles a step's windows from new text and the
-text already trained, and `TrainedText` holds the trained part of the stream in memory.
+text already trained, and `TrainedText` holds the trained part of the stream: in memory up to
+`replay_memory_mb`, beyond it in a token file in the state directory (STATE_DIR/stream.tokens,
+storage.StreamCache), so drawing a window costs the same at any size.
 
 - New text first. The stream is read in order from the trainer's position into a shuffle
   buffer of up to FRESH_BUFFER windows, which is served in a permuted order (a batch of
@@ -22,33 +24,42 @@ a resumed run takes the same batches as an uninterrupted one.
 
 Not when to evaluate or checkpoint, nor the held-out measure (crawler/training/evaluation.py
 reads `mask`, `trained` and `trained_end` from here). Relies on storage's CorpusQueue for the
-stream, its windows and its withdrawals, and on storage.draw_window_starts for the one uniform
-draw that the store's own sample_replay makes too.
+stream, its windows and its withdrawals, on storage.StreamCache for the token file, and on
+storage.draw_window_starts for the one uniform draw that the store's own sample_replay makes too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from storage import HoldoutSplit, StreamMask, draw_window_starts
+from storage import HoldoutSplit, StreamCache, StreamMask, draw_window_starts
 
 FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
 WITHDRAWAL_POLL_SECONDS = 1.0  # how often the loop asks the store for new withdrawals
+STREAM_CACHE_FILE = "stream.tokens"  # in the state directory: the trained text beyond replay_memory_mb
 
 
 class TrainedText:
-    """The trained part of the stream in memory, up to `limit` tokens, for the windows drawn by
-    replay, further passes and cool-downs: drawing a batch from the store costs a query a window,
-    more than a small model's whole step. Draws exactly what CorpusQueue.sample_replay draws
-    (the same draw_window_starts), and hands over to it beyond `limit`. Grows by appending, with
-    its capacity doubled, as the trained region grows; the stream never changes behind it."""
+    """The trained part of the stream, for the windows drawn by replay, further passes and
+    cool-downs: in memory up to `limit` tokens; beyond it, in the token file `cache`
+    (storage.StreamCache: one pread a window, so memory stays flat however long the stream).
+    Drawing from the store costs a query a window, more than a small model's whole step: it is
+    the fallback where no file can be kept (no `cache` given, or the file failed:
+    `stream_cache_failed`). Draws exactly what CorpusQueue.sample_replay draws (the same
+    draw_window_starts), on all three. Grows by appending as the trained region grows; the
+    stream never changes behind it but by withdrawals, which `blank` takes up."""
 
-    def __init__(self, queue, limit: int, vocab_size: int):
-        self.queue, self.limit = queue, limit
+    def __init__(self, queue, limit: int, vocab_size: int, cache: Path | None = None, log=None):
+        self.queue, self.limit, self.vocab_size, self.cache_path, self.log = queue, limit, vocab_size, cache, log
         self._tokens = np.empty(1 << 16, np.uint16 if vocab_size <= 1 << 16 else np.int32)
-        self.size = 0  # tokens [0, size) of the stream are held
+        self.size = 0  # tokens [0, size) of the stream are held in memory
+        self.file: StreamCache | None = None  # beyond `limit`: the token file, once opened
+        self._file_failed = False
 
     @staticmethod
     def limit_of(memory_mb: int, vocab_size: int) -> int:
@@ -57,14 +68,14 @@ class TrainedText:
 
     def sample(self, count: int, seq_len: int, rng: np.random.Generator, end: int, holdout) -> np.ndarray:
         """`count` windows (int32 (n, seq_len + 1)) drawn uniformly from stream tokens [0, end)."""
-        if end > self.limit:
-            return self.queue.sample_replay(count, seq_len, rng, end=end, holdout=holdout)
+        if end > self.limit or self.file is not None:
+            return self._sample_beyond(count, seq_len, rng, end, holdout)
         high = end - seq_len  # window starts lie in [0, high)
         if count == 0 or high <= 0:
             return np.empty((0, seq_len + 1), np.int32)
         if end > self.size:
             if end > self._tokens.size:
-                grown = np.empty(max(end, 2 * self._tokens.size), self._tokens.dtype)
+                grown = np.empty(max(end, min(2 * self._tokens.size, self.limit)), self._tokens.dtype)
                 grown[: self.size] = self._tokens[: self.size]
                 self._tokens = grown
             # forgotten text reads as 0: the mask keeps every draw away from it
@@ -73,11 +84,64 @@ class TrainedText:
         starts = draw_window_starts(rng, high, count, seq_len, holdout)  # (n,)
         return self._tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)  # (n, T + 1)
 
+    def _sample_beyond(self, count: int, seq_len: int, rng: np.random.Generator, end: int, holdout) -> np.ndarray:
+        """sample() from the token file, or from the store where there is none."""
+        high = end - seq_len
+        file = self._open_file() if count and high > 0 else None
+        if file is not None and end > file.size:
+            try:
+                file.extend(end)
+            except OSError as exc:
+                file = self._file_gone(exc)
+        if file is None:
+            return self.queue.sample_replay(count, seq_len, rng, end=end, holdout=holdout)
+        starts = draw_window_starts(rng, high, count, seq_len, holdout)  # (n,)
+        try:
+            return file.windows(starts, seq_len)
+        except OSError as exc:
+            self._file_gone(exc)
+            return self.queue.read_windows_at(starts, seq_len)  # the windows drawn, from the store
+
+    def _open_file(self) -> StreamCache | None:
+        if self.file is None and self.cache_path is not None and not self._file_failed:
+            t0 = time.perf_counter()
+            try:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                self.file = StreamCache.open(self.cache_path, self.queue, self.vocab_size)
+            except OSError as exc:
+                return self._file_gone(exc)
+            self._tokens, self.size = np.empty(0, self._tokens.dtype), 0  # the file holds them now
+            if self.log is not None:
+                self.log.info("stream_cache_opened", path=str(self.cache_path), tokens=self.file.size,
+                              ms=round((time.perf_counter() - t0) * 1e3, 1))
+        return self.file
+
+    def _file_gone(self, exc: OSError) -> None:
+        """The file failed (a full disk, a read-only state): draw from the store until the next start."""
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+        self.file, self._file_failed = None, True
+        if self.log is not None:
+            self.log.warning("stream_cache_failed", path=str(self.cache_path), error=f"{type(exc).__name__}: {exc}")
+
     def blank(self, mask: StreamMask) -> None:
-        """Zero the held tokens inside withdrawn ranges: no copy of forgotten text stays in memory."""
+        """Zero the held tokens inside withdrawn ranges: no copy of forgotten text stays in memory
+        or in the token file."""
         for start, end in zip(mask.starts.tolist(), mask.ends.tolist()):
             if start < self.size:
                 self._tokens[start : min(end, self.size)] = 0
+        if self.file is not None:
+            try:
+                self.file.blank(mask.starts, mask.ends)
+            except OSError as exc:
+                self._file_gone(exc)
+
+    def close(self) -> None:
+        """Close the token file (its record then counts every token written). Idempotent."""
+        if self.file is not None:
+            file, self.file = self.file, None
+            file.close()
 
 
 class Batch(NamedTuple):

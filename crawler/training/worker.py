@@ -49,7 +49,7 @@ from storage import HoldoutSplit
 from ..config import Config
 from ..state.disk import MB
 from ..state.writable import WriteState
-from .batches import Batches, TrainedText
+from .batches import STREAM_CACHE_FILE, Batches, TrainedText
 from .checkpoints import CheckpointStore, stream_digest
 from .evaluation import Evaluation
 from .figures import StepLog, TrainingFigures
@@ -108,7 +108,7 @@ class TrainingWorker:
         mask = self.queue.stream_mask(split)
         vocab_size = self.tokenizer.vocab_size
         trained = TrainedText(self.queue, TrainedText.limit_of(self.config.daemon.replay_memory_mb, vocab_size),
-                              vocab_size)
+                              vocab_size, cache=self.config.state_dir / STREAM_CACHE_FILE, log=self.log)
         checkpoint = self.checkpoints.reconcile(self.tokenizer.identity()).checkpoint
         start = open_trainer(self.config, checkpoint, self.queue, vocab_size, self.pinned, self.log, self.team)
         self.trainer, self.seq_len, extra = start.trainer, start.seq_len, start.extra
@@ -166,6 +166,8 @@ class TrainingWorker:
                 self.team.release()  # the followers close their replicas too
             self.trainer.close()
             self.trainer = None
+            if self.batches is not None:
+                self.batches.trained.close()
 
     # --- one step -----------------------------------------------------------------------------
 

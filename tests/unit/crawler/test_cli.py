@@ -219,7 +219,7 @@ def test_train_resume_eval_generate(capsysbinary, tmp_path, corpus):
     status, out, err = run(capsys, "eval", corpus, "--json", "--batch-size", "3", "--threads", "1", "--state-dir", state)
     assert status == 0, err
     result = json.loads(out)  # exactly one JSON object
-    n_bytes = sum(p.stat().st_size for p in corpus.iterdir())
+    n_bytes = sum(len(p.read_bytes().rstrip()) for p in corpus.iterdir())  # the text the daemon reads: no final newline
     assert result["bytes"] == n_bytes
     assert result["tokens"] == n_bytes + 1  # every byte, plus the EOD between the two documents
     assert result["step"] == 9
@@ -288,7 +288,7 @@ def test_bpe_tokenizer_train_then_train_eval_generate(capsysbinary, tmp_path, co
     status, out, err = train_tokenizer(capsys, corpus, state, vocab_size=300)
     assert status == 0, err
     tokenizer = BPETokenizer.load(state / TOKENIZER_FILE)
-    n_bytes = sum(p.stat().st_size for p in corpus.iterdir())
+    n_bytes = sum(len(p.read_bytes().rstrip()) for p in corpus.iterdir())  # the text the daemon reads: no final newline
     summary = out.strip().splitlines()
     assert len(summary) == 1
     assert f"vocab {tokenizer.vocab_size}" in summary[0] and "from 2 files" in summary[0]
@@ -338,19 +338,22 @@ def test_tokenizer_train_refuses_a_corpus_database_unless_forced(capsys, tmp_pat
     assert (state / TOKENIZER_FILE).exists()
 
 
-def test_tokenizer_train_skips_files_that_are_not_utf8(capsys, tmp_path, corpus):
-    (corpus / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me".encode("latin-1"))
+def test_tokenizer_train_reads_files_as_the_daemon_does(capsys, tmp_path, corpus):
+    (corpus / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me".encode("latin-1"))  # decoded, as ingest decodes it
+    (corpus / "blob.bin").write_bytes(b"\x00\x01\x02" * 10)
     status, _, err = train_tokenizer(capsys, corpus, tmp_path / "s")
     assert status == 0, err
     skipped = [e for e in events(err) if e["event"] == "file_skipped"]
-    assert [(Path(e["path"]).name, e["reason"]) for e in skipped] == [("latin1.txt", "not_utf8")]
+    assert [(Path(e["path"]).name, e["reason"]) for e in skipped] == [("blob.bin", "binary")]
+    trained = next(e for e in events(err) if e["event"] == "tokenizer_trained")
+    assert trained["files"] == 3
 
     only = tmp_path / "only"
     only.mkdir()
-    (only / "latin1.txt").write_bytes(b"caf\xe9")
+    (only / "blob.bin").write_bytes(b"\x00\x01")
     status, _, err = train_tokenizer(capsys, only, tmp_path / "t")
     assert status == 1
-    assert_one_error_line(err.splitlines()[-1], "no readable UTF-8 text files")
+    assert_one_error_line(err.splitlines()[-1], "no readable text files")
     assert not (tmp_path / "t" / TOKENIZER_FILE).exists()
 
 

@@ -50,31 +50,34 @@ def test_binary_and_empty_files_are_skipped_with_a_reason(tmp_path):
     assert all(str(s.path) in s.message for s in corpus.skipped)
 
 
-def test_the_binary_probe_is_the_extractors_without_its_decoding(tmp_path):
+def test_files_are_read_as_the_daemon_reads_them(tmp_path):
     (tmp_path / "photo.txt").write_bytes(b"\xff\xd8\xff\xe0JFIF" + b"text" * 100)  # no NUL
     (tmp_path / "blob").write_bytes(b"abc\0def")
-    (tmp_path / "wide.txt").write_bytes("hello".encode("utf-16"))  # the daemon decodes it
-    (tmp_path / "ok.txt").write_bytes(b"ok")
+    (tmp_path / "wide.txt").write_bytes("hello".encode("utf-16"))  # decoded, as the daemon does
+    (tmp_path / "ok.txt").write_bytes(b"ok  \r\n\n")  # normalised: line ends, trailing space
+    (tmp_path / "notes.txt~").write_bytes(b"an editor's backup")  # a name the daemon passes over
     corpus = load_corpus([tmp_path])
-    assert [p.name for p in corpus.files] == ["ok.txt"]
-    messages = {s.path.name: s.message.removeprefix(f"{s.path}: ") for s in corpus.skipped}
-    assert messages == {"photo.txt": "binary file (jpeg image)",
-                        "blob": "binary file (NUL bytes in the first 8192 bytes)",
-                        "wide.txt": "binary file (NUL bytes in the first 8192 bytes)"}
-    assert {s.reason for s in corpus.skipped} == {"binary"}
+    assert [p.name for p in corpus.files] == ["ok.txt", "wide.txt"]
+    assert corpus.tokens.tolist() == [EOD, *b"ok", EOD, *b"hello"]
+    assert corpus.n_bytes == len("okhello")
+    assert {s.path.name: s.reason for s in corpus.skipped} == {"photo.txt": "binary", "blob": "binary"}
+    assert all(s.status == "skipped" and s.message.startswith(f"{s.path}: ") for s in corpus.skipped)
 
 
 def test_unreadable_files_are_skipped(tmp_path, monkeypatch):
+    from crawler.ingest import reading
+    from crawler.ingest.extract import Skipped
+
     (tmp_path / "ok.txt").write_bytes(b"ok")
     (tmp_path / "locked.txt").write_bytes(b"no")
-    real_read_bytes = Path.read_bytes
+    real_extract = reading.extract_file
 
-    def read_bytes(path):  # chmod 0 does not stop root, so refuse the read here
-        if path.name == "locked.txt":
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_read_bytes(path)
+    def extract_file(path, limits):  # chmod 0 does not stop root, so refuse the read here
+        if Path(path).name == "locked.txt":
+            raise Skipped("unreadable", "Permission denied")
+        return real_extract(path, limits)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(reading, "extract_file", extract_file)
     corpus = load_corpus([tmp_path])
     assert [p.name for p in corpus.files] == ["ok.txt"]
     assert [(s.path.name, s.reason) for s in corpus.skipped] == [("locked.txt", "unreadable")]

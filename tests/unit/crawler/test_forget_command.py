@@ -66,3 +66,33 @@ def test_forget_removes_the_text_and_says_what_the_model_keeps(tmp_path, monkeyp
     assert status == 1 and "no document of that name or id" in out
     status, out, _ = run(capsys, "status", "--state-dir", state)
     assert "withdrawn" in out
+
+
+def test_forget_blanks_the_training_copy_of_the_stream_when_no_trainer_runs(tmp_path, capsys):
+    """STATE_DIR/stream.tokens (the copy training reads past replay_memory_mb) holds no forgotten
+    text once `forget` returns, when no daemon or `train` holds the state to blank it itself."""
+    import numpy as np
+
+    from crawler.training.batches import STREAM_CACHE_FILE
+    from storage import StreamCache
+
+    state, inbox = tmp_path / "state", tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "keep.txt").write_text("words worth keeping. " * 50)
+    (inbox / "secret.txt").write_text("a secret never to train on. " * 50)
+    assert run(capsys, "ingest", inbox, "--state-dir", state)[0] == 0
+    config = load_config(None, state_dir=state)
+    with open_database(config.storage_config()) as database:
+        queue = CorpusQueue(database)
+        cache = StreamCache.open(state / STREAM_CACHE_FILE, queue, 257)
+        cache.extend(queue.stream_end())
+        cache.close()
+
+    def copied_text() -> bytes:
+        tokens = np.fromfile(state / STREAM_CACHE_FILE, dtype="<u2")
+        return bytes(int(t) for t in tokens if t < 256)
+
+    assert b"a secret never" in copied_text() and b"words worth" in copied_text()
+    status, _, err = run(capsys, "forget", inbox / "secret.txt", "--state-dir", state)
+    assert status == 0, err
+    assert b"a secret never" not in copied_text() and b"words worth" in copied_text()

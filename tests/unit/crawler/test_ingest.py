@@ -543,7 +543,7 @@ def test_fifo_and_socket_are_skipped_as_unsupported_once_and_never_opened(tmp_pa
 
     from structlog.testing import capture_logs
 
-    import crawler.ingest.pipeline as ingest_module
+    import crawler.ingest.reading as ingest_module  # the Ingestor's per-file read
 
     root = tmp_path / "inbox"
     good = good_files(root, 2)
