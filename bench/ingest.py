@@ -157,6 +157,9 @@ def main() -> int:
                     state = work / f"state-{backend}-{tok}-{name}"
                     state.mkdir()
                     env = dict(os.environ)
+                    # the copies differ in one line: the near-duplicate rule would keep one of each,
+                    # and this measures throughput, not cleaning (bench/desk_cleaning.py does that)
+                    env["CRYSTALLINE_STORE_SKIP_NEAR_DUPLICATES"] = "false"
                     if backend == "postgresql":
                         env["CRYSTALLINE_STORE_URL"] = args.postgres
                         _reset_postgres(args.postgres)
