@@ -98,8 +98,16 @@ def test_unit_runs_under_systemd_ready_sandboxed_reloadable_watched_and_stops_cl
     assert host.sh("find /var/cache/private/crystalline/numba -name '*.nbi' | head -1").strip(), "no numba cache"
 
     # --- STATUS= shows in `systemctl status`
-    text = wait_for("a STATUS= line", lambda: host.show("StatusText"), 60)
-    assert f"Status: \"{text[:20]}" in host.sh(f"systemctl status {UNIT} --no-pager", check=False)
+    # (the daemon sends a new STATUS= every status interval, a second here, so the text read first
+    # may have moved on by the time `systemctl status` reads it: the line must be the unit's
+    # StatusText as systemd holds it at that moment, which the property read just after brackets)
+    def status_line_shown() -> bool:
+        before = host.show("StatusText")
+        shown = host.sh(f"systemctl status {UNIT} --no-pager", check=False)
+        after = host.show("StatusText")
+        return bool(before) and any(f"Status: \"{text[:20]}" in shown for text in (before, after))
+
+    wait_for("the STATUS= line in systemctl status", status_line_shown, 60)
 
     # --- `systemctl reload` is SIGHUP: the configuration is read again, the process stays
     host.sh(f"systemctl reload {UNIT}")
