@@ -57,11 +57,16 @@ class Roots:
         return cls(tuple(paths), tuple(include), tuple(exclude))
 
     def root_of(self, path: Path) -> Path | None:
-        """The innermost root holding path, unless a part below the root is hidden or temporary."""
+        """The innermost root holding path, unless a part below the root is hidden or temporary,
+        or a folder on the way is a symlink: a linked folder is never entered, and inotify's
+        events (watchdog watches what a created link points to) must not enter it either."""
         for root in self.paths:
             if path == root or root in path.parents:
                 rel = path.relative_to(root).parts
-                return None if any(is_ignored_name(part) for part in rel) else root
+                if any(is_ignored_name(part) for part in rel):
+                    return None
+                folders = path.parents[:max(len(rel) - 1, 0)]  # the folders between the root and the path
+                return None if any(folder.is_symlink() for folder in folders) else root
         return None
 
     def wanted(self, path: Path, root: Path) -> bool:

@@ -446,3 +446,18 @@ def test_a_burst_of_a_thousand_files_is_handed_over_exactly_once_each(tmp_path):
         assert wait_for(lambda: len(ready.items) >= 1000 and w.stats["pending"] == 0, timeout=60.0)
     assert nothing_more(w)  # a rescan offers nothing already handed over
     assert len(ready.items) == 1000 and len(set(ready.names)) == 1000
+
+
+def test_a_file_reached_through_a_symlinked_folder_is_no_candidate(tmp_path):
+    """A linked folder is never entered: not by the walk, nor by an event for a path through it
+    (watchdog's inotify watches what a newly created link to a folder points to)."""
+    from crawler.ingest.candidates import Roots
+
+    root = tmp_path / "inbox"
+    (root / "real" / "deep").mkdir(parents=True)
+    (root / "real" / "deep" / "x.txt").write_text("text")
+    (root / "link").symlink_to("real")
+    roots = Roots.build([str(root)])
+    assert roots.root_of(root / "real" / "deep" / "x.txt") == root
+    assert roots.root_of(root / "link" / "deep" / "x.txt") is None
+    assert roots.root_of(root / "link") == root  # the link itself is offered, and skipped as a folder
