@@ -23,10 +23,12 @@ import sys
 import tempfile
 import textwrap
 import threading
+import uuid
 from pathlib import Path
 from typing import Callable
 
 import pytest
+import sqlalchemy as sa
 
 POSTGRES_ENV = "CRYSTALLINE_TEST_POSTGRES_URL"
 REQUIRE_ENV = "CRYSTALLINE_REQUIRE"
@@ -331,3 +333,23 @@ def pytest_sessionstart(session):
     if missing:
         pytest.exit(f"{REQUIRE_ENV}={os.environ[REQUIRE_ENV]} promises tests this machine would skip:\n"
                     + "\n".join(missing), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path):
+    """A URL to an empty database of each kind (PostgreSQL: a schema of its own, dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'corpus.db'}"
+        return
+    base = request.getfixturevalue("postgres_url")
+    schema = f"crystalline_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()

@@ -6,7 +6,6 @@ growth when writer B reads the file (grown further meanwhile) and commits first.
 refuses A's growth as stale; A reads the file again and stores only what B did not.
 """
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -19,30 +18,10 @@ from storage import AddResult, CorpusQueue, StorageConfig, open_database
 from storage.models import documents
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request, tmp_path):
-    """A URL to an empty database of each kind (PostgreSQL: a schema of its own, dropped after)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'corpus.db'}"
-        return
-    base = request.getfixturevalue("postgres_url")
-    schema = f"crystalline_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-            hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 @pytest.fixture
-def two_queues(store_url):
+def two_queues(database_url):
     """Two writers' queues: two connection pools on one database, as two processes would have."""
-    queues = [CorpusQueue(open_database(StorageConfig(url=store_url).validate())) for _ in range(2)]
+    queues = [CorpusQueue(open_database(StorageConfig(url=database_url).validate())) for _ in range(2)]
     yield queues
     for queue in queues:
         queue.close()

@@ -10,37 +10,15 @@ it is set and the server does not answer.
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
 from storage import CorpusQueue, StorageConfig, open_database
 
 TOKENIZER = '{"kind": "byte", "version": 1}'
 # small and odd, so documents in the tests cross chunk boundaries at awkward places
 CHUNK_TOKENS = 7
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def database_url(request, tmp_path):
-    """A URL to an empty database of each kind."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'corpus.db'}"
-        return
-    base = request.getfixturevalue("postgres_url")
-    schema = f"crystalline_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture
