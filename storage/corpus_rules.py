@@ -10,8 +10,11 @@ same counts:
   each count is atomic (two writers never lose one), and every writer locks rows in the same
   order, so two PostgreSQL transactions never deadlock on them (SQLite's BEGIN IMMEDIATE
   serialises writers anyway). A line counted last by the same path (a new version of that file)
-  is not counted again. A document whose bytes are already in the stream (an exact duplicate,
-  which add_documents records as such) counts nothing: the check runs in the same transaction.
+  is not counted again. The ingest side reads counts with line_counts and adds a whole batch's
+  documents with add_line_counts (one write transaction, the same sorted lock order), since one
+  write per document cost more than the rest of a small document's ingest. A document whose
+  bytes are already in the stream (an exact duplicate, which add_documents records as such)
+  counts nothing: the check runs in the same transaction.
 - `document_signatures` and `signature_bands`: a stored document's MinHash signature and its
   locality-sensitive band keys, written after the document is stored; near_duplicate_candidates
   reads the documents that share a band with a new one, among those whose text is still in the
@@ -73,6 +76,49 @@ class CorpusRules:
             # one compiled statement, sent as multi-row VALUES in batches (SQLAlchemy's insertmanyvalues)
             counted = connection.execute(_upsert(self.database.dialect), rows)
             return {int(h): int(n) - 1 for h, n in counted}
+
+    def line_counts(self, line_hashes: Iterable[int],
+                    content_hash: str | None = None) -> dict[int, tuple[int, int]] | None:
+        """Per line hash, (documents that hold it, the path key that counted it last) as stored
+        now; a line never counted is left out. None, and nothing read, when `content_hash`
+        names bytes already in the stream (an exact duplicate counts nothing). One read: the
+        caller counts its documents later, a batch at a time, with add_line_counts."""
+        hashes = sorted({int(h) for h in line_hashes})
+        found: dict[int, tuple[int, int]] = {}
+        with self.database.read() as connection:
+            if content_hash is not None and _in_stream(connection, content_hash):
+                return None
+            for group in in_groups(hashes):
+                query = sa.select(corpus_lines.c.line_hash, corpus_lines.c.documents, corpus_lines.c.last_path).where(
+                    corpus_lines.c.line_hash.in_(group))
+                found |= {int(h): (int(n), int(last)) for h, n, last in connection.execute(query)}
+        return found
+
+    def add_line_counts(self, counted: Sequence[tuple[int, Iterable[int]]]) -> None:
+        """Counts a batch of documents' distinct lines, given as (path key, line hashes) in the
+        order they were judged, in one write transaction: the counts end as count_lines called
+        once per document in that order would leave them (a line a path counted last is not
+        counted again by it). One upsert for every line of the batch, in ascending hash order
+        (the lock order of count_lines), and one update of the last path for lines that more
+        than one of the batch's documents hold. May block up to busy_timeout_ms."""
+        lines: dict[int, list[int]] = {}  # hash -> the path keys that count it, in order
+        for path_key, hashes in counted:
+            for h in {int(h) for h in hashes}:
+                paths = lines.setdefault(h, [])
+                if not paths or paths[-1] != int(path_key):
+                    paths.append(int(path_key))
+        if not lines:
+            return
+        order = sorted(lines)
+        with self.database.write() as connection:
+            # the first path is compared with the stored last path; every later one counts (each
+            # differs from the one before it); a new line starts at the number of paths
+            connection.execute(_upsert_many(self.database.dialect),
+                               [{"line_hash": h, "documents": len(lines[h]), "last_path": lines[h][0]} for h in order])
+            later = [{"key": h, "last": lines[h][-1]} for h in order if len(lines[h]) > 1]
+            if later:
+                connection.execute(sa.update(corpus_lines).where(corpus_lines.c.line_hash == sa.bindparam("key"))
+                                   .values(last_path=sa.bindparam("last")), later)
 
     def content_in_stream(self, content_hash: str) -> bool:
         """Whether a document with these bytes (sha256 hex) has its text in the stream, queued or
@@ -153,3 +199,17 @@ def _upsert(dialect: str) -> sa.Insert:
         set_={"documents": corpus_lines.c.documents + sa.case((same_path, 0), else_=1),
               "last_path": insert.excluded.last_path},
     ).returning(corpus_lines.c.line_hash, corpus_lines.c.documents)
+
+
+@functools.cache
+def _upsert_many(dialect: str) -> sa.Insert:
+    """add_line_counts' upsert: a new line's row as given (documents: the batch's paths that
+    hold it, last_path: the first of them); an existing one gains those paths, less one when
+    the first is the path that counted it last."""
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(corpus_lines)
+    same_path = corpus_lines.c.last_path == insert.excluded.last_path
+    return insert.on_conflict_do_update(
+        index_elements=[corpus_lines.c.line_hash],
+        set_={"documents": corpus_lines.c.documents + insert.excluded.documents - sa.case((same_path, 1), else_=0),
+              "last_path": insert.excluded.last_path},
+    )

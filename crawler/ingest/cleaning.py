@@ -70,6 +70,7 @@ MIN_WORDS = 20
 # estimated Jaccard similarity of the shingle sets: 426 of the 476 pairs of a Python page and its
 # .rst.txt source reach 0.7; of 494,039 pairs of distinct Python pages, none reaches 0.5
 NEAR_JACCARD = 0.7
+FLUSH_DOCUMENTS = 512  # documents whose line counts wait for one write, at most
 # The MinHash is part of the stored format: changing these or SEED makes old signatures meaningless.
 PERMUTATIONS = 128
 BAND_ROWS = 4
@@ -236,7 +237,11 @@ class Signature:
 
     def jaccard(self, other: "Signature") -> float:
         """The estimated Jaccard similarity of the two shingle sets: the share of equal minima."""
-        return float(np.mean(self.values == other.values))
+        return float(np.count_nonzero(self.values == other.values)) / PERMUTATIONS
+
+    def jaccards(self, others: np.ndarray) -> np.ndarray:
+        """jaccard against each row of `others` (n, PERMUTATIONS), as one array (n,)."""
+        return np.count_nonzero(others == self.values[None, :], axis=1) / PERMUTATIONS
 
     def containment(self, other: "Signature") -> float:
         """The estimated share of this text's shingles that are also the other's (from the
@@ -296,6 +301,10 @@ class Cleaner:
         self.queue = queue
         self.boilerplate_lines, self.near_duplicates = boilerplate_lines, near_duplicates
         self._held: list[Cleaned] = []  # this batch's documents with a signature, not committed yet
+        # this batch's line counts, not written yet: (path key, its candidate hashes) in order,
+        # and per hash (documents, last path key) as they stand with the batch's counted
+        self._counted: list[tuple[int, list[int]]] = []
+        self._counts: dict[int, tuple[int, int]] = {}
 
     @classmethod
     def for_queue(cls, queue) -> "Cleaner | None":
@@ -305,8 +314,8 @@ class Cleaner:
         return cls(queue, boilerplate_lines=lines, near_duplicates=near) if lines or near else None
 
     def clean(self, source: str, text: str, *, content_hash: str = "", first_version: bool = True) -> Cleaned:
-        """The verdict on a whole document's text. Counts its candidate lines in the store (one
-        write transaction; may block up to busy_timeout_ms), then, for the first version of a
+        """The verdict on a whole document's text. Counts its candidate lines (the store's
+        counts read, this one added to the batch's, written by flush()), then, for the first version of a
         path, looks its signature up among the stored documents and this batch's. Bytes already
         in the stream (`content_hash`: an exact duplicate, which the store records as one) pass
         untouched and uncounted."""
@@ -314,7 +323,7 @@ class Cleaner:
         kept, dropped, dropped_bytes = text, 0, 0
         if self.boilerplate_lines:
             doc = DocumentLines.of(text)
-            before = self.queue.count_lines(key_hash(source), doc.candidates(), content_hash or None)
+            before = self._count(key_hash(source), doc.candidates(), content_hash)
             if before is None:
                 return exact
             drop = boilerplate(doc, before)
@@ -331,17 +340,51 @@ class Cleaner:
         if sig is None:
             return result
         if first_version:  # a new version of a stored file is a rewrite: it replaces, never skips
-            for candidate in self.queue.near_duplicate_candidates(source, sig.bands()):
-                similar = sig.jaccard(Signature.from_bytes(candidate.signature, candidate.shingles))
-                if similar >= NEAR_JACCARD:
+            candidates = self.queue.near_duplicate_candidates(source, sig.bands())
+            if candidates:  # all of them in one comparison: a desk's pages share bands by the hundred
+                stored = np.frombuffer(b"".join(c.signature for c in candidates), dtype="<u4")
+                similar = sig.jaccards(stored.reshape(len(candidates), PERMUTATIONS))
+                first = int(np.argmax(similar >= NEAR_JACCARD))  # the oldest such document
+                if similar[first] >= NEAR_JACCARD:
+                    candidate = candidates[first]
                     return Cleaned(skip=(NEAR_DUPLICATE, near_detail(candidate.document_id, candidate.source_path,
-                                                                     similar)), source=source)
-            for held in self._held:  # (the same bytes twice in a batch: the store makes it a duplicate)
-                same_bytes = bool(content_hash) and held.content_hash == content_hash
-                if held.source != source and not same_bytes and sig.jaccard(held.signature) >= NEAR_JACCARD:
-                    return dataclasses.replace(result, near_of=held)
+                                                                     float(similar[first]))), source=source)
+            if self._held:  # this batch's, likewise (the same bytes twice: the store makes it a duplicate)
+                similar = sig.jaccards(np.stack([held.signature.values for held in self._held]))
+                for index in np.flatnonzero(similar >= NEAR_JACCARD):
+                    held = self._held[index]
+                    same_bytes = bool(content_hash) and held.content_hash == content_hash
+                    if held.source != source and not same_bytes:
+                        return dataclasses.replace(result, near_of=held)
         self._held.append(result)
         return result
+
+    def _count(self, path_key: int, hashes: list[int], content_hash: str) -> dict[int, int] | None:
+        """How many documents held each line before this one (the store's counts read now,
+        with this batch's documents added), and this one counted into the batch; None for bytes
+        already in the stream. The batch's counts are written by flush(): one write per batch,
+        not per document. Between two writers a count may lag by the other's unwritten batch."""
+        if len(self._counted) >= FLUSH_DOCUMENTS:
+            self.flush()
+        unknown = [h for h in hashes if h not in self._counts]
+        stored = self.queue.line_counts(unknown, content_hash or None)
+        if stored is None:
+            return None
+        before: dict[int, int] = {}
+        for h in hashes:
+            documents, last = self._counts.get(h) or stored.get(h) or (0, None)
+            before[h] = documents - 1 if last == path_key else documents
+            self._counts[h] = (documents if last == path_key else documents + 1, path_key)
+        self._counted.append((path_key, hashes))
+        return before
+
+    def flush(self) -> None:
+        """Write the line counts of the documents judged since the last flush (one write
+        transaction). committed() flushes; so does a caller that ends a round without a commit.
+        May block up to busy_timeout_ms."""
+        counted, self._counted, self._counts = self._counted, [], {}
+        if counted:
+            self.queue.add_line_counts(counted)
 
     def committed(self, stored: Sequence[tuple[Cleaned | None, object]],
                   held_back: Sequence[Cleaned]) -> list[str | None]:
@@ -362,6 +405,7 @@ class Cleaner:
             if document is not None:
                 kept[id(cleaned)] = (document, cleaned.source)
         self._held = []
+        self.flush()
         if rows:
             self.queue.record_signatures(rows)
         details: list[str | None] = []

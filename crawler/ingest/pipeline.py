@@ -164,6 +164,8 @@ class Ingestor:
         for _ in range(REREAD_ROUNDS):
             self._stale = set()
             yield from self._ingest_round(group, batch_bytes)
+            if self.cleaner is not None:  # the line counts of documents no commit took (all skipped)
+                self.cleaner.flush()
             group = [(path, root) for path, root in group if str(path) in self._stale]
             if not group:
                 return

@@ -209,6 +209,28 @@ def test_the_same_bytes_under_another_name_stay_a_duplicate(tmp_path):
     assert [(o.status, o.reason) for o in in_batch] == [("ingested", None), ("duplicate", None)]
 
 
+def test_line_counts_are_written_once_a_batch_and_by_a_batch_that_stored_nothing(tmp_path):
+    """The counts of a batch's documents are written after it, in one write; a round whose every
+    document was skipped (a near duplicate of a stored page) still writes its counts."""
+    rng = np.random.default_rng(8)
+    html, _ = page_and_source(rng, "kept")
+    (tmp_path / "a.html").write_text(html)
+    (tmp_path / "b.html").write_text(html.replace("</body>", "<p>A last line of its own here.</p></body>"))
+    lines = DocumentLines.of(extract_file(tmp_path / "a.html").text).candidates()
+    assert lines
+    with open_queue(tmp_path / "store") as queue:
+        ingestor = Ingestor(queue, ByteTokenizer())
+        writes = []
+        count = queue.add_line_counts
+        queue.add_line_counts = lambda counted: (writes.append(len(counted)), count(counted))[1]
+        assert ingestor.ingest_file(tmp_path / "a.html").status == "ingested"
+        assert queue.line_documents(lines) == dict.fromkeys(lines, 1)
+        skipped = ingestor.ingest_file(tmp_path / "b.html")
+        assert (skipped.status, skipped.reason) == ("skipped", "near_duplicate")
+        assert queue.line_documents(lines) == dict.fromkeys(lines, 2)
+    assert writes == [1, 1]
+
+
 def test_a_new_version_of_a_file_is_never_its_own_near_duplicate(tmp_path):
     rng = np.random.default_rng(4)
     path = tmp_path / "notes.html"

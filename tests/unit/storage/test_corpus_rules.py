@@ -24,11 +24,46 @@ def test_lines_are_counted_per_document_and_a_new_version_of_a_file_is_not_count
     assert queue.line_documents([1, 2, 3, 4, 5, 2**63 - 1]) == {1: 1, 2: 3, 3: 2, 4: 1, 5: 0, 2**63 - 1: 0}
 
 
+def counts_table(queue) -> dict[int, tuple[int, int]]:
+    with queue.database.read() as connection:
+        rows = connection.execute(sa.select(corpus_lines.c.line_hash, corpus_lines.c.documents, corpus_lines.c.last_path))
+        return {int(h): (int(n), int(last)) for h, n, last in rows}
+
+
+def test_a_batch_of_counts_ends_as_counting_each_document_in_turn_would(queue):
+    """add_line_counts over random batches (a file's new version in a later batch, lines shared
+    within and across batches) leaves every line's count and last path as count_lines called
+    per document in the same order; line_counts reads them back."""
+    rng = np.random.default_rng(7)
+    documents_ = [(int(rng.integers(1, 12)), [int(h) for h in rng.integers(-20, 20, size=rng.integers(0, 9))])
+                  for _ in range(80)]
+    for path_key, hashes in documents_:
+        queue.count_lines(path_key, hashes)
+    one_by_one = counts_table(queue)
+    with queue.database.write() as connection:
+        connection.execute(corpus_lines.delete())
+    start = 0
+    while start < len(documents_):
+        size = int(rng.integers(1, 9))
+        batch, paths = [], set()
+        for path_key, hashes in documents_[start:start + size]:
+            if path_key in paths:  # one version of a file a batch, as the ingest makes them
+                break
+            paths.add(path_key)
+            batch.append((path_key, hashes))
+        queue.add_line_counts(batch)
+        start += len(batch)
+    assert counts_table(queue) == one_by_one
+    assert queue.line_counts([3, 99, -20]) == {h: one_by_one[h] for h in (3, -20) if h in one_by_one}
+    queue.add_line_counts([])  # nothing to count: no write
+
+
 def test_bytes_already_in_the_stream_are_not_counted(queue, add):
     stored = add(queue, "/in/a.txt", np.arange(30) % 40)
     digest = add.content_hash(np.arange(30) % 40)
     assert queue.content_in_stream(digest) and not queue.content_in_stream("0" * 64)
     assert queue.count_lines(201, [7, 8], content_hash=digest) is None  # an exact duplicate: nothing counted
+    assert queue.line_counts([7, 8], content_hash=digest) is None  # the read the ingest side makes, likewise
     assert queue.count_lines(202, [7], content_hash="0" * 64) == {7: 0}
     assert queue.line_documents([7, 8]) == {7: 1, 8: 0}
     queue.forget(document_ids=[stored.document_id])  # its text gone: the same bytes are new again
