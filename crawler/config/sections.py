@@ -83,6 +83,11 @@ class DaemonConfig:
     log_every: int = 10  # a train_step event every this many steps
     status_interval_seconds: float = 30.0  # a status event, health.json and STATUS= this often
     ingest_queue_size: int = 10_000  # files waiting for the ingest worker; the watcher holds the rest
+    # while the trainer trains, ingest works at most this share of the wall time: it rests after
+    # each batch for its time x (1 - share) / share, so a desk dropped at once does not take the
+    # cores the synchronised training threads wait on; 1 = no rests. When the trainer is paused
+    # or idle, ingest runs flat out (docs/BENCHMARKS.md, "The whole desk through the daemon")
+    ingest_share: float = 0.3
     # after a file's tokens are durably stored: leave it, or move it to STATE_DIR/processed/
     after_ingest: str = "keep"
     health_max_age_seconds: float = 120.0  # `status --health` fails when health.json is older
@@ -120,6 +125,8 @@ class DaemonConfig:
         if self.plateau_margin < 0 or self.max_passes < 0:
             raise ConfigError(f"plateau_margin ({self.plateau_margin}) and max_passes ({self.max_passes}) "
                               "must be 0 or more")
+        if not 0 < self.ingest_share <= 1:
+            raise ConfigError(f"ingest_share ({self.ingest_share}) must be in (0, 1]: 1 lets ingest run without rests")
         if not 0 <= self.nice <= 19:
             raise ConfigError(f"nice ({self.nice}) must be in [0, 19]: 0 leaves the priority alone, 19 is the lowest")
         if self.replay_memory_mb < 0:

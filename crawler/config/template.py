@@ -46,6 +46,7 @@ quarantine_max_mb # quarantine/ by modification time (docs/STORAGE.md)
 log_every # a train_step event every N steps
 status_interval_seconds # a status event, health.json and the systemd STATUS= line
 ingest_queue_size
+ingest_share # while training, ingest rests so it takes at most this share of the time
 after_ingest # "move": ingested files go to STATE_DIR/processed/
 health_max_age_seconds # `crystalline status --health` fails past this
 stop_timeout_seconds # a stop ends within this (checkpoint first); below TimeoutStopSec=90

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import queue as queue_module
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -49,11 +50,16 @@ class IngestWorker:
     name = "ingest"
     BATCH_FILES = 256
     BLOCKED_PAUSE_SECONDS = 1.0  # between re-checks while writes are blocked
+    MAX_REST_SECONDS = 60.0  # the longest rest after one batch, whatever it cost
 
     def __init__(self, config: Config, queue, tokenizer, inbox: queue_module.Queue, log, *,
                  writes: WriteState | None = None, release: Callable[[list], None] | None = None, gate=None,
-                 outage: StoreOutage | None = None):
+                 outage: StoreOutage | None = None, training: Callable[[], bool] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.config, self.queue, self.tokenizer, self.inbox = config, queue, tokenizer, inbox
+        # whether the trainer is taking steps now: then ingest rests ([daemon] ingest_share)
+        self.training = training if training is not None else (lambda: False)
+        self.clock = clock
         self.gate = gate  # crawler.ingest.claiming.ClaimGate on PostgreSQL: several daemons may watch one folder
         self.log = log.bind(component="ingest")
         self.writes = writes if writes is not None else WriteState(config.state_dir, self.log)
@@ -105,7 +111,18 @@ class IngestWorker:
         self._ingest(batch, now)
         if self.gate is not None:
             self.gate.finish([item for item in batch if item not in self.held])
-        return min(self.outage.retry_in(self.name, now), self.BLOCKED_PAUSE_SECONDS)  # 0 unless held for the store
+        retry = min(self.outage.retry_in(self.name, now), self.BLOCKED_PAUSE_SECONDS)  # 0 unless held for the store
+        return max(retry, self.rest(self.clock() - now))
+
+    def rest(self, busy: float) -> float:
+        """The pause after a batch that took `busy` seconds: while the trainer takes steps,
+        enough that ingest works at most [daemon] ingest_share of the time (capped at
+        MAX_REST_SECONDS); none while it is paused or idle, or with a share of 1. The training
+        threads meet at a barrier each step, so a core taken by ingest slows all of them."""
+        share = self.config.daemon.ingest_share
+        if share >= 1 or busy <= 0 or not self.training():
+            return 0.0
+        return min(busy * (1 - share) / share, self.MAX_REST_SECONDS)
 
     def _ingest(self, batch: list[tuple[Path, Path]], now: float) -> None:
         """Ingest a batch; on a storage error hold, isolate or fail what is left (see the class)."""

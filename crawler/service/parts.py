@@ -141,7 +141,12 @@ class DaemonParts:
         log = get_logger("ingest")
         return IngestWorker(self.config, queue, self.tokenizer, self.inbox, log, writes=self.writes,
                             release=self._reoffer, gate=make_gate(self.config, self.database, queue, log),
-                            outage=self.outage)
+                            outage=self.outage, training=self._training_now, clock=self.clock)
+
+    def _training_now(self) -> bool:
+        """Whether the trainer is taking steps: started, neither paused nor idle."""
+        trainer = self.training_worker()
+        return trainer is not None and not trainer.figures.paused and not trainer.figures.idle
 
     def make_watcher(self):
         """The watcher over [watch] roots, offering ready files to the ingest inbox."""

@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from crawler import ConfigError
@@ -222,6 +223,37 @@ def test_ingest_worker_moves_stored_files_when_asked(tmp_path):
         assert not (inbox / "sub" / "a.txt").exists()
         assert (tmp_path / "state" / "processed" / "inbox" / "sub" / "a.txt").read_text() == "a stored file\n"
         assert (inbox / "empty.txt").exists(), "a skipped file stays where it is"
+    finally:
+        database.close()
+
+
+@pytest.mark.parametrize(("share", "training", "rest"), [(0.25, True, 6.0), (0.25, False, 0.0), (1.0, True, 0.0)])
+def test_ingest_rests_after_a_batch_while_the_trainer_takes_steps(tmp_path, share, training, rest):
+    """A batch that took 2 s (on the worker's clock) is followed by a rest that keeps ingest at
+    `ingest_share` of the time while training runs; none when the trainer is paused or idle."""
+    import queue as queue_module
+    from dataclasses import replace
+
+    import structlog
+
+    from crawler.config import DaemonConfig
+    from crawler.ingest.tokenizer import ByteTokenizer
+    from crawler.service.ingest_worker import IngestWorker
+    from storage import CorpusQueue, StorageConfig, open_database
+
+    (tmp_path / "a.txt").write_text("a stored file\n")
+    config = Config(state_dir=tmp_path / "state", daemon=replace(DaemonConfig(), ingest_share=share))
+    database = open_database(StorageConfig(url=f"sqlite:///{tmp_path / 'c.db'}").validate())
+    clock = iter([102.0])  # read once, after the batch that started at 100
+    try:
+        pending: queue_module.Queue = queue_module.Queue()
+        pending.put((tmp_path / "a.txt", tmp_path))
+        worker = IngestWorker(config, CorpusQueue(database), ByteTokenizer(), pending, structlog.get_logger(),
+                              training=lambda: training, clock=lambda: next(clock))
+        worker.initialize()
+        assert worker.run_once(100.0) == pytest.approx(rest)
+        assert worker.counts["ingested"] == 1
+        assert worker.rest(1000.0) == (IngestWorker.MAX_REST_SECONDS if rest else 0.0)
     finally:
         database.close()
 
