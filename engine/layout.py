@@ -89,6 +89,10 @@ class ParameterViews(NamedTuple):
 DECAYED = ("wte", "wpe", "qkvw", "attprojw", "fcw", "fcprojw", "lm_head")
 # The residual branches' output projections: scaled by 1/sqrt(2L) at init, or zero.
 PROJECTIONS = ("attprojw", "fcprojw")
+# The blocks' tensors, each (L, ...) with block l at index l of its first axis. Every other
+# tensor lies outside the stack and is the same shape whatever L is (engine/grow.py relies on it).
+BLOCKS = ("ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw", "fcb",
+          "fcprojw", "fcprojb")
 
 
 def parameter_table(config: ModelConfig) -> Table:

@@ -9,10 +9,14 @@ Threads: `Trainer` starts its worker pool once and ends it in `close()`; `step` 
 block the calling thread until the workers are done and must not be called concurrently.
 Across processes (engine/distributed.py): with a Communicator of several ranks, `step` sums the
 gradient across ranks ("sync") or averages the parameters every few steps ("local").
+Growth: `grow` deepens the live model between two steps (engine/grow.py for the maths); every
+buffer, view, worker thread and plan the shape sizes is built by one method, `_build`, which
+__init__ and grow both call, so a grown trainer is the trainer a checkpoint of its shape makes.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Iterator
@@ -23,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from .adamw import adamw_update
-from .config import ModelConfig, TrainConfig
+from .config import ConfigError, ModelConfig, TrainConfig
 from .distributed import Averager, Communicator, DistributedConfig, all_finite
 from .errors import NonFiniteLoss, ShapeMismatch
+from .grow import grow_depth, grow_parameters, grow_state
 from .kernels.crossentropy import crystalline_cost_table
 from .layout import decay_mask, init_parameters, parameter_table
 from .model import Workspace, backward, forward
@@ -80,41 +85,49 @@ class Trainer:
         self.train_config = train_config.validate(model_config)
         limit_blas_threads()
         self.table = parameter_table(model_config)
-        P = self.table.size
-        self.params = init_parameters(model_config, self.table) if params is None else self._check(params, "params")
-        self.m = self.table.allocate() if m is None else self._check(m, "adam_m")
-        self.v = self.table.allocate() if v is None else self._check(v, "adam_v")
-        self.decay = decay_mask(self.table)
+        params = init_parameters(model_config, self.table) if params is None else self._check(params, "params")
+        m = self.table.allocate() if m is None else self._check(m, "adam_m")
+        v = self.table.allocate() if v is None else self._check(v, "adam_v")
         self.step_count = step
         self.tokens_seen = tokens_seen  # every token through step(), on every rank
+        self.growth: list[dict] = []  # one record per growth of the model (grow), oldest first
         self.threads = train_config.resolved_threads()
-        B, T = train_config.batch_size, train_config.seq_len
+        B = train_config.batch_size
         self.rows = self._split_rows(B)
         widest = max(b - a for a, b in self.rows)
         self.micro_batch = min(train_config.micro_batch_size or widest, widest) or 1
         weight = train_config.crystalline_weight
         self.cost = crystalline_cost_table(model_config.vocab_size) if weight > 0 else np.zeros((1, 1), np.float32)
-        self.workspaces = [Workspace(model_config, self.micro_batch, T, train_config.recompute_activation)
-                           for _ in range(self.threads)]
-        self.G = np.zeros((self.threads, P), dtype=np.float32)  # row w: worker w's own gradient
-        self.p_views = self.table.views(self.params)
-        self.g_views = [self.table.views(self.G[w]) for w in range(self.threads)]
         self._sums = np.zeros((self.threads, 3), dtype=np.float64)  # loss, expected, crystal
-        self.pool = WorkerPool(self.threads, P)
-        # the update phase: with Muon, whole matrices per worker (parallel.update_plan)
-        muon = train_config.optimizer == "muon"
-        self.matrices = muon_matrices(self.table) if muon else np.zeros((0, 3), np.int64)
-        costs = [orthogonalisation_flops(r, c, train_config.ns_steps) for _, r, c in self.matrices]
-        self.tasks = update_plan(self.threads, P, self.matrices, costs)
-        self._owned = [self.matrices[task.matrices] for task in self.tasks]
-        self._scratch = [np.zeros(scratch_size(owned), np.float32) for owned in self._owned]
         self._update_seconds = np.zeros(self.threads, dtype=np.float64)
+        self._build(params, m, v)
         # across processes: this rank's place, and how the ranks agree (engine/distributed.py)
         self.comm = comm if comm is not None else Communicator()
         self.distributed = (distributed or DistributedConfig()).validate()
         self.averager = (Averager(self.comm, self.distributed, self.params)
                          if self.comm.size > 1 and self.distributed.mode == "local" else None)
         self.comm_seconds = 0.0  # the last step's time in cross-rank sums
+
+    def _build(self, params: np.ndarray, m: np.ndarray, v: np.ndarray) -> None:
+        """Everything the model's shape sizes, for self.table: the buffers (taken as they are,
+        flat float32 of the table's size), the views, the workers' buffers and threads, and the
+        update plan. __init__ calls it once; grow calls it again for the grown shape."""
+        tc, P = self.train_config, self.table.size
+        self.params, self.m, self.v = params, m, v
+        self.decay = decay_mask(self.table)
+        self.workspaces = [Workspace(self.model_config, self.micro_batch, tc.seq_len, tc.recompute_activation)
+                           for _ in range(self.threads)]
+        self.G = np.zeros((self.threads, P), dtype=np.float32)  # row w: worker w's own gradient
+        self.p_views = self.table.views(self.params)
+        self.g_views = [self.table.views(self.G[w]) for w in range(self.threads)]
+        self.pool = WorkerPool(self.threads, P)
+        # the update phase: with Muon, whole matrices per worker (parallel.update_plan)
+        muon = tc.optimizer == "muon"
+        self.matrices = muon_matrices(self.table) if muon else np.zeros((0, 3), np.int64)
+        costs = [orthogonalisation_flops(r, c, tc.ns_steps) for _, r, c in self.matrices]
+        self.tasks = update_plan(self.threads, P, self.matrices, costs)
+        self._owned = [self.matrices[task.matrices] for task in self.tasks]
+        self._scratch = [np.zeros(scratch_size(owned), np.float32) for owned in self._owned]
 
     def _split_rows(self, B: int) -> list[tuple[int, int]]:
         """Each worker's (start, stop) rows of a B-row batch, as even as integers allow."""
@@ -134,8 +147,13 @@ class Trainer:
         return (self.params.copy(), self.m.copy(), self.v.copy(), self.step_count, self.tokens_seen, outer)
 
     def restore_state(self, saved: tuple) -> None:
-        """Put back a state_copy, in place."""
-        params, m, v, self.step_count, self.tokens_seen, outer = saved
+        """Put back a state_copy, in place. ShapeMismatch (and nothing changed) for a copy taken
+        before a growth: it holds the old shape."""
+        params, m, v, step_count, tokens_seen, outer = saved
+        if params.shape != self.params.shape:
+            raise ShapeMismatch(f"the state copy has {params.size} parameters, the model {self.params.size}: "
+                                "it was taken before the model grew")
+        self.step_count, self.tokens_seen = step_count, tokens_seen
         np.copyto(self.params, params)
         np.copyto(self.m, m)
         np.copyto(self.v, v)
@@ -151,6 +169,8 @@ class Trainer:
         state = checkpoint.train_state or {}
         trainer = cls(checkpoint.model_config, train_config, checkpoint.params, checkpoint.m,
                       checkpoint.v, step=checkpoint.step, tokens_seen=_tokens_seen(state), **kw)
+        growth = state.get("growth")
+        trainer.growth = copy.deepcopy(growth) if isinstance(growth, list) else []
         saved = state.get("train_config") or {}
         if saved.get("optimizer", "adamw") != train_config.optimizer:
             # the matrices' slots of m hold the other optimizer's state (Muon's momentum, or
@@ -159,6 +179,52 @@ class Trainer:
                 trainer.m[offset : offset + rows * cols] = 0.0
                 trainer.v[offset : offset + rows * cols] = 0.0
         return trainer
+
+    # -----------------------------------------------------------------------------------------
+    # growth
+
+    def grow(self, add: int, reason: str = "", placement: str = "interleave", init: str = "copy") -> dict:
+        """Add `add` blocks to the live model between two steps (engine/grow.py): the logits stay
+        the same bits, the old parts keep their optimizer state and the added ones start from
+        zero; training goes on from the same step. Returns the growth record (kind, step,
+        tokens_seen, reason, old and new shape with their parameter counts, placement, init, and
+        the plan's origin and added blocks), which is also appended to `growth` and so saved in
+        every later checkpoint's train_state.
+
+        Not concurrent with step or evaluate. Afterwards params, m, v, G, the table, the views, the
+        workspaces, the worker threads and the update plan are new objects of the grown shape: an
+        array taken from the trainer before (a cooled copy, a state_copy) keeps the old shape.
+        step_count, tokens_seen, the thread count and the communicator are kept. Under MPI every
+        rank must grow at the same step with the same arguments: the growth is a fixed function of
+        them, so "sync" ranks stay bit-identical, and in "local" mode the averager's anchor and
+        outer velocity grow the same way. Raises ConfigError for a bad add, placement, init or
+        reason, before anything changes."""
+        if not isinstance(reason, str):
+            raise ConfigError(f"reason ({reason!r}) must be a string")
+        old_config, old_size = self.model_config, self.table.size
+        grown = grow_depth(old_config, self.params, self.m, self.v, add, placement, init)
+        averager = self.averager
+        if averager is not None:  # "local": the parameters after the last average grow as the live ones
+            anchor = grow_parameters(old_config, grown.plan, averager.anchor, init)
+            velocity = (None if averager.velocity is None
+                        else grow_state(old_config, grown.plan, averager.velocity, "velocity"))
+        self.pool.close()  # its threads, reduction segments and norm slots are sized for the old buffer
+        self.model_config = grown.config
+        self.table = parameter_table(grown.config)
+        self._build(grown.params, grown.m, grown.v)
+        if averager is not None:
+            averager.anchor, averager.velocity = anchor, velocity
+
+        def shape(config: ModelConfig, parameters: int) -> dict:
+            return {"n_layer": config.n_layer, "d_model": config.d_model, "n_head": config.n_head,
+                    "parameters": parameters}
+
+        record = {"kind": "depth", "step": self.step_count, "tokens_seen": self.tokens_seen, "reason": reason,
+                  "old": shape(old_config, old_size), "new": shape(grown.config, self.table.size),
+                  "placement": placement, "init": init, "origin": list(grown.plan.origin),
+                  "added": list(grown.plan.added)}
+        self.growth.append(record)
+        return copy.deepcopy(record)
 
     @property
     def memory_per_thread_mb(self) -> float:
@@ -295,8 +361,10 @@ class Trainer:
     # -----------------------------------------------------------------------------------------
 
     def train_state(self) -> dict:
-        """What a checkpoint's train_state holds: the counter of tokens through `step` and the recipe."""
-        return {"tokens_seen": self.tokens_seen, "train_config": self.train_config.to_dict()}
+        """What a checkpoint's train_state holds: the counter of tokens through `step`, the recipe,
+        and the model's growth history (`grow`'s records, oldest first; [] for a model never grown)."""
+        return {"tokens_seen": self.tokens_seen, "train_config": self.train_config.to_dict(),
+                "growth": copy.deepcopy(self.growth)}
 
     def save_checkpoint(self, directory, extra: dict | None = None, keep_last: int | None = 3,
                         name: str | None = None) -> Path:

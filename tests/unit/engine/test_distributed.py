@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import ConfigError, DistributedConfig
+from engine import ConfigError, DistributedConfig, ModelConfig, count_parameters
 from engine.distributed import Averager, Communicator
 
 RUN = Path(__file__).with_name("distributed_run.py")
@@ -66,6 +66,22 @@ def test_local_ranks_diverge_between_averages_and_agree_after_each(tmp_path):
     for step in range(6):
         agree = all(np.array_equal(history[0][step], h[step]) for h in history[1:])
         assert agree == ((step + 1) % 3 == 0), f"step {step + 1}"
+
+
+def test_ranks_that_grow_at_the_same_step_stay_together(tmp_path):
+    """engine/grow.py is a fixed function of its arguments: "sync" ranks stay bit-identical
+    through a growth, and "local" ranks (whose averager's anchor grows too) agree after each
+    average that follows it."""
+    launch(tmp_path / "sync", 2, "sync", 4, 2, 2, 2)  # two blocks more after step 2
+    history = [np.load(tmp_path / "sync" / f"rank-{r}.npy") for r in range(2)]  # (2, P') each
+    grown = ModelConfig(vocab_size=61, context_length=12, d_model=16, n_layer=4, n_head=2)  # distributed_run's, grown
+    assert history[0].shape == (2, count_parameters(grown))
+    np.testing.assert_array_equal(history[0], history[1])
+    launch(tmp_path / "local", 2, "local", 6, 2, 3, 2)  # averages at steps 3 and 6, growth after step 2
+    history = [np.load(tmp_path / "local" / f"rank-{r}.npy") for r in range(2)]  # steps 3..6
+    for step in range(3, 7):
+        agree = np.array_equal(history[0][step - 3], history[1][step - 3])
+        assert agree == (step % 3 == 0), f"step {step}"
 
 
 def test_one_process_is_free_and_averaging_is_exact():
