@@ -5,7 +5,7 @@ evaluations on it.
 
 The map, one concern a module:
 - queue.py: CorpusQueue, the one front every caller holds, gathered from the modules below it
-  - documents.py: documents in (add_documents, record_skip, the tokenizer)
+  - documents.py: documents in (add_documents, record_skip, record_removed, the tokenizer)
   - versions.py: which versions of each file are stored, and which one a change is read against
   - reads.py: token windows out (training reads, replay draws, the held-out split and set)
   - withdrawal.py: withdrawn text (forget, superseded versions, stream_mask)
@@ -52,6 +52,7 @@ from .records import (
     ForgetResult,
     HoldoutSet,
     NewDocument,
+    PathVersion,
     QueueStats,
     StoredVersion,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "HoldoutSplit",
     "draw_window_starts",
     "NewDocument",
+    "PathVersion",
     "QueueStats",
     "SchemaTooNew",
     "StorageConfig",

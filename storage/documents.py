@@ -5,7 +5,9 @@ in arrival order (the caller puts a separator at each document's start; storage 
 add_documents appends each new text to it in chunks (stream.py); content already in the stream
 becomes a 'duplicate' row pointing at the first copy; a rewritten file's earlier versions give
 up the tokens training has not reached (withdrawal.supersede); record_skip keeps a row for a
-version that put nothing in the stream. The corpus tokenizer is recorded with the first document.
+version that put nothing in the stream; record_removed ends paths whose file is gone from where it
+was read (a member no longer in its rewritten archive) as a rewrite to nothing would. The corpus
+tokenizer is recorded with the first document.
 
 Concurrency: every write that allocates stream offsets or document versions first locks the
 `meta["stream_end"]` row (stream.lock_stream), so concurrent writers, in threads or processes,
@@ -210,8 +212,9 @@ class DocumentStore:
 
         `status` is "skipped" (not for training: `reason` is a code such as "binary") or "failed"
         (reading it went wrong: `detail` holds the error). Raises ValueError for another status.
-        A row with a content_hash (a file that grew by whitespace only) is a version later
-        growth is measured from (latest_versions). One that `continues` a version no longer
+        A row with a content_hash and a byte_offset (a file that grew by whitespace only) is a
+        version later growth is measured from (latest_versions); a content_hash alone only says
+        which bytes were judged (an archive member's). One that `continues` a version no longer
         the path's newest is stale, as in add_documents: nothing is written and None returned
         (a row measured from an older version would make the next growth store bytes again).
         `extractor_version` names the extractor that gave the verdict (None: not an extractor's,
@@ -239,6 +242,31 @@ class DocumentStore:
                 "extractor_version": extractor_version,
             }
             return insert_row(connection, documents, row)
+
+
+    def record_removed(self, paths: Sequence[str], *, reason: str, detail: str | None = None,
+                       extractor_version: int | None = None) -> dict[str, int]:
+        """Records that each path's file is gone from where it was read (a member no longer in
+        its rewritten archive), as a rewrite of it to nothing: a new version of each path,
+        `skipped` with `reason` and `detail`, and the tokens of its earlier versions that
+        training has not reached (from the committed cursor on) withdrawn as "superseded", as
+        add_documents withdraws a rewritten file's. Returns the tokens withdrawn, per path.
+        Atomic and durable: one transaction; may block up to busy_timeout_ms for another writer.
+        """
+        paths = list(dict.fromkeys(paths))
+        if not paths:
+            return {}
+        withdrawn_tokens: dict[str, int] = {}
+        with self.database.write(durable=True) as connection:
+            lock_stream(connection)  # versions per path, and withdrawals, under the one lock
+            versions = max_versions(connection, set(paths))
+            cursor = read_cursor(connection).stream_position
+            for path in paths:
+                row_id = insert_row(connection, documents, {
+                    "source_path": path, "status": "skipped", "reason": reason, "detail": detail,
+                    "token_count": 0, "version": versions.get(path, 0) + 1, "extractor_version": extractor_version})
+                withdrawn_tokens[path] = supersede(connection, path, row_id, set(), cursor)
+        return withdrawn_tokens
 
 
 # --- inside the caller's transaction -------------------------------------------------------------

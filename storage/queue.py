@@ -4,8 +4,9 @@ Every caller holds a CorpusQueue; its methods live in one module per concern and
 here as mixins over one Database:
 
 - documents.py   DocumentStore: the tokenizer, add_documents (with the staleness check for a
-                 version that `continues` another), record_skip
-- versions.py    FileVersions: seen, seen_many, latest_versions (the version a change is read against)
+                 version that `continues` another), record_skip, record_removed
+- versions.py    FileVersions: seen, seen_many, latest_versions (the version a change is read
+                 against), newest_under (the members stored for an archive)
 - reads.py       StreamReads: the held-out split, read_windows, read_windows_at, sample_replay,
                  holdout_set, read_tokens, stream_end, document_identity
 - withdrawal.py  Withdrawal: forget, stream_mask, withdrawal_generation

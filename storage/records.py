@@ -37,6 +37,22 @@ class StoredVersion:
 
 
 @dataclass(frozen=True)
+class PathVersion:
+    """A path's newest row, of any status: what the member of a rewritten archive is compared
+    with (its content hash), and whether it still holds text (its status and reason)."""
+
+    document_id: int
+    source_path: str
+    version: int
+    status: str  # queued | trained | duplicate | skipped | failed
+    reason: str | None
+    size: int | None
+    mtime: float | None
+    content_hash: str | None  # sha256 hex of the bytes it was read from; None when not read
+    extractor_version: int | None
+
+
+@dataclass(frozen=True)
 class AddResult:
     document_id: int | None  # None when stale: nothing was written
     # "queued", "duplicate", or "stale": a version that `continues` one that is no longer its

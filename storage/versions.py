@@ -7,7 +7,9 @@ duplicate, or a growth by whitespace only), not another skip. latest_versions an
 ingest side; `newest_versions` and `stale_continuations` answer it under the lock for the
 writers (documents.py), which is what keeps two writers of one growing file from both storing it.
 What counts as seen lives here too: any row of that (path, size, mtime), but a skip that an
-older extractor gave for a reason the caller says a newer one may cure (seen_many).
+older extractor gave for a reason the caller says a newer one may cure (seen_many). And the
+paths under a prefix with their newest rows (newest_under): the members stored for an archive,
+`ARCHIVE!member`, which a rewrite of the archive is compared with.
 
 Read only: storing a version is documents.py's. A mixin of CorpusQueue (queue.py): relies on
 its `database`, and on models.py and rows.py; the functions below run inside the caller's
@@ -21,8 +23,8 @@ from collections.abc import Collection, Sequence
 import sqlalchemy as sa
 
 from .db import Database
-from .models import IN_STREAM, documents
-from .records import NewDocument, StoredVersion
+from .models import ESCAPED_PREFIX, IN_STREAM, documents
+from .records import NewDocument, PathVersion, StoredVersion
 from .rows import in_groups
 
 
@@ -65,6 +67,25 @@ class FileVersions:
                 for path, _, *fields in connection.execute(_latest_accounted(group, columns)):
                     found[path] = StoredVersion(int(fields[0]), int(fields[1]), fields[2], *fields[3:])
         return found
+
+    def newest_under(self, prefix: str) -> dict[str, PathVersion]:
+        """Every path that starts with `prefix` (exactly: case and all), with its newest row of
+        any status. One snapshot, one query (a scan of the paths: `prefix` is no folder of an
+        index). For the members stored for an archive, `ARCHIVE!`."""
+        forms = {prefix, ESCAPED_PREFIX + prefix.replace("%", "%25")}  # plain and escaped names, as forget
+        condition = sa.or_(*(documents.c.source_path.startswith(form, autoescape=True) for form in forms))
+        latest = (sa.select(documents.c.source_path, sa.func.max(documents.c.version).label("version"))
+                  .where(condition).group_by(documents.c.source_path).subquery())
+        columns = (documents.c.id, documents.c.source_path, documents.c.version, documents.c.status,
+                   documents.c.reason, documents.c.size, documents.c.mtime, documents.c.content_hash,
+                   documents.c.extractor_version)
+        query = sa.select(*columns).join(latest, sa.and_(documents.c.source_path == latest.c.source_path,
+                                                         documents.c.version == latest.c.version))
+        with self.database.read() as connection:
+            rows = connection.execute(query).all()
+        # LIKE ignores ASCII case on SQLite: the prefix is checked again on the names as they are
+        return {row.source_path: PathVersion(int(row.id), *row[1:]) for row in rows
+                if row.source_path.startswith(prefix)}
 
     def seen(self, source_path: str, size: int, mtime: float) -> bool:
         """Whether this exact file version (path, size, mtime) already has a row of any status."""

@@ -2,7 +2,8 @@
 
 Text leaves training two ways, each a row in the `withdrawn` table: a rewritten file's earlier
 versions lose the tokens training has not reached ("superseded": add_documents calls
-`supersede` in its own transaction), and `forget` removes a document's text from the store
+`supersede` in its own transaction, and so does record_removed for a member no longer in its
+rewritten archive), and `forget` removes a document's text from the store
 ("forgotten": its chunks are deleted). Offsets never move, so the cursor and the checkpoints
 stay valid. stream_mask returns the held-out split and every withdrawn range as one StreamMask
 (mask.py), which the reads (reads.py) take where they take a HoldoutSplit.
@@ -127,7 +128,7 @@ class Withdrawal:
 def supersede(connection: sa.Connection, source_path: str, new_id: int, keep: set, cursor: int) -> int:
     """Withdraws the tokens at or after `cursor` of the path's earlier versions in the stream
     (not those in `keep`, nor one already superseded); returns how many tokens that was. For
-    add_documents, under the stream lock it already holds."""
+    add_documents and record_removed, under the stream lock they already hold."""
     already = sa.select(withdrawn.c.id).where(withdrawn.c.document_id == documents.c.id,
                                               withdrawn.c.reason == "superseded").exists()
     query = sa.select(documents.c.id, documents.c.stream_start, documents.c.stream_end).where(

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import ConfigError
 from ..config import Config
+from ..ingest.archives import MEMBER_SEPARATOR
 from ..ingest.pipeline import Ingestor, IngestSummary, iter_files
 from ..logging import get_logger
 from ..service.opening import open_queue
@@ -44,8 +45,9 @@ def add_commands(commands: Any) -> None:
 
     forget = commands.add_parser("forget", help="remove a file's text from the corpus and from all future training")
     forget.add_argument("targets", nargs="+", metavar="PATH|DOC_ID",
-                        help="a file as it was ingested (or its copy under STATE_DIR/processed), a folder "
-                             "(everything under it), or a document id from the logs")
+                        help="a file as it was ingested (or its copy under STATE_DIR/processed; an archive: "
+                             "every member stored from it, ARCHIVE!member), a folder (everything under it), or "
+                             "a document id from the logs")
     forget.add_argument("--dry-run", action="store_true", help="say what would be removed; change nothing")
     forget.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_state_flags(forget)
@@ -162,9 +164,12 @@ def command_forget(args: argparse.Namespace) -> int:
     paths = [p for f in forms.values() for p in f[0]]
     prefixes = [p for f in forms.values() for p in f[1]]
     ids = [i for f in forms.values() for i in f[2]]
+    # an archive's documents are its members, stored as ARCHIVE!member: naming it names them too
+    # (a prefix that names nothing is no error: most files are no archive)
+    members = [path + MEMBER_SEPARATOR for path in paths]
     database, queue = open_queue(config)
     try:
-        result = queue.forget(paths=paths, prefixes=prefixes, document_ids=ids, dry_run=args.dry_run)
+        result = queue.forget(paths=paths, prefixes=prefixes + members, document_ids=ids, dry_run=args.dry_run)
         if not args.dry_run and result.documents:
             _blank_token_copy(config, queue)
     finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DATABASE_FILE
-from ..ingest.data import DataError, SkippedFile, find_files, read_text
+from ..ingest.data import DataError, SkippedFile, find_files, read_texts
 from ..ingest.tokenizer import FIXED, MAX_BPE_VOCAB, MIN_BPE_VOCAB, TOKENIZER_FILE, train_bpe
 from ..logging import get_logger
 from .model import log_left_out
@@ -67,14 +67,15 @@ def command_tokenizer_train(args: argparse.Namespace) -> int:
 
     def texts(paths: Sequence[Path], first_pass: bool) -> Iterator[str]:
         for path in paths:
-            text = read_text(path, config.extract)
-            if isinstance(text, SkippedFile):
-                if first_pass:
-                    log_left_out(log, text)
-                continue
-            if first_pass:
+            found = read_texts(path, config.extract)  # an archive: each member its own document
+            for _, text in found:
+                if isinstance(text, SkippedFile):
+                    if first_pass:
+                        log_left_out(log, text)
+                    continue
+                yield text
+            if first_pass and any(not isinstance(text, SkippedFile) for _, text in found):
                 used.append(path)
-            yield text
 
     started = time.perf_counter()
     tokenizer = train_bpe(texts(files, first_pass=True), args.vocab_size)

@@ -107,9 +107,10 @@ skip_near_duplicates # a document mostly like one stored is skipped (reason near
 max_file_bytes # larger files are skipped as too_large
 max_uncompressed_bytes
 max_compression_ratio
-max_zip_members
-time_budget_seconds
-max_memory_bytes # address space of the child process that parses PDF, DOCX and EPUB
+max_zip_members # entries of a DOCX or EPUB
+max_archive_members # entries of a tar or zip archive of documents, nested ones included
+time_budget_seconds # per file; an archive is one file: all of its members in this time
+max_memory_bytes # address space of the child process that parses PDF, DOCX, EPUB, archives
 
 [log]
 level # debug, info, warning, error

@@ -4,8 +4,10 @@ This module serves the `eval` and `tokenizer train` commands, which read the fil
 command line. It is not the daemon's ingest path (that one watches a folder and goes through
 storage), but it reads each file exactly as that path does: reading.py's `read_file`, the
 Ingestor's own per-file extraction (kinds, decoding, normalisation), so `eval` scores the text
-the daemon trains on, and a file the daemon skips is skipped here with the same reason. Inside
-a folder the same names are passed over (hidden and temporary ones). The rules on the stored
+the daemon trains on, and a file the daemon skips is skipped here with the same reason. An
+archive of documents gives its members, each a document named `ARCHIVE!member`, as the daemon
+stores them (reading.documents_of). Inside a folder the same names are passed over (hidden and
+temporary ones). The rules on the stored
 corpus as a whole are not applied: an offline corpus is the files' text, so figures on one set
 of files stay comparable.
 
@@ -38,13 +40,14 @@ from .reading import (
     EXTRACTION_FAILED,
     SkippedFile,
     document_tokens,
+    documents_of,
     is_ignored_name,
     read_file,
 )
 from .tokenizer import ByteTokenizer, Tokenizer, TokenizerError
 
 __all__ = ["Corpus", "CorpusTooShort", "DataError", "SkippedFile", "WindowSampler", "eval_windows", "find_files",
-           "load_corpus", "read_text"]
+           "load_corpus", "read_texts"]
 
 
 class DataError(Exception):
@@ -105,11 +108,12 @@ def find_files(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Ski
     return files, skipped
 
 
-def read_text(path: Path, limits: ExtractLimits | None = None) -> str | SkippedFile:
-    """The text of a file as the daemon stores it (reading.read_file), or a SkippedFile saying
-    why there is none."""
-    extraction = read_file(path, limits)
-    return extraction if isinstance(extraction, SkippedFile) else extraction.text
+def read_texts(path: Path, limits: ExtractLimits | None = None) -> list[tuple[Path, str | SkippedFile]]:
+    """The documents of a file as the daemon stores them (reading.read_file): (name, text), or
+    (name, a SkippedFile saying why there is none); one for a file, one per member of an archive
+    (`ARCHIVE!member`: reading.documents_of)."""
+    found = documents_of(path, read_file(path, limits))
+    return [(name, read if isinstance(read, SkippedFile) else read.text) for name, read in found]
 
 
 def load_corpus(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer | None = None,
@@ -117,9 +121,10 @@ def load_corpus(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer | None 
                 on_skip: Callable[[SkippedFile], None] | None = None) -> Corpus:
     """Read and tokenize every file under `paths` into one "EOD doc1 EOD doc2 ..." array.
 
-    Each file is read as the daemon reads it (read_text); a file it would skip or fail is
-    listed in `Corpus.skipped`, with its reason, and told to `on_skip` as it is met (so the
-    caller can report it even when no file gives text). Raises DataError for a missing path,
+    Each file is read as the daemon reads it (read_texts: an archive's members are documents of
+    their own); a file (or member) it would skip or fail is listed in `Corpus.skipped`, with its
+    reason, and told to `on_skip` as it is met (so the caller can report it even when no file
+    gives text). Raises DataError for a missing path,
     or when no file gives text (the message counts the skips by reason).
     """
     tokenizer = tokenizer or ByteTokenizer()
@@ -137,18 +142,18 @@ def load_corpus(paths: Sequence[str | os.PathLike], tokenizer: Tokenizer | None 
     used: list[Path] = []
     n_bytes = 0
     for path in found:
-        text = read_text(path, limits)
-        if isinstance(text, SkippedFile):
-            leave_out(text)
-            continue
-        try:
-            tokens = document_tokens(tokenizer, text)  # (1 + n,) EOD first
-        except TokenizerError as exc:  # as the Ingestor's guard records it
-            leave_out(SkippedFile(path, EXTRACTION_FAILED, f"TokenizerError: {exc}", "failed"))
-            continue
-        documents.append(tokens)
-        used.append(path)
-        n_bytes += tokenizer.token_bytes(tokens)
+        for name, text in read_texts(path, limits):
+            if isinstance(text, SkippedFile):
+                leave_out(text)
+                continue
+            try:
+                tokens = document_tokens(tokenizer, text)  # (1 + n,) EOD first
+            except TokenizerError as exc:  # as the Ingestor's guard records it
+                leave_out(SkippedFile(name, EXTRACTION_FAILED, f"TokenizerError: {exc}", "failed"))
+                continue
+            documents.append(tokens)
+            used.append(name)
+            n_bytes += tokenizer.token_bytes(tokens)
     if not documents:
         named = ", ".join(str(p) for p in paths) or "(no paths)"
         reasons = Counter(item.reason for item in skipped)

@@ -12,8 +12,12 @@ MIME's structured suffixes read (`man+gzip`, `text+xz`). The head of a file infl
 part of its content (a bzip2 block to nothing), so this kind is a first guess that the
 extractor checks against the whole content (`detect_inflated`).
 
-It reads no file, decodes nothing and logs nothing. Relies on the standard library and
-`crawler.ingest.compressed`.
+An archive of documents (a tar, a zip that is no document format: `crawler.ingest.archives`)
+has an archive kind, ARCHIVE_KINDS: `tar`, `zip`, or either inside a compressed stream
+(`tar+gzip`); its members are documents of their own, each typed here as a file is.
+
+It reads no file, decodes nothing and logs nothing. Relies on the standard library,
+`crawler.ingest.compressed` and `crawler.ingest.archives`.
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import codecs
 import os
 import re
 
+from .archives import ARCHIVE_FORMATS, archive_format
 from .compressed import COMPRESSIONS, codec_of, inflate_head, inner_name
 
-__all__ = ["PROBE_BYTES", "DOCUMENT_KINDS", "KINDS", "detect_kind", "detect_inflated", "binary_mark",
+__all__ = ["PROBE_BYTES", "DOCUMENT_KINDS", "KINDS", "ARCHIVE_KINDS", "detect_kind", "detect_inflated", "binary_mark",
            "utf16_without_bom"]
 
 PROBE_BYTES = 8192  # sniffing looks at this much of the head (a NUL in it means binary: git's rule)
@@ -34,6 +39,8 @@ PROBE_BYTES = 8192  # sniffing looks at this much of the head (a NUL in it means
 
 DOCUMENT_KINDS = ("text", "markdown", "html", "json", "jsonl", "csv", "tsv", "pdf", "docx", "epub", "man", "info")
 KINDS = DOCUMENT_KINDS + tuple(f"{kind}+{codec}" for codec in COMPRESSIONS for kind in DOCUMENT_KINDS)
+# archives of documents: not documents themselves (each member is one), so not in KINDS
+ARCHIVE_KINDS = ARCHIVE_FORMATS + tuple(f"{fmt}+{codec}" for codec in COMPRESSIONS for fmt in ARCHIVE_FORMATS)
 
 _TEXT_SUFFIXES = (".txt .text .py .pyi .c .h .cc .cpp .hpp .js .mjs .ts .tsx .jsx .rs .go .java "
                   ".kt .rb .php .pl .lua .swift .scala .cs .sql .r .jl .hs .ml .rst .tex .bib .log "
@@ -155,8 +162,8 @@ def _is_info(head: bytes, named_as_info: bool) -> bool:
 # Detection
 
 def classify(path: str | os.PathLike[str], head: bytes, outer: bool = True) -> tuple[str, str]:
-    """(kind, why): a kind in KINDS, or "binary" / "unsupported" with the reason in words.
-    Only the outer file may be compressed: a stream inside a stream is an archive, binary."""
+    """(kind, why): a kind in KINDS or ARCHIVE_KINDS, or "binary" / "unsupported" with the reason
+    in words. Only the outer file may be compressed: a stream inside a stream is binary."""
     name = os.fspath(path)
     if outer and (codec := codec_of(head)) is not None:
         kind, why = detect_inflated(name, codec, inflate_head(head, codec, PROBE_BYTES))
@@ -183,6 +190,8 @@ def classify(path: str | os.PathLike[str], head: bytes, outer: bool = True) -> t
         return sniffed, "signature"
     if sniffed == "document":
         return "unsupported", f"no extractor for this document type ({suffix or 'no extension'})"
+    if sniffed in ("tar archive", "zip archive") and (fmt := archive_format(name, head)) is not None:
+        return fmt, "archive"
     if sniffed is not None:
         return "binary", sniffed
     if kind is None and _is_troff(head, _MAN_NAME.search(name) is not None):
@@ -203,8 +212,9 @@ def detect_kind(path: str | os.PathLike[str], head: bytes) -> str:
 
 def detect_inflated(path: str | os.PathLike[str], codec: str, content: bytes) -> tuple[str, str]:
     """(kind, why) of what the compressed file at `path` inflates to (`content`, or its first
-    PROBE_BYTES), typed by the inner name and that content: a kind of DOCUMENT_KINDS, or
-    "binary" / "unsupported" with a reason that names the stream."""
+    PROBE_BYTES), typed by the inner name and that content: a kind of DOCUMENT_KINDS, an archive
+    format (ARCHIVE_FORMATS: a .tar.gz), or "binary" / "unsupported" with a reason that names
+    the stream."""
     kind, why = classify(inner_name(path, codec), content[:PROBE_BYTES], outer=False)
     if kind in ("binary", "unsupported"):
         return kind, f"{why}, inside a {codec} stream"

@@ -10,7 +10,25 @@ also drop a whole document's boilerplate lines before its tokens are made) or fa
 A changed text file that only grew since its stored version (its old bytes unchanged) stores
 only its new text, as a version that continues the earlier one (read again when another writer
 stored a newer version meanwhile, so each byte is stored once); any other change is a whole new
-version (docs/STORAGE.md, "What a changed file means"). A bad
+version (docs/STORAGE.md, "What a changed file means").
+
+An archive of documents (a tar or zip: crawler.ingest.archives) is a file whose documents are
+its members: reading it yields one outcome per member, under the path `ARCHIVE!member`, each as
+a file's (ingested, duplicate, unchanged, or skipped and failed with the member's own reason),
+then the archive's own outcome, last: `skipped` with reason ARCHIVE ("archive": its text is its
+members'; `detail` counts their outcomes), `empty` (no member is a file), or `corrupt` (a tar cut
+short or damaged: the members read whole before the damage are stored all the same, and the
+detail says where it stopped). That last outcome is the file's terminal one (the daemon's
+ingest worker and `crystalline ingest` take the archive as done with it), and its row, recorded
+after every member's, makes an unchanged archive (path, size, mtime) `unchanged` without being
+read. A changed archive is read whole again and its members are compared one by one with their
+paths' newest rows by content hash: the same bytes are unchanged (a forgotten member stays
+forgotten), changed bytes a new version that supersedes the earlier one as a rewritten file's
+does, and a member stored before and no longer in the archive is removed: its untrained tokens
+withdrawn and a row recorded (`skipped`, reason REMOVED, "removed"), one outcome each. Members
+are withdrawn only by a read of the whole archive: an archive that is deleted, cannot be read
+(corrupt, a bomb), is read in part or is no longer an archive leaves its members' text alone,
+as a deleted file's text is left alone. A bad
 file never raises out of `ingest_file`; only a storage failure does (a storage.StoreUnavailable,
 whose `transient` says whether the same files may be tried again later), because that is the
 caller's to handle (nothing of that transaction was committed). Every per-file fault (a
@@ -36,15 +54,34 @@ from pathlib import Path
 
 import numpy as np
 
-from storage import NewDocument, StoredVersion
+from storage import NewDocument, PathVersion, StoredVersion
 
 from ..state.walk import walk_files
+from .archives import MEMBER_SEPARATOR, member_path
 from .cleaning import NEAR_DUPLICATE, Cleaner
-from .extract import EXTRACTOR_VERSION, PROBE_BYTES, Extraction, ExtractLimits, detect_kind
-from .reading import REOFFERED_REASONS, SkippedFile, document_tokens, is_ignored_name, read_file
+from .extract import (
+    EXTRACTOR_VERSION,
+    PROBE_BYTES,
+    ArchiveExtraction,
+    Extraction,
+    ExtractLimits,
+    Member,
+    detect_kind,
+)
+from .reading import (
+    EXTRACTION_FAILED,
+    REOFFERED_REASONS,
+    SkippedFile,
+    document_tokens,
+    is_ignored_name,
+    read_file,
+)
 
 # Skip reasons decided here, beside the extractor's own.
 OUTSIDE_ROOT = "outside_root"
+ARCHIVE = "archive"  # an archive's own row and outcome: its text is its members', ARCHIVE!member
+REMOVED = "removed"  # a member stored before and no longer in its rewritten archive
+FORGOTTEN = "forgotten"  # the reason `crystalline forget` gives a row (storage's)
 # kinds whose text is their decoded bytes, so text appended to the file is text appended to the
 # document; every other kind (a parser's output, a zip, a PDF) changes as a whole: a rewrite
 GROWTH_KINDS = frozenset(("text", "markdown"))
@@ -138,8 +175,10 @@ class Ingestor:
         queue.set_tokenizer(self.tokenizer_identity)
 
     def ingest_file(self, path: str | Path, root: str | Path | None = None) -> IngestOutcome:
-        """Ingest one file; `root` (when given) is the folder it must resolve into."""
-        return next(self.ingest_files([(path, root)]))
+        """Ingest one file; `root` (when given) is the folder it must resolve into. Its own
+        outcome: an archive's members' come before it, from `ingest_files`."""
+        *_, last = self.ingest_files([(path, root)])
+        return last
 
     def ingest_files(self, files: Iterable[tuple[str | Path, str | Path | None]],
                      batch_files: int = 256, batch_bytes: int = 1 << 20) -> Iterator[IngestOutcome]:
@@ -190,6 +229,12 @@ class Ingestor:
             if isinstance(prepared, IngestOutcome):
                 yield prepared
                 continue
+            if isinstance(prepared, _ArchiveRead):  # its members' commits, then its own row, in order
+                if pending:
+                    yield from self._commit(pending)
+                    pending, pending_bytes = [], 0
+                yield from self._ingest_archive(prepared, batch_bytes)
+                continue
             pending.append(prepared)
             pending_bytes += prepared.extraction.size
             if pending_bytes >= batch_bytes:
@@ -198,14 +243,16 @@ class Ingestor:
         if pending:
             yield from self._commit(pending)
 
-    def _prepare(self, look: "_Look", seen: set, bases: dict) -> "IngestOutcome | _Pending | None":
+    def _prepare(self, look: "_Look", seen: set, bases: dict) -> "IngestOutcome | _Pending | _ArchiveRead | None":
         """Everything for one file short of the database write: an outcome, or its tokens (None:
-        its whitespace growth was stale, so it is looked at again)."""
+        its whitespace growth was stale, so it is looked at again), or an archive's members."""
         t0 = time.perf_counter()
         try:
             verdict = self._examine(look, seen, bases.get(look.source))
         except Exception as exc:  # noqa: BLE001 - one file's fault, whatever it is, is that file's outcome
             verdict = _Verdict("failed", "extraction_failed", f"{type(exc).__name__}: {exc}", remember=True)
+        if isinstance(verdict, _ArchiveRead):
+            return verdict
         if isinstance(verdict, _Pending) and verdict.tokens is None:  # a whole document the corpus rules judge
             verdict = self._clean(verdict, first_version=look.source not in bases)
         if isinstance(verdict, _Pending):
@@ -229,7 +276,7 @@ class Ingestor:
         return IngestOutcome(look.source, verdict.status, verdict.reason, verdict.detail,
                              ms=(time.perf_counter() - t0) * 1e3)
 
-    def _examine(self, look: "_Look", seen: set, base: StoredVersion | None) -> "_Verdict | _Pending":
+    def _examine(self, look: "_Look", seen: set, base: StoredVersion | None) -> "_Verdict | _Pending | _ArchiveRead":
         """The verdict on one file from its looks: no storage call, so any exception is its own."""
         t0 = time.perf_counter()
         if look.error is not None:
@@ -251,6 +298,8 @@ class Ingestor:
         if isinstance(extraction, SkippedFile):  # nothing to remember about a file that is gone
             return _Verdict(extraction.status, extraction.reason, extraction.detail,
                             remember=extraction.reason != "vanished")
+        if isinstance(extraction, ArchiveExtraction):
+            return _ArchiveRead(look.source, extraction, time.perf_counter() - t0)
         tokens = None if self.cleaner is not None else self._tokens(extraction.text)  # the rules' text, in _clean
         return _Pending(look.source, extraction, tokens, time.perf_counter() - t0)
 
@@ -299,8 +348,95 @@ class Ingestor:
                 self._stale.add(p.source)
                 continue
             self.queue.record_skip(source_path=p.source, reason=NEAR_DUPLICATE, detail=detail, size=p.extraction.size,
-                                   mtime=p.extraction.mtime, extractor_version=EXTRACTOR_VERSION)
+                                   mtime=p.extraction.mtime, content_hash=p.extraction.content_hash,
+                                   extractor_version=EXTRACTOR_VERSION)
             yield IngestOutcome(p.source, "skipped", NEAR_DUPLICATE, detail, ms=p.seconds * 1e3)
+
+    # --- archives ---------------------------------------------------------------------------------
+
+    def _ingest_archive(self, read: _ArchiveRead, batch_bytes: int) -> Iterator[IngestOutcome]:
+        """An archive's members' outcomes, then its removed members', then its own (the module
+        docstring says what each means). Its own row is written last, so an archive interrupted
+        half way is read again, and its members already stored are unchanged then."""
+        t0 = time.perf_counter()
+        archive, source = read.archive, read.source
+        stored = self.queue.newest_under(source + MEMBER_SEPARATOR)
+        members = [(member_path(source, member.name), member) for member in archive.members]
+        changed = [path for path, member in members if not _member_unchanged(member, stored.get(path))]
+        bases = self.queue.latest_versions(changed) if changed else {}
+        counts: Counter = Counter()
+        for outcome in self._member_outcomes(members, set(changed), bases, batch_bytes):
+            counts[outcome.status] += 1
+            yield outcome
+        paths = {path for path, _ in members}
+        stale = paths & self._stale
+        if stale:  # a member lost a race (the corpus rules): the whole archive is read again next round
+            self._stale -= stale
+            self._stale.add(source)
+            return
+        gone: list[str] = []
+        if not archive.truncated:  # only a whole read says what is no longer in it
+            gone = [path for path, row in stored.items()
+                    if path not in paths and row.reason not in (REMOVED, FORGOTTEN)]
+        if gone:
+            detail = f"no longer in {display_path(source)}, which was rewritten"
+            withdrawn = self.queue.record_removed(gone, reason=REMOVED, detail=detail,
+                                                  extractor_version=EXTRACTOR_VERSION)
+            for path in gone:
+                yield IngestOutcome(path, "skipped", REMOVED,
+                                    f"{detail}; {withdrawn[path]} tokens not yet trained withdrawn",
+                                    withdrawn=withdrawn[path])
+        reason, detail = _archive_verdict(archive, counts, len(gone))
+        self.queue.record_skip(source_path=source, reason=reason, detail=detail, kind=archive.kind, size=archive.size,
+                               mtime=archive.mtime, content_hash=archive.content_hash,
+                               extractor_version=EXTRACTOR_VERSION)
+        yield IngestOutcome(source, "skipped", reason, detail, ms=(read.seconds + time.perf_counter() - t0) * 1e3)
+
+    def _member_outcomes(self, members: list[tuple[str, Member]], changed: set[str], bases: dict,
+                         batch_bytes: int) -> Iterator[IngestOutcome]:
+        """Each member's outcome, as a file's: unchanged, recorded as skipped or failed, or its
+        tokens committed `batch_bytes` of text at a time (`_commit`, the corpus rules too)."""
+        pending: list[_Pending] = []
+        pending_bytes = 0
+        for path, member in members:
+            if path not in changed:
+                yield IngestOutcome(path, "unchanged")
+                continue
+            prepared = self._prepare_member(path, member, first_version=path not in bases)
+            if isinstance(prepared, IngestOutcome):
+                yield prepared
+                continue
+            pending.append(prepared)
+            pending_bytes += prepared.extraction.size
+            if pending_bytes >= batch_bytes:
+                yield from self._commit(pending)
+                pending, pending_bytes = [], 0
+        if pending:
+            yield from self._commit(pending)
+
+    def _prepare_member(self, path: str, member: Member, first_version: bool) -> IngestOutcome | _Pending:
+        """One member short of the commit of its tokens: its skip or failure recorded (with its
+        content hash, which a rewrite of the archive is compared with), or its tokens."""
+        t0 = time.perf_counter()
+        verdict: _Verdict | _Pending
+        if member.extraction is not None:
+            try:
+                tokens = None if self.cleaner is not None else self._tokens(member.extraction.text)
+                verdict = _Pending(path, member.extraction, tokens, 0.0)
+            except Exception as exc:  # noqa: BLE001 - the tokenizer's fault on this member's text is the member's
+                verdict = _Verdict("failed", EXTRACTION_FAILED, f"{type(exc).__name__}: {exc}")
+            if isinstance(verdict, _Pending) and verdict.tokens is None:
+                verdict = self._clean(verdict, first_version=first_version)
+        elif member.failed:
+            verdict = _Verdict("failed", EXTRACTION_FAILED, member.detail)
+        else:
+            verdict = _Verdict("skipped", member.reason, member.detail)
+        if isinstance(verdict, _Pending):
+            return replace(verdict, seconds=verdict.seconds + time.perf_counter() - t0)
+        self.queue.record_skip(source_path=path, reason=verdict.reason, detail=verdict.detail, status=verdict.status,
+                               size=member.size, mtime=member.mtime, content_hash=member.content_hash,
+                               extractor_version=EXTRACTOR_VERSION)
+        return IngestOutcome(path, verdict.status, verdict.reason, verdict.detail, ms=(time.perf_counter() - t0) * 1e3)
 
 
 @dataclass(frozen=True)
@@ -349,6 +485,47 @@ def _look(path: Path, root: Path | None) -> _Look:
 
 def _os_error(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class _ArchiveRead:
+    """An archive of documents read whole: its members, for `_ingest_archive`."""
+
+    source: str
+    archive: ArchiveExtraction
+    seconds: float  # reading and extracting it, members and all
+
+
+def _member_unchanged(member: Member, row: PathVersion | None) -> bool:
+    """Whether a member of an archive read again is what its path's newest row judged: the same
+    bytes (its content hash; for a member not read, its size and mtime), not removed since, and
+    not a skip an older extractor gave for a reason this one may cure (REOFFERED_REASONS).
+    Members are compared by content, not by size and mtime as files are: archives are often
+    written with every member's mtime fixed (reproducible builds), which would hide a change."""
+    if row is None or row.reason == REMOVED:
+        return False
+    if (row.status == "skipped" and row.reason in REOFFERED_REASONS
+            and (row.extractor_version or 0) < EXTRACTOR_VERSION):
+        return False
+    if member.content_hash is not None:
+        return row.content_hash == member.content_hash
+    return row.content_hash is None and (row.size, row.mtime) == (member.size, member.mtime)
+
+
+def _archive_verdict(archive: ArchiveExtraction, counts: Counter, removed: int) -> tuple[str, str]:
+    """(reason, detail) of an archive's own row and outcome: ARCHIVE, or empty (no member is a
+    file), or corrupt (read in part); the detail counts its members' outcomes."""
+    tally = ", ".join(f"{counts[status]} {status}" for status in ("ingested", "duplicate", "unchanged", "skipped",
+                                                                   "failed") if counts[status])
+    if removed:
+        tally += f"{'; ' if tally else ''}{removed} no longer in it, withdrawn"
+    documents = f"{len(archive.members)} document{'s' if len(archive.members) != 1 else ''}"
+    if archive.truncated:
+        return "corrupt", (f"a {archive.kind} archive read in part ({archive.truncated}); the {documents} read "
+                           f"whole before that are kept as ARCHIVE!member" + (f": {tally}" if tally else ""))
+    if not archive.members:
+        return "empty", f"a {archive.kind} archive without files" + (f" ({tally})" if tally else "")
+    return ARCHIVE, f"a {archive.kind} archive of {documents}, each stored as ARCHIVE!member: {tally}"
 
 
 @dataclass(frozen=True)

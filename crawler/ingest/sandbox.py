@@ -1,5 +1,5 @@
-"""Extractor processes: PDF, DOCX, EPUB and compressed files parsed in child interpreters under
-hard limits.
+"""Extractor processes: PDF, DOCX, EPUB, compressed files and archives parsed in child
+interpreters under hard limits.
 
 Untrusted documents go through pypdf, zipfile, expat and the decompressors, where one
 pathological page can spin for minutes and one crafted stream can allocate gigabytes. `ExtractorPool` runs
@@ -19,7 +19,8 @@ Children are fresh interpreters (`subprocess` fork+exec, what multiprocessing ca
 nothing of the parent's numba, watchdog or database threads, locks or file descriptors is
 copied. They are started on the first file that needs one, never at daemon start. The protocol
 is one JSON line per request on the child's stdin and a JSON header line on its stdout, plus the
-text as raw UTF-8 (surrogatepass, so any str round-trips); no pickle. A child whose parent dies
+text as raw UTF-8 (surrogatepass, so any str round-trips); no pickle. An archive's answer is
+one header too, listing its members, and their texts one after another as the payload. A child whose parent dies
 reads end-of-file and exits; a spinning orphan is ended by its RLIMIT_CPU (twice the wall
 limit); under systemd, stopping the unit ends every process of its control group. Children
 ignore SIGINT, SIGTERM and SIGHUP, which a terminal or the service manager sends the whole
@@ -260,8 +261,9 @@ class ExtractorPool:
 
     def extract(self, path: str | os.PathLike[str], limits: ExtractLimits) -> dict:
         """The fields of an `Extraction` for the file at `path` (text, kind, size, mtime,
-        content_hash). Raises Skipped or ExtractionFailed, as the extractor does, and also
-        Skipped("timeout") when the child overran the budget and was killed."""
+        content_hash), or for an archive those of an `ArchiveExtraction` (its `members`, each
+        with its extraction's text). Raises Skipped or ExtractionFailed, as the extractor does,
+        and also Skipped("timeout") when the child overran the budget and was killed."""
         child = self._acquire()
         try:
             return self._ask(child, path, limits)
@@ -278,8 +280,8 @@ class ExtractorPool:
                 raise EOFError
             header = child.read_header(wall)
             payload = b""
-            if header is not None and "ok" in header:
-                payload = child.read_payload(header["ok"]["text_bytes"], wall)
+            if header is not None and ("ok" in header or "archive" in header):
+                payload = child.read_payload(header.get("ok", header.get("archive"))["text_bytes"], wall)
         except EOFError:
             child.reap()
             child.kill()
@@ -295,6 +297,8 @@ class ExtractorPool:
             raise Skipped(*header["skipped"])
         if "failed" in header:
             raise ExtractionFailed(header["failed"])
+        if "archive" in header:
+            return _archive_fields(header["archive"], payload)
         fields = dict(header["ok"])
         del fields["text_bytes"]
         fields["text"] = payload.decode("utf-8", "surrogatepass")
@@ -356,6 +360,37 @@ def _max_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
+def _text_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")  # any str round-trips, lone surrogates too
+
+
+def _archive_answer(fields: dict) -> tuple[dict, bytes]:
+    """An archive's answer: its fields (ArchiveExtraction.to_fields) with every member's text
+    moved into the payload, in member order, and its length left in its place."""
+    texts = []
+    for member in fields["members"]:
+        extraction = member["extraction"]
+        if extraction is not None:
+            texts.append(_text_bytes(extraction.pop("text")))
+            extraction["text_bytes"] = len(texts[-1])
+    payload = b"".join(texts)
+    return {"archive": {**fields, "text_bytes": len(payload)}}, payload
+
+
+def _archive_fields(header: dict, payload: bytes) -> dict:
+    """`_archive_answer` inverted: the fields of an ArchiveExtraction, texts back in place."""
+    fields = dict(header)
+    del fields["text_bytes"]
+    offset = 0
+    for member in fields["members"]:
+        extraction = member["extraction"]
+        if extraction is not None:
+            size = extraction.pop("text_bytes")
+            extraction["text"] = payload[offset:offset + size].decode("utf-8", "surrogatepass")
+            offset += size
+    return fields
+
+
 def _answer(out, header: dict, payload: bytes = b"") -> None:
     out.write(json.dumps(header).encode() + b"\n" + payload)
     out.flush()
@@ -386,9 +421,12 @@ def child_main(argv: list[str]) -> None:
         payload = b""
         try:
             extraction = extract_in_process(path, limits)
-            payload = extraction.text.encode("utf-8", "surrogatepass")
-            header = {"ok": {"kind": extraction.kind, "size": extraction.size, "mtime": extraction.mtime,
-                             "content_hash": extraction.content_hash, "text_bytes": len(payload)}}
+            if hasattr(extraction, "members"):  # an archive of documents (inprocess.ArchiveExtraction)
+                header, payload = _archive_answer(extraction.to_fields())
+            else:
+                payload = _text_bytes(extraction.text)
+                header = {"ok": {"kind": extraction.kind, "size": extraction.size, "mtime": extraction.mtime,
+                                 "content_hash": extraction.content_hash, "text_bytes": len(payload)}}
             del extraction
         except Skipped as skip:
             header = {"skipped": [skip.reason, skip.detail]}

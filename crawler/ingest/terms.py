@@ -2,8 +2,8 @@
 
 `ExtractLimits` (the [extract] section of the configuration), `Skipped` with a reason from the
 fixed set SKIP_REASONS, `ExtractionFailed`, and EXTRACTOR_VERSION, which names the extractor that
-gave a verdict. Every module of the extractor (formats, compressed, troff, info, kinds,
-inprocess, sandbox, extract) speaks these; callers import them from `crawler.ingest.extract`.
+gave a verdict. Every module of the extractor (formats, compressed, archives, troff, info,
+kinds, inprocess, sandbox, extract) speaks these; callers import them from `crawler.ingest.extract`.
 It parses nothing and logs nothing. Relies on the standard library and `crawler.ConfigError`.
 """
 
@@ -27,7 +27,10 @@ SKIP_REASONS = ("empty", "binary", "too_large", "unsupported", "unreadable", "va
 # a <main> or role=main (`crawler.ingest.html`). The text stored for HTML changes, and the
 # version recorded with a document says which extractor made its text; pages stored before keep
 # theirs (only skips are offered again).
-EXTRACTOR_VERSION = 3
+# 4: tar and zip archives of documents are read, each member a document of its own named
+# ARCHIVE!member (crawler.ingest.archives); they were binary (a .tar.gz "tar archive, inside a
+# gzip stream", a .zip "zip archive").
+EXTRACTOR_VERSION = 4
 
 # The compression ratio limit holds past this many inflated bytes: below 1 MiB a high ratio is
 # only a small repetitive part (a zip's XML, a short compressed page) and cannot hurt.
@@ -67,12 +70,17 @@ class ExtractLimits:
     # larger files are skipped as too_large (checked by fstat before reading, and while reading)
     max_file_bytes: int = 64 * 2**20
     # zipped formats: the sum of the member sizes read; a single gzip, bzip2 or xz file: what it
-    # inflates to (a bomb inflates far past its file size)
+    # inflates to (a bomb inflates far past its file size); an archive: all it inflates, members
+    # and nested archives included
     max_uncompressed_bytes: int = 256 * 2**20
     # zipped formats, per member and overall, and single compressed files, past RATIO_FLOOR_BYTES;
     # real DOCX/EPUB XML and text compress 3-30x, zeros ~1000x
     max_compression_ratio: float = 200.0
     max_zip_members: int = 10_000
+    # archives of documents (tar, zip: crawler.ingest.archives): entries listed, directories and
+    # the entries of nested archives included; past it the archive is a decompression_bomb. Its
+    # members share max_uncompressed_bytes and max_compression_ratio as one file's parts do
+    max_archive_members: int = 10_000
     # per file, for the slow parsers: checked between pages, members and inflated chunks, and
     # enforced for the kinds parsed in an extractor process (crawler.ingest.sandbox) by stopping
     # it shortly after
@@ -84,7 +92,7 @@ class ExtractLimits:
 
     def validate(self) -> "ExtractLimits":
         """Return self, or raise ConfigError naming the first bad limit."""
-        for name in ("max_file_bytes", "max_uncompressed_bytes", "max_zip_members"):
+        for name in ("max_file_bytes", "max_uncompressed_bytes", "max_zip_members", "max_archive_members"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"[extract] {name} ({getattr(self, name)}) must be >= 1")
         if not self.max_compression_ratio >= 1.0:

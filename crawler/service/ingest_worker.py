@@ -21,7 +21,7 @@ from typing import Callable
 
 from ..config import Config
 from ..ingest.extract import shutdown_pool
-from ..ingest.pipeline import Ingestor, display_path
+from ..ingest.pipeline import ARCHIVE, Ingestor, display_path
 from ..state.disk import PROCESSED_DIR
 from ..state.writable import WriteState
 from .outage import StoreOutage, is_transient
@@ -183,14 +183,20 @@ class IngestWorker:
     def _report(self, outcome, batch: list) -> None:
         self.counts[outcome.status] += 1
         path = display_path(outcome.path)
+        # what may move: a file of the batch, not an archive's member (ARCHIVE!member, inside it);
+        # the archive itself moves with its own outcome, after its members' (pipeline.py)
+        movable = self.config.daemon.after_ingest == "move" and any(
+            os.path.abspath(p) == outcome.path for p, _ in batch)
         if outcome.status in ("ingested", "duplicate"):
             self.log.info("file_ingested", path=path, doc_id=outcome.document_id, bytes=outcome.bytes,
                           tokens=outcome.tokens, ms=round(outcome.ms, 1), duplicate=outcome.status == "duplicate",
                           offset=outcome.offset, withdrawn_tokens=outcome.withdrawn)
-            if self.config.daemon.after_ingest == "move":
+            if movable:
                 self._move(Path(outcome.path), batch)
         elif outcome.status == "skipped":
             self.log.info("file_skipped", path=path, reason=outcome.reason, detail=outcome.detail)
+            if movable and outcome.reason == ARCHIVE:
+                self._move(Path(outcome.path), batch)
         elif outcome.status == "failed":
             self.log.warning("file_failed", path=path, error=outcome.detail)
 

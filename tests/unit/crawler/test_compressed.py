@@ -163,14 +163,17 @@ def test_binary_content_is_binary(tmp_path):
     junk = tmp_path / "junk.gz"
     junk.write_bytes(gzip.compress(bytes(random.Random(1).randrange(256) for _ in range(5000)) + b"\0"))
     assert skip_of(junk) == ("binary", "NUL bytes in the first 8192 bytes, inside a gzip stream")
-    buffer = io.BytesIO()
+    twice = tmp_path / "twice.txt.gz"  # a stream inside a stream is no document
+    twice.write_bytes(gzip.compress(gzip.compress(b"hello")))
+    assert skip_of(twice) == ("binary", "gzip archive, inside a gzip stream")
+    buffer = io.BytesIO()  # a tar inside one is an archive of documents (tests/unit/crawler/test_archives.py)
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         member = tarfile.TarInfo("a.txt")
         member.size = 5
         archive.addfile(member, io.BytesIO(b"hello"))
     tarball = tmp_path / "bundle.tar.gz"
     tarball.write_bytes(buffer.getvalue())
-    assert skip_of(tarball) == ("binary", "tar archive, inside a gzip stream")
+    assert [(m.name, m.extraction.text) for m in extract_file(tarball).members] == [("a.txt", "hello")]
     image = tmp_path / "icon.png.xz"  # the inner name says png; the content agrees
     image.write_bytes(lzma.compress(b"\x89PNG\r\n\x1a\n" + b"\0" * 100))
     assert skip_of(image) == ("binary", "png image, inside a xz stream")

@@ -388,11 +388,14 @@ def test_the_binary_probe_names_what_it_sees():
     assert binary_mark(wide) is not None and detect_kind("a.txt", wide) == "text"  # decoding looks past it
 
 
-def test_plain_zip_is_binary(tmp_path):
+def test_a_plain_zip_is_an_archive_and_a_package_is_binary(tmp_path):
     path = tmp_path / "archive.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("a.txt", "hello")
-    assert skip_reason(path) == ("binary", "zip archive")
+    assert [(m.name, m.extraction.text) for m in extract_file(path).members] == [("a.txt", "hello")]
+    package = tmp_path / "library.jar"  # a zip whose members mean nothing one by one stays one file
+    package.write_bytes(path.read_bytes())
+    assert skip_reason(package) == ("binary", "zip archive")
 
 
 def test_too_large_by_size_and_while_reading(tmp_path):
