@@ -9,7 +9,7 @@ has something to train on); once `daemon_ready` and the first `train_step` are i
 idle figures. Then every top-level entry of --desk but .debs and VERSIONS is copied into the inbox
 with `cp -a` (the copy's own time counts), and the events are followed until each file the
 watcher offers has a terminal event (`file_ingested`, duplicate or not; `file_skipped`;
-`file_failed`), or --deadline (900) s after the copy started.
+`file_failed`), or --deadline (2400) s after the copy started.
 
 Files expected: what the watcher offers, walked on the inbox after the copy: regular files and
 symlinks (a symlink is offered as a file: it is stored through its target, or skipped as
@@ -25,7 +25,7 @@ its child processes); training tokens/s and steps/s while the desk is read, agai
 figures. After a SIGTERM stop (exit 0 required): `crystalline status` and `crystalline generate
 PROMPT` on the state dir, printed. The state dir is kept under WORK; the inbox copy is removed.
 
-    python bench/desk_daemon.py [--desk /work/desk] [--work DIR] [--allow-dirty]
+    python bench/desk_daemon.py [--desk /work/desk] [--work DIR] [--set daemon.ingest_share=1] [--allow-dirty]
 Not a test (about 15 minutes); its row goes to bench/results/desk_daemon.jsonl, its figures to
 docs/BENCHMARKS.md.
 """
@@ -48,8 +48,11 @@ from crawler.bench.harness import (
     BenchDaemon,
     RunFailed,
     mean_rate,
+    parse_settings,
     record_each,
+    with_settings,
 )
+from crawler.config import DaemonConfig
 from crawler.bench.results import REPO, ResultLog, add_result_flags
 from crawler.ingest.reading import is_ignored_name
 
@@ -144,7 +147,7 @@ def measure(args, work: Path) -> dict:
     inbox, state = (work / "inbox").resolve(), work / "state"
     inbox.mkdir(parents=True)
     shutil.copyfile(REPO / "README.md", inbox / "seed-readme.md")
-    sections = {"watch": {"roots": [str(inbox)]}, "log": {"format": "json"}}
+    sections = with_settings({"watch": {"roots": [str(inbox)]}, "log": {"format": "json"}}, args.settings)
     d = BenchDaemon(state, sections, ["--http", "off"])
     memory = Memory(d.proc.pid)
     memory.start()
@@ -209,7 +212,9 @@ def measure(args, work: Path) -> dict:
                 reasons[kind][e.get("reason")] += 1
     none = sorted(p for p in offered if p not in per_path)
     many = sorted(p for p in offered if len(per_path.get(p, [])) > 1)
-    unexpected = sorted(p for p in per_path if p not in offered and p != str(inbox / "seed-readme.md"))
+    members = sorted(p for p in per_path if p not in offered and p.split("!", 1)[0] in offered)  # ARCHIVE!member
+    unexpected = sorted(p for p in per_path if p not in offered and p != str(inbox / "seed-readme.md")
+                        and p.split("!", 1)[0] not in offered)
     failed = [{"path": e["path"], "error": str(e.get("error"))[:200]} for e in terminal if e["event"] == "file_failed"]
     samples = {}
     for e in terminal:
@@ -237,7 +242,7 @@ def measure(args, work: Path) -> dict:
         "no_terminal_event": len(none), "no_terminal_event_sample": none[:10],
         "several_terminal_events": len(many),
         "several_terminal_events_sample": {p: [outcome(e) for e in per_path[p]] for p in many[:10]},
-        "unexpected_paths": len(unexpected), "unexpected_sample": unexpected[:10],
+        "archive_members": len(members), "unexpected_paths": len(unexpected), "unexpected_sample": unexpected[:10],
         "failed": failed[:10], "warnings_and_errors": dict(problems),
         "idle_training": idle, "ingest_training": ingest,
         "training_ratio_tokens": round(ratio, 3) if ratio else None,
@@ -279,11 +284,16 @@ def main(argv=None) -> int:
     parser.add_argument("--desk", type=Path, default=Path("/work/desk"))
     parser.add_argument("--work", type=Path, help="work folder, kept (default: a new one under /tmp)")
     parser.add_argument("--idle-seconds", type=float, default=60.0)
-    parser.add_argument("--deadline", type=float, default=900.0, help="seconds after the copy starts")
+    parser.add_argument("--deadline", type=float, default=2400.0, help="seconds after the copy starts")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds of events kept after the last file")
     parser.add_argument("--prompt", default="The SELECT statement")
+    parser.add_argument("--set", default="", help="settings beside the defaults: section.key=value/section.key=value")
     add_result_flags(parser, "desk_daemon.jsonl")
     args = parser.parse_args(argv)
+    try:
+        args.settings = parse_settings(args.set) if args.set else ()
+    except ValueError as exc:
+        parser.error(str(exc))
     work = args.work or Path(tempfile.mkdtemp(prefix="crystalline-desk-"))
 
     def run() -> dict:
@@ -291,7 +301,10 @@ def main(argv=None) -> int:
         print(json.dumps(row, indent=1), flush=True)
         return row | after(Path(row["state_dir"]), args.prompt)
 
-    return record_each(ResultLog(args.results, args.allow_dirty), [("desk_daemon", run)], "desk_daemon.py")
+    key = "desk_daemon" + (f":{args.set}" if args.set else "")
+    return record_each(ResultLog(args.results, args.allow_dirty), [(key, run)], "desk_daemon.py",
+                       ingest_share=dict(((s, k), v) for s, k, v in args.settings).get(
+                           ("daemon", "ingest_share"), DaemonConfig().ingest_share))
 
 
 if __name__ == "__main__":
