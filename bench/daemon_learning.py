@@ -107,7 +107,7 @@ from crawler.bench.harness import (
     watching,
     with_settings,
 )
-from crawler.bench.results import ResultLog, add_result_flags, is_dirty
+from crawler.bench.results import DirtyTree, ResultLog, add_result_flags, is_dirty
 from engine.sizes import SIZES, ModelSize, parse_size
 
 DEFAULT_LRS = ("3e-4", "1e-3", "2e-3")
@@ -285,6 +285,11 @@ def run_daemon(run: Run, args, corpus: Path) -> dict:
                                     "steps": figures["steps"],
                                     "bpb_best": (evaluation["best"] or {}).get("bits_per_byte"),
                                     "bpb_latest": (evaluation["latest"] or {}).get("bits_per_byte"), **evaluation})
+                if args.horizons is not None:  # kept even if the run is cut short later
+                    args.horizons.append({"key": run.key, "corpus": str(corpus), "minutes": mark,
+                                          "recipe": [f"{a}.{b}={c}" for a, b, c in run.recipe],
+                                          **checkpoints[-1], **{k: figures.get(k) for k in ("tokens_trained", "tokens_per_s")}},
+                                         args.revision)
                 print(f"{run.key}: at {mark:g} daemon min: step {figures['steps']}, bpb best "
                       f"{fmt(checkpoints[-1]['bpb_best'])}, latest {fmt(checkpoints[-1]['bpb_latest'])}",
                       file=sys.stderr, flush=True)
@@ -479,6 +484,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="a folder with train/ and val/")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2); the daemon uses its default")
     p.add_argument("--summary", action="store_true", help="print the results file as tables; run nothing")
+    p.add_argument("--horizons", type=Path, default=None,
+                   help="also append one row per --at minute as it passes to this JSON-lines file "
+                        "(a run cut short keeps the horizons it reached)")
     add_result_flags(p, "daemon_learning.jsonl")
     return p.parse_args(argv)
 
@@ -505,6 +513,13 @@ def main(argv=None) -> int:
     except (CorpusMissing, ValueError) as exc:
         print(f"bench/daemon_learning.py: {exc}", file=sys.stderr)
         return 2
+    if args.horizons is not None:
+        args.horizons = ResultLog(args.horizons, allow_dirty=args.allow_dirty)
+        try:
+            args.revision = args.horizons.check()
+        except DirtyTree as exc:
+            print(f"bench/daemon_learning.py: {exc}", file=sys.stderr)
+            return 2
     done = latest_rows(log)
     todo = [r for r in dict.fromkeys(runs)
             if args.force or not any(row["key"] == r.key and same_run(r, row) for row in done)]
