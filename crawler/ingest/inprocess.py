@@ -24,7 +24,7 @@ Plain UTF-8 is the fast path: one read, one hash, one decode, with no loop per l
 It is not the front callers import (`crawler.ingest.extract`, which chooses between this process
 and an extractor process and re-exports the names here), it starts no process, and it logs
 nothing; O_NOFOLLOW, roots and symlinks are the caller's business. Relies on the standard
-library, charset-normalizer and the modules named above (and through formats pypdf).
+library, charset-normalizer and the modules named above (and through formats pypdfium2).
 """
 
 from __future__ import annotations

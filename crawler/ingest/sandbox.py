@@ -1,7 +1,7 @@
 """Extractor processes: PDF, DOCX, EPUB, compressed files and archives parsed in child
 interpreters under hard limits.
 
-Untrusted documents go through pypdf, zipfile, expat and the decompressors, where one
+Untrusted documents go through PDFium (pypdfium2), zipfile, expat and the decompressors, where one
 pathological page can spin for minutes and one crafted stream can allocate gigabytes. `ExtractorPool` runs
 `crawler.ingest.inprocess.extract_in_process` on a path in a separate Python process, so a hang or a
 memory blow-up costs that process and never the daemon:
@@ -403,7 +403,7 @@ def child_main(argv: list[str]) -> None:
     # the protocol owns the real stdout; anything a library prints goes to stderr instead
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    logging.disable(logging.WARNING)  # pypdf warns about every quirk; the parent decides what to log
+    logging.disable(logging.WARNING)  # parsers warn about every quirk; the parent decides what to log
     # the child's side alone parses: the parent's never loads the extractor (charset-normalizer)
     from .inprocess import extract_in_process
 
