@@ -235,6 +235,13 @@ def read_extra(path: str | os.PathLike) -> dict:
     """The `extra` metadata of a checkpoint file, read from its header alone (no tensors, no
     checksum: for deciding what a file is, never for trusting its contents). CheckpointError
     when the header cannot be read."""
+    return read_metadata(path, "extra")
+
+
+def read_metadata(path: str | os.PathLike, key: str):
+    """One JSON entry of a checkpoint's metadata ("extra", "train_state", "model_config", "step"),
+    read from its header alone, as read_extra reads "extra" (never for trusting the contents: a
+    model's shape and growth records to show, say). CheckpointError when it cannot be read."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -242,7 +249,7 @@ def read_extra(path: str | os.PathLike) -> dict:
             if not 0 < n <= 100_000_000:
                 raise CheckpointError(path, f"bad header length {n}")
             header = json.loads(f.read(n))
-        return json.loads(header["__metadata__"]["extra"])
+        return json.loads(header["__metadata__"][key])
     except OSError as exc:
         raise CheckpointError(path, f"cannot read: {exc.strerror or exc}") from exc
     except (ValueError, TypeError, KeyError) as exc:

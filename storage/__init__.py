@@ -11,6 +11,7 @@ The map, one concern a module:
   - withdrawal.py: withdrawn text (forget, superseded versions, stream_mask)
   - training_state.py: the cursor and its one writer, the checkpoint rows, stats
   - evaluations.py: the history of evaluations on the held-out set
+  - holdout_blocks.py: the held-out blocks beyond the split's base, chosen per source
 - stream.py: tokens to chunk rows and a stream range back; rows.py: statements the parts share
 - cache.py: StreamCache, a copy of the stream in one flat file, derived from the store, for
   reading windows at any size (one pread a window)

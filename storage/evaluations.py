@@ -1,15 +1,17 @@
 """The history of evaluations on the held-out set: one row per evaluation, appended, never changed.
 
 Each row holds the step and tokens trained at the time, the held-out (and optionally training)
-bits per byte, how many held-out tokens were scored, how long it took, and whether it was the
-best so far. Not the held-out set itself (reads.py cuts it into windows, holdout.py decides
-which offsets it holds) and not the scoring (the engine and the crawler do that); reset_training
-(training_state.py) empties the history with the checkpoints. A mixin of CorpusQueue
-(queue.py): relies on its `database`, and on models.py and rows.py.
+bits per byte, how many held-out tokens were scored, how long it took, whether it was the best
+so far, and (revision 0009) the held-out figure of each source, as JSON. Not the held-out set
+itself (reads.py cuts it into windows, holdout.py and holdout_blocks.py decide which offsets it
+holds) and not the scoring (the engine and the crawler do that); reset_training
+(training_state.py) empties the history with the checkpoints. A mixin of CorpusQueue (queue.py):
+relies on its `database`, and on models.py and rows.py.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 
@@ -38,12 +40,15 @@ class Evaluations:
         holdout_tokens: int,
         seconds: float,
         best: bool,
+        sources: dict[str, tuple[float, int]] | None = None,
     ) -> int:
         """Appends one evaluation to the history; returns its id (ids ascend in order). Atomic.
 
-        Raises ValueError, writing nothing, for a negative count, a non-finite or negative
-        number, or a non-bool `best` (TypeError for a count that is not an integer). numpy
-        scalars are accepted and stored as Python numbers.
+        `sources` maps a source's name to its (val_bits_per_byte, holdout_tokens), stored as
+        {"NAME": {"val_bits_per_byte": x, "holdout_tokens": n}}. Raises ValueError, writing
+        nothing, for a negative count, a non-finite or negative number, or a non-bool `best`
+        (TypeError for a count that is not an integer). numpy scalars are accepted and stored as
+        Python numbers.
         """
         row = {
             "step": _count("step", step),
@@ -54,6 +59,10 @@ class Evaluations:
             else _number("train_bits_per_byte", train_bits_per_byte),
             "holdout_tokens": _count("holdout_tokens", holdout_tokens),
             "seconds": _number("seconds", seconds),
+            "sources": None if sources is None else json.dumps({
+                str(name): {"val_bits_per_byte": _number(f"sources[{name!r}]", value),
+                            "holdout_tokens": _count(f"sources[{name!r}] tokens", tokens)}
+                for name, (value, tokens) in sources.items()}, sort_keys=True),
         }
         if not isinstance(best, (bool, np.bool_)):
             raise ValueError(f"best ({best!r}) must be a bool")
@@ -67,7 +76,7 @@ class Evaluations:
         query = sa.select(evaluations).where(evaluations.c.id > since).order_by(evaluations.c.id)
         with self.database.read() as connection:
             rows = connection.execute(query.limit(limit))
-            return [EvaluationRecord(**row._mapping) for row in rows]
+            return [_record(row) for row in rows]
 
     def latest_evaluation(self) -> EvaluationRecord | None:
         """The most recent evaluation, or None before the first."""
@@ -81,7 +90,13 @@ class Evaluations:
         query = sa.select(evaluations).where(condition).order_by(evaluations.c.id.desc()).limit(1)
         with self.database.read() as connection:
             row = connection.execute(query).first()
-        return None if row is None else EvaluationRecord(**row._mapping)
+        return None if row is None else _record(row)
+
+
+def _record(row) -> EvaluationRecord:
+    values = dict(row._mapping)
+    sources = values.pop("sources", None)
+    return EvaluationRecord(**values, sources=None if sources is None else json.loads(sources))
 
 
 def _count(name: str, value) -> int:

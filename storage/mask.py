@@ -1,21 +1,24 @@
 """What training may read: the held-out split together with the withdrawn ranges of the stream.
 
 A StreamMask answers "does this window meet text training must not read?" for the held-out
-regions (holdout.py) and for every range in the `withdrawn` table (a rewritten file's untrained
-tokens, a forgotten document's text), so the training reads, replay draws and the held-out set
-skip both with one test. It is a snapshot: `generation` is the newest withdrawn row's id when
-it was read, and a reader that sees a larger generation in the store (CorpusQueue.withdrawal_
-generation) asks for a new mask. Pure arithmetic over numpy arrays; CorpusQueue.stream_mask
-builds it from the database.
+regions (holdout.py: the base's, and the per-source blocks the store recorded, `held`) and for
+every range in the `withdrawn` table (a rewritten file's untrained tokens, a forgotten
+document's text), so the training reads, replay draws and the held-out set skip all of them
+with one test. It is a snapshot: `generation` is the newest withdrawn row's id when it was
+read, and a reader that sees a larger generation in the store (CorpusQueue.withdrawal_
+generation) asks for a new mask; `decided_end` is where the per-source choice had been made
+when `held` was read, and a training read stops there (reads.py), since a block beyond it may
+still be chosen. Pure arithmetic over numpy arrays; CorpusQueue.stream_mask builds it from the
+database, and `with_held` adds CorpusQueue.held_out_blocks to it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .holdout import HoldoutSplit, free_windows
+from .holdout import HoldoutSplit, free_windows, region_overlaps
 
 
 def merge_ranges(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -46,12 +49,29 @@ class StreamMask:
     starts: np.ndarray  # int64 (R,) withdrawn ranges [starts[i], ends[i]): disjoint, ascending
     ends: np.ndarray  # int64 (R,)
     generation: int = 0  # the newest withdrawn row's id when read; 0: none
+    # the per-source blocks beyond the split's base, as recorded: int64 (H,), ascending
+    held: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    # training reads stop before this stream offset: beyond it the per-source choice is not made
+    # yet. None: no such limit (a split without per-source blocks, or a mask for other readers)
+    decided_end: int | None = None
 
     @classmethod
-    def of(cls, split: HoldoutSplit | None, starts=(), ends=(), generation: int = 0) -> "StreamMask":
-        """A mask over `split` and the ranges [starts[i], ends[i]), merged."""
+    def of(cls, split: HoldoutSplit | None, starts=(), ends=(), generation: int = 0, held=(),
+           decided_end: int | None = None) -> "StreamMask":
+        """A mask over `split` and the ranges [starts[i], ends[i]), merged, and the per-source
+        blocks `held`."""
         merged = merge_ranges(np.asarray(starts, np.int64), np.asarray(ends, np.int64))
-        return cls(split, merged[0], merged[1], int(generation))
+        return cls(split, merged[0], merged[1], int(generation), np.unique(np.asarray(held, np.int64)), decided_end)
+
+    def with_held(self, held, decided_end: int | None) -> "StreamMask":
+        """This mask with the per-source blocks `held` (ascending) and the limit `decided_end`."""
+        return replace(self, held=np.unique(np.asarray(held, np.int64)), decided_end=decided_end)
+
+    def held_overlaps(self, starts: np.ndarray, length: int) -> np.ndarray:
+        """Whether each window [s, s + length) meets the region of a per-source block: bool (N,)."""
+        if self.split is None or self.held.size == 0:
+            return np.zeros(np.shape(starts), bool)
+        return region_overlaps(self.held, self.split.block_tokens, starts, length)
 
     @property
     def withdrawn_tokens(self) -> int:
@@ -72,10 +92,11 @@ class StreamMask:
         return hit
 
     def overlaps(self, starts: np.ndarray, length: int) -> np.ndarray:
-        """Whether each window [s, s + length) meets a held-out region or a withdrawn range."""
+        """Whether each window [s, s + length) meets a held-out region (of the base or a per-source
+        block) or a withdrawn range."""
         hit = self.withdrawn_overlaps(starts, length)
         if self.split is not None:
-            hit |= self.split.overlaps(starts, length)
+            hit |= self.split.overlaps(starts, length) | self.held_overlaps(starts, length)
         return hit
 
     def training_windows(self, position: int, seq_len: int, available: int, count: int) -> tuple[np.ndarray, int]:

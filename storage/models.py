@@ -205,7 +205,9 @@ chunks = sa.Table(
 
 # "tokenizer": the identity JSON every document's tokens were made with;
 # "stream_end": the next free stream offset, as a decimal string;
-# "holdout": the held-out split (HoldoutSplit.to_json), recorded on first use and never changed.
+# "holdout": the held-out split (HoldoutSplit.to_json), recorded on first use and never changed
+#   but once: a split of an earlier release (four keys) gains the per-source fields, its blocks kept;
+# "holdout_frontier": the lattice blocks below this block index have been decided (holdout_blocks.py)
 meta = sa.Table(
     "meta",
     metadata,
@@ -257,6 +259,9 @@ evaluations = sa.Table(
     # the best val_bits_per_byte so far, as the caller judged it; best_evaluation() reads it
     sa.Column("best", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", UTCDateTime, nullable=False, default=utcnow),
+    # (revision 0009) the figure per source, as JSON: {"SOURCE": {"val_bits_per_byte": x,
+    # "holdout_tokens": n}, ...}; NULL for an evaluation recorded before
+    sa.Column("sources", sa.Text, nullable=True),
 )
 
 # --- withdrawn text (revision 0005) --------------------------------------------------------------
@@ -329,4 +334,17 @@ signature_bands = sa.Table(
     sa.Column("band_key", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("document_id", sa.Integer, sa.ForeignKey("documents.id"), primary_key=True, autoincrement=False),
     sqlite_with_rowid=False,
+)
+
+# --- held-out blocks (revision 0009) --------------------------------------------------------------
+
+# every held-out block the store has decided (holdout.py's lattice, holdout_blocks.py): the
+# base's as their first token is stored, the per-source ones as they are chosen; with the
+# document holding the block's first token, whose path names its source. Never updated or
+# deleted: a block once held out stays held out.
+holdout_blocks = sa.Table(
+    "holdout_blocks",
+    metadata,
+    sa.Column("block", sa.BigInteger, primary_key=True, autoincrement=False),  # k: tokens [k*S, k*S + S + 1)
+    sa.Column("document_id", sa.Integer, sa.ForeignKey("documents.id"), nullable=False),
 )

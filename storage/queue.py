@@ -12,6 +12,7 @@ here as mixins over one Database:
 - withdrawal.py  Withdrawal: forget, stream_mask, withdrawal_generation
 - training_state.py  TrainingState: the cursor and its one writer, the checkpoint rows, stats
 - evaluations.py Evaluations: the history of evaluations on the held-out set
+- holdout_blocks.py HoldoutBlocks: settle_holdout, held_out_blocks (the held-out blocks per source)
 - document_text.py DocumentText: document_versions (every version of a file, for `show`)
 - corpus_rules.py CorpusRules: count_lines, near_duplicate_candidates, record_signatures (the corpus rules)
 
@@ -27,6 +28,7 @@ from .db import ClosesOnExit, Database
 from .document_text import DocumentText
 from .documents import DocumentStore
 from .evaluations import Evaluations
+from .holdout_blocks import HoldoutBlocks
 from .reads import StreamReads
 from .training_state import TrainingState
 from .versions import FileVersions
@@ -34,7 +36,7 @@ from .withdrawal import Withdrawal
 
 
 class CorpusQueue(DocumentStore, FileVersions, StreamReads, Withdrawal, TrainingState, Evaluations, DocumentText,
-                  CorpusRules, ClosesOnExit):
+                  CorpusRules, HoldoutBlocks, ClosesOnExit):
     """The corpus store's interface; each method is one transaction unless it says otherwise."""
 
     def __init__(self, database: Database):

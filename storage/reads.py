@@ -4,26 +4,32 @@ The stream is every queued or trained document's tokens in arrival order. Traini
 order from a position (read_windows), replay samples windows from the part before the cursor
 (sample_replay), and evaluation reads the held-out regions (holdout_set). With a HoldoutSplit
 (holdout.py, recorded once in meta["holdout"] by `holdout`), the training reads and the replay
-draws skip every window that touches a held-out region; with a StreamMask (mask.py) they, and
-the held-out set, skip withdrawn text too. Reads touch only the chunks that overlap the
+draws skip every window that touches a held-out region, the base's and every per-source block
+recorded (holdout_blocks.py), which each read looks up in its own snapshot whatever mask it is
+handed; with a StreamMask (mask.py) they, and the held-out set, skip withdrawn text too, and a
+training read stops at the mask's `decided_end`. Reads touch only the chunks that overlap the
 requested range (stream.py), so memory follows the request, never the corpus. sample_replay
 costs a query a window: a reader that draws many windows from a long stream keeps a copy of it
 (cache.py, which names the stream with document_identity) and draws the same windows there.
 
-Read only, but for `holdout`'s first call: nothing here stores documents (documents.py),
-withdraws text (withdrawal.py) or moves the cursor (training_state.py). A mixin of CorpusQueue
-(queue.py): relies on its `database`, and on stream.py, holdout.py, mask.py and rows.py.
+Read only, but for `holdout`'s first call (and its one extension of an earlier release's split):
+nothing here stores documents (documents.py), withdraws text (withdrawal.py), decides held-out
+blocks (holdout_blocks.py) or moves the cursor (training_state.py). A mixin of CorpusQueue
+(queue.py): relies on its `database`, and on stream.py, holdout.py, holdout_blocks.py, mask.py
+and rows.py.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import sqlalchemy as sa
 
 from .db import Database
 from .holdout import HoldoutSplit, draw_window_starts, evaluation_windows
+from .holdout_blocks import block_paths, recorded_blocks
 from .mask import StreamMask
 from .models import documents, meta
 from .records import HoldoutSet
@@ -44,22 +50,31 @@ class StreamReads:
 
         The first call records `default` in meta["holdout"] under the stream lock (as
         set_tokenizer does), so concurrent first calls agree; later calls, after restarts and
-        config changes alike, return the recorded split unchanged, whatever `default` says. Raises
-        ConfigError for an invalid `default` (nothing is written) or a malformed recorded split.
-        Only the first call writes (and may block up to busy_timeout_ms for another writer).
+        config changes alike, return the recorded split unchanged, whatever `default` says, with
+        one exception: a split recorded without per-source blocks (by a release before them)
+        while `default` has them is extended once with `default`'s source_blocks and
+        extra_blocks. Its other four fields, and so its base blocks, stay as recorded; which
+        blocks beyond the base become held out is holdout_blocks.py's to decide, never one a
+        model has read. Raises ConfigError for an invalid `default` (nothing is written) or a
+        malformed recorded split. Only a call that records writes (and may block up to
+        busy_timeout_ms for another writer).
         """
         default.validate()
         with self.database.read() as connection:
             recorded = meta_value(connection, "holdout")
-        if recorded is not None:
+        if recorded is not None and not _extends(HoldoutSplit.from_json(recorded), default):
             return HoldoutSplit.from_json(recorded)
         with self.database.write() as connection:
             lock_stream(connection)
             recorded = meta_value(connection, "holdout")
-            if recorded is not None:
-                return HoldoutSplit.from_json(recorded)
-            connection.execute(meta.insert().values(key="holdout", value=default.to_json()))
-            return default
+            if recorded is None:
+                connection.execute(meta.insert().values(key="holdout", value=default.to_json()))
+                return default
+            split = HoldoutSplit.from_json(recorded)
+            if _extends(split, default):
+                split = replace(split, source_blocks=default.source_blocks, extra_blocks=default.extra_blocks)
+                connection.execute(meta.update().where(meta.c.key == "holdout").values(value=split.to_json()))
+            return split
 
     # --- windows out ------------------------------------------------------------------------------
 
@@ -103,12 +118,14 @@ class StreamReads:
         complete windows: n = 0 while the stream is too short. Returns (int32 (n, seq_len + 1),
         position + n*seq_len). One snapshot; reads only the chunks overlapping the range.
 
-        With `holdout`, windows touching a held-out region are skipped (never read): it examines
-        windows in order until `count` are taken or no complete window is left, and returns
-        (the windows taken, position + examined*seq_len), skipped windows counted as examined.
-        Tokens are read one run of adjacent taken windows at a time. With a StreamMask, windows
-        touching withdrawn text are skipped the same way. With `return_starts`, a third value:
-        each window's stream offset, int64 (n,).
+        With `holdout`, windows touching a held-out region (the base's, or a per-source block
+        recorded by the time of this snapshot) are skipped (never read): it examines windows in
+        order until `count` are taken or no complete window is left, and returns (the windows
+        taken, position + examined*seq_len), skipped windows counted as examined. Tokens are read
+        one run of adjacent taken windows at a time. With a StreamMask, windows touching
+        withdrawn text are skipped the same way, and no window reaches past its `decided_end`
+        (text whose blocks are not decided yet counts as not stored). With `return_starts`, a
+        third value: each window's stream offset, int64 (n,).
         """
         if position < 0 or count < 0 or seq_len < 1:
             raise ValueError(
@@ -123,8 +140,9 @@ class StreamReads:
             result = windows, position + n * seq_len
             return (*result, position + np.arange(n, dtype=np.int64) * seq_len) if return_starts else result
         with self.database.read() as connection:
-            available = max(0, (stream_end(connection) - position - 1) // seq_len)
-            taken, examined = holdout.training_windows(position, seq_len, available, count)
+            mask = _with_held(connection, holdout)
+            available = max(0, (_readable_end(connection, mask) - position - 1) // seq_len)
+            taken, examined = mask.training_windows(position, seq_len, available, count)
             out = np.empty((len(taken), seq_len + 1), np.int32)  # (n, T + 1)
             breaks = np.flatnonzero(np.diff(taken) != 1) + 1  # where a run of adjacent j ends
             row = 0
@@ -174,9 +192,10 @@ class StreamReads:
         seq_len + 1 tokens lie before `end` it returns an empty (0, seq_len + 1) array and draws
         nothing from `rng`. One small query per window, all in one snapshot.
 
-        With `holdout`, windows touching a held-out region are dropped and the missing ones
-        redrawn the same way, in up to REPLAY_ROUNDS rounds (the first round draws what the call
-        without `holdout` draws); if windows are still missing it returns fewer than `count`.
+        With `holdout`, windows touching a held-out region (the base's, or a recorded per-source
+        block) are dropped and the missing ones redrawn the same way, in up to REPLAY_ROUNDS
+        rounds (the first round draws what the call without `holdout` draws); if windows are
+        still missing it returns fewer than `count`.
         """
         if count < 0 or seq_len < 1:
             raise ValueError(f"count ({count}) must be >= 0 and seq_len ({seq_len}) >= 1")
@@ -185,7 +204,7 @@ class StreamReads:
             high = limit - seq_len  # window starts lie in [0, high)
             if count == 0 or high <= 0:
                 return np.empty((0, seq_len + 1), np.int32)
-            positions = draw_window_starts(rng, high, count, seq_len, holdout)  # (n,)
+            positions = draw_window_starts(rng, high, count, seq_len, _with_held(connection, holdout))  # (n,)
             out = np.empty((len(positions), seq_len + 1), np.int32)  # (count, T + 1)
             for i, start in enumerate(positions.tolist()):
                 out[i] = read_range(connection, start, start + seq_len + 1)
@@ -194,12 +213,14 @@ class StreamReads:
     def holdout_set(self, holdout: HoldoutSplit | StreamMask, seq_len: int) -> HoldoutSet:
         """The evaluation windows of every complete held-out block, in stream order.
 
-        Blocks are holdout.complete_blocks(stream end), less (with a StreamMask) those whose
-        region meets withdrawn text; each region [k*S, k*S + S + 1) is cut as
-        holdout.evaluation_windows says (n = S // seq_len windows of seq_len + 1 tokens, plus a
-        tail window of r + 1 tokens when r = S % seq_len > 0), so every target of every region is
-        scored exactly once. One snapshot, one read per block (at most max_blocks of them).
-        HoldoutSet.key names the blocks: a withdrawal can change the set without changing its size.
+        Blocks are holdout.complete_blocks(stream end) and the complete per-source blocks
+        recorded, less (with a StreamMask) those whose region meets withdrawn text; each region
+        [k*S, k*S + S + 1) is cut as holdout.evaluation_windows says (n = S // seq_len windows of
+        seq_len + 1 tokens, plus a tail window of r + 1 tokens when r = S % seq_len > 0), so every
+        target of every region is scored exactly once; HoldoutSet.paths names each block's
+        document, for figures per source. One snapshot, one read per block (at most
+        max_blocks + extra_blocks of them). HoldoutSet.key names the blocks: a withdrawal can
+        change the set without changing its size.
         """
         if seq_len < 1:
             raise ValueError(f"seq_len ({seq_len}) must be >= 1")
@@ -207,12 +228,43 @@ class StreamReads:
         split = holdout.split if mask is not None else holdout
         S = split.validate().block_tokens
         with self.database.read() as connection:
-            ks = split.complete_blocks(stream_end(connection))  # (B,)
+            end = stream_end(connection)
+            held = recorded_blocks(connection, split)  # (H,) per-source blocks beyond the base
+            ks = np.union1d(split.complete_blocks(end), held[held * S + S + 1 <= end])  # (B,) ascending
             if mask is not None:
                 ks = ks[~mask.withdrawn_overlaps(ks * S, S + 1)]
             regions = np.empty((len(ks), S + 1), np.int32)  # (B, S + 1)
             for i, k in enumerate(ks.tolist()):
                 regions[i] = read_range(connection, k * S, k * S + S + 1)
+            paths = block_paths(connection, ks, S)
         windows, tail = evaluation_windows(regions, seq_len)
         key = hashlib.sha256(np.ascontiguousarray(ks, "<i8").tobytes()).hexdigest()[:16]
-        return HoldoutSet(blocks=len(ks), tokens=len(ks) * S, windows=windows, tail=tail, key=f"{len(ks)}-{key}")
+        return HoldoutSet(blocks=len(ks), tokens=len(ks) * S, windows=windows, tail=tail, key=f"{len(ks)}-{key}",
+                          paths=tuple(paths))
+
+
+def _extends(recorded: HoldoutSplit, default: HoldoutSplit) -> bool:
+    """Whether `holdout` extends the recorded split with `default`'s per-source blocks: a split of
+    a release before them, and a default that has them."""
+    return recorded.source_blocks == recorded.extra_blocks == 0 and default.per_source
+
+
+def _with_held(connection: sa.Connection, holdout: HoldoutSplit | StreamMask | None):
+    """`holdout` with every per-source block recorded as of this snapshot (a mask handed in may be
+    older than the store, or built without them): a StreamMask when there are any."""
+    if holdout is None:
+        return None
+    split = holdout.split if isinstance(holdout, StreamMask) else holdout
+    if split is None:
+        return holdout
+    held = recorded_blocks(connection, split)  # (H,)
+    if isinstance(holdout, StreamMask):
+        return holdout if held.size == 0 else holdout.with_held(np.union1d(holdout.held, held), holdout.decided_end)
+    return holdout if held.size == 0 else StreamMask.of(holdout, held=held)
+
+
+def _readable_end(connection: sa.Connection, holdout: HoldoutSplit | StreamMask) -> int:
+    """Where a training read must stop: the stream's end, or a mask's decided_end before it."""
+    end = stream_end(connection)
+    decided = holdout.decided_end if isinstance(holdout, StreamMask) else None
+    return end if decided is None else min(end, decided)

@@ -109,6 +109,8 @@ class EvaluationRecord:
     seconds: float  # how long the evaluation took
     best: bool  # the lowest val_bits_per_byte so far, as the caller judged it
     created_at: datetime  # aware, UTC
+    # per source: {"SOURCE": {"val_bits_per_byte": x, "holdout_tokens": n}}; None before revision 0009
+    sources: dict | None = None
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: arrays do not compare to one bool
@@ -124,6 +126,7 @@ class HoldoutSet:
     windows: np.ndarray  # int32 (blocks * n, seq_len + 1)
     tail: np.ndarray  # int32 (blocks, r + 1) when r > 0; (0, 1) when r == 0
     key: str = ""  # names the set of blocks: equal keys, equal held-out text (withdrawals change it)
+    paths: tuple[str, ...] = ()  # per block, the source path of the document holding its first token
 
 
 @dataclass(frozen=True)

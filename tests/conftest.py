@@ -353,3 +353,36 @@ def database_url(request, tmp_path):
         with admin.begin() as connection:
             connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+class TrainingWindows:
+    """Every window the training loop read (CorpusQueue.read_windows) or drew for replay
+    (crawler.training.batches' draw_window_starts) while the fixture is active: (start, length)."""
+
+    def __init__(self) -> None:
+        self.read: list[tuple[int, int]] = []
+        self.drawn: list[tuple[int, int]] = []
+
+
+@pytest.fixture
+def training_windows(monkeypatch) -> TrainingWindows:
+    """Records the training loop's window starts, so a test can check that none meets held-out text."""
+    from crawler.training import batches as batches_module
+    from storage import CorpusQueue
+
+    seen = TrainingWindows()
+    real_read, real_draw = CorpusQueue.read_windows, batches_module.draw_window_starts
+
+    def reading(self, position, count, seq_len, holdout=None, return_starts=False):
+        out = real_read(self, position, count, seq_len, holdout=holdout, return_starts=True)
+        seen.read.extend((int(s), seq_len + 1) for s in out[2])
+        return out if return_starts else out[:2]
+
+    def drawing(rng, high, count, seq_len, holdout):
+        starts = real_draw(rng, high, count, seq_len, holdout)
+        seen.drawn.extend((int(s), seq_len + 1) for s in starts)
+        return starts
+
+    monkeypatch.setattr(CorpusQueue, "read_windows", reading)
+    monkeypatch.setattr(batches_module, "draw_window_starts", drawing)
+    return seen

@@ -272,7 +272,8 @@ def command_status(args: argparse.Namespace) -> int:
 
 def describe_status(report: dict, config: Config, now: float) -> str:
     """The status report for a person: rounded figures with units, what the daemon is doing,
-    the held-out figure and its trend, ages, and the time to drain the queue at the current rate."""
+    the held-out figure and its trend (and each source's), ages, and the time to drain the queue
+    at the current rate."""
     daemon = report["daemon"]
     h = (daemon.get("health") or {}) if daemon["running"] else {}
     lines = []
@@ -313,11 +314,30 @@ def describe_status(report: dict, config: Config, now: float) -> str:
         else:
             age = _age(last["created_at"], now)
             lines.append(f"checkpoint step {last['step']:,}" + (f", {age} ago" if age else "") + f" ({last['path']})")
+        if report.get("model"):
+            lines.append(_model_line(report["model"], h))
         lines.append(_held_out_line(report["evaluation"], now))
+        lines.extend(_source_lines(report["evaluation"]))
     lines.append(f"disk       {_disk_line(report['disk'])}")
     lines.append(f"state dir  {report['state_dir']}")
     lines.append(f"database   {report['database']}" + ("" if report.get("exists") else "  (not created yet)"))
     return "\n".join(lines)
+
+
+def _model_line(model: dict, h: dict) -> str:
+    """`model      8 layers, d_model 128, 4 heads (1.62M parameters); grown twice, from 2 layers`: the
+    last checkpoint's model, or a running daemon's live depth when it grew since."""
+    layers, parameters, growths = model["n_layer"], model["parameters"], model.get("growths") or []
+    if isinstance(h.get("n_layer"), int) and h["n_layer"] != layers:  # grown since the checkpoint
+        layers, parameters = h["n_layer"], h.get("parameters") or parameters
+    line = (f"model      {layers} layers, d_model {model['d_model']}, {model['n_head']} heads "
+            f"({_count(parameters)} parameters)")
+    count = max(len(growths), h.get("growths") or 0)
+    if count:
+        times = {1: "once", 2: "twice"}.get(count, f"{count} times")
+        first = growths[0]["from"] if growths else None
+        line += f"; grown {times}" + (f", from {first} layers" if first else "")
+    return line
 
 
 def _doing(h: dict) -> str:
@@ -349,6 +369,26 @@ def _held_out_line(evaluation: dict, now: float) -> str:
         trend = "improving" if change < -0.001 else "worse" if change > 0.001 else "flat"
         line += f"; {trend} ({change:+.3f} over the last {len(recent)} evaluations)"
     return line
+
+
+def _source_lines(evaluation: dict) -> list[str]:
+    """The latest evaluation's figure per source, one line each (when there are two or more), with
+    its change over the recent evaluations that scored the same held-out tokens of that source."""
+    latest, recent = evaluation["latest"], evaluation.get("recent") or []
+    sources = (latest or {}).get("sources") or {}
+    if len(sources) < 2:
+        return []
+    width = max(len(name) for name in sources)
+    lines = []
+    for name, figure in sorted(sources.items()):
+        line = (f"  {name:<{width}}  {figure['val_bits_per_byte']:.3f} bits/byte on "
+                f"{_count(figure['holdout_tokens'])} held-out tokens")
+        same = [r["sources"][name]["val_bits_per_byte"] for r in recent
+                if ((r.get("sources") or {}).get(name) or {}).get("holdout_tokens") == figure["holdout_tokens"]]
+        if len(same) >= 2:
+            line += f"; {same[-1] - same[0]:+.3f} over the last {len(same)} evaluations"
+        lines.append(line)
+    return lines
 
 
 def _count(value: float) -> str:

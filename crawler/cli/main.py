@@ -1,8 +1,8 @@
 """The `crystalline` command line: the parser of every command, and the entry point (also `python -m crawler`).
 
 This is the edge where flags become configuration. Each command group registers its own
-flags and handler from its module: `train` (train.py), `generate`, `eval`, `export`
-(model.py), `tokenizer train` (tokenizer.py), `ingest`, `status`, `forget` (corpus.py), `show`
+flags and handler from its module: `train` (train.py), `grow` (grow.py), `generate`, `eval`,
+`export` (model.py), `tokenizer train` (tokenizer.py), `ingest`, `status`, `forget` (corpus.py), `show`
 (show.py), `run`, `pause`, `resume`, `init` (service.py), `repair`, `reset`, `backup`
 (state.py), `plot` (plot.py); `bench` is crawler/bench/throughput.py's, whose flags are
 parsed only when it runs. Every command finds its state directory as the daemon does
@@ -41,6 +41,7 @@ from ..logging import configure_logging
 from ..service.daemon import DaemonError
 from ..state.health import DaemonAlreadyRunning
 from .corpus import add_commands as add_corpus_commands
+from .grow import add_commands as add_grow_commands
 from .model import add_commands as add_model_commands
 from .parsing import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, PROG, CliError, Parser
 from .plot import add_commands as add_plot_commands
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
     add_train_commands(commands)
+    add_grow_commands(commands)
     add_model_commands(commands)
     # bench's flags belong to crawler.bench.throughput (add_arguments), parsed only when bench runs
     bench = commands.add_parser("bench", help="time the engine (crystalline bench --help)", add_help=False)

@@ -3,7 +3,9 @@
 Draws held-out bits per byte and training bits per byte (measured at each evaluation on recent
 training windows) against tokens seen (steps times the configured batch_size x seq_len, replay
 included: docs/EVENTS.md), from the `evaluations` history the training loop keeps in the database,
-into a PNG (matplotlib with the Agg backend: no display needed). matplotlib is an optional extra
+into a PNG (matplotlib with the Agg backend: no display needed). Each growth of the model
+(crawler/training/grower.py) is a dashed vertical line at its step, labelled with the depths,
+read from the newest checkpoint's growth records. matplotlib is an optional extra
 (`pip install 'crystalline[plot]'`); without it the command says so in one line. Reads the store
 only: it runs beside a daemon. Wired into the parser by crawler/cli/main.py.
 """
@@ -36,6 +38,22 @@ def read_history(queue) -> list:
         history += page
         since = page[-1].id
     return history
+
+
+def read_growths(state_dir: Path) -> list[dict]:
+    """The model's growths ({step, from, to, ...}, oldest first) from the newest rolling
+    checkpoint's header that reads (a daemon may prune one meanwhile); [] when none does."""
+    from engine import CheckpointError
+
+    from ..training.checkpoints import CheckpointStore
+
+    store = CheckpointStore(state_dir)
+    for path in reversed(store.rolling()):
+        try:
+            return store.model_summary(path)["growths"]
+        except CheckpointError:
+            continue
+    return []
 
 
 def command_plot(args: argparse.Namespace) -> int:
@@ -72,6 +90,12 @@ def command_plot(args: argparse.Namespace) -> int:
     axes.annotate(f"best {best.val_bits_per_byte:.3f} at step {best.step:,}",
                   (best.step * per_step / 1e6, best.val_bits_per_byte), textcoords="offset points", xytext=(0, 12),
                   ha="center", fontsize=8)
+    growths = read_growths(config.state_dir)
+    for growth in growths:
+        x = growth["step"] * per_step / 1e6
+        axes.axvline(x, color="0.4", linestyle="--", linewidth=1)
+        axes.annotate(f"{growth['from']} \u2192 {growth['to']} layers", (x, 1.0), xycoords=("data", "axes fraction"),
+                      textcoords="offset points", xytext=(3, -12), fontsize=8, color="0.3")
     axes.set_xlabel(f"tokens seen, replay included (millions; {per_step:,} a step)")
     axes.set_ylabel("bits per byte")
     axes.set_title(f"{config.state_dir.resolve().name}: {len(history)} evaluations, step {history[-1].step:,}")
@@ -82,5 +106,6 @@ def command_plot(args: argparse.Namespace) -> int:
     figure.savefig(output)
     pyplot.close(figure)
     print(f"plot: {output}: {len(history)} evaluations, held-out {history[-1].val_bits_per_byte:.4f} bits per byte "
-          f"at step {history[-1].step:,} (best {best.val_bits_per_byte:.4f} at step {best.step:,})")
+          f"at step {history[-1].step:,} (best {best.val_bits_per_byte:.4f} at step {best.step:,})"
+          + (f"; {len(growths)} growth(s) of the model marked" if growths else ""))
     return 0

@@ -27,6 +27,7 @@ from .sections import (
     SECTIONS,
     Config,
     DaemonConfig,
+    GrowthConfig,
     HttpConfig,
     LogConfig,
     MetricsConfig,
@@ -34,11 +35,12 @@ from .sections import (
     check_across_sections,
     parse_listen,
 )
-from .template import CONFIG_TEMPLATE, NOT_IN_FILE, default_config_text
+from .template import COMMENTED_OUT, CONFIG_TEMPLATE, NOT_IN_FILE, default_config_text
 
 __all__ = [
-    "AFTER_INGEST", "BUILT_IN", "CONFIG_FILE", "CONFIG_TEMPLATE", "DAEMON_DEFAULTS", "DATABASE_FILE",
-    "DEFAULT_STATE_DIR", "ENV_PREFIX", "IDLE_MODES", "LOG_FORMATS", "LOG_LEVELS", "NOT_IN_FILE", "SECTIONS",
-    "Config", "DaemonConfig", "HttpConfig", "LogConfig", "MetricsConfig", "WatchConfig",
+    "AFTER_INGEST", "BUILT_IN", "COMMENTED_OUT", "CONFIG_FILE", "CONFIG_TEMPLATE", "DAEMON_DEFAULTS",
+    "DATABASE_FILE", "DEFAULT_STATE_DIR", "ENV_PREFIX", "IDLE_MODES", "LOG_FORMATS", "LOG_LEVELS", "NOT_IN_FILE",
+    "SECTIONS",
+    "Config", "DaemonConfig", "GrowthConfig", "HttpConfig", "LogConfig", "MetricsConfig", "WatchConfig",
     "check_across_sections", "default_config_text", "load_config", "parse_listen",
 ]

@@ -147,6 +147,8 @@ def load_config(config_file: str | Path | None = None, env: Mapping[str, str] | 
         for key, value in defaults.items():
             values[section].setdefault(key, (value, BUILT_IN))
     sections = {name: _section(cls, values[name], name) for name, cls in SECTIONS.items()}
-    config = Config(state_dir=state, **sections)
+    depth = values["model"].get("n_layer")  # set by hand, growth leaves the depth alone
+    depth_set_in = "" if depth is None or depth[1] == BUILT_IN else depth[1]
+    config = Config(state_dir=state, **sections, depth_set_in=depth_set_in)
     check_across_sections(config, values)
     return config

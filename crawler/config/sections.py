@@ -1,8 +1,8 @@
 """The configuration's settings: what each section holds, its defaults, and the rules it must meet.
 
-The crawler's own sections are the frozen dataclasses here (`DaemonConfig`, `LogConfig`,
-`MetricsConfig`, `HttpConfig`), each with its `validate()`; the engine's, the store's and the
-ingest room's are their owners' (`SECTIONS` names each by its TOML table). `DAEMON_DEFAULTS` holds
+The crawler's own sections are the frozen dataclasses here (`DaemonConfig`, `GrowthConfig`,
+`LogConfig`, `MetricsConfig`, `HttpConfig`), each with its `validate()`; the engine's, the store's
+and the ingest room's are their owners' (`SECTIONS` names each by its TOML table). `DAEMON_DEFAULTS` holds
 the product's defaults where they differ from the engine's, `Config` composes every section, and
 `check_across_sections` holds the rules that join two of them. Reads no file and no environment
 (`loader` does).
@@ -149,6 +149,61 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class GrowthConfig:
+    # deepen the model while it trains when the model, not the data, is the limit: the policy is
+    # crawler/training/growth.py's, the growth engine/grow.py's (the function kept exactly). Off
+    # until a measurement shows it learns more than a fixed depth (issue 25); `enabled = true`
+    # turns it on. A [model] n_layer set in a file, the environment or by --layers keeps that
+    # depth whatever this says
+    enabled: bool = False
+    max_layers: int = 12  # never deeper than this
+    # each growth multiplies the depth by this (at least one block more), up to max_layers: 2
+    # doubles it, as the stacking studies grow (engine/grow.py)
+    factor: float = 2.0
+    # "flat": over the evaluations of the last doubling of tokens seen, at least `window` of them
+    # at the present depth, held-out bits per byte fall more slowly than `flat_slope` against
+    # tokens seen on log-log axes (0.015: about 1 % a doubling); or `window` evaluations in a row
+    # set no new best (one fewer than the plateau rule's default patience, so growth comes first)
+    window: int = 4
+    flat_slope: float = 0.015
+    # passes over the stored text between which a flat curve means the model is the limit;
+    # beyond max_passes the data is: no growth, and the plateau rule idles as without growth
+    min_passes: float = 0.0
+    max_passes: float = 4.0
+    # the stored text holds at least this many tokens a parameter of the grown model: 20 tokens a
+    # parameter (Chinchilla) in 4 passes, repeated text being nearly as good as new up to about 4
+    # passes (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models")
+    min_tokens_per_parameter: float = 5.0
+    # the grown model's step, estimated from the present one's by the parameter ratio, must stay
+    # below this, so the curve still moves between two evaluations ([daemon] eval_every_seconds)
+    max_step_seconds: float = 1.0
+    # the grown trainer's memory (weights, optimizer state, gradients, activations, the cool-down
+    # copy), estimated the same way, must stay below this; 0: half the machine's memory
+    max_memory_mb: int = 0
+    # a depth trains at least this long (the loop's clock, downtime not counted) before it may grow
+    min_seconds: float = 600.0
+
+    def validate(self) -> "GrowthConfig":
+        if not 1 <= self.max_layers <= 1024:
+            raise ConfigError(f"max_layers ({self.max_layers}) must be in [1, 1024]")
+        if not 1 < self.factor <= 16:
+            raise ConfigError(f"factor ({self.factor}) must be in (1, 16]: each growth adds at least one block")
+        if self.window < 2:
+            raise ConfigError(f"window ({self.window}) must be at least 2 evaluations: a slope needs two")
+        if not 0 <= self.min_passes <= self.max_passes < math.inf:
+            raise ConfigError(f"min_passes ({self.min_passes}) and max_passes ({self.max_passes}) must satisfy "
+                              "0 <= min_passes <= max_passes")
+        for name in ("flat_slope", "min_tokens_per_parameter", "min_seconds"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"{name} ({getattr(self, name)}) must be 0 or a positive number")
+        if not 0 < self.max_step_seconds < math.inf:
+            raise ConfigError(f"max_step_seconds ({self.max_step_seconds}) must be positive")
+        if self.max_memory_mb < 0:
+            raise ConfigError(f"max_memory_mb ({self.max_memory_mb}) must be 0 (half the machine's) or more")
+        return self
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     # auto: JSON lines when stdout is not a terminal (systemd, Docker), console on a terminal
@@ -278,6 +333,10 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     # `mpiexec -n N crystalline run|train --distributed`: how the ranks agree (docs/SCALE-OUT.md)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    growth: GrowthConfig = field(default_factory=GrowthConfig)
+    # where [model] n_layer was set (a file, the environment, a flag), or "" for the product's
+    # default: growth leaves a depth set by hand alone (the loader fills it in)
+    depth_set_in: str = ""
 
     @property
     def database_url(self) -> str:
@@ -300,7 +359,7 @@ class Config:
 SECTIONS: dict[str, type] = {
     "store": StorageConfig, "extract": ExtractLimits, "watch": WatchConfig, "model": ModelConfig,
     "train": TrainConfig, "daemon": DaemonConfig, "log": LogConfig, "metrics": MetricsConfig,
-    "http": HttpConfig, "distributed": DistributedConfig,
+    "http": HttpConfig, "distributed": DistributedConfig, "growth": GrowthConfig,
 }
 
 

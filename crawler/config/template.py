@@ -1,6 +1,7 @@
 """The commented file `crystalline init` writes (`default_config_text`): the comments live here,
 every value is read off the defaults in `sections` (so a default has one owner), and every setting
-must be listed (tests/unit/crawler/test_config.py). Reads and validates nothing.
+must be listed (tests/unit/crawler/test_config.py), those of COMMENTED_OUT as comments. Reads and
+validates nothing.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ store_start_timeout_seconds # at start, an unavailable store is retried this lon
 [model]                        # fixed once the first checkpoint exists (docs/BENCHMARKS.md: the
 context_length # size that learned most in an hour of the daemon on 2 cores)
 d_model
-n_layer
+n_layer # written commented out: set, it keeps this depth ([growth] leaves it)
 n_head
 mlp_ratio
 seed # vocab_size comes from the state directory's tokenizer
@@ -135,8 +136,24 @@ outer_lr # "local": the outer step on the averaged change (1.0, momentum 0:
 outer_momentum # plain averaging; DiLoCo's outer Nesterov: 0.7 and 0.9)
 average_state # "local": average the optimizer's moments too (3x the traffic)
 timeout_seconds
+
+[growth]                       # deepen the model while it trains (crawler/training/growth.py)
+enabled # off until measured better than a fixed depth; a set n_layer stays
+max_layers
+factor # each growth multiplies the depth by this, up to max_layers
+window # evaluations a flat curve is judged over (at the present depth)
+flat_slope # flat: held-out falls less than this log-log slope against tokens
+min_passes # passes over the stored text between which flat means the model is
+max_passes # the limit; beyond max_passes the data is, and training idles
+min_tokens_per_parameter # stored text a parameter of the grown model
+max_step_seconds # the grown model's estimated step time
+max_memory_mb # the grown trainer's estimated memory; 0: half the machine's
+min_seconds # a depth trains at least this long before it grows again
 """
 NOT_IN_FILE = {"model": {"vocab_size"}}  # comes from the state directory's tokenizer
+# written commented out, with their default: a value set in the file is set by hand, and an
+# n_layer set by hand keeps its depth (crawler/training/growth.py), which the defaults must not
+COMMENTED_OUT = {"model": {"n_layer"}}
 COMMENT_COLUMN = 31
 
 
@@ -161,6 +178,8 @@ def default_config_text(defaults: "Config | None" = None) -> str:
         elif match and section:
             key, comment = match.groups()
             text = f"{key} = {_toml_value(getattr(getattr(defaults, section), key))}"
+            if key in COMMENTED_OUT.get(section, ()):
+                text = "# " + text
             line = f"{text:<{COMMENT_COLUMN - 1}} {comment}" if comment else text
         lines.append(line)
     return "\n".join(lines) + "\n"

@@ -52,6 +52,8 @@ class DaemonReports:
             "best_val_bits_per_byte": f.best_val_bits_per_byte if f else None,
             "plateaued": f.plateaued if f else None, "idle": f.idle if f else None,
             "paused": f.paused if f else None,
+            "n_layer": f.n_layer if f else None, "parameters": f.parameters if f else None,
+            "growths": len(f.growths) if f else None,
             "rss_mb": process_stats()["rss_mb"],
             "threads": trainer.trainer.threads if trainer and trainer.trainer else None,
             "workers": {name: t.is_alive() for name, t in self.workers.items()},

@@ -1,7 +1,8 @@
 """What a state directory holds, as `crystalline status` and the daemon's API report it: one reader.
 
-`store_report` reads the figures of an open corpus queue (documents, tokens, the last checkpoint,
-the held-out evaluations); `status_report` opens the store of a configuration itself (without
+`store_report` reads the figures of an open corpus queue (documents, tokens, the last checkpoint
+and the model it holds: its shape and growths, from the file's header; the held-out
+evaluations); `status_report` opens the store of a configuration itself (without
 creating one) and adds the disk use by part. The CLI prints them; the daemon's page serves the
 same dict, with the live figures of the running trainer beside it.
 """
@@ -34,7 +35,7 @@ def evaluation_record(record) -> dict | None:
         return None
     return {"step": record.step, "epoch": round(record.epoch, 3), "val_bits_per_byte": record.val_bits_per_byte,
             "train_bits_per_byte": record.train_bits_per_byte, "holdout_tokens": record.holdout_tokens,
-            "created_at": str(record.created_at)}
+            "sources": record.sources, "created_at": str(record.created_at)}
 
 
 def store_report(config: Config, queue) -> dict:
@@ -50,11 +51,26 @@ def store_report(config: Config, queue) -> dict:
         "last_checkpoint": None if last is None else {
             "step": last.step, "path": last.path, "tokens_trained": last.tokens_trained, "loss": last.loss,
             "created_at": str(last.created_at)},
+        "model": None if last is None else checkpoint_model(config, last.path),
         "evaluation": {"latest": evaluation_record(queue.latest_evaluation()),
                        "best": evaluation_record(queue.best_evaluation()),
                        "recent": [evaluation_record(e) for e in recent_evaluations(queue)]},
         "disk": disk_usage(config.state_dir, config.daemon, stats.database_bytes),
     }
+
+
+def checkpoint_model(config: Config, stored_path: str) -> dict | None:
+    """The model of the checkpoint a row names (CheckpointStore.model_summary: shape, parameters,
+    growths), or None when its file cannot be read (pruned meanwhile, or damaged)."""
+    from engine import CheckpointError
+
+    from ..training.checkpoints import CheckpointStore
+
+    store = CheckpointStore(config.state_dir)
+    try:
+        return store.model_summary(store.resolve(stored_path))
+    except CheckpointError:
+        return None
 
 
 def tokens_untrained(report: dict) -> int:

@@ -11,7 +11,11 @@ storage.StreamCache), so drawing a window costs the same at any size.
   trained so far.
 - Never the held-out split: `storage.HoldoutSplit` reserves a fixed share of fixed-size blocks
   of the stream (recorded in the store on first use, so it never changes); every read here
-  passes it, so no held-out token reaches a batch.
+  passes it, so no held-out token reaches a batch. Beyond the split's base, blocks are held out
+  per source (storage/holdout_blocks.py): before it reads text it has not read, `_settle` has
+  the store decide the blocks of every stored token, with the sources of `sources`
+  (crawler/training/sources.py), never one at or before what a model has read (`floor`, the
+  position); the mask carries the blocks and where the choice stops, and no read goes past it.
 - Never withdrawn text (a rewritten file's untrained tokens, a forgotten document): every read
   passes a `storage.StreamMask` of the split and the withdrawn ranges. `poll_withdrawals` looks
   for new withdrawals every WITHDRAWAL_POLL_SECONDS, and each refill looks too; a new one drops
@@ -162,10 +166,17 @@ class Batches:
     trained on: replay, further passes and cool-downs draw from there."""
 
     def __init__(self, queue, split: HoldoutSplit, mask: StreamMask, trained: TrainedText, seq_len: int,
-                 seed: int, log):
+                 seed: int, log, sources=None, floor: int = 0, write=None):
         self.queue, self.trained, self.seq_len, self.seed, self.log = queue, trained, seq_len, seed, log
         self.split = split
-        self.mask = mask  # the split and the withdrawn ranges: what no read may touch
+        # the split, its per-source blocks and where their choice stops, and the withdrawn ranges:
+        # what no read may touch
+        self.mask = mask
+        self.sources = sources  # path -> source name: what the per-source blocks are counted by
+        # no block at or before this offset may become held out: the furthest a model that may
+        # still be evaluated has read (the best checkpoint's position, if beyond the resumed one)
+        self.floor = floor
+        self._write = write if write is not None else (lambda part, fn: fn())  # None: a blocked write
         self.position = 0  # the stream offset the next refill reads from
         self._mask_checked_at = -np.inf  # the `now` of the last look for withdrawals
         self._buffer = np.empty((0, 1), np.int32)
@@ -185,8 +196,8 @@ class Batches:
     def trainable_tokens(self) -> int:
         """The stream's length at the last refill less its held-out and withdrawn tokens."""
         split, end = self.split, self._stream_end
-        held = len(split.blocks(end)) * (split.block_tokens + 1)
-        return end - held - self.mask.withdrawn_tokens
+        blocks = len(split.blocks(end)) + int((self.mask.held * split.block_tokens < end).sum())
+        return end - blocks * (split.block_tokens + 1) - self.mask.withdrawn_tokens
 
     # --- a step's batch --------------------------------------------------------------------------
 
@@ -234,6 +245,7 @@ class Batches:
                     self._buffer_start = position  # the buffer is used up: all before is trained
                     break
                 self._follow_withdrawals(step)
+                self._settle(step)
                 windows, end, starts = self.queue.read_windows(position, FRESH_BUFFER, T, holdout=self.mask,
                                                                return_starts=True)
                 if windows.shape[0] == 0:
@@ -261,11 +273,29 @@ class Batches:
         if generation == self.mask.generation:
             return
         before = self.mask.withdrawn_tokens
-        self.mask = self.queue.stream_mask(self.split)
+        self.mask = self.queue.stream_mask(self.split).with_held(self.mask.held, self.mask.decided_end)
         dropped = self._withdraw_buffered()
         self.trained.blank(self.mask)
         self.log.info("withdrawal_applied", generation=generation, withdrawn_tokens=self.mask.withdrawn_tokens,
                       new_tokens=self.mask.withdrawn_tokens - before, buffered_windows_dropped=dropped, step=step)
+
+    # --- the held-out blocks per source --------------------------------------------------------------
+
+    def _settle(self, step: int) -> None:
+        """Have the store decide the held-out blocks of the text stored since the last time, before
+        any of it is read: the blocks the mask holds and where reads stop move on together. A
+        write blocked by a full disk or a read-only state leaves both: new text waits."""
+        decided = self.mask.decided_end
+        if decided is None or self._stream_end <= decided:
+            return
+        read_to = max(self.floor, self.position)
+        held = self._write("holdout", lambda: self.queue.settle_holdout(self.split, read_to, self.sources))
+        if held is None:
+            return
+        self.mask = self.mask.with_held(held.blocks, held.decided_end)
+        if held.added:
+            self.log.info("holdout_extended", step=step, added=held.added, blocks=int(held.blocks.size),
+                          decided_tokens=held.decided_end, read_to=read_to)
 
     def _withdraw_buffered(self) -> int:
         """Drop the buffered windows not yet served that meet withdrawn text; returns how many.

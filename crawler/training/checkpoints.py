@@ -26,6 +26,8 @@ of the files deleted, and of files already gone, are dropped after the files (a 
 can neither be resumed from nor vouch for a file); never the newest row, on which the cursor
 stands. A crash between the two leaves rows naming missing files, which the next prune drops.
 
+A model's shape and growths, for `status` and `plot` (`model_summary`): read from a file's header.
+
 Loading for a command (`load_model`): best.safetensors, or with `latest` (or when there is no
 loadable best) the newest rolling file that loads; a command that serves a model reads files
 only, so it runs beside a daemon without opening the database.
@@ -61,6 +63,7 @@ from engine.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     read_extra,
+    read_metadata,
     save_checkpoint,
 )
 
@@ -157,9 +160,12 @@ class CheckpointStore:
         records = self.queue.checkpoints(limit=keep + ROWS_RETAINED)  # newest first
         if records:
             protected.add(self.resolve(records[0].path).name)
+        # two rows may name one file: a checkpoint written again at its step (`crystalline grow`
+        # rewrites the one it grew); a file a kept row names is no older checkpoint's to delete
+        kept = {self.resolve(r.path).name for r in records[:keep]}
         for record in records[keep:]:
             path = self.resolve(record.path)
-            if path.name in protected or not path.exists():
+            if path.name in protected or path.name in kept or not path.exists():
                 continue
             try:
                 if read_extra(path).get("command") == command:
@@ -322,6 +328,27 @@ class CheckpointStore:
             except CheckpointError as exc:
                 self.log.warning("checkpoint_skipped", path=str(path), reason=exc.reason)
         return None
+
+
+    def model_summary(self, path: Path) -> dict:
+        """The model a checkpoint file holds, from its header alone (it may be pruned or replaced
+        while a command reads it beside a daemon): step, n_layer, d_model, n_head, parameters, and
+        its growths so far (each {step, tokens_seen, from, to, parameters, reason}, oldest first;
+        [] for a model never grown). CheckpointError when the header cannot be read."""
+        from engine import ModelConfig, count_parameters
+
+        try:
+            config = ModelConfig.from_dict(read_metadata(path, "model_config"))
+        except ValueError as exc:  # ConfigError is one
+            raise CheckpointError(path, f"bad model_config: {exc}") from exc
+        state = read_metadata(path, "train_state")
+        growth = state.get("growth") if isinstance(state, dict) else None
+        growths = [{"step": r.get("step"), "tokens_seen": r.get("tokens_seen"),
+                    "from": (r.get("old") or {}).get("n_layer"), "to": (r.get("new") or {}).get("n_layer"),
+                    "parameters": (r.get("new") or {}).get("parameters"), "reason": r.get("reason")}
+                   for r in (growth if isinstance(growth, list) else []) if isinstance(r, dict)]
+        return {"step": int(read_metadata(path, "step")), "n_layer": config.n_layer, "d_model": config.d_model,
+                "n_head": config.n_head, "parameters": count_parameters(config), "growths": growths}
 
 
 def _delete(path: Path, deleted: list[tuple[Path, int]]) -> None:

@@ -2,22 +2,28 @@
 bits per byte, cools a copy of the model down before measuring it, keeps the best model so far,
 and applies the plateau rule.
 
-Each evaluation measures held-out bits per byte, records it in the store's history and logs
-`eval_finished`. The model measured is a cool-down copy (`cooldown_fraction`): the live model
-trained on further, with the rate decayed to 0, then put back exactly, so live training goes on
-undisturbed. The best model so far is kept as STATE_DIR/checkpoints/best.safetensors, apart from
-the rolling checkpoints. When `plateau_patience` evaluations in a row fail to beat the best by
-`plateau_margin` (`plateau_due`), the loop plateaus (`plateau`): with `idle = "sleep"` it waits
-until new text arrives (`stays_plateaued`). When the held-out set grows (new text) or changes (a
-withdrawal), the best model is measured again on the new set, so the plateau rule always compares
-like with like.
+Each evaluation measures held-out bits per byte, overall and per source (the blocks grouped by
+the source of the document each starts in: crawler/training/sources.py), records both in the
+store's history and logs `eval_finished`. The model measured is a cool-down copy
+(`cooldown_fraction`): the live model trained on further, with the rate decayed to 0, then put
+back exactly, so live training goes on undisturbed. The best model so far is kept as
+STATE_DIR/checkpoints/best.safetensors, apart from the rolling checkpoints. When
+`plateau_patience` evaluations in a row fail to beat the best by `plateau_margin`
+(`plateau_due`), the loop plateaus (`plateau`): with `idle = "sleep"` it waits until new text
+arrives (`stays_plateaued`). When the held-out set grows (new text) or changes (a withdrawal, or
+blocks held out for a new source), the best model is measured again on the new set, so the
+plateau rule always compares like with like. The best is judged on the overall figure over the
+whole held-out set as it stands (the split's base and the blocks per source), never on one
+source's: a model that learns a new source at the cost of an old one is better only if the whole
+set says so, and the figures per source show the trade.
 
 Not when to evaluate (crawler/training/schedule.py), nor the rolling checkpoints (the worker
 commits them; this writes only best.safetensors). Relies on the engine's Trainer (`evaluate`,
-`parameters_of`, `state_copy`/`restore_state`), on crawler.training.batches for the mask and the
-trained text a cool-down draws from, on the CheckpointStore for best.safetensors, on the store's
-`holdout_set` and evaluation history, and on the worker for the loop's checkpoint state
-(`checkpoint_extra`) and for `write`, which skips a write blocked by a full disk.
+`parameters_of`, `state_copy`/`restore_state`), on crawler.training.batches for the mask, the
+trained text a cool-down draws from and the grouping of paths into sources, on the
+CheckpointStore for best.safetensors, on the store's `holdout_set` and evaluation history, and
+on the worker for the loop's checkpoint state (`checkpoint_extra`) and for `write`, which skips a
+write blocked by a full disk.
 """
 
 from __future__ import annotations
@@ -55,19 +61,40 @@ class Evaluation:
 
     # --- one evaluation ----------------------------------------------------------------------------
 
-    def measure(self, holdout) -> float:
-        """Bits per byte of the trainer's current parameters on a HoldoutSet."""
+    def measure(self, holdout, by_source: dict | None = None) -> float:
+        """Bits per byte of the trainer's current parameters on a HoldoutSet. With `by_source`, it
+        is filled with each source's {name: (bits per byte, held-out tokens)}: the windows are
+        scored source by source (batches of one source's rows), which sums to the same figure."""
         B = self.train_config.batch_size
+        n = holdout.windows.shape[0] // max(holdout.blocks, 1)  # windows per block (block i: rows i*n ..)
+        S = holdout.tokens // max(holdout.blocks, 1)  # targets per block
         nats, n_bytes = 0.0, 0
-        for group in (holdout.windows, holdout.tail):
-            for a in range(0, group.shape[0], B):
-                rows = group[a : a + B]
-                if rows.shape[1] < 2:
-                    continue
-                loss, _ = self.trainer.evaluate(rows[:, :-1], rows[:, 1:])
-                nats += loss
-                n_bytes += self.tokenizer.token_bytes(rows[:, 1:])
+        for name, blocks in self._groups(holdout).items():
+            windows = (blocks[:, None] * n + np.arange(n)).ravel()  # (b*n,) this source's rows of windows
+            tails = blocks if holdout.tail.shape[0] else blocks[:0]  # (b,) its rows of tail, if any
+            source_nats, source_bytes = 0.0, 0
+            for group, rows in ((holdout.windows, windows), (holdout.tail, tails)):
+                for a in range(0, rows.size, B):
+                    batch = group[rows[a : a + B]]  # (<= B, T + 1)
+                    if batch.shape[1] < 2:
+                        continue
+                    loss, _ = self.trainer.evaluate(batch[:, :-1], batch[:, 1:])
+                    source_nats += loss
+                    source_bytes += self.tokenizer.token_bytes(batch[:, 1:])
+            nats, n_bytes = nats + source_nats, n_bytes + source_bytes
+            if by_source is not None:
+                by_source[name] = (source_nats / LN2 / max(source_bytes, 1), int(blocks.size) * S)
         return nats / LN2 / max(n_bytes, 1)
+
+    def _groups(self, holdout) -> dict[str, np.ndarray]:
+        """The held-out blocks (their indices in the set, ascending) of each source, by name."""
+        source_of = self.batches.sources
+        names = ([source_of(path) for path in holdout.paths] if holdout.paths and source_of is not None
+                 else ["all"] * holdout.blocks)
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(names):
+            groups.setdefault(name, []).append(i)
+        return {name: np.asarray(blocks, np.int64) for name, blocks in sorted(groups.items())}
 
     def run(self, daemon, train_bits_per_byte: float | None) -> float | None:
         """Measure held-out bits per byte, record it and keep the best model (the plateau rule's
@@ -97,12 +124,13 @@ class Evaluation:
             # would have handed out); the next start evaluates again
             self.log.info("eval_skipped", reason="stopping", step=step, stream_tokens=self.figures.position)
             return None
+        sources: dict[str, tuple[float, int]] = {}  # filled by the measure of the model handed out
         if cooled is not None:
             cooldown_steps = cooled[3]
             with self.trainer.parameters_of(cooled[0]):
-                value = self.measure(holdout)
+                value = self.measure(holdout, sources)
         else:
-            live = value = self.measure(holdout)
+            live = value = self.measure(holdout, sources)
         best = f.best_val_bits_per_byte
         improved = best is None or value < best - daemon.plateau_margin
         self.stale = 0 if improved else self.stale + 1
@@ -115,13 +143,16 @@ class Evaluation:
         seconds = self.clock() - t0
         self.write("evaluation", lambda: self.queue.record_evaluation(
             step=step, epoch=f.epoch, tokens_trained=f.tokens_trained, val_bits_per_byte=value,
-            train_bits_per_byte=f.train_bits_per_byte, holdout_tokens=holdout.tokens, seconds=seconds, best=is_best))
+            train_bits_per_byte=f.train_bits_per_byte, holdout_tokens=holdout.tokens, seconds=seconds, best=is_best,
+            sources=sources or None))
         self.log.info("eval_finished", step=step, epoch=round(f.epoch, 3),
                       tokens_trained=f.tokens_trained, val_bits_per_byte=round(value, 4),
                       live_val_bits_per_byte=None if live is None else round(live, 4), cooldown_steps=cooldown_steps,
                       train_bits_per_byte=None if f.train_bits_per_byte is None else round(f.train_bits_per_byte, 4),
                       best_val_bits_per_byte=round(f.best_val_bits_per_byte, 4), improved=improved,
-                      stale=self.stale, holdout_tokens=holdout.tokens, seconds=round(seconds, 3))
+                      stale=self.stale, holdout_tokens=holdout.tokens, seconds=round(seconds, 3),
+                      sources={name: {"val_bits_per_byte": round(bits, 4), "holdout_tokens": tokens}
+                               for name, (bits, tokens) in sources.items()})
         if is_best:
             self.write("checkpoint", lambda: self._save_best(value, holdout, cooled))
         return value
@@ -130,7 +161,8 @@ class Evaluation:
         """A copy of the live model trained `fraction` times the steps since the last cool-down
         more, on windows drawn from the trained text, with the rate decayed linearly to 0
         (warmup-stable-decay: a decayed copy scores far better than the weights at a held rate).
-        Returns (params, adam_m, adam_v, steps), or None when off or there is nothing to cool.
+        Returns (params, adam_m, adam_v, steps, model_config), or None when off or there is nothing
+        to cool.
         The live model is restored exactly, so its training goes on undisturbed."""
         from engine.schedule import learning_rate
 
@@ -161,7 +193,8 @@ class Evaluation:
                 else:
                     self.team.step(t, windows, lr=rate)
                 done += 1
-            cooled = (t.params.copy(), t.m.copy(), t.v.copy(), done) if done else None
+            # with its model config: a copy is never written under another shape (a growth after it)
+            cooled = (t.params.copy(), t.m.copy(), t.v.copy(), done, t.model_config) if done else None
         except NonFiniteLoss as exc:
             self.log.error("cooldown_failed", step=start, error=str(exc))
             cooled = None
@@ -199,8 +232,14 @@ class Evaluation:
             best = self.checkpoints.load_best()
             if best is None:
                 raise CheckpointError(self.checkpoints.best_path, "missing")
-            with self.trainer.parameters_of(best.params):
-                value = self.measure(holdout)
+            if best.model_config.n_layer != self.trainer.model_config.n_layer:
+                # the model grew since (crawler/training/growth.py): this trainer cannot run the
+                # best's shape, and the grown model computed the old one's function when it grew,
+                # so its figure, measured next, is the best from here on
+                value = None
+            else:
+                with self.trainer.parameters_of(best.params):
+                    value = self.measure(holdout)
         except (CheckpointError, ValueError) as exc:
             self.log.warning("best_checkpoint_unreadable", path=str(self.checkpoints.best_path), error=str(exc))
             f.best_val_bits_per_byte = f.best_step = None
@@ -228,7 +267,8 @@ class Evaluation:
                                            "cooldown_steps": 0 if cooled is None else cooled[3]}
         t = self.trainer
         params, m, v = (t.params, t.m, t.v) if cooled is None else cooled[:3]
-        path = self.checkpoints.write_best(step=t.step_count, model_config=t.model_config, params=params, m=m, v=v,
+        model_config = t.model_config if cooled is None else cooled[4]  # the copy's own shape
+        path = self.checkpoints.write_best(step=t.step_count, model_config=model_config, params=params, m=m, v=v,
                                            train_state=t.train_state(), extra=extra)
         self.log.info("best_checkpoint_saved", step=t.step_count, path=str(path),
                       val_bits_per_byte=round(value, 4), holdout_tokens=holdout_tokens)

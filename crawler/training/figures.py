@@ -10,7 +10,7 @@ on the clock the worker injects; reads no store.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,6 +41,11 @@ class TrainingFigures:
     best_val_bits_per_byte: float | None = None
     best_step: int | None = None
     holdout_tokens: int = 0
+    n_layer: int = 0  # the live model's depth, which a growth changes
+    parameters: int = 0
+    # each growth of the model so far, oldest first: {"step", "tokens_seen", "from", "to",
+    # "parameters"} (the page marks them on its curve; the engine's records are in train_state)
+    growths: list[dict] = field(default_factory=list)
 
 
 class StepLog:
@@ -53,10 +58,12 @@ class StepLog:
         self._start = clock()
         self._losses: list[float] = []
         self._recent: deque[tuple[float, int]] = deque(maxlen=TRAIN_WINDOW)  # (nats, bytes) per step
+        self._seconds: deque[float] = deque(maxlen=TRAIN_WINDOW)  # a step's time, at the present shape
 
     def record(self, stats, nats: float, n_bytes: int) -> None:
         """Count one step: its StepStats, and the nats and bytes of its targets."""
         self._recent.append((nats, n_bytes))
+        self._seconds.append(stats.seconds)
         self._nats += nats
         self._bytes += n_bytes
         self._tokens += stats.tokens
@@ -66,6 +73,15 @@ class StepLog:
         """Training bits per byte over the recent window; None before the first step."""
         recent_nats, recent_bytes = sum(n for n, _ in self._recent), sum(b for _, b in self._recent)
         return recent_nats / LN2 / recent_bytes if recent_bytes else None
+
+    def step_seconds(self) -> float | None:
+        """A training step's mean time over the recent window, at the present shape; None before
+        the first step (or the first since the model grew)."""
+        return sum(self._seconds) / len(self._seconds) if self._seconds else None
+
+    def shape_changed(self) -> None:
+        """The model grew: the recent step times are of the old shape."""
+        self._seconds.clear()
 
     def report(self, now: float, stats, figures: TrainingFigures, log, new_windows: int,
                replay_windows: int) -> None:

@@ -4,8 +4,10 @@ position and counts it resumes at (`open_trainer`).
 
 The checkpoint's model wins over the configuration (a setting that differs is logged as
 `model_config_ignored`, not used); a field pinned by a flag must agree, and the vocabulary must
-be the state directory's tokenizer's. A checkpoint of this loop carries its stream position; one
-without (adopted weights) or none at all starts from the store's cursor.
+be the state directory's tokenizer's. A model grown in depth (crawler/training/growth.py,
+`crystalline grow`) is compared by the shape it was born with as well as its shape now, so the
+setting it started from is not reported as ignored. A checkpoint of this loop carries its stream
+position; one without (adopted weights) or none at all starts from the store's cursor.
 
 Not which checkpoint to resume from (the CheckpointStore's `reconcile` decides, before this), nor
 the rest of the loop's state in the checkpoint's `extra` (each part of the loop restores its own).
@@ -63,9 +65,14 @@ def open_trainer(config: Config, checkpoint, queue, vocab_size: int, pinned: dic
 
 
 def resumed_model(configured, checkpoint, vocab_size: int, pinned: dict[str, str], log):
-    """The checkpoint's model wins over the configuration; a pinned (flag) field must agree."""
+    """The checkpoint's model wins over the configuration; a pinned (flag) field must agree. A
+    model grown since it was born (its train_state's growth records) is still the user's: a
+    setting that agrees with its shape before the first growth, or with its shape now, is no
+    conflict (so `--layers 4` resumes a model grown from 4 layers, as a setting of 4 does)."""
     trained = checkpoint.model_config
-    fields = [f for f in configured.SHAPE_FIELDS + ("seed",) if getattr(configured, f) != getattr(trained, f)]
+    born = _born_as(trained, (checkpoint.train_state or {}).get("growth"))
+    fields = [f for f in configured.SHAPE_FIELDS + ("seed",)
+              if getattr(configured, f) not in (getattr(trained, f), getattr(born, f))]
     for field in fields:
         if field in pinned:
             raise ConfigError(
@@ -87,3 +94,13 @@ def resumed_model(configured, checkpoint, vocab_size: int, pinned: dict[str, str
                               f"directory's tokenizer ({vocab_size}): restore the tokenizer "
                               f"it was trained with, or {RESET_HINT}")
     return trained
+
+
+def _born_as(trained, growth):
+    """The model `trained` was before its first growth (`trained` itself when never grown, or
+    when the records cannot be read)."""
+    if not isinstance(growth, list) or not growth or not isinstance(growth[0], dict):
+        return trained
+    old = growth[0].get("old") or {}
+    shape = {f: old[f] for f in ("n_layer", "d_model", "n_head") if isinstance(old.get(f), int)}
+    return replace(trained, **shape)

@@ -15,10 +15,12 @@ which sums the gradients across ranks or averages the parameters (engine/distrib
 STATE command carries the model, its configuration and the parameters and optimizer state
 rank 0 resumed from, so every rank starts from the same checkpoint; HOLD and UNHOLD bracket
 steps that are undone afterwards (the best model's cool-down copy, taken by all ranks with the
-whole batch, as one process would); IDLE releases the followers' engines (the training worker
-stopped, perhaps to be restarted), STOP ends them. Commands are
-broadcast in the order rank 0 takes its decisions, so every rank calls the same collectives in
-the same order; a follower waits for the next command without spinning a core.
+whole batch, as one process would); GROW deepens every replica between two steps with the same
+arguments (Trainer.grow is a fixed function of them, so "sync" ranks stay bit-identical through
+a growth); IDLE releases the followers' engines (the training worker stopped, perhaps to be
+restarted), STOP ends them. Commands are broadcast in the order rank 0 takes its decisions, so
+every rank calls the same collectives in the same order; a follower waits for the next command
+without spinning a core.
 
 A rank that dies ends the job (MPI's launcher kills the others): the restart path is the single
 process's, from the last checkpoint. Followers ignore SIGINT and SIGTERM: rank 0 receives the
@@ -40,7 +42,7 @@ from engine.distributed import Communicator, DistributedConfig, world
 
 from ..logging import set_process_fields
 
-STEP, STATE, IDLE, STOP, HOLD, UNHOLD = 0, 1, 2, 3, 4, 5
+STEP, STATE, IDLE, STOP, HOLD, UNHOLD, GROW = 0, 1, 2, 3, 4, 5, 6
 
 
 def join(config: DistributedConfig) -> tuple["Team | None", Communicator]:
@@ -85,6 +87,20 @@ class Team:
         self._command(STEP, lr)
         own = self.comm.scatter_rows(np.ascontiguousarray(windows, np.int32), (B, windows.shape[1]), np.int32)
         return trainer.step(own[:, :-1], own[:, 1:], lr=lr)
+
+    def grow(self, trainer, add: int, reason: str = "", placement: str = "interleave", init: str = "copy") -> dict:
+        """GROW: every rank adds `add` blocks to its replica between two steps, with the same
+        arguments, then rank 0 to its own (Trainer.grow); returns rank 0's growth record. The
+        arguments are checked here first (engine.ConfigError), so a bad one reaches no follower."""
+        from engine import ConfigError
+        from engine.grow import INITS, depth_plan
+
+        depth_plan(trainer.model_config.n_layer, add, placement)  # raises before any rank changes
+        if init not in INITS or not isinstance(reason, str):
+            raise ConfigError(f"init ({init!r}) must be one of {', '.join(INITS)}, and reason a string")
+        self._command(GROW)
+        self.comm.bcast_json({"add": int(add), "reason": reason, "placement": placement, "init": init})
+        return trainer.grow(add, reason, placement, init)
 
     def hold(self) -> None:
         """HOLD: every follower keeps a copy of its state (Trainer.state_copy), for steps that
@@ -138,6 +154,11 @@ def follow(comm: Communicator, log: Any, timeout: float | None = None) -> int:
                 trainer = _replica(comm, Trainer)
                 log.info("follower_started", step=trainer.step_count, threads=trainer.threads,
                          params=int(trainer.params.size), mode=trainer.distributed.mode)
+            elif code == GROW:
+                spec = comm.bcast_json()
+                record = trainer.grow(int(spec["add"]), spec["reason"], spec["placement"], spec["init"])
+                log.info("follower_grown", step=trainer.step_count, n_layer=record["new"]["n_layer"],
+                         params=record["new"]["parameters"])
             elif code == HOLD:
                 held = trainer.state_copy()
             elif code == UNHOLD:

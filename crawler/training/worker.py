@@ -13,6 +13,8 @@ composed of one part a concern:
   text arrives.
 - `schedule` (crawler/training/schedule.py): when to evaluate and checkpoint.
 - `figures` and the `train_step` line (crawler/training/figures.py): what the loop reports.
+- `grower` (crawler/training/grower.py): after each evaluation, the growth policy
+  (crawler/training/growth.py) may deepen the live model between two steps; a checkpoint follows.
 - `open_trainer` (crawler/training/resume.py): the model and the stream position a start takes
   up from the checkpoint the store chose.
 - `checkpoints` (crawler/training/checkpoints.py, the CheckpointStore): the files, their names
@@ -29,9 +31,10 @@ fatal: training goes on in memory, and the checkpoint is written once writing wo
 (`writes.generation` grew) or the next one is due.
 
 The operator's controls live here too: pause (STATE_DIR/paused: no steps, ingest goes on), a
-checkpoint now (SIGUSR1), and copies of the live weights for the page (`snapshot`), each served
-on the training thread between two steps. Knows nothing of files being watched; the supervisor
-(crawler/service/) or the `train` command owns the thread.
+checkpoint now (SIGUSR1), copies of the live weights for the page (`snapshot`), each served on
+the training thread between two steps, and a growth by hand (`grow`, for `crystalline grow`).
+Knows nothing of files being watched; the supervisor (crawler/service/) or the `train` command
+owns the thread.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import NonFiniteLoss
+from engine import CheckpointError, NonFiniteLoss
+from engine.checkpoint import read_extra
 from storage import HoldoutSplit
 
 from ..config import Config
@@ -53,8 +57,10 @@ from .batches import STREAM_CACHE_FILE, Batches, TrainedText
 from .checkpoints import CheckpointStore, stream_digest
 from .evaluation import Evaluation
 from .figures import StepLog, TrainingFigures
+from .grower import Grower
 from .resume import open_trainer
 from .schedule import Schedule
+from .sources import SourceNames
 
 PAUSED_POLL_SECONDS = 0.5  # how often a paused trainer looks for resume or a checkpoint request
 
@@ -69,13 +75,16 @@ class TrainingWorker:
     worker's only time source besides the `now` handed to run_once, and must be the same clock
     as that `now`: the checkpoint and evaluation intervals in seconds compare the two.
     `config` may be replaced between steps (SIGHUP): its [daemon] section is read at each step.
+    `command` is recorded in each checkpoint (retention deletes only its own); None keeps the
+    command of the checkpoint resumed from (`crystalline grow`, which rewrites one in place).
+    `growth_policy` replaces the [growth] policy (crawler/training/grower.py; tests script one).
     """
 
     name = "trainer"
 
     def __init__(self, config: Config, queue, tokenizer, log, clock=time.monotonic,
-                 pinned: dict[str, str] | None = None, command: str = "run", stopping=lambda: False,
-                 writes: WriteState | None = None, team=None):
+                 pinned: dict[str, str] | None = None, command: str | None = "run", stopping=lambda: False,
+                 writes: WriteState | None = None, team=None, growth_policy=None):
         self.config = config
         self.stopping = stopping  # true once a stop was asked for: a cool-down gives way to it
         self.command = command  # recorded in each checkpoint: retention deletes only its own
@@ -100,18 +109,24 @@ class TrainingWorker:
         # the parts that need the store's split and the trainer: built by initialize()
         self.batches: Batches | None = None
         self.evaluation: Evaluation | None = None
+        self.grower: Grower | None = None
+        self.growth_policy = growth_policy
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def initialize(self) -> None:
+        # a split of an earlier release is extended here with the per-source blocks, its own kept
         split = self.queue.holdout(HoldoutSplit())
-        mask = self.queue.stream_mask(split)
+        held = self.queue.held_out_blocks(split)
+        mask = self.queue.stream_mask(split).with_held(held.blocks, held.decided_end)
         vocab_size = self.tokenizer.vocab_size
         trained = TrainedText(self.queue, TrainedText.limit_of(self.config.daemon.replay_memory_mb, vocab_size),
                               vocab_size, cache=self.config.state_dir / STREAM_CACHE_FILE, log=self.log)
         checkpoint = self.checkpoints.reconcile(self.tokenizer.identity()).checkpoint
         start = open_trainer(self.config, checkpoint, self.queue, vocab_size, self.pinned, self.log, self.team)
         self.trainer, self.seq_len, extra = start.trainer, start.seq_len, start.extra
+        if self.command is None:
+            self.command = str(extra.get("command", "run"))
         self.figures = TrainingFigures(step=self.trainer.step_count, tokens_trained=start.tokens_trained,
                                        position=start.position,
                                        tokens_seen=int(extra.get("tokens_seen", start.tokens_trained)),
@@ -120,12 +135,19 @@ class TrainingWorker:
                                        last_checkpoint_path=None if checkpoint is None else str(checkpoint.path))
         if self.team is not None:
             self.team.share(self.trainer)  # every rank starts from this checkpoint
-        self.batches = Batches(self.queue, split, mask, trained, self.seq_len, self.config.train.seed, self.log)
+        # no block a model has read becomes held out: the resumed one's position, and the best
+        # model's (evaluated again on every new block), which may lie beyond it after a crash
+        self.batches = Batches(self.queue, split, mask, trained, self.seq_len, self.config.train.seed, self.log,
+                               sources=SourceNames(self.config.watch.roots),
+                               floor=max(start.position, self._best_position()), write=self._write)
         self.evaluation = Evaluation(self.trainer, self.batches, self.figures, self.config.train, self.queue,
                                      self.tokenizer, self.checkpoints, self.log, self.clock, write=self._write,
                                      checkpoint_extra=self.checkpoint_extra, stopping=self.stopping, team=self.team)
         self.evaluation.restore(extra)
         self.batches.restore(extra, start.position)
+        self.grower = Grower(self.trainer, self.evaluation, self.batches, self.figures, self.steps, self.queue,
+                             self.config, self.log, self.clock, team=self.team, policy=self.growth_policy)
+        self.grower.restore(extra)
         self._update_epoch()
         self.evaluation.restore_best()
         latest = self.queue.latest_evaluation()
@@ -136,7 +158,17 @@ class TrainingWorker:
         self.log.info("trainer_ready", threads=self.trainer.threads, params=int(self.trainer.params.size),
                       mb_per_thread=round(self.trainer.memory_per_thread_mb, 1), step=self.trainer.step_count,
                       model=start.model.to_dict(), plateaued=self.figures.plateaued, ranks=self.ranks,
-                      best_val_bits_per_byte=self.figures.best_val_bits_per_byte)
+                      best_val_bits_per_byte=self.figures.best_val_bits_per_byte,
+                      growths=self.grower.count, growth=self.grower.describe())
+
+    def _best_position(self) -> int:
+        """The stream position best.safetensors was trained to (0: none, or not recorded)."""
+        if not self.checkpoints.best_path.exists():
+            return 0
+        try:
+            return int(read_extra(self.checkpoints.best_path).get("stream_position") or 0)
+        except (CheckpointError, TypeError, ValueError):
+            return 0  # an unreadable best is measured again, or replaced, before it is compared
 
     @property
     def unsaved_steps(self) -> int:
@@ -213,11 +245,12 @@ class TrainingWorker:
         if stats.step % daemon.log_every == 0:
             self.steps.report(now, stats, f, self.log, new_windows=batch.fresh,
                               replay_windows=windows.shape[0] - batch.fresh)
-        checkpoint_due = self._checkpoint_due(now)
+        checkpoint_due, growths = self._checkpoint_due(now), self.grower.count
         if checkpoint_due or schedule.evaluation_due(now, stats.step, daemon):
             self.evaluate(now)
-        if checkpoint_due and schedule.since_checkpoint:  # (a plateau found above checkpoints itself)
-            self.checkpoint(reason="schedule")
+        grown = self.grower.count > growths
+        if (checkpoint_due or grown) and schedule.since_checkpoint:  # (a plateau found above checkpoints itself)
+            self.checkpoint(reason="grown" if grown else "schedule")
         return 0.0
 
     def _update_epoch(self) -> None:
@@ -235,13 +268,25 @@ class TrainingWorker:
     # --- evaluation and the plateau ------------------------------------------------------------
 
     def evaluate(self, now: float) -> float | None:
-        """Measure held-out bits per byte, record it, keep the best model, apply the plateau rule.
-        Returns the figure, or None while the stream holds no complete held-out block."""
+        """Measure held-out bits per byte, record it, keep the best model, let the growth policy
+        deepen the model, else apply the plateau rule. Returns the figure, or None while the
+        stream holds no complete held-out block. A growth is checkpointed by the caller (run_once,
+        or the checkpoint this evaluation is part of)."""
         self.schedule.evaluated(now, self.trainer.step_count)
         value = self.evaluation.run(self.config.daemon, self.steps.train_bits_per_byte())
+        if value is not None and self.grower.after_evaluation(now, value) is not None:
+            return value  # grown: the plateau rule waits for the grown model's own evaluations
         if value is not None and self.evaluation.plateau_due(self.config.daemon):
             self._plateau(reason="no_improvement")
         return value
+
+    def grow(self, add: int, reason: str, trigger: str = "command") -> dict:
+        """Deepen the live model by `add` blocks now, between two steps (Grower.grow: measured
+        before and after, on every rank, `model_grown`); the caller checkpoints (`crystalline
+        grow`). The live model measured at this step stands for this step's evaluation."""
+        record = self.grower.grow(add, reason, trigger)
+        self.schedule.evaluated(self.clock(), self.trainer.step_count)
+        return record
 
     def _plateau(self, reason: str) -> None:
         self.evaluation.plateau(reason, self.config.daemon.idle)
@@ -267,9 +312,10 @@ class TrainingWorker:
         self.log.info("training_paused" if paused else "training_unpaused", step=self.trainer.step_count,
                       checkpoint_step=self.figures.last_checkpoint_step)
 
-    def snapshot(self, timeout: float) -> tuple[np.ndarray, int] | None:
-        """A copy of the live weights and its step, taken on the training thread between two
-        steps (so never half updated); None when it is not served within `timeout` seconds."""
+    def snapshot(self, timeout: float) -> tuple[np.ndarray, int, object] | None:
+        """A copy of the live weights, its step and its engine.ModelConfig, taken together on the
+        training thread between two steps (so never half updated, and of the shape the weights
+        have, a growth or not); None when it is not served within `timeout` seconds."""
         done, result = threading.Event(), []
         self._snapshots.append((done, result))
         return result[0] if done.wait(timeout) and result else None
@@ -277,7 +323,7 @@ class TrainingWorker:
     def _serve_snapshots(self) -> None:
         while self._snapshots and self.trainer is not None:
             done, result = self._snapshots.pop(0)
-            result.append((self.trainer.params.copy(), self.trainer.step_count))
+            result.append((self.trainer.params.copy(), self.trainer.step_count, self.trainer.model_config))
             done.set()
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -290,6 +336,7 @@ class TrainingWorker:
             "tokens_trained": f.tokens_trained, "tokens_seen": f.tokens_seen,
             **self.batches.state(),  # "fresh", "replay_credit"
             **self.evaluation.state(),  # "plateau", "last_cooldown_step"
+            **self.grower.state(),  # "growth_history": the growth policy's evaluations
             "evaluated": self.schedule.last_eval_step == self.trainer.step_count,
             "val_bits_per_byte": f.val_bits_per_byte,
             "stream_digest": stream_digest(self.queue, f.position),

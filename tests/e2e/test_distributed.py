@@ -41,7 +41,7 @@ def crystalline(*argv, ranks: int = 0, **kw) -> subprocess.CompletedProcess | su
     command = [sys.executable, "-m", "crawler", *map(str, argv)]
     if ranks:
         command = [mpiexec(), "-n", str(ranks), *command]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **kw.pop("env", {})}
     if kw.pop("background", False):
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                                 cwd=ROOT, start_new_session=True)
@@ -49,7 +49,21 @@ def crystalline(*argv, ranks: int = 0, **kw) -> subprocess.CompletedProcess | su
 
 
 def events(stderr: str) -> list[dict]:
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    """Every JSON event line; two ranks' lines may reach the one pipe run together (mpiexec forwards
+    each rank's output in pieces), so each object on a line is read."""
+    decoder, found = json.JSONDecoder(), []
+    for line in stderr.splitlines():
+        at = line.find("{")
+        while at >= 0:
+            try:
+                event, end = decoder.raw_decode(line, at)
+            except json.JSONDecodeError:  # a piece cut short: the next object may follow it
+                at = line.find("{", at + 1)
+                continue
+            if isinstance(event, dict) and "event" in event:  # (not an object nested in a piece)
+                found.append(event)
+            at = line.find("{", end)
+    return found
 
 
 def test_two_ranks_agree_and_train_as_one_process_with_the_combined_batch(tmp_path, corpus):
@@ -103,3 +117,29 @@ def test_a_rank_killed_mid_run_ends_the_job_and_a_restart_resumes_from_the_check
     assert again.returncode == 0, again.stderr[-3000:]
     loaded = [e for e in events(again.stderr) if e["event"] == "checkpoint_loaded"]
     assert loaded and loaded[0]["step"] == latest.step and loaded[0]["stream_position"] == latest.stream_position
+
+
+def test_sync_ranks_grow_together_and_stay_bit_identical(tmp_path, corpus):
+    """[growth] on (settings that find any curve flat) and the depth left to it (no --layers): the
+    policy grows the model at the second evaluation; rank 0 sends GROW, every rank grows at the
+    same step, and the replicas agree to the bit at the end."""
+    at = FLAGS.index("--layers")
+    flags = FLAGS[:at] + FLAGS[at + 2:]  # the default depth, 4: not set by hand
+    growth = {"CRYSTALLINE_GROWTH_ENABLED": "true", "CRYSTALLINE_GROWTH_MAX_LAYERS": "5",
+              "CRYSTALLINE_GROWTH_WINDOW": "2", "CRYSTALLINE_GROWTH_FLAT_SLOPE": "100",
+              "CRYSTALLINE_GROWTH_MIN_SECONDS": "0", "CRYSTALLINE_GROWTH_MIN_TOKENS_PER_PARAMETER": "0",
+              "CRYSTALLINE_GROWTH_MAX_PASSES": "1000", "CRYSTALLINE_GROWTH_MAX_STEP_SECONDS": "60"}
+    two = crystalline("train", corpus, "--distributed", "--steps", "15", "--batch-size", "4", *flags,
+                      "--checkpoint-every", "5", "--state-dir", tmp_path / "two", ranks=2, env=growth)
+    assert two.returncode == 0, two.stderr[-3000:]
+    logged = events(two.stderr)
+    grown = [e for e in logged if e["event"] == "model_grown"]
+    assert [(e["step"], e["old"]["n_layer"], e["new"]["n_layer"], e["ranks"]) for e in grown] == [(10, 4, 5, 2)]
+    assert grown[0]["exact"]
+    followers = [e for e in logged if e["event"] == "follower_grown"]
+    assert [(e["rank"], e["step"], e["n_layer"]) for e in followers] == [(1, 10, 5)]
+    released = [e for e in logged if e["event"] == "replicas_released"]
+    idle = [e for e in logged if e["event"] == "follower_idle"]
+    assert released and idle and released[-1]["params_sha256"] == idle[-1]["params_sha256"]
+    latest, _ = load_latest_checkpoint(tmp_path / "two" / "checkpoints")
+    assert latest.step == 15 and latest.model_config.n_layer == 5

@@ -9,7 +9,8 @@ BLAS held to one thread; the weights are copied by the training thread between t
 Not the sampler (engine/sample.py draws each token) and not the settings' defaults or bounds
 (engine/sampling.py: the page's defaults are PAGE_SAMPLING, and `[http] max_new_tokens` only
 lowers the bound of a completion's length). Not the HTTP framing either: it writes through the
-`send(dict)` it is given. Relies on the daemon's trainer (its snapshot and model config) and
+`send(dict)` it is given. Relies on the daemon's trainer (its snapshot: the weights with their
+step and model config, taken together, so a model grown since is sampled at its own shape) and
 tokenizer, handed in by the window.
 """
 
@@ -91,13 +92,12 @@ class Completions:
 
         _lower_this_thread()
         limit_blas_threads()
-        model_config = trainer.trainer.model_config
         snapshot = trainer.snapshot(SNAPSHOT_WAIT_SECONDS) or self._last_snapshot
         if snapshot is None:
             raise RequestError(503, "the trainer is busy (an evaluation or a checkpoint); try again in a moment",
                                {"Retry-After": "10"})
         self._last_snapshot = snapshot
-        params, step = snapshot
+        params, step, model_config = snapshot  # the weights' own shape: the model may have grown since
         try:
             prompt_ids = [tokenizer.eod_id] + tokenizer.encode(prompt.encode("utf-8")).tolist()
         except ValueError as exc:

@@ -74,6 +74,10 @@ def live_figures(daemon) -> dict:
         "paused": f.paused, "last_checkpoint_step": f.last_checkpoint_step,
         "last_checkpoint_age_s": None if f.last_checkpoint_time is None else round(now - f.last_checkpoint_time, 1),
         "blocked": daemon.writes.blocked,
+        # the model's depth now and each growth so far ({step, tokens_seen, from, to, parameters}):
+        # the page marks the growths on its curve (crawler/training/grower.py)
+        "n_layer": getattr(f, "n_layer", None), "parameters": getattr(f, "parameters", None),
+        "growths": list(getattr(f, "growths", []) or []),
     }
 
 
@@ -82,5 +86,6 @@ def evaluations_after(daemon, since: int, limit: int) -> list[dict]:
     rows = _open_queue(daemon).evaluations(since=since, limit=limit)
     return [{"id": r.id, "step": r.step, "epoch": r.epoch, "tokens_trained": r.tokens_trained,
              "val_bits_per_byte": r.val_bits_per_byte, "train_bits_per_byte": r.train_bits_per_byte,
-             "holdout_tokens": r.holdout_tokens, "best": r.best, "created_at": str(r.created_at)}
+             "holdout_tokens": r.holdout_tokens, "sources": r.sources, "best": r.best,
+             "created_at": str(r.created_at)}
             for r in rows]

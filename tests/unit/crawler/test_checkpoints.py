@@ -75,6 +75,24 @@ def test_prune_takes_the_rows_with_the_files(store):
     assert [p.name for p in store.rolling()] == [paths[5].name, other.name, latest.name]
 
 
+def test_a_file_two_rows_name_stays_while_the_newer_row_is_kept(store):
+    """`crystalline grow` commits its grown model at the step it grew, in place of that step's
+    file: two rows then name one file, and the older row falling out of `keep` must not take it."""
+    commit(store, 1)
+    regrown = commit(store, 2)
+    assert commit(store, 2) == regrown  # the same file name, a second row
+    latest = commit(store, 3)
+    assert store.prune(keep=2, latest=latest, command="run") == [store.directory / checkpoint_name(1)]
+    assert regrown.exists() and [r.step for r in store.queue.checkpoints()] == [3, 2, 2]
+    assert store.prune(keep=1, latest=latest, command="run") == [regrown]  # now no kept row names it
+
+
+def test_the_model_a_file_holds_is_read_from_its_header(store):
+    path = commit(store, 4)
+    assert store.model_summary(path) == {"step": 4, "n_layer": 1, "d_model": 16, "n_head": 2,
+                                         "parameters": PARAMS.size, "growths": []}
+
+
 def test_the_cap_takes_the_rows_of_the_files_it_deletes(store):
     paths = [commit(store, step) for step in (1, 2, 3)]
     size = paths[0].stat().st_size

@@ -94,13 +94,17 @@ def test_the_default_file_lists_every_setting_once_with_its_default(tmp_path):
     import dataclasses
     import tomllib
 
-    from crawler.config import NOT_IN_FILE, SECTIONS, Config, default_config_text
+    from crawler.config import COMMENTED_OUT, NOT_IN_FILE, SECTIONS, Config, default_config_text
 
-    data = tomllib.loads(default_config_text())
+    text = default_config_text()
+    data = tomllib.loads(text)
     assert set(data) == set(SECTIONS)
     for section, cls in SECTIONS.items():
-        expected = {f.name for f in dataclasses.fields(cls)} - NOT_IN_FILE.get(section, set())
+        commented = COMMENTED_OUT.get(section, set())
+        expected = {f.name for f in dataclasses.fields(cls)} - NOT_IN_FILE.get(section, set()) - commented
         assert set(data[section]) == expected, section
+        for key in commented:  # shown with its default, as a comment: uncommented, it is set by hand
+            assert f"\n# {key} = {getattr(getattr(Config(), section), key)} " in text, key
     # a changed default shows in the file without anyone editing the template
     changed = dataclasses.replace(Config(), train=dataclasses.replace(Config().train, learning_rate=0.0042))
     assert tomllib.loads(default_config_text(changed))["train"]["learning_rate"] == 0.0042

@@ -65,7 +65,7 @@ class StubTrainer:
         self.entered.set()
         if self.block is not None:
             self.block.wait(WAIT)
-        return self.params.copy(), 7
+        return self.params.copy(), 7, self.trainer.model_config
 
 
 @pytest.fixture
@@ -191,6 +191,32 @@ def test_a_completion_streams_text_from_a_snapshot(window):
     assert lines[-1]["done"] is True and 0 <= lines[-1]["tokens"] <= 12
     again = post(address, {"prompt": "hello", "max_new_tokens": 12, "temperature": 1.0, "seed": 3})[2]
     assert again.decode().splitlines()[:-1] == body.decode().splitlines()[:-1], "deterministic in the seed"
+
+
+def test_a_completion_samples_a_grown_snapshot_at_its_own_shape(window):
+    """The snapshot carries its model config: weights taken after a growth are sampled at their
+    own depth, whatever the trainer's config said when the request came."""
+    from engine.layout import init_parameters
+
+    trainer = StubTrainer()
+    grown = replace(trainer.trainer.model_config, n_layer=3)
+    trainer.snapshot = lambda timeout: (init_parameters(grown), 9, grown)
+    _, address = window(trainer)
+    status, _, body = post(address, {"prompt": "hello", "max_new_tokens": 5, "seed": 3})
+    lines = [json.loads(line) for line in body.decode().splitlines()]
+    assert status == 200 and lines[0]["step"] == 9 and lines[-1]["done"] is True
+
+
+def test_the_live_figures_carry_the_depth_and_each_growth():
+    from crawler.service.http.reports import live_figures
+
+    trainer = StubTrainer()
+    growths = [{"step": 40, "tokens_seen": 1000, "from": 1, "to": 2, "parameters": 12000}]
+    trainer.figures = SimpleNamespace(**vars(trainer.figures), n_layer=2, parameters=12000, growths=growths)
+    daemon = SimpleNamespace(config=Config(), clock=time.monotonic, writes=SimpleNamespace(blocked=None),
+                             training_worker=lambda: trainer)
+    live = live_figures(daemon)
+    assert (live["n_layer"], live["parameters"], live["growths"]) == (2, 12000, growths)
 
 
 def test_completions_beyond_max_generations_get_429(window):

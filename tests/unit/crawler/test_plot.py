@@ -53,3 +53,30 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert main(["plot", "--state-dir", str(tmp_path), "--output", str(tmp_path / "x.png")]) != 0
     assert "pip install 'crystalline[plot]'" in capsys.readouterr().err
+
+
+def test_plot_marks_each_growth_of_the_model_at_its_step(tmp_path, capsys, monkeypatch):
+    """The growths come from the newest checkpoint's records; each is a vertical line at its step."""
+    import numpy as np
+    from matplotlib.axes import Axes
+
+    from crawler.config import load_config
+    from engine import ModelConfig, count_parameters, save_checkpoint
+
+    state, out = tmp_path / "state", tmp_path / "curve.png"
+    stored_history(state, [3.0, 2.5, 2.2, 2.3])
+    model = ModelConfig(context_length=16, d_model=16, n_layer=2, n_head=2)
+    size = count_parameters(model)
+    growth = [{"kind": "depth", "step": 200, "tokens_seen": 0, "reason": "test",
+               "old": {"n_layer": 1, "d_model": 16, "n_head": 2, "parameters": 1},
+               "new": {"n_layer": 2, "d_model": 16, "n_head": 2, "parameters": size}}]
+    zeros = np.zeros(size, np.float32)
+    save_checkpoint(state / "checkpoints", step=400, model_config=model, params=zeros, m=zeros, v=zeros,
+                    train_state={"growth": growth})
+    lines = []
+    real = Axes.axvline
+    monkeypatch.setattr(Axes, "axvline", lambda self, x, **kw: lines.append(x) or real(self, x, **kw))
+    assert main(["plot", "--state-dir", str(state), "--output", str(out)]) == 0
+    train = load_config(state_dir=state).train
+    assert lines == [200 * train.batch_size * train.seq_len / 1e6]
+    assert capsys.readouterr().out.strip().endswith("; 1 growth(s) of the model marked")

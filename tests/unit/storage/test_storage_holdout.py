@@ -165,12 +165,20 @@ def test_validate_names_the_field(field, value, message):
 
 
 def test_json_round_trip_and_refusals():
-    split = HoldoutSplit(block_tokens=64, every=7, offset=0, max_blocks=9)
+    split = HoldoutSplit(block_tokens=64, every=7, offset=0, max_blocks=9, source_blocks=3, extra_blocks=5)
     text = split.to_json()
-    assert text == '{"block_tokens": 64, "every": 7, "max_blocks": 9, "offset": 0}'
+    assert text == ('{"block_tokens": 64, "every": 7, "extra_blocks": 5, "max_blocks": 9, "offset": 0, '
+                    '"source_blocks": 3}')
     assert HoldoutSplit.from_json(text) == split
+    # a split without per-source blocks is written, and read, in the four keys of earlier releases
+    earlier = HoldoutSplit(block_tokens=64, every=7, offset=0, max_blocks=9, source_blocks=0, extra_blocks=0)
+    assert earlier.to_json() == '{"block_tokens": 64, "every": 7, "max_blocks": 9, "offset": 0}'
+    assert HoldoutSplit.from_json(earlier.to_json()) == earlier and not earlier.per_source
     for bad in ["", "[]", "not json", '{"block_tokens": 64}', None,
                 '{"block_tokens": 64, "every": 7, "max_blocks": 9, "offset": 0, "extra": 1}',
+                '{"block_tokens": 64, "every": 7, "max_blocks": 9, "offset": 0, "source_blocks": 1}',
+                '{"block_tokens": 64, "every": 7, "extra_blocks": -1, "max_blocks": 9, "offset": 0, '
+                '"source_blocks": 1}',
                 '{"block_tokens": 0, "every": 7, "max_blocks": 9, "offset": 0}']:
         with pytest.raises(ConfigError):
             HoldoutSplit.from_json(bad)
@@ -393,7 +401,8 @@ def test_the_first_split_is_recorded_and_kept(make_config):
         with queue.database.read() as connection:
             query = sa.select(meta.c.value).where(meta.c.key == "holdout")
             value = connection.execute(query).scalar()
-        assert json.loads(value) == {"block_tokens": 64, "every": 5, "offset": 2, "max_blocks": 7}
+        assert json.loads(value) == {"block_tokens": 64, "every": 5, "offset": 2, "max_blocks": 7,
+                                     "source_blocks": 32, "extra_blocks": 256}
     with CorpusQueue(open_database(make_config())) as queue:  # after a restart
         assert queue.holdout(HoldoutSplit(block_tokens=8)) == first
 
