@@ -295,8 +295,12 @@ class Watcher:
         return added
 
     def _scan_folder(self, folder: Path, root: Path, now: float) -> None:
+        """The files of a folder that was just created or moved in. A link to a folder comes as
+        a created folder too (watchdog reports what it points to), and is never entered."""
+        if folder.is_symlink():
+            return
         for path, found in self._folders.walk(folder):
-            if self._roots.wanted(path, root):
+            if self._roots.root_of(path) == root and self._roots.wanted(path, root):
                 self._consider(path, root, found, now, quick=False)
 
     def _consider(self, path: Path, root: Path, version: tuple[int, int], now: float, quick: bool) -> bool:
