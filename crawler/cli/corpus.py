@@ -364,10 +364,17 @@ def _held_out_line(evaluation: dict, now: float) -> str:
     age = _age(latest["created_at"], now)
     line = (f"held-out   {latest['val_bits_per_byte']:.3f} bits/byte at step {latest['step']:,}"
             + (f", {age} ago" if age else "") + f"; best {best['val_bits_per_byte']:.3f} at step {best['step']:,}")
-    if len(recent) >= 2:
-        change = recent[-1]["val_bits_per_byte"] - recent[0]["val_bits_per_byte"]
+    if best.get("remeasured"):
+        line += " (measured again on today's held-out text)"
+    # the trend compares like with like: the recent evaluations on the latest's held-out set (new
+    # text and new sources add blocks to it, and harder text is no regression)
+    same = [r for r in recent if r["holdout_tokens"] == latest["holdout_tokens"]]
+    if len(same) >= 2:
+        change = same[-1]["val_bits_per_byte"] - same[0]["val_bits_per_byte"]
         trend = "improving" if change < -0.001 else "worse" if change > 0.001 else "flat"
-        line += f"; {trend} ({change:+.3f} over the last {len(recent)} evaluations)"
+        line += f"; {trend} ({change:+.3f} over the last {len(same)} evaluations)"
+    elif len(recent) >= 2:
+        line += "; its held-out text grew since the evaluation before"
     return line
 
 

@@ -53,10 +53,34 @@ def store_report(config: Config, queue) -> dict:
             "created_at": str(last.created_at)},
         "model": None if last is None else checkpoint_model(config, last.path),
         "evaluation": {"latest": evaluation_record(queue.latest_evaluation()),
-                       "best": evaluation_record(queue.best_evaluation()),
+                       "best": best_record(config, evaluation_record(queue.best_evaluation())),
                        "recent": [evaluation_record(e) for e in recent_evaluations(queue)]},
         "disk": disk_usage(config.state_dir, config.daemon, stats.database_bytes),
     }
+
+
+def best_record(config: Config, recorded: dict | None) -> dict | None:
+    """The best model's figure as best.safetensors holds it now: the history's best row, but
+    measured again on the held-out set of today where that set has grown since (new text, new
+    sources: crawler/training/evaluation.py writes the figure into the file), so that it compares
+    with the latest evaluation. The row as recorded when the file cannot be read."""
+    from engine import CheckpointError
+    from engine.checkpoint import read_metadata
+
+    from ..training.checkpoints import CheckpointStore
+
+    if recorded is None:
+        return None
+    try:
+        path = CheckpointStore(config.state_dir).best_path
+        extra, step = read_metadata(path, "extra"), read_metadata(path, "step")
+    except CheckpointError:
+        return recorded
+    value, tokens = extra.get("val_bits_per_byte"), extra.get("holdout_tokens")
+    if not isinstance(value, (int, float)) or tokens == recorded["holdout_tokens"]:
+        return recorded
+    return recorded | {"step": int(step), "val_bits_per_byte": float(value), "holdout_tokens": tokens,
+                       "remeasured": True}
 
 
 def checkpoint_model(config: Config, stored_path: str) -> dict | None:

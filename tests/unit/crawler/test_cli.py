@@ -553,3 +553,14 @@ def test_status_for_a_person_rounds_says_what_the_daemon_does_and_when_the_queue
     assert "4.07M tokens stored, 1.95M not yet trained" in describe_status(report, Config(), now)
     report["daemon"] = {"running": False, "pid": None, "health": None}
     assert "1.95M not yet trained" in describe_status(report, Config(), now)
+    # new text added held-out blocks: the trend is over the evaluations on the latest's set, and
+    # a best measured again on it says so
+    grown = [dict(e) for e in recent]
+    grown[-2]["holdout_tokens"] = grown[-1]["holdout_tokens"] = 1024
+    grown[-1]["val_bits_per_byte"] = 2.9
+    report["evaluation"] = {"latest": grown[-1], "recent": grown,
+                            "best": grown[0] | {"val_bits_per_byte": 2.7, "holdout_tokens": 1024, "remeasured": True}}
+    assert ("held-out   2.900 bits/byte at step 5,000, 5 min ago; best 2.700 at step 1,000 (measured again on "
+            "today's held-out text); worse (+0.300 over the last 2 evaluations)") in describe_status(report, Config(), now)
+    grown[-2]["holdout_tokens"] = 512
+    assert "; its held-out text grew since the evaluation before" in describe_status(report, Config(), now)
