@@ -138,3 +138,22 @@ def test_a_copy_passes_over_pruned_rows_but_not_a_pruned_newest(tmp_path, store)
     assert sorted(p.name for p in backup.directory.iterdir()) == sorted(p.name for p in copies)
     newest.unlink()
     assert store.copy_into(CheckpointStore(tmp_path / "again"), named) is None
+
+
+def test_status_takes_the_best_figure_from_best_safetensors_once_measured_again(store, tmp_path):
+    """status's best is the history's best row until the held-out set grows; then the figure
+    best.safetensors was given when it was measured again on the grown set."""
+    from crawler.config import Config
+    from crawler.service.status import best_record
+
+    config = Config(state_dir=tmp_path / "state")
+    recorded = {"step": 40, "val_bits_per_byte": 1.9, "holdout_tokens": 512, "created_at": "x"}
+    assert best_record(config, recorded) == recorded  # no best file: the row as recorded
+    assert best_record(config, None) is None
+    write = lambda tokens: store.write_best(step=40, model_config=TINY, params=PARAMS, m=ZEROS, v=ZEROS,  # noqa: E731
+                                            train_state={}, extra={"val_bits_per_byte": 2.4, "holdout_tokens": tokens})
+    write(512)
+    assert best_record(config, recorded) == recorded  # the same set: the row's own figure
+    write(1024)
+    assert best_record(config, recorded) == recorded | {"val_bits_per_byte": 2.4, "holdout_tokens": 1024,
+                                                        "remeasured": True}
