@@ -220,23 +220,30 @@ class Ingestor:
                                     extractor_version=EXTRACTOR_VERSION, reoffered=REOFFERED_REASONS)
         changed = [look.source for look in looks if look.version is not None and look.version not in seen]
         bases = self.queue.latest_versions(changed) if changed else {}
+        yield from self._in_batches((self._prepare(look, seen, bases) for look in looks), batch_bytes)
+
+    def _in_batches(self, prepared: Iterable["IngestOutcome | _Pending | _ArchiveRead | None"],
+                    batch_bytes: int) -> Iterator[IngestOutcome]:
+        """Outcomes as they come, and the tokens of what is pending committed `batch_bytes` of
+        text at a time; an archive commits what is pending first, then its members', then its
+        own row, in order. None is a stale file, looked at again next round. `prepared` is
+        consumed lazily, so each file is read only once what came before it is yielded."""
         pending: list[_Pending] = []
         pending_bytes = 0
-        for look in looks:
-            prepared = self._prepare(look, seen, bases)
-            if prepared is None:  # stale: looked at again next round
+        for item in prepared:
+            if item is None:
                 continue
-            if isinstance(prepared, IngestOutcome):
-                yield prepared
+            if isinstance(item, IngestOutcome):
+                yield item
                 continue
-            if isinstance(prepared, _ArchiveRead):  # its members' commits, then its own row, in order
+            if isinstance(item, _ArchiveRead):
                 if pending:
                     yield from self._commit(pending)
                     pending, pending_bytes = [], 0
-                yield from self._ingest_archive(prepared, batch_bytes)
+                yield from self._ingest_archive(item, batch_bytes)
                 continue
-            pending.append(prepared)
-            pending_bytes += prepared.extraction.size
+            pending.append(item)
+            pending_bytes += item.extraction.size
             if pending_bytes >= batch_bytes:
                 yield from self._commit(pending)
                 pending, pending_bytes = [], 0
@@ -396,23 +403,9 @@ class Ingestor:
                          batch_bytes: int) -> Iterator[IngestOutcome]:
         """Each member's outcome, as a file's: unchanged, recorded as skipped or failed, or its
         tokens committed `batch_bytes` of text at a time (`_commit`, the corpus rules too)."""
-        pending: list[_Pending] = []
-        pending_bytes = 0
-        for path, member in members:
-            if path not in changed:
-                yield IngestOutcome(path, "unchanged")
-                continue
-            prepared = self._prepare_member(path, member, first_version=path not in bases)
-            if isinstance(prepared, IngestOutcome):
-                yield prepared
-                continue
-            pending.append(prepared)
-            pending_bytes += prepared.extraction.size
-            if pending_bytes >= batch_bytes:
-                yield from self._commit(pending)
-                pending, pending_bytes = [], 0
-        if pending:
-            yield from self._commit(pending)
+        yield from self._in_batches(
+            (self._prepare_member(path, member, first_version=path not in bases) if path in changed
+             else IngestOutcome(path, "unchanged") for path, member in members), batch_bytes)
 
     def _prepare_member(self, path: str, member: Member, first_version: bool) -> IngestOutcome | _Pending:
         """One member short of the commit of its tokens: its skip or failure recorded (with its
