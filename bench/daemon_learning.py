@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -299,6 +300,11 @@ def run_daemon(run: Run, args, corpus: Path) -> dict:
                     stopped_s += start - segment.end
                 else:
                     stopped_s += time.perf_counter() - segment.end
+                    if args.keep_state is not None:  # for a follow-up (bench/forgetting.py --state)
+                        kept = args.keep_state / run.key.replace(":", "_").replace("+", "_")
+                        shutil.rmtree(kept, ignore_errors=True)
+                        shutil.copytree(state, kept, symlinks=True)
+                        print(f"{run.key}: state kept in {kept}", file=sys.stderr, flush=True)
         finally:
             daemon.kill()
     config = (first_event(segments, "config_loaded") or {}).get("config")
@@ -487,6 +493,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--horizons", type=Path, default=None,
                    help="also append one row per --at minute as it passes to this JSON-lines file "
                         "(a run cut short keeps the horizons it reached)")
+    p.add_argument("--keep-state", type=Path, default=None,
+                   help="copy each daemon run's state dir, as it stands after its last evaluation, to "
+                        "KEEP_STATE/<key> (e.g. for bench/forgetting.py --state)")
     add_result_flags(p, "daemon_learning.jsonl")
     return p.parse_args(argv)
 
