@@ -10,7 +10,8 @@ composed of one part a concern:
 - `evaluation` (crawler/training/evaluation.py): held-out bits per byte of a cooled copy of the
   model, the best model (STATE_DIR/checkpoints/best.safetensors) and the plateau rule. Plateaued
   (or `max_passes` reached), the loop checkpoints and, with `idle = "sleep"`, waits until new
-  text arrives.
+  text arrives. The plateau rule waits while the loop still reads new text (`reading_new_text`):
+  a desk dropped at once is read to its end before the loop may idle.
 - `schedule` (crawler/training/schedule.py): when to evaluate and checkpoint.
 - `figures` and the `train_step` line (crawler/training/figures.py): what the loop reports.
 - `grower` (crawler/training/grower.py): after each evaluation, the growth policy
@@ -111,6 +112,9 @@ class TrainingWorker:
         self.evaluation: Evaluation | None = None
         self.grower: Grower | None = None
         self.growth_policy = growth_policy
+        # the last batch held new text: the first pass over what is stored is not done, and the
+        # plateau rule waits (a flat held-out figure then says the model, not the data, is the limit)
+        self.reading_new_text = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -229,6 +233,7 @@ class TrainingWorker:
                 self._plateau(reason="max_passes")
             return self._idle(True)
         windows = batch.windows  # (B, T + 1)
+        self.reading_new_text = batch.fresh > 0
         self._idle(False)
         inputs, targets = windows[:, :-1], windows[:, 1:]
         try:
@@ -277,7 +282,12 @@ class TrainingWorker:
         if value is not None and self.grower.after_evaluation(now, value) is not None:
             return value  # grown: the plateau rule waits for the grown model's own evaluations
         if value is not None and self.evaluation.plateau_due(self.config.daemon):
-            self._plateau(reason="no_improvement")
+            if self.reading_new_text:
+                # text not yet read remains: training on it cannot over-fit, and every source it
+                # holds has held-out blocks the model has not learned yet; plateau once it is read
+                self._defer_plateau()
+            else:
+                self._plateau(reason="no_improvement")
         return value
 
     def grow(self, add: int, reason: str, trigger: str = "command") -> dict:
@@ -287,6 +297,17 @@ class TrainingWorker:
         record = self.grower.grow(add, reason, trigger)
         self.schedule.evaluated(self.clock(), self.trainer.step_count)
         return record
+
+    def _defer_plateau(self) -> None:
+        """Log `plateau_deferred` once a streak of evaluations without improvement reaches the
+        patience while new text is still read (again only after an improvement resets the count)."""
+        stale, patience = self.evaluation.stale, self.config.daemon.plateau_patience
+        if stale != patience:
+            return
+        f = self.figures
+        self.log.info("plateau_deferred", reason="new_text", step=self.trainer.step_count, epoch=round(f.epoch, 3),
+                      stream_position=f.position, stream_tokens=self.queue.stream_end(),
+                      best_val_bits_per_byte=f.best_val_bits_per_byte, evaluations=stale)
 
     def _plateau(self, reason: str) -> None:
         self.evaluation.plateau(reason, self.config.daemon.idle)

@@ -300,7 +300,9 @@ class ScriptedWorker(TrainingWorker):
 def test_plateau_idles_after_patience_and_new_text_wakes_it(tmp_path, store):
     add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 300)
     clock = iter(np.arange(0.0, 1e6, 0.5)).__next__
-    config = tiny_config(tmp_path / "state", eval_every_steps=1000, eval_every_seconds=10.0, plateau_patience=3,
+    # an evaluation every 25 steps: the sixth comes after the first pass over a.txt (about 120
+    # steps), so the plateau rule is not deferred by text still unread
+    config = tiny_config(tmp_path / "state", eval_every_steps=1000, eval_every_seconds=25.0, plateau_patience=3,
                          plateau_margin=0.01, checkpoint_every_steps=1000, checkpoint_every_seconds=1e9,
                          cooldown_fraction=0.0)  # one measurement per evaluation: the script's
     # improving by more than the margin, then three that do not beat 2.00 by 0.01 (one worse):
@@ -314,13 +316,14 @@ def test_plateau_idles_after_patience_and_new_text_wakes_it(tmp_path, store):
         with capture_logs() as logs:
             now, steps_at_plateau = 0.0, None
             while not worker.figures.plateaued:
-                assert now < 200, "no plateau"
+                assert now < 400, "no plateau"
                 assert worker.run_once(now) == 0.0, "idle before the plateau"
                 now += 1.0
             steps_at_plateau = worker.figures.step
             assert worker.run_once(now) > 0 and worker.run_once(now + 1) > 0  # idle, no steps
             assert worker.figures.step == steps_at_plateau
         events = [e["event"] for e in logs]
+        assert "plateau_deferred" not in events
         evals = [e for e in logs if e["event"] == "eval_finished"]
         assert [e["improved"] for e in evals] == [True, True, True, False, False, False]
         assert [e["stale"] for e in evals] == [0, 0, 0, 1, 2, 3]
@@ -351,21 +354,54 @@ def test_a_restart_keeps_the_plateau_and_the_best(tmp_path, store):
     config = tiny_config(tmp_path / "state", eval_every_steps=2, plateau_patience=2, plateau_margin=0.0,
                          checkpoint_every_steps=1000, cooldown_fraction=0.0)
     worker = ScriptedWorker(config, CorpusQueue(store), ByteTokenizer(), structlog.get_logger(),
-                            script=[2.0, 2.0, 2.0])
+                            script=[2.0] * 200)
     worker.initialize()
     try:
-        for now in range(6):
+        now = 0
+        while not worker.figures.plateaued:  # once the first pass over a.txt is done
+            assert now < 400, "no plateau"
             worker.run_once(float(now))
-        assert worker.figures.plateaued
+            now += 1
+        steps = worker.figures.step
     finally:
         worker.shutdown()
     again = make_worker(tmp_path, store)
     again.initialize()
     try:
         assert again.figures.plateaued and again.figures.best_val_bits_per_byte == 2.0
-        assert again.run_once(100.0) > 0 and again.figures.step == 6
+        assert again.run_once(1000.0) > 0 and again.figures.step == steps
     finally:
         again.shutdown()
+
+
+def test_no_plateau_while_unread_text_remains(tmp_path, store):
+    """A flat held-out figure from the first evaluation on: the plateau rule waits (one
+    `plateau_deferred`) until the first pass over the stored text is done, then plateaus."""
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 300)
+    config = tiny_config(tmp_path / "state", eval_every_steps=4, plateau_patience=2, plateau_margin=0.0,
+                         checkpoint_every_steps=1000, cooldown_fraction=0.0)
+    worker = ScriptedWorker(config, CorpusQueue(store), ByteTokenizer(), structlog.get_logger(),
+                            script=[2.0] * 200)
+    worker.initialize()
+    try:
+        with capture_logs() as logs:
+            now, fresh_steps = 0, []
+            while not worker.figures.plateaued:
+                assert now < 400, "no plateau"
+                worker.run_once(float(now))
+                if worker.reading_new_text:
+                    fresh_steps.append(worker.figures.step)
+                now += 1
+        events = [e["event"] for e in logs]
+        deferred = [e for e in logs if e["event"] == "plateau_deferred"]
+        assert len(deferred) == 1 and deferred[0]["reason"] == "new_text" and deferred[0]["evaluations"] == 2
+        assert deferred[0]["step"] == 12  # the best at step 4, then two flat: long before the pass ends
+        plateau = next(e for e in logs if e["event"] == "training_plateaued")
+        # the last step that read new text came before the plateau, and the pass was complete
+        assert max(fresh_steps) < plateau["step"] and plateau["epoch"] >= 1.0
+        assert events.index("plateau_deferred") < events.index("training_plateaued")
+    finally:
+        worker.shutdown()
 
 
 def test_the_best_model_is_a_cooled_copy_and_live_training_goes_on_undisturbed(tmp_path, monkeypatch):
