@@ -32,7 +32,11 @@ run stopped half-way records nothing and starts over next time.
                    events, each segment's first left out as bench/daemon.py does), the last
                    `eval_finished` (val_bits_per_byte, train_bits_per_byte, epoch), whether and
                    when (daemon seconds) `training_plateaued` was logged, the `trainer_idle`
-                   times, and a count of every event name.
+                   and `plateau_deferred` times, every `eval_finished` (the daemon's own
+                   held-out curve), every `model_grown` (with the figures just before and just
+                   after), the depth and parameters trained at the end (`n_layer`,
+                   `params_now`), and a count of every event name. Each --horizons row carries
+                   the depth, parameters and growths up to its minute.
   torch:LR:MIN     PyTorch eager (crawler.bench.torch_reference.TorchGPT) at size S: byte tokenizer
                    V=257, d=128, L=4, H=4, T=128, B=16; AdamW betas (0.9, 0.95), weight decay 0.1
                    on the engine's DECAYED tensors, clip 1.0, torch.set_num_threads(--threads);
@@ -289,7 +293,9 @@ def run_daemon(run: Run, args, corpus: Path) -> dict:
                 if args.horizons is not None:  # kept even if the run is cut short later
                     args.horizons.append({"key": run.key, "corpus": str(corpus), "minutes": mark,
                                           "recipe": [f"{a}.{b}={c}" for a, b, c in run.recipe],
-                                          **checkpoints[-1], **{k: figures.get(k) for k in ("tokens_trained", "tokens_per_s")}},
+                                          **checkpoints[-1], **{k: figures.get(k) for k in (
+                                              "tokens_trained", "tokens_per_s", "n_layer", "params_now",
+                                              "model_grown", "plateaued_at_s", "plateau_deferred_at_s")}},
                                          args.revision)
                 print(f"{run.key}: at {mark:g} daemon min: step {figures['steps']}, bpb best "
                       f"{fmt(checkpoints[-1]['bpb_best'])}, latest {fmt(checkpoints[-1]['bpb_latest'])}",
@@ -340,6 +346,11 @@ def event_figures(segments: list[Segment]) -> dict:
     saved = [e for _, e in named.get("checkpoint_saved", [])]
     evals = named.get("eval_finished", [])
     plateau = named.get("training_plateaued", [])
+    ready = [e for _, e in named.get("trainer_ready", [])]
+    grown = [(t, e) for t, e in named.get("model_grown", [])]
+    # the shape trained at the end of these segments: the newest growth's, else the trainer's
+    shape = (grown[-1][1].get("new") if grown else None) or ((ready[-1].get("model") or {}) if ready else {})
+    params = (grown[-1][1].get("parameters_after") if grown else None) or (ready[-1].get("params") if ready else None)
     last_eval = None
     if evals:
         t, e = evals[-1]
@@ -357,6 +368,14 @@ def event_figures(segments: list[Segment]) -> dict:
         # the idle of the first start, before any file arrived, says nothing: left out
         "trainer_idle_at_s": [round(t, 1) for t, e in named.get("trainer_idle", [])
                               if e["_received"] >= segments[0].start],
+        "n_layer": shape.get("n_layer"), "params_now": params,
+        "model_grown": [{"daemon_s": round(t, 1), **{k: e.get(k) for k in (
+            "step", "tokens_seen", "epoch", "parameters_before", "parameters_after", "val_bits_per_byte_before",
+            "val_bits_per_byte_after", "exact", "val_bits_per_byte", "slope", "passes")}} for t, e in grown],
+        "plateau_deferred_at_s": [round(t, 1) for t, _ in named.get("plateau_deferred", [])],
+        "evaluations": [{"daemon_s": round(t, 1), **{k: e.get(k) for k in (
+            "step", "tokens_trained", "epoch", "val_bits_per_byte", "holdout_tokens", "seconds", "cooldown_steps")}}
+            for t, e in evals],
         "event_counts": {name: len(v) for name, v in sorted(named.items(), key=lambda kv: str(kv[0]))},
     }
 
