@@ -2,9 +2,10 @@
 
 Each row holds the step and tokens trained at the time, the held-out (and optionally training)
 bits per byte, how many held-out tokens were scored, how long it took, whether it was the best
-so far, and (revision 0009) the held-out figure of each source, as JSON. Not the held-out set
-itself (reads.py cuts it into windows, holdout.py and holdout_blocks.py decide which offsets it
-holds) and not the scoring (the engine and the crawler do that); reset_training
+so far, (revision 0009) the held-out figure of each source and (revision 0010) the shape of the
+model measured, both as JSON: where the shape changes between two rows, the model grew. Not the
+held-out set itself (reads.py cuts it into windows, holdout.py and holdout_blocks.py decide which
+offsets it holds) and not the scoring (the engine and the crawler do that); reset_training
 (training_state.py) empties the history with the checkpoints. A mixin of CorpusQueue (queue.py):
 relies on its `database`, and on models.py and rows.py.
 """
@@ -41,14 +42,17 @@ class Evaluations:
         seconds: float,
         best: bool,
         sources: dict[str, tuple[float, int]] | None = None,
+        model: dict[str, int | None] | None = None,
     ) -> int:
         """Appends one evaluation to the history; returns its id (ids ascend in order). Atomic.
 
         `sources` maps a source's name to its (val_bits_per_byte, holdout_tokens), stored as
-        {"NAME": {"val_bits_per_byte": x, "holdout_tokens": n}}. Raises ValueError, writing
-        nothing, for a negative count, a non-finite or negative number, or a non-bool `best`
-        (TypeError for a count that is not an integer). numpy scalars are accepted and stored as
-        Python numbers.
+        {"NAME": {"val_bits_per_byte": x, "holdout_tokens": n}}. `model` describes the model
+        measured, each field a count or None (the crawler's: d_model, n_head, n_layer, parameters,
+        grown_at_step, grown_from_layers), stored as given. Raises ValueError, writing nothing,
+        for a negative count, a non-finite or negative number, or a non-bool `best` (TypeError
+        for a count that is not an integer). numpy scalars are accepted and stored as Python
+        numbers.
         """
         row = {
             "step": _count("step", step),
@@ -63,6 +67,9 @@ class Evaluations:
                 str(name): {"val_bits_per_byte": _number(f"sources[{name!r}]", value),
                             "holdout_tokens": _count(f"sources[{name!r}] tokens", tokens)}
                 for name, (value, tokens) in sources.items()}, sort_keys=True),
+            "model": None if model is None else json.dumps({
+                str(name): None if value is None else _count(f"model[{name!r}]", value)
+                for name, value in model.items()}, sort_keys=True),
         }
         if not isinstance(best, (bool, np.bool_)):
             raise ValueError(f"best ({best!r}) must be a bool")
@@ -95,8 +102,9 @@ class Evaluations:
 
 def _record(row) -> EvaluationRecord:
     values = dict(row._mapping)
-    sources = values.pop("sources", None)
-    return EvaluationRecord(**values, sources=None if sources is None else json.loads(sources))
+    sources, model = values.pop("sources", None), values.pop("model", None)
+    return EvaluationRecord(**values, sources=None if sources is None else json.loads(sources),
+                            model=None if model is None else json.loads(model))
 
 
 def _count(name: str, value) -> int:

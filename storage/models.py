@@ -262,6 +262,10 @@ evaluations = sa.Table(
     # (revision 0009) the figure per source, as JSON: {"SOURCE": {"val_bits_per_byte": x,
     # "holdout_tokens": n}, ...}; NULL for an evaluation recorded before
     sa.Column("sources", sa.Text, nullable=True),
+    # (revision 0010) the model measured, as JSON: {"d_model": C, "n_head": NH, "n_layer": L,
+    # "parameters": n, "grown_at_step": s, "grown_from_layers": l} (the last two null for a model
+    # never grown); the rows where it changes are the growths; NULL for an evaluation recorded before
+    sa.Column("model", sa.Text, nullable=True),
 )
 
 # --- withdrawn text (revision 0005) --------------------------------------------------------------

@@ -111,6 +111,9 @@ class EvaluationRecord:
     created_at: datetime  # aware, UTC
     # per source: {"SOURCE": {"val_bits_per_byte": x, "holdout_tokens": n}}; None before revision 0009
     sources: dict | None = None
+    # the model measured: {"d_model", "n_head", "n_layer", "parameters", "grown_at_step",
+    # "grown_from_layers"} (the growth that gave it this shape; null if none); None before revision 0010
+    model: dict | None = None
 
 
 @dataclass(frozen=True, eq=False)  # identity equality: arrays do not compare to one bool

@@ -5,7 +5,9 @@ training windows) against tokens seen (steps times the configured batch_size x s
 included: docs/EVENTS.md), from the `evaluations` history the training loop keeps in the database,
 into a PNG (matplotlib with the Agg backend: no display needed). Each growth of the model
 (crawler/training/grower.py) is a dashed vertical line at its step, labelled with the depths,
-read from the newest checkpoint's growth records. matplotlib is an optional extra
+read from the history (each row holds the shape measured and the step it grew at) and from the
+newest checkpoint's growth records, for a growth no evaluation followed yet or one from before
+the history kept shapes (revision 0010). matplotlib is an optional extra
 (`pip install 'crystalline[plot]'`); without it the command says so in one line. Reads the store
 only: it runs beside a daemon. Wired into the parser by crawler/cli/main.py.
 """
@@ -38,6 +40,18 @@ def read_history(queue) -> list:
         history += page
         since = page[-1].id
     return history
+
+
+def history_growths(history: list) -> list[dict]:
+    """The growths the history shows ({step, from, to}, oldest first): the first row of each
+    shape it records a growth for (EvaluationRecord.model, crawler/training/evaluation.py)."""
+    growths: dict[int, dict] = {}
+    for e in history:
+        model = e.model or {}
+        step = model.get("grown_at_step")
+        if step is not None and step not in growths:
+            growths[step] = {"step": step, "from": model.get("grown_from_layers"), "to": model.get("n_layer")}
+    return list(growths.values())
 
 
 def read_growths(state_dir: Path) -> list[dict]:
@@ -90,7 +104,9 @@ def command_plot(args: argparse.Namespace) -> int:
     axes.annotate(f"best {best.val_bits_per_byte:.3f} at step {best.step:,}",
                   (best.step * per_step / 1e6, best.val_bits_per_byte), textcoords="offset points", xytext=(0, 12),
                   ha="center", fontsize=8)
-    growths = read_growths(config.state_dir)
+    # one mark a step: the checkpoint's record and the history's row of the same growth agree
+    marks = {g["step"]: g for g in read_growths(config.state_dir) + history_growths(history)}
+    growths = [marks[step] for step in sorted(marks)]
     for growth in growths:
         x = growth["step"] * per_step / 1e6
         axes.axvline(x, color="0.4", linestyle="--", linewidth=1)

@@ -2,20 +2,21 @@
 bits per byte, cools a copy of the model down before measuring it, keeps the best model so far,
 and applies the plateau rule.
 
-Each evaluation measures held-out bits per byte, overall and per source (the blocks grouped by
-the source of the document each starts in: crawler/training/sources.py), records both in the
-store's history and logs `eval_finished`. The model measured is a cool-down copy
-(`cooldown_fraction`): the live model trained on further, with the rate decayed to 0, then put
-back exactly, so live training goes on undisturbed. The best model so far is kept as
-STATE_DIR/checkpoints/best.safetensors, apart from the rolling checkpoints. When
-`plateau_patience` evaluations in a row fail to beat the best by `plateau_margin`
-(`plateau_due`), the loop plateaus (`plateau`): with `idle = "sleep"` it waits until new text
-arrives (`stays_plateaued`). When the held-out set grows (new text) or changes (a withdrawal, or
-blocks held out for a new source), the best model is measured again on the new set, so the
-plateau rule always compares like with like. The best is judged on the overall figure over the
-whole held-out set as it stands (the split's base and the blocks per source), never on one
-source's: a model that learns a new source at the cost of an old one is better only if the whole
-set says so, and the figures per source show the trade.
+Each evaluation measures held-out bits per byte, overall and per source (the blocks grouped by the
+source of the document each starts in: crawler/training/sources.py), records both in the store's
+history with the shape of the model measured (`measured_model`: where it changes from one row to
+the next, the model grew, and the row says at which step) and logs `eval_finished`. The model
+measured is a cool-down copy (`cooldown_fraction`): the live model trained on further, with the
+rate decayed to 0, then put back exactly, so live training goes on undisturbed. The best model so
+far is kept as STATE_DIR/checkpoints/best.safetensors, apart from the rolling checkpoints. When
+`plateau_patience` evaluations in a row fail to beat the best by `plateau_margin` (`plateau_due`),
+the loop plateaus (`plateau`): with `idle = "sleep"` it waits until new text arrives
+(`stays_plateaued`). When the held-out set grows (new text) or changes (a withdrawal, or blocks
+held out for a new source), the best model is measured again on the new set, so the plateau rule
+always compares like with like. The best is judged on the overall figure over the whole held-out
+set as it stands (the split's base and the blocks per source), never on one source's: a model that
+learns a new source at the cost of an old one is better only if the whole set says so, and the
+figures per source show the trade.
 
 Not when to evaluate (crawler/training/schedule.py), nor the rolling checkpoints (the worker
 commits them; this writes only best.safetensors). Relies on the engine's Trainer (`evaluate`,
@@ -127,9 +128,11 @@ class Evaluation:
         sources: dict[str, tuple[float, int]] = {}  # filled by the measure of the model handed out
         if cooled is not None:
             cooldown_steps = cooled[3]
+            model = measured_model(cooled[4], cooled[0].size, self.trainer.growth)
             with self.trainer.parameters_of(cooled[0]):
                 value = self.measure(holdout, sources)
         else:
+            model = measured_model(self.trainer.model_config, self.trainer.params.size, self.trainer.growth)
             live = value = self.measure(holdout, sources)
         best = f.best_val_bits_per_byte
         improved = best is None or value < best - daemon.plateau_margin
@@ -144,7 +147,7 @@ class Evaluation:
         self.write("evaluation", lambda: self.queue.record_evaluation(
             step=step, epoch=f.epoch, tokens_trained=f.tokens_trained, val_bits_per_byte=value,
             train_bits_per_byte=f.train_bits_per_byte, holdout_tokens=holdout.tokens, seconds=seconds, best=is_best,
-            sources=sources or None))
+            sources=sources or None, model=model))
         self.log.info("eval_finished", step=step, epoch=round(f.epoch, 3),
                       tokens_trained=f.tokens_trained, val_bits_per_byte=round(value, 4),
                       live_val_bits_per_byte=None if live is None else round(live, 4), cooldown_steps=cooldown_steps,
@@ -314,3 +317,15 @@ class Evaluation:
         self.figures.plateaued = bool(plateau.get("plateaued", False))
         self._plateau_end = int(plateau.get("stream_end", 0))
         self._last_cooldown_step = int(extra.get("last_cooldown_step", 0))
+
+
+def measured_model(config, parameters: int, growth: list[dict]) -> dict:
+    """The model an evaluation measured, for the history: its shape, its parameter count, and the
+    growth that gave it this shape (the step it grew at and the depth it grew from, from the newest
+    of the trainer's growth records, engine.Trainer.grow, that ends at this depth; both None for a
+    model born with it). Every row carries it, so the history alone says where each shape began:
+    `crystalline plot` and the page mark the growths from it."""
+    grown = next((r for r in reversed(growth) if (r.get("new") or {}).get("n_layer") == config.n_layer), None)
+    return {"d_model": config.d_model, "n_head": config.n_head, "n_layer": config.n_layer,
+            "parameters": int(parameters), "grown_at_step": None if grown is None else grown.get("step"),
+            "grown_from_layers": None if grown is None else (grown.get("old") or {}).get("n_layer")}

@@ -9,6 +9,9 @@ the old and new shape and parameter counts, the step and the reason. The loop's 
 here: the plateau count starts again (the grown model gets its own patience), the step times and
 the figures the page and `status` show take the new shape. The growth record itself lives in the
 engine's train_state, which every later checkpoint carries; the worker writes one right after.
+The evaluation history learns of it from the next evaluation on, whose row holds the new shape
+and the step it grew at (evaluation.py, `measured_model`); no row of its own, since the figures
+measured here are the live weights', not the cooled copy's the history's curve is made of.
 
 Between growths it keeps the policy's history (`Point`s, the last doubling of tokens seen), which
 a checkpoint's `extra` carries as ages (`state` / `restore`), so a restart judges the curve as an

@@ -86,6 +86,6 @@ def evaluations_after(daemon, since: int, limit: int) -> list[dict]:
     rows = _open_queue(daemon).evaluations(since=since, limit=limit)
     return [{"id": r.id, "step": r.step, "epoch": r.epoch, "tokens_trained": r.tokens_trained,
              "val_bits_per_byte": r.val_bits_per_byte, "train_bits_per_byte": r.train_bits_per_byte,
-             "holdout_tokens": r.holdout_tokens, "sources": r.sources, "best": r.best,
+             "holdout_tokens": r.holdout_tokens, "sources": r.sources, "model": r.model, "best": r.best,
              "created_at": str(r.created_at)}
             for r in rows]

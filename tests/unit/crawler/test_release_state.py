@@ -23,7 +23,7 @@ from crawler.ingest.pipeline import Ingestor
 from crawler.ingest.tokenizer import ByteTokenizer
 from crawler.service.status import status_report
 from crawler.training.worker import TrainingWorker
-from engine import ModelConfig
+from engine import ModelConfig, count_parameters
 from storage import CorpusQueue, HoldoutSplit, StorageConfig, open_database
 from storage.db import current_revision
 from storage.models import meta
@@ -45,13 +45,14 @@ def unpack(tmp_path: Path) -> Path:
 def test_the_release_state_opens_and_keeps_what_it_recorded(tmp_path):
     state = unpack(tmp_path)
     with CorpusQueue(open_database(StorageConfig(url=f"sqlite:///{state / 'corpus.db'}").validate())) as queue:
-        assert current_revision(queue.database) == "0009"  # upgraded from 0008 on open
+        assert current_revision(queue.database) == "0010"  # upgraded from 0008 on open
         with queue.database.read() as connection:
             assert connection.execute(sa.select(meta.c.value).where(meta.c.key == "holdout")).scalar() == RELEASE_SPLIT
         assert (queue.cursor().step, queue.cursor().stream_position, queue.stream_end()) == (
             RELEASE_STEP, RELEASE_CURSOR, RELEASE_STREAM)
         history = queue.evaluations()
         assert [r.step for r in history] == [20, 40] and all(r.sources is None for r in history)
+        assert all(r.model is None for r in history)  # revision 0010's column: unknown for the release's rows
         # its split, read as it is: exactly the blocks it held out
         earlier = queue.holdout(HoldoutSplit.from_json(RELEASE_SPLIT))
         assert not earlier.per_source and earlier.complete_blocks(RELEASE_STREAM).tolist() == [1, 5, 9, 13, 17, 21]
@@ -109,6 +110,10 @@ def test_the_release_state_trains_with_blocks_per_source_and_none_it_trained_on(
     assert set(last["sources"]) == {"plays", "docs"}
     history = queue.evaluations()
     assert [r.sources for r in history[:2]] == [None, None] and set(history[-1].sources) == {"plays", "docs"}
+    assert [r.model for r in history[:2]] == [None, None]
+    assert history[-1].model == {"d_model": 8, "n_head": 2, "n_layer": 1,  # the model it measured
+                                 "parameters": count_parameters(config.model), "grown_at_step": None,
+                                 "grown_from_layers": None}
     assert any(e["event"] == "holdout_changed" for e in logs)  # the release's best, measured on the new set
     assert queue.cursor().step == RELEASE_STEP + 150  # checkpoints commit on the upgraded schema
     database.close()

@@ -119,6 +119,28 @@ def test_the_loop_grows_logs_checkpoints_and_a_restart_goes_on_from_the_grown_mo
         again.shutdown()
 
 
+def test_the_history_shows_each_shape_and_the_step_it_grew_at(tmp_path, store):
+    """Each evaluation row holds the model it measured: the growth at step 8 shows in the history
+    as the first row of the new shape, which names the step and the depth it grew from, and no
+    row of its own (the curve stays the cooled copies' figures)."""
+    add_text(store, tmp_path, "a.txt", TEXT)
+    worker = worker_for(tiny_config(tmp_path / "state"), store, GrowAt(8, to=3))
+    worker.initialize()
+    try:
+        with capture_logs() as logs:
+            run_to(worker, 12)
+    finally:
+        worker.shutdown()
+    (grown,) = [e for e in logs if e["event"] == "model_grown"]
+    shape = {"d_model": 16, "n_head": 2}
+    born = shape | {"n_layer": 1, "parameters": grown["parameters_before"], "grown_at_step": None,
+                    "grown_from_layers": None}
+    deeper = shape | {"n_layer": 3, "parameters": grown["parameters_after"], "grown_at_step": 8, "grown_from_layers": 1}
+    history = CorpusQueue(store).evaluations()
+    assert [(r.step, r.model) for r in history] == [(4, born), (8, born), (12, deeper)]
+    assert [r.step for r in history] == [e["step"] for e in logs if e["event"] == "eval_finished"]
+
+
 def test_a_resume_across_a_growth_is_bit_exact(tmp_path):
     """Grown at step 8 and run to 16 straight, or stopped at 10 and resumed: the same bits."""
     results = {}

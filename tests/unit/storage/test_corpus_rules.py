@@ -144,7 +144,7 @@ def test_a_store_at_0007_upgrades_with_its_rows_and_counts_from_then_on(make_con
                 source_path="/in/old.txt", size=4, mtime=1.0, status="skipped", reason="empty",
                 version=1, token_count=0, created_at=now, updated_at=now, extractor_version=1))
     with CorpusQueue(open_database(config)) as queue:
-        assert current_revision(queue.database) == "0009"
+        assert current_revision(queue.database) == "0010"
         tables = set(sa.inspect(queue.database.engine).get_table_names())
         assert {"corpus_lines", "document_signatures", "signature_bands"} <= tables
         with queue.database.read() as connection:

@@ -62,7 +62,7 @@ def test_a_store_at_0006_upgrades_and_its_old_skips_are_offered_again(make_confi
                 source_path="/in/ls.1.gz", size=4, mtime=1.0, status="skipped", reason="binary",
                 version=1, token_count=0, created_at=now, updated_at=now))
     with CorpusQueue(open_database(config)) as queue:
-        assert current_revision(queue.database) == "0009"
+        assert current_revision(queue.database) == "0010"
         assert extractor_versions(queue) == {"/in/ls.1.gz": None}
         old = ("/in/ls.1.gz", 4, 1.0)
         assert queue.seen_many([old]) == {old}

@@ -24,14 +24,14 @@ from storage.db import (
     head_revision,
     upgrade_schema,
 )
-from storage.models import checkpoints, chunks, documents, meta, metadata
+from storage.models import checkpoints, chunks, documents, evaluations, meta, metadata
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_fresh_database_is_created_at_head(make_config):
     with open_database(make_config()) as database:
-        assert current_revision(database) == head_revision() == "0009"
+        assert current_revision(database) == head_revision() == "0010"
         tables = set(sa.inspect(database.engine).get_table_names())
     assert tables == {*metadata.tables, "alembic_version"}
 
@@ -46,7 +46,7 @@ def test_migrations_build_exactly_the_models(make_config):
 def test_reopening_at_head_changes_nothing(make_config):
     open_database(make_config()).close()
     with open_database(make_config()) as database:
-        assert current_revision(database) == "0009"
+        assert current_revision(database) == "0010"
 
 
 def test_upgrade_from_the_first_schema_keeps_the_rows(make_config):
@@ -80,7 +80,7 @@ def test_upgrade_from_the_first_schema_keeps_the_rows(make_config):
             connection.execute(meta.update().values(value="10").where(meta.c.key == "stream_end"))
 
     with CorpusQueue(open_database(config)) as queue:
-        assert current_revision(queue.database) == "0009"
+        assert current_revision(queue.database) == "0010"
         assert queue.cursor() == Cursor(stream_position=0, tokens_trained=0, step=0)
         windows, position = queue.read_windows(0, 5, 3)
         np.testing.assert_array_equal(windows, [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]])
@@ -98,13 +98,35 @@ def test_upgrade_from_0002_adds_the_evaluations_and_keeps_the_checkpoints(make_c
             connection.execute(checkpoints.insert().values(
                 step=7, path="/ck/7", tokens_trained=70, stream_position=0, loss=3.5))
     with CorpusQueue(open_database(config)) as queue:
-        assert current_revision(queue.database) == "0009"
+        assert current_revision(queue.database) == "0010"
         assert (queue.latest_checkpoint().step, queue.latest_checkpoint().loss) == (7, 3.5)
         assert queue.evaluations() == []
         kept = queue.record_evaluation(
             step=7, epoch=0.0, tokens_trained=70, val_bits_per_byte=3.0, train_bits_per_byte=None,
             holdout_tokens=0, seconds=0.25, best=True)
         assert queue.best_evaluation().id == kept
+
+
+def test_upgrade_from_0009_keeps_the_history_and_gives_its_rows_no_model(make_config):
+    # revision 0010 adds evaluations.model: a row from before has none, a row after holds its own
+    config = make_config()
+    with Database(create_engine(config), config) as database:
+        upgrade_schema(database, "0009")
+        assert "model" not in {c["name"] for c in sa.inspect(database.engine).get_columns("evaluations")}
+        with database.write() as connection:
+            connection.execute(evaluations.insert().values(
+                step=5, epoch=0.5, tokens_trained=50, val_bits_per_byte=3.25, holdout_tokens=64, seconds=0.5,
+                best=True, sources='{"plays": {"holdout_tokens": 64, "val_bits_per_byte": 3.25}}'))
+    with CorpusQueue(open_database(config)) as queue:
+        assert current_revision(queue.database) == "0010"
+        (old,) = queue.evaluations()
+        assert (old.step, old.val_bits_per_byte, old.best, old.model) == (5, 3.25, True, None)
+        assert old.sources == {"plays": {"holdout_tokens": 64, "val_bits_per_byte": 3.25}}
+        model = {"d_model": 16, "n_head": 2, "n_layer": 2, "parameters": 9000, "grown_at_step": 5,
+                 "grown_from_layers": 1}
+        queue.record_evaluation(step=9, epoch=0.9, tokens_trained=90, val_bits_per_byte=3.0, train_bits_per_byte=None,
+                                holdout_tokens=64, seconds=0.5, best=True, model=model)
+        assert [r.model for r in queue.evaluations()] == [None, model]
 
 
 def test_a_newer_revision_is_refused_untouched(database_url, make_config):
@@ -117,7 +139,7 @@ def test_a_newer_revision_is_refused_untouched(database_url, make_config):
     engine = create_engine(config)
     with engine.begin() as connection:
         connection.execute(sa.text("UPDATE alembic_version SET version_num = '0999'"))
-    expected = "is at schema revision 0999, newer than this crystalline (head 0009); upgrade"
+    expected = "is at schema revision 0999, newer than this crystalline (head 0010); upgrade"
     with pytest.raises(SchemaTooNew, match=re.escape(expected)) as raised:
         open_database(config)
     assert str(raised.value).startswith("database " + sa.make_url(database_url).render_as_string())
@@ -133,7 +155,8 @@ def test_migrations_are_found_next_to_the_package():
     assert location == MIGRATIONS == Path(storage.__file__).resolve().parent / "migrations"
     assert location.is_absolute()
     script = ScriptDirectory.from_config(alembic_config())
-    assert [revision.revision for revision in script.walk_revisions()] == ["0009", "0008", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
+    assert [revision.revision for revision in script.walk_revisions()] == [
+        "0010", "0009", "0008", "0007", "0006", "0005", "0004", "0003", "0002", "0001"]
 
 
 def test_pyproject_ships_the_migrations_as_package_data():

@@ -458,6 +458,31 @@ def test_evaluations_round_trip(queue):
     assert queue.best_evaluation().id == queue.latest_evaluation().id == newest_best
 
 
+def test_the_history_keeps_the_shape_of_the_model_measured(queue):
+    """Revision 0010: each row may say which model it measured; where the shape changes, it grew."""
+    born = queue.record_evaluation(**evaluation(step=100))
+    small = {"d_model": 16, "n_head": 2, "n_layer": 1, "parameters": 4_000, "grown_at_step": None,
+             "grown_from_layers": None}
+    before = queue.record_evaluation(**evaluation(step=200, model=small))
+    grown = small | {"n_layer": np.int64(3), "parameters": np.int64(12_000), "grown_at_step": np.int64(200),
+                     "grown_from_layers": 1}
+    after = queue.record_evaluation(**evaluation(step=300, best=False, model=grown))
+    history = {r.id: r for r in queue.evaluations()}
+    assert history[born].model is None
+    assert history[before].model == small
+    assert history[after].model == {"d_model": 16, "n_head": 2, "n_layer": 3, "parameters": 12_000,
+                                    "grown_at_step": 200, "grown_from_layers": 1}
+    assert type(history[after].model["parameters"]) is int
+    assert queue.latest_evaluation().model == history[after].model
+    assert queue.best_evaluation().model == small
+    with pytest.raises(ValueError, match="n_layer"):
+        queue.record_evaluation(**evaluation(step=400, model=small | {"n_layer": -1}))
+    for bad in ({"parameters": 1.5}, {"d_model": "16"}):
+        with pytest.raises(TypeError):
+            queue.record_evaluation(**evaluation(step=400, model=small | bad))
+    assert len(queue.evaluations()) == 3
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{"val_bits_per_byte": float("nan")}, {"val_bits_per_byte": float("inf")},
