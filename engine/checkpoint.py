@@ -73,6 +73,13 @@ def checkpoint_step(name: str | os.PathLike) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def tensor_bytes(model_config: ModelConfig) -> int:
+    """The bytes of a checkpoint's tensors for this model: params, adam_m and adam_v, float32 each.
+    A file is these and its header (8 bytes of length, then the JSON of the tensors' entries and
+    the metadata, padded to 8), so a file's header is its size less this."""
+    return len(TENSORS) * np.dtype(np.float32).itemsize * parameter_table(model_config).size
+
+
 def _digest(tensors: list[np.ndarray], metadata: dict[str, str]) -> str:
     h = hashlib.sha256()
     for array in tensors:

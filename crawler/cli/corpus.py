@@ -251,6 +251,36 @@ def _disk_line(disk: dict) -> str:
     return ", ".join(parts) + ("" if free is None else f"; {free / 1e9:.1f} GB free")
 
 
+GROWTH_SHOWN = {"off": "growth off", "depth_set": "growth off: the depth was set by hand",
+                "max_layers": "growth at max_layers already"}
+
+
+def _forecast_lines(forecast: dict | None) -> list[str]:
+    """`forecast   checkpoints 0.5 MB now, about 8.0 MB at 16 layers (after 4 growths; 2 kept and
+    best.safetensors, 2.7 MB each); over the cap of 5.0 MB`: the folder now, measured, and what
+    retention keeps at the deepest shape growth reaches (crawler/training/forecast.py), against
+    the cap; then a warning line with what to change when it would not fit."""
+    if not forecast:
+        return []
+    largest, depths = forecast["largest"], forecast["depths"]
+    grows = len(depths) - 1
+    how = (f"after {grows} growth{'s' if grows > 1 else ''}" if forecast["growth"] == "on"
+           else GROWTH_SHOWN.get(forecast["growth"], forecast["growth"]))
+    line = (f"forecast   checkpoints {_megabytes(forecast['used_bytes'])} now, about "
+            f"{_megabytes(largest['bytes'])} at {largest['n_layer']} layers ({how}; {forecast['keep']} kept and "
+            f"best.safetensors, {_megabytes(largest['file_bytes'])} each)")
+    if forecast["fits"] is None:
+        return [line]
+    cap = _megabytes(forecast["cap_bytes"])
+    if forecast["fits"]:
+        return [line + f"; within the cap of {cap}"]
+    change = "lower [daemon] keep_checkpoints" + (" or [growth] max_layers" if grows else "")
+    return [line + f"; over the cap of {cap}",
+            f"warning    at {largest['n_layer']} layers the checkpoints kept would take about "
+            f"{_megabytes(largest['bytes'])}, over checkpoints_max_mb ({cap}): the cap would delete some that "
+            f"keep_checkpoints keeps; raise [daemon] checkpoints_max_mb, or {change}"]
+
+
 def command_status(args: argparse.Namespace) -> int:
     from ..state.health import check_health, lock_holder, read_health
 
@@ -319,6 +349,7 @@ def describe_status(report: dict, config: Config, now: float) -> str:
         lines.append(_held_out_line(report["evaluation"], now))
         lines.extend(_source_lines(report["evaluation"]))
     lines.append(f"disk       {_disk_line(report['disk'])}")
+    lines.extend(_forecast_lines(report.get("checkpoint_forecast")))
     lines.append(f"state dir  {report['state_dir']}")
     lines.append(f"database   {report['database']}" + ("" if report.get("exists") else "  (not created yet)"))
     return "\n".join(lines)

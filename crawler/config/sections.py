@@ -74,9 +74,11 @@ class DaemonConfig:
     keep_checkpoints: int = 3
     # disk caps in MB (1,000,000 bytes); 0: no cap. Enforced oldest first (docs/STORAGE.md):
     # checkpoints/ by step, never the newest committed checkpoint nor best.safetensors
-    # (keep_checkpoints already bounds it for one model size); processed/ (your own files, moved
-    # there by after_ingest = "move") and quarantine/ (checkpoint files set aside, kept for you to
-    # judge) by modification time. Off by default: each deletes what cannot be made again
+    # (keep_checkpoints already bounds it for one model size; a growing model's files grow with
+    # it, and `crystalline status` forecasts them at the deepest shape); processed/ (your own
+    # files, moved there by after_ingest = "move") and quarantine/ (checkpoint files set aside,
+    # kept for you to judge) by modification time. Off by default: each deletes what cannot be
+    # made again
     checkpoints_max_mb: int = 0
     processed_max_mb: int = 0
     quarantine_max_mb: int = 0

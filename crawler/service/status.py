@@ -3,8 +3,10 @@
 `store_report` reads the figures of an open corpus queue (documents, tokens, the last checkpoint
 and the model it holds: its shape and growths, from the file's header; the held-out
 evaluations); `status_report` opens the store of a configuration itself (without
-creating one) and adds the disk use by part. The CLI prints them; the daemon's page serves the
-same dict, with the live figures of the running trainer beside it.
+creating one). Both add the disk use by part and what the checkpoints will take at the deepest
+shape growth reaches (crawler/training/forecast.py, for the model training goes on with). The
+CLI prints them; the daemon's page serves the same dict, with the live figures of the running
+trainer beside it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def store_report(config: Config, queue) -> dict:
     """The queue's figures, the held-out evaluations and the disk use, as a JSON-able dict."""
     stats = queue.stats()
     last = stats.last_checkpoint
+    disk = disk_usage(config.state_dir, config.daemon, stats.database_bytes)
     return {
         "state_dir": str(config.state_dir), "database": display_url(config.database_url), "exists": True,
         "documents": dict(stats.documents), "tokens_total": stats.tokens_total,
@@ -55,7 +58,8 @@ def store_report(config: Config, queue) -> dict:
         "evaluation": {"latest": evaluation_record(queue.latest_evaluation()),
                        "best": best_record(config, evaluation_record(queue.best_evaluation())),
                        "recent": [evaluation_record(e) for e in recent_evaluations(queue)]},
-        "disk": disk_usage(config.state_dir, config.daemon, stats.database_bytes),
+        "disk": disk,
+        "checkpoint_forecast": checkpoint_forecast(config, None if last is None else last.path, disk),
     }
 
 
@@ -97,6 +101,45 @@ def checkpoint_model(config: Config, stored_path: str) -> dict | None:
         return None
 
 
+def checkpoint_forecast(config: Config, stored_path: str | None, disk: dict) -> dict:
+    """`forecast_checkpoints` for the model training goes on with, beside the bytes the folder
+    holds now (`used_bytes`, measured: `disk`'s): the model of the checkpoint a row names, with
+    its file's header, or, when there is none or it cannot be read, the configuration's with the
+    state directory's vocabulary, as a fresh start builds it."""
+    from ..training.forecast import forecast_checkpoints
+
+    model, header = present_model(config, stored_path)
+    forecast = forecast_checkpoints(model, config.daemon.keep_checkpoints, config.growth, config.depth_set_in,
+                                    header_bytes=header, cap_bytes=disk["checkpoints"]["cap_bytes"])
+    return {"used_bytes": disk["checkpoints"]["bytes"], **forecast.to_dict()}
+
+
+def present_model(config: Config, stored_path: str | None):
+    """(the ModelConfig training goes on with, its checkpoint file's header bytes or None): the
+    checkpoint's model wins over the configuration (crawler/training/resume.py), and the
+    vocabulary of a fresh model is the state directory's tokenizer's."""
+    from dataclasses import replace
+
+    from engine import CheckpointError, ModelConfig
+    from engine.checkpoint import read_metadata, tensor_bytes
+
+    from ..ingest.tokenizer import load_state_tokenizer
+    from ..training.checkpoints import CheckpointStore
+
+    if stored_path is not None:
+        path = CheckpointStore(config.state_dir).resolve(stored_path)
+        try:
+            model = ModelConfig.from_dict(read_metadata(path, "model_config"))
+            return model, path.stat().st_size - tensor_bytes(model)
+        except (CheckpointError, OSError, ValueError):  # pruned meanwhile, or damaged
+            pass
+    try:
+        vocab_size = load_state_tokenizer(config.state_dir).vocab_size
+    except (OSError, ValueError):  # a tokenizer.json that does not load: the start would say so
+        vocab_size = config.model.vocab_size
+    return replace(config.model, vocab_size=vocab_size), None
+
+
 def tokens_untrained(report: dict) -> int:
     """Tokens training has not reached yet: the store's figure, which moves only at checkpoints,
     or a running daemon's own from its health report (`daemon.health.queue_tokens`) where that is
@@ -113,8 +156,9 @@ def status_report(config: Config) -> dict:
     """`store_report` of the configuration's store, opened here; a SQLite store that does not
     exist yet is reported as such (`exists: false`, the disk use) and not created."""
     if not config.store.url and not (config.state_dir / DATABASE_FILE).exists():
+        disk = disk_usage(config.state_dir, config.daemon, None)
         return {"state_dir": str(config.state_dir), "database": display_url(config.database_url), "exists": False,
-                "disk": disk_usage(config.state_dir, config.daemon, None)}
+                "disk": disk, "checkpoint_forecast": checkpoint_forecast(config, None, disk)}
     database, queue = open_queue(config)
     try:
         return store_report(config, queue)

@@ -24,7 +24,9 @@ reason there is no growth (`Assessment.why_not`):
      model); `too_slow` (the step time, scaled from the present one by the ratio of parameters,
      over max_step_seconds); `too_big` (the trainer's memory, scaled by the larger of the ratios of
      parameters and of blocks, over the memory limit).
-Otherwise grow to min(max_layers, max(L + 1, round(L * factor))) blocks.
+Otherwise grow to min(max_layers, max(L + 1, round(L * factor))) blocks (`grown_depth`; the depths
+a model can pass through on the way to max_layers are `reachable_depths`, which `status` uses to
+forecast the checkpoints' disk use).
 
 Why a doubling. A learning curve is near a power law in tokens seen, a straight line on log-log
 axes, so a window spanning a fixed ratio of tokens weighs the curve alike at every age, where a
@@ -101,6 +103,26 @@ def machine_memory_mb() -> float:
         return math.inf
 
 
+def grown_depth(n_layer: int, config: GrowthConfig) -> int:
+    """The depth one growth takes a model of `n_layer` blocks to: `factor` times as deep, at least
+    one block more, at most max_layers."""
+    return min(config.max_layers, max(n_layer + 1, round(n_layer * config.factor)))
+
+
+def reachable_depths(n_layer: int, config: GrowthConfig, depth_set_in: str = "") -> list[int]:
+    """The depths a model of `n_layer` blocks passes through as the rule grows it, `n_layer` first
+    and the deepest last: [n_layer] alone when growth is off, when the depth was set by hand
+    (`depth_set_in`), or when the model has max_layers blocks or more already (a `crystalline grow`
+    may have gone past it). An upper bound: the data, the step time or the memory may stop growth
+    earlier (the rule's step 4)."""
+    depths = [n_layer]
+    if not config.enabled or depth_set_in:
+        return depths
+    while depths[-1] < config.max_layers:
+        depths.append(grown_depth(depths[-1], config))
+    return depths
+
+
 def log_log_slope(points: Sequence[Point]) -> float | None:
     """-d ln(bpb) / d ln(tokens seen) by least squares over `points` (positive while the curve
     falls); None for fewer than two distinct token counts."""
@@ -174,7 +196,7 @@ class GrowthPolicy:
             return blocked("data_limit")
         if last.passes < c.min_passes:
             return blocked("few_passes")
-        n_layer = min(c.max_layers, max(L + 1, round(L * c.factor)))
+        n_layer = grown_depth(L, c)
         add = n_layer - L
         parameters = last.parameters + add * last.block_parameters
         tokens_per_parameter = last.stored_tokens / parameters
