@@ -239,7 +239,8 @@ class TorchMuon:
     """The engine's `optimizer = "muon"` in PyTorch: Muon (engine/muon.py's formulas: momentum,
     Nesterov look-ahead, the quintic Newton-Schulz on u / ||u||_F, decoupled decay, the step scaled
     by sqrt(max(1, rows / cols))) for the matrices engine.muon.MUON_TENSORS names, each q, k and v
-    block of qkvw on its own; torch.optim.AdamW for every other tensor. Clip the gradients first,
+    block of qkvw on its own, all the same-shaped matrices of a tensor orthogonalised together as
+    one batch (`orthogonalise`); torch.optim.AdamW for every other tensor. Clip the gradients first,
     as the engine does; `step(lr)` takes AdamW's rate and scales Muon's by the same schedule."""
 
     def __init__(self, model: TorchGPT, train) -> None:
@@ -255,14 +256,18 @@ class TorchMuon:
 
     @staticmethod
     def orthogonalise(G, steps: int):
-        """NewtonSchulz5 of a (rows, cols) matrix, as engine.muon.newton_schulz_reference."""
+        """NewtonSchulz5 of a (rows, cols) matrix, or of each of a (batch, rows, cols) stack at
+        once (one batched product a Newton-Schulz step and product, as modded-nanogpt's batched
+        Muon runs the same-shaped matrices of all layers), as engine.muon.newton_schulz_reference:
+        each matrix is scaled by its own Frobenius norm."""
         a, b, c = NS_COEFFICIENTS
-        X = G.T if G.shape[0] > G.shape[1] else G
-        X = X / (X.norm() + NS_NORM_EPS)
+        tall = G.shape[-2] > G.shape[-1]
+        X = G.mT if tall else G
+        X = X / (X.norm(dim=(-2, -1), keepdim=True) + NS_NORM_EPS)
         for _ in range(steps):
-            A = X @ X.T
+            A = X @ X.mT
             X = a * X + (b * A + c * A @ A) @ X
-        return X.T if G.shape[0] > G.shape[1] else X
+        return X.mT if tall else X
 
     def step(self, lr: float | None = None) -> None:
         torch = require_torch()
@@ -275,12 +280,11 @@ class TorchMuon:
                 grad = weight.grad
                 momentum.mul_(beta).add_(grad, alpha=1 - beta)
                 u = (1 - beta) * grad + beta * momentum  # (L, rows, cols)
-                rows = u.shape[1] // blocks
-                for l in range(u.shape[0]):
-                    for k in range(blocks):
-                        part = slice(k * rows, (k + 1) * rows)
-                        update = self.orthogonalise(u[l, part], tc.ns_steps) * max(1.0, rows / u.shape[2]) ** 0.5
-                        weight[l, part] = weight[l, part] * (1 - muon_lr * tc.muon_weight_decay) - muon_lr * update
+                L, rows, cols = u.shape[0], u.shape[1] // blocks, u.shape[2]
+                # every layer's blocks (q, k and v of qkvw) are matrices of one shape: one stack
+                update = self.orthogonalise(u.reshape(L * blocks, rows, cols), tc.ns_steps)
+                update = update.reshape(L, blocks * rows, cols) * max(1.0, rows / cols) ** 0.5
+                weight.mul_(1 - muon_lr * tc.muon_weight_decay).sub_(muon_lr * update)
             for group in self.adamw.param_groups:
                 group["lr"] = lr
         self.adamw.step()

@@ -185,3 +185,20 @@ def test_trainer_steps_match_torch_muon_with_clipping(threads):
             update[key_bias] = ref_update[key_bias]  # a zero gradient: Adam's step there is noise
             assert_close_per_tensor(update, ref_update, UPDATE_RTOL, f"update at step {step}")
             before, ref_before = after, ref_after
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 9), (3, 11, 7), (4, 8, 8)])
+def test_batched_newton_schulz_equals_the_matrix_by_matrix_iteration(shape):
+    """TorchMuon.orthogonalise of a stack of same-shaped matrices (one batched product a step)
+    equals orthogonalising each on its own, and the engine's numpy reference, in float64; each
+    matrix is scaled by its own norm, so one large matrix does not shrink the others."""
+    from crawler.bench.torch_reference import TorchMuon
+    from engine.muon import newton_schulz_reference
+
+    rng = np.random.default_rng(7)
+    G = rng.standard_normal(shape) * np.array([1e-3, 1.0, 50.0, 2.0, 0.3])[: shape[0], None, None]
+    batched = TorchMuon.orthogonalise(torch.from_numpy(G), 5).numpy()
+    for i in range(shape[0]):
+        one = TorchMuon.orthogonalise(torch.from_numpy(G[i]), 5).numpy()
+        np.testing.assert_allclose(batched[i], one, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(batched[i], newton_schulz_reference(G[i], 5), rtol=1e-9, atol=1e-12)
