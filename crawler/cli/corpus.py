@@ -300,6 +300,21 @@ def command_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _time_share(share: dict | None) -> str | None:
+    """"training 84 % of the last 10 min (evaluation 15 %, checkpoints 0 %, idle 0 %, the loop 1 %)"
+    from the daemon's TimeShare figures (crawler/training/figures.py); None without them."""
+    if not share or not share.get("window_s"):
+        return None
+    minutes = share["window_s"] / 60
+
+    def pct(key: str) -> str:
+        return f"{100 * share.get(key, 0.0):.0f} %"
+
+    span = f"{minutes:.0f} min" if minutes >= 1 else f"{share['window_s']:.0f} s"
+    return (f"training {pct('train')} of the last {span} (evaluation {pct('evaluate')}, checkpoints "
+            f"{pct('checkpoint')}, idle {pct('idle')}, the loop between steps {pct('other')})")
+
+
 def describe_status(report: dict, config: Config, now: float) -> str:
     """The status report for a person: rounded figures with units, what the daemon is doing,
     the held-out figure and its trend (and each source's), ages, and the time to drain the queue
@@ -320,6 +335,8 @@ def describe_status(report: dict, config: Config, now: float) -> str:
                 figures.append(f"{_count(rate)} tokens/s")
             updated = _age(h.get("updated_at"), now)
             lines.append("training   " + ", ".join(figures) + (f" (as of {updated} ago)" if updated else ""))
+            if share := _time_share(h.get("time_share")):
+                lines.append("time       " + share)
     else:
         lines.append("daemon     not running")
     if report.get("exists"):

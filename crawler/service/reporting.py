@@ -54,6 +54,7 @@ class DaemonReports:
             "paused": f.paused if f else None,
             "n_layer": f.n_layer if f else None, "parameters": f.parameters if f else None,
             "growths": len(f.growths) if f else None,
+            "time_share": f.time_share if f else None,
             "rss_mb": process_stats()["rss_mb"],
             "threads": trainer.trainer.threads if trainer and trainer.trainer else None,
             "workers": {name: t.is_alive() for name, t in self.workers.items()},

@@ -57,7 +57,7 @@ from ..state.writable import WriteState
 from .batches import STREAM_CACHE_FILE, Batches, TrainedText
 from .checkpoints import CheckpointStore, stream_digest
 from .evaluation import Evaluation
-from .figures import StepLog, TrainingFigures
+from .figures import StepLog, TimeShare, TrainingFigures
 from .grower import Grower
 from .resume import open_trainer
 from .schedule import Schedule
@@ -79,13 +79,15 @@ class TrainingWorker:
     `command` is recorded in each checkpoint (retention deletes only its own); None keeps the
     command of the checkpoint resumed from (`crystalline grow`, which rewrites one in place).
     `growth_policy` replaces the [growth] policy (crawler/training/grower.py; tests script one).
+    `timer` (seconds, monotonic) times the parts of the loop for `TimeShare` only, apart from
+    `clock`, so that the schedule never depends on it.
     """
 
     name = "trainer"
 
     def __init__(self, config: Config, queue, tokenizer, log, clock=time.monotonic,
                  pinned: dict[str, str] | None = None, command: str | None = "run", stopping=lambda: False,
-                 writes: WriteState | None = None, team=None, growth_policy=None):
+                 writes: WriteState | None = None, team=None, growth_policy=None, timer=time.perf_counter):
         self.config = config
         self.stopping = stopping  # true once a stop was asked for: a cool-down gives way to it
         self.command = command  # recorded in each checkpoint: retention deletes only its own
@@ -106,6 +108,7 @@ class TrainingWorker:
         self.figures = TrainingFigures()
         self.checkpoints = CheckpointStore(config.state_dir, queue, self.log)  # files, rows, names, retention
         self.steps = StepLog(clock)
+        self.share = TimeShare(timer)  # where the loop's time went over the last ten minutes
         self.schedule = Schedule(clock)
         # the parts that need the store's split and the trainer: built by initialize()
         self.batches: Batches | None = None
@@ -221,6 +224,7 @@ class TrainingWorker:
         if self.pause_requested != f.paused:
             self._set_paused(self.pause_requested)
         if f.paused:
+            self._share_idle(True)
             return PAUSED_POLL_SECONDS
         self.batches.poll_withdrawals(now, step)
         if f.plateaued and self.evaluation.stays_plateaued(step, daemon.idle):
@@ -236,11 +240,14 @@ class TrainingWorker:
         self.reading_new_text = batch.fresh > 0
         self._idle(False)
         inputs, targets = windows[:, :-1], windows[:, 1:]
+        started = self.share.timer()
         try:
             stats = self.trainer.step(inputs, targets) if self.team is None else self.team.step(self.trainer, windows)
         except NonFiniteLoss as exc:
             self.log.error("train_step_failed", step=self.trainer.step_count, error=str(exc))
             return 0.0  # the batch that diverged is skipped (its windows count as taken)
+        finally:
+            self.share.add("train", started)
         f.tokens_trained += batch.fresh * T
         f.tokens_seen += stats.tokens
         f.step, f.loss = stats.step, stats.loss
@@ -248,6 +255,7 @@ class TrainingWorker:
         self.steps.record(stats, stats.loss * targets.size, self.tokenizer.token_bytes(targets))
         schedule.stepped()
         if stats.step % daemon.log_every == 0:
+            f.time_share = self.share.shares()
             self.steps.report(now, stats, f, self.log, new_windows=batch.fresh,
                               replay_windows=windows.shape[0] - batch.fresh)
         checkpoint_due, growths = self._checkpoint_due(now), self.grower.count
@@ -263,7 +271,14 @@ class TrainingWorker:
         stream's length less its held-out and withdrawn regions (so 0 to 1 during the first pass)."""
         self.figures.epoch = self.figures.tokens_seen / max(1, self.batches.trainable_tokens)
 
+    def _share_idle(self, idle: bool) -> None:
+        """Tell TimeShare the loop is idle (or paused), or has work again; report on entering."""
+        self.share.idle(idle)
+        if idle:
+            self.figures.time_share = self.share.shares()
+
     def _idle(self, idle: bool) -> float:
+        self._share_idle(idle)
         if idle and not self.figures.idle:
             self.log.info("trainer_idle", step=self.figures.step, position=self.figures.position,
                           plateaued=self.figures.plateaued)
@@ -277,6 +292,13 @@ class TrainingWorker:
         deepen the model, else apply the plateau rule. Returns the figure, or None while the
         stream holds no complete held-out block. A growth is checkpointed by the caller (run_once,
         or the checkpoint this evaluation is part of)."""
+        started = self.share.timer()
+        try:
+            return self._evaluate(now)
+        finally:
+            self.share.add("evaluate", started)
+
+    def _evaluate(self, now: float) -> float | None:
         self.schedule.evaluated(now, self.trainer.step_count)
         value = self.evaluation.run(self.config.daemon, self.steps.train_bits_per_byte())
         if value is not None and self.grower.after_evaluation(now, value) is not None:
@@ -373,6 +395,13 @@ class TrainingWorker:
         checkpoint is due. Returns the path, or None when deferred."""
         if self.schedule.last_eval_step != self.trainer.step_count and reason != "shutdown":
             self.evaluate(self.clock())
+        started = self.share.timer()
+        try:
+            return self._commit_checkpoint(reason)
+        finally:
+            self.share.add("checkpoint", started)
+
+    def _commit_checkpoint(self, reason: str) -> Path | None:
         t0 = self.clock()
         step, f = self.trainer.step_count, self.figures
         loss = None if f.loss is None or not math.isfinite(f.loss) else float(f.loss)

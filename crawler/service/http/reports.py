@@ -78,6 +78,8 @@ def live_figures(daemon) -> dict:
         # the page marks the growths on its curve (crawler/training/grower.py)
         "n_layer": getattr(f, "n_layer", None), "parameters": getattr(f, "parameters", None),
         "growths": list(getattr(f, "growths", []) or []),
+        # where the loop's time went over the last ten minutes (crawler/training/figures.py TimeShare)
+        "time_share": getattr(f, "time_share", None),
     }
 
 
