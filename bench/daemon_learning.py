@@ -35,7 +35,8 @@ run stopped half-way records nothing and starts over next time.
                    and `plateau_deferred` times, every `eval_finished` (the daemon's own
                    held-out curve), every `model_grown` (with the figures just before and just
                    after), the depth and parameters trained at the end (`n_layer`,
-                   `params_now`), and a count of every event name. Each --horizons row carries
+                   `params_now`), the last `status` event's `time_share` (where the loop's
+                   time went over its last ten minutes), and a count of every event name. Each --horizons row carries
                    the depth, parameters and growths up to its minute.
   torch:LR:MIN     PyTorch eager (crawler.bench.torch_reference.TorchGPT) at size S: byte tokenizer
                    V=257, d=128, L=4, H=4, T=128, B=16; AdamW betas (0.9, 0.95), weight decay 0.1
@@ -295,7 +296,8 @@ def run_daemon(run: Run, args, corpus: Path) -> dict:
                                           "recipe": [f"{a}.{b}={c}" for a, b, c in run.recipe],
                                           **checkpoints[-1], **{k: figures.get(k) for k in (
                                               "tokens_trained", "tokens_per_s", "n_layer", "params_now",
-                                              "model_grown", "plateaued_at_s", "plateau_deferred_at_s")}},
+                                              "model_grown", "plateaued_at_s", "plateau_deferred_at_s",
+                                              "time_share")}},
                                          args.revision)
                 print(f"{run.key}: at {mark:g} daemon min: step {figures['steps']}, bpb best "
                       f"{fmt(checkpoints[-1]['bpb_best'])}, latest {fmt(checkpoints[-1]['bpb_latest'])}",
@@ -351,6 +353,8 @@ def event_figures(segments: list[Segment]) -> dict:
     # the shape trained at the end of these segments: the newest growth's, else the trainer's
     shape = (grown[-1][1].get("new") if grown else None) or ((ready[-1].get("model") or {}) if ready else {})
     params = (grown[-1][1].get("parameters_after") if grown else None) or (ready[-1].get("params") if ready else None)
+    # the newest `status` event's shares of the loop's time over its last ten minutes (TimeShare)
+    shares = [e.get("time_share") for _, e in named.get("status", []) if e.get("time_share")]
     last_eval = None
     if evals:
         t, e = evals[-1]
@@ -373,6 +377,7 @@ def event_figures(segments: list[Segment]) -> dict:
             "step", "tokens_seen", "epoch", "parameters_before", "parameters_after", "val_bits_per_byte_before",
             "val_bits_per_byte_after", "exact", "val_bits_per_byte", "slope", "passes")}} for t, e in grown],
         "plateau_deferred_at_s": [round(t, 1) for t, _ in named.get("plateau_deferred", [])],
+        "time_share": shares[-1] if shares else None,
         "evaluations": [{"daemon_s": round(t, 1), **{k: e.get(k) for k in (
             "step", "tokens_trained", "epoch", "val_bits_per_byte", "holdout_tokens", "seconds", "cooldown_steps")}}
             for t, e in evals],
