@@ -182,9 +182,11 @@ def _train_loop(args, worker, summary, tokenizer, stop: "StopFlag", log) -> int:
         return 128 + stop.signum
     if worker.unsaved_steps:
         worker.checkpoint(reason="finished")  # evaluated: the figure below is the final model's
+    time_share = worker.share.shares()  # the whole run's, up to its last ten minutes
     worker.shutdown()
     log.info("train_finished", step=figures.step, reason=reason, seconds=round(time.monotonic() - started, 1),
-             val_bits_per_byte=figures.val_bits_per_byte, best_val_bits_per_byte=figures.best_val_bits_per_byte)
+             val_bits_per_byte=figures.val_bits_per_byte, best_val_bits_per_byte=figures.best_val_bits_per_byte,
+             time_share=time_share)
     return 0
 
 

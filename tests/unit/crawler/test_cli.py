@@ -404,6 +404,9 @@ def test_eval_generate_and_export_use_the_best_checkpoint(capsysbinary, tmp_path
     assert best.step == best_eval["step"]
     finished = next(e for e in events(err) if e["event"] == "train_finished")
     assert finished["best_val_bits_per_byte"] == pytest.approx(best_eval["val_bits_per_byte"], abs=1e-4)
+    share = finished["time_share"]  # 12 steps, 3 evaluations with their cool-downs, 3 checkpoints
+    assert share["train"] > 0 and share["evaluate"] > 0 and share["checkpoint"] > 0
+    assert sum(share[k] for k in ("train", "evaluate", "checkpoint", "idle", "other")) == pytest.approx(1, abs=0.01)
 
     status, out, err = run(capsys, "eval", bigger_corpus, "--json", "--threads", "1", "--state-dir", state)
     assert status == 0, err
