@@ -16,6 +16,11 @@ disjoint, so nothing takes a lock; the barriers are the only synchronisation. Su
 and the plans are fixed, so a run is deterministic for a given thread count, and a matrix's
 update is computed by one thread alone, so it is the same bits whichever worker owns it.
 
+Timing: each worker writes into its own slot of `reduce_seconds` the time its reduce_rows calls
+took in the last training job, barrier waits left out (they are the time spent waiting for the
+slowest worker, not summing). A perf_counter reading either side of a kernel call, per tree
+level: cheap enough to leave on, and nothing the arithmetic sees.
+
 The update plan: matrices go whole to workers by longest-processing-time-first on their cost
 (for Muon, the Newton-Schulz flops): largest first, each to the least-loaded worker, ties to the
 lower index. The rest of the buffer is split evenly, by element count, into aligned ranges.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -155,6 +161,8 @@ class WorkerPool:
         self.plan = reduction_plan(n_workers, size)
         self.segments = split(size, n_workers)
         self.partial_norms = np.zeros(n_workers, dtype=np.float64)
+        # worker w's seconds in reduce_rows during the last training job (row w: written by w alone)
+        self.reduce_seconds = np.zeros(n_workers, dtype=np.float64)
         self._start = threading.Barrier(n_workers + 1)
         self._end = threading.Barrier(n_workers + 1)
         self._inner = threading.Barrier(n_workers)
@@ -200,11 +208,15 @@ class WorkerPool:
                 compute(w)
                 if G is not None:
                     self._inner.wait()
+                    reducing = 0.0
                     for level in self.plan:
                         task = level[w]
                         if task is not None:
+                            started = time.perf_counter()
                             reduce_rows(G, task.rows, task.start, task.stop)
+                            reducing += time.perf_counter() - started
                         self._inner.wait()
+                    self.reduce_seconds[w] = reducing
                     if across is not None:
                         if w == 0:
                             across()

@@ -62,6 +62,18 @@ def limit_blas_threads() -> None:
 
 @dataclass(frozen=True)
 class StepStats:
+    """What one step did and where its time went.
+
+    The phases are the step's critical path, each its slowest worker's: `forward_seconds` and
+    `backward_seconds` are those of the worker whose forward and backward together took longest
+    (the one every other worker waits for at the barrier), `reduce_seconds` the longest any worker
+    spent summing gradient segments, `update_seconds` the longest clip and optimizer update. The
+    slowest rather than the mean, because the step lasts as long as its slowest worker. The phases
+    are separated by barriers, so forward + backward + reduce + update + comm <= seconds; the rest
+    is the barriers' hand-offs, the waits between the reduction tree's levels, the gradient norm
+    and the step's own Python around the worker pool. Timed by perf_counter between kernel calls.
+    """
+
     step: int  # optimizer steps taken so far, this one included
     loss: float  # mean cross-entropy (nats per token) over the global batch, before the update
     crystalline_loss: float  # mean c(x_t, y_t), the seed's crystalline metric
@@ -71,6 +83,9 @@ class StepStats:
     tokens: int
     seconds: float
     update_seconds: float = 0.0  # the update phase (clip and optimizer), its slowest worker
+    forward_seconds: float = 0.0  # forward passes and their loss sums, of the slowest computing worker
+    backward_seconds: float = 0.0  # backward passes, of the same worker
+    reduce_seconds: float = 0.0  # summing the workers' gradients along the tree, its slowest worker
     comm_seconds: float = 0.0  # sums across ranks (engine/distributed.py): gradients, or an average
 
 
@@ -100,6 +115,7 @@ class Trainer:
         self.cost = crystalline_cost_table(model_config.vocab_size) if weight > 0 else np.zeros((1, 1), np.float32)
         self._sums = np.zeros((self.threads, 3), dtype=np.float64)  # loss, expected, crystal
         self._update_seconds = np.zeros(self.threads, dtype=np.float64)
+        self._compute_seconds = np.zeros((self.threads, 2), dtype=np.float64)  # forward, backward
         self._build(params, m, v)
         # across processes: this rank's place, and how the ranks agree (engine/distributed.py)
         self.comm = comm if comm is not None else Communicator()
@@ -262,19 +278,24 @@ class Trainer:
         dloss = 1.0 / (inputs.size * ranks)  # "sync": the mean over every rank's rows
         weight = tc.crystalline_weight
         cfg, p, cost = self.model_config, self.p_views, self.cost
-        sums = self._sums
+        sums, phases = self._sums, self._compute_seconds
         sums[:] = 0.0
+        phases[:] = 0.0
 
         def compute(w: int) -> None:
             ws, g = self.workspaces[w], self.g_views[w]
             start, stop = self.rows[w]
             for a in range(start, stop, self.micro_batch):
                 x, y = inputs[a : min(stop, a + self.micro_batch)], targets[a : min(stop, a + self.micro_batch)]
+                started = time.perf_counter()
                 acts = forward(cfg, p, ws, x, y, cost, weight)
                 sums[w, 0] += acts.losses.sum(dtype=np.float64)
                 sums[w, 1] += acts.expected.sum(dtype=np.float64)
                 sums[w, 2] += acts.crystal.sum(dtype=np.float64)
+                forwarded = time.perf_counter()
                 backward(cfg, p, g, ws, x, y, cost, weight, dloss)
+                phases[w, 0] += forwarded - started
+                phases[w, 1] += time.perf_counter() - forwarded
 
         clip = tc.grad_clip
         grads = self.G[0]
@@ -321,10 +342,13 @@ class Trainer:
             if self.distributed.average_state:
                 self.averager.average_moments(self.m, self.v)
             self.comm_seconds += time.perf_counter() - started
+        slowest = int(phases.sum(axis=1).argmax())  # the worker the compute barrier waited for
         return StepStats(step=t, loss=float(totals[0]), crystalline_loss=float(totals[2]),
                          objective=float(totals[0] + weight * totals[1]), lr=lr, grad_norm=norm,
                          tokens=int(inputs.size * ranks), seconds=time.perf_counter() - t0,
-                         update_seconds=float(self._update_seconds.max()), comm_seconds=self.comm_seconds)
+                         update_seconds=float(self._update_seconds.max()), comm_seconds=self.comm_seconds,
+                         forward_seconds=float(phases[slowest, 0]), backward_seconds=float(phases[slowest, 1]),
+                         reduce_seconds=float(self.pool.reduce_seconds.max()))
 
     def evaluate(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
         """Forward only: summed cross-entropy in nats over all positions, and their count. Any

@@ -1,7 +1,9 @@
-"""`crystalline bench`'s report: the machine it ran on, and the measurements as an aligned table.
+"""`crystalline bench`'s report: the machine it ran on, and the measurements as an aligned table,
+then the lines on the state directory's model (crawler/bench/your_model.py).
 
 What crawler.bench.throughput measured, written out; measures nothing itself. Relies on numpy
-and numba (their versions), and on torch only to name its version when it is installed.
+and numba (their versions), on torch only to name its version when it is installed, and on the
+words `crystalline status` writes counts and durations in (crawler/service/status.py).
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ def format_table(report: dict) -> str:
     peaks = ", ".join(f"{p['threads']} thr {p['gflops']:.1f}" for p in report["peak_gflops"])
     arch = report["arch"]
     what = "the product's default: rotary positions, Muon" if arch == "product" else "GPT-2, AdamW"
-    lines = [f"architecture: {arch} ({what}); MFU over forward, backward and reduction; "
-             f"update: clipping and optimizer (share of the step)",
+    lines = [f"architecture: {arch} ({what}); MFU over forward, backward and reduction",
+             "share of the step: forward, backward, reduction (summing the threads' gradients), update "
+             "(clipping and optimizer), rest (the threads' hand-offs and waits)",
              f"float32 matmul peak (numpy sgemm, GFLOP/s): {peaks}"]
     start = report["start_time"]
     if start:
         lines.append(f"numba start: cold compile {start['cold_s']:.1f} s, warm (cached) {start['warm_s']:.1f} s")
-    header = ["config", "params", "threads", "tok/s", "eff", "GFLOP/s", "MFU", "update ms", "MB/thread"]
+    header = ["config", "params", "threads", "tok/s", "eff", "GFLOP/s", "MFU", *SHARE_HEADER, "MB/thread"]
     if report["compare_torch"]:
         header += ["torch tok/s", "engine/torch"]
     rows = [header]
@@ -60,7 +63,7 @@ def format_table(report: dict) -> str:
                 "-" if eff is None else f"{eff:.2f}",
                 f"{r['gflops']:.2f}",
                 f"{100 * r['mfu']:.1f}%",
-                f"{r['update_ms_median']:.1f} ({100 * r['update_share']:.0f}%)",
+                *share_cells(r["shares"]),
                 f"{r['memory_per_thread_mb']:.1f}",
             ]
             if report["compare_torch"]:
@@ -71,4 +74,54 @@ def format_table(report: dict) -> str:
     for row in rows:
         cells = zip(row, widths) if len(row) == len(header) else zip(row, widths[: len(row) - 1] + [0])
         lines.append("  ".join(cell.rjust(width) for cell, width in cells))
+    if report.get("your_model") is not None:
+        lines.extend(your_model_lines(report["your_model"]))
     return "\n".join(lines)
+
+
+# the phases of a step as the table's columns head them, in the order of the report's "shares"
+SHARES = (("forward", "fwd"), ("backward", "bwd"), ("reduce", "reduce"), ("update", "update"), ("rest", "rest"))
+SHARE_HEADER = [column for _, column in SHARES]
+
+
+def share_cells(shares: dict) -> list[str]:
+    """Each phase's share of the step as a whole percentage, in SHARES' order."""
+    return [f"{100 * shares[phase]:.0f}%" for phase, _ in SHARES]
+
+
+def your_model_lines(yours: dict) -> list[str]:
+    """"your model: 41.2k tokens/s; one pass over your 1.2M stored tokens takes about 29 s ...",
+    with what was timed under it; one line when the state directory holds no stored text."""
+    from ..service.status import count_text, duration_text
+
+    if not yours["stored_tokens"]:
+        return [f"your model: no stored text in {yours['state_dir']} yet "
+                "(crystalline ingest PATH, or --state-dir DIR for another state directory)"]
+    def plural(count: int, word: str) -> str:
+        return f"{count} {word}" + ("" if count == 1 else "s")
+
+    def about(seconds: float) -> str:
+        return "under a second" if seconds < 1 else f"about {duration_text(seconds)}"
+
+    model = yours["model"]
+    source = "the last checkpoint's" if model["from"] == "checkpoint" else "as configured"
+    what = (f"  {plural(model['n_layer'], 'layer')}, d_model {model['d_model']}, {plural(model['n_head'], 'head')}, "
+            f"vocabulary {model['vocab_size']} ({count_text(model['parameters'])} parameters, {source}); "
+            f"{plural(yours['threads'], 'thread')}, batch {yours['batch_size']} x {yours['seq_len']}; "
+            f"{yours['state_dir']}")
+    if "skipped" in yours:
+        return [f"your model: not timed: {yours['skipped']}", what]
+    untrained = yours["untrained_tokens"]
+    first = (f"your model: {count_text(yours['tokens_per_s'])} tokens/s; one pass over your "
+             f"{count_text(yours['stored_tokens'])} stored tokens takes {about(yours['pass_seconds'])}")
+    if untrained:
+        first += f", the {count_text(untrained)} not yet trained {about(yours['untrained_seconds'])}"
+    else:
+        first += "; all of it has been trained"
+    shares = ", ".join(f"{column} {cell}" for (_, column), cell in zip(SHARES, share_cells(yours["shares"])))
+    lines = [first, what,
+             f"  MFU {100 * yours['mfu']:.1f}%; share of the step: {shares}; training time only "
+             "(evaluations and checkpoints add to it)"]
+    if yours["trainer_running"]:
+        lines.append("  a trainer holds this state directory now and shares the cores: the figures are low")
+    return lines

@@ -5,7 +5,10 @@ For each config and thread count it reports training tokens/s (median whole step
 optimizer included, after warm-up steps, on random token data), parallel efficiency, achieved
 GFLOP/s and MFU over the forward, backward and gradient reduction (the step less its update
 phase) against this machine's measured single-precision matmul peak at that thread count, the
-update phase (clipping and the optimizer) on its own, and memory per worker. --arch chooses the
+share of the step each phase takes (forward, backward, reduction, update: clipping and the
+optimizer, and the rest: the workers' hand-offs; engine StepStats), and memory per worker.
+Then, for the state directory the command was given (crawler/bench/your_model.py), the model
+it trains and the time to one pass over its stored text. --arch chooses the
 architecture and optimizer: the product's default (`crystalline run`'s [model] and [train]:
 rotary positions, Muon for the matrices) or GPT-2 with AdamW (the engine's own defaults).
 Once per run it times numba's cold compile and warm (cached) start in a subprocess. With
@@ -240,25 +243,48 @@ def parse_list(text: str, allowed: dict | None = None, what: str = "value") -> l
 # the two trainers
 
 
-def measure_engine(bench: BenchConfig, threads: int, batches: list, steps: int, warmup: int,
-                   arch: str = "gpt2") -> dict:
-    """Engine tokens/s (median whole step), the median forward + backward + reduction (the step
-    less its update phase), the median update phase, and memory per worker."""
+PHASES = ("forward", "backward", "reduce", "update")  # StepStats' <phase>_seconds, in step order
+
+
+def phase_shares(stats: list) -> dict:
+    """Each phase's share of the steps' time (engine StepStats: the slowest worker's forward,
+    backward, reduction and update), and "rest", what is left: the barriers' hand-offs, the waits
+    between the reduction's levels, the gradient norm and the step's Python. Shares of the summed
+    time of all `stats`, not of a median step, so that they add up to 1."""
+    total = sum(s.seconds for s in stats)
+    shares = {phase: sum(getattr(s, f"{phase}_seconds") for s in stats) / total for phase in PHASES}
+    shares["rest"] = max(0.0, 1.0 - sum(shares.values()))
+    return shares
+
+
+def measure_trainer(model_config: ModelConfig, train_config: TrainConfig, batches: list, steps: int,
+                    warmup: int) -> dict:
+    """A Trainer's tokens/s (median whole step), the median forward + backward + reduction (the
+    step less its update phase), each phase's median and share of the step, and memory per worker."""
     from engine import Trainer
 
     stats = []
-    with Trainer(bench.model_config(arch), bench.train_config(threads, arch)) as trainer:
+    with Trainer(model_config, train_config) as trainer:
         durations = time_steps(lambda i: stats.append(trainer.step(*batches[i % len(batches)])), steps, warmup)
         memory = trainer.memory_per_thread_mb
     timed = stats[warmup:]
     median = statistics.median(durations)
-    return {
-        "tokens_per_s": bench.batch_size * bench.seq_len / median,
+    result = {
+        "tokens_per_s": train_config.batch_size * train_config.seq_len / median,
         "step_ms_median": median * 1e3,
         "compute_ms_median": statistics.median(s.seconds - s.update_seconds for s in timed) * 1e3,
-        "update_ms_median": statistics.median(s.update_seconds for s in timed) * 1e3,
-        "memory_per_thread_mb": memory,
     }
+    for phase in PHASES:
+        result[f"{phase}_ms_median"] = statistics.median(getattr(s, f"{phase}_seconds") for s in timed) * 1e3
+    result["shares"] = phase_shares(timed)
+    result["memory_per_thread_mb"] = memory
+    return result
+
+
+def measure_engine(bench: BenchConfig, threads: int, batches: list, steps: int, warmup: int,
+                   arch: str = "gpt2") -> dict:
+    """measure_trainer on one config at `threads` worker threads."""
+    return measure_trainer(bench.model_config(arch), bench.train_config(threads, arch), batches, steps, warmup)
 
 
 def measure_torch(bench: BenchConfig, threads: int, batches: list, steps: int, warmup: int,
@@ -309,7 +335,6 @@ def run_config(bench: BenchConfig, threads: list[int], peaks: dict, args) -> dic
         tokens = bench.batch_size * bench.seq_len
         entry["gflops"] = per_token * tokens / entry["compute_ms_median"] / 1e6
         entry["mfu"] = entry["gflops"] / peaks[n]
-        entry["update_share"] = entry["update_ms_median"] / entry["step_ms_median"]
         if args.compare_torch:
             theirs = measure_torch(bench, n, batches, args.steps, args.warmup, arch)
             entry["torch_tokens_per_s"] = theirs["tokens_per_s"]
@@ -367,14 +392,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-start-time", action="store_true", help="skip timing numba's cold compile and warm start"
     )
+    parser.add_argument(
+        "--skip-your-model", action="store_true",
+        help="skip timing the state directory's model and the time to one pass over its stored text",
+    )
     # matrix size of the peak measurement; tests shrink it.
     parser.add_argument("--peak-size", type=int, default=2048, help=argparse.SUPPRESS)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the benchmark and print the report; returns the process exit status."""
+def main(args: argparse.Namespace, config=None) -> int:
+    """Run the benchmark and print the report; returns the process exit status. With `config`
+    (crawler.config.Config, as the CLI resolves it for the state directory) and without
+    --skip-your-model, the report ends with the model that state directory trains
+    (crawler/bench/your_model.py); its store is read first, so a store error stops the command
+    before the long part."""
     peak_size = getattr(args, "peak_size", 2048)
     skip_start = getattr(args, "skip_start_time", False)
+    yours = config is not None and not getattr(args, "skip_your_model", False)
     try:
         names = parse_list(args.configs, {**CONFIGS, **HIDDEN_CONFIGS}, "config")
         threads = parse_list(args.threads, what="threads")
@@ -388,6 +422,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"crystalline bench: {exc}", file=sys.stderr)
         return 2
 
+    if yours:
+        from .your_model import measure_your_model, stored_text
+
+        text = stored_text(config)
     peaks = {n: measure_matmul_peak(n, size=peak_size) for n in threads}
     report = {
         "machine": machine_info(),
@@ -402,5 +440,9 @@ def main(args: argparse.Namespace) -> int:
     for name in names:
         bench = CONFIGS.get(name) or HIDDEN_CONFIGS[name]
         report["configs"].append(run_config(bench, threads, peaks, args))
+    report["your_model"] = None
+    if yours:
+        report["your_model"] = measure_your_model(config, text, peaks, args.steps, args.warmup,
+                                                  lambda n: measure_matmul_peak(n, size=peak_size))
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0

@@ -22,7 +22,9 @@ from ..ingest.archives import MEMBER_SEPARATOR
 from ..ingest.pipeline import Ingestor, IngestSummary, iter_files
 from ..logging import get_logger
 from ..service.opening import open_queue
-from ..service.status import status_report, tokens_untrained
+from ..service.status import count_text as _count
+from ..service.status import duration_text as _duration
+from ..service.status import seconds_to_train, status_report, tokens_untrained
 from ..state.disk import PROCESSED_DIR
 from .opener import add_state_flags, command_config
 from .progress import IngestProgress, on_terminal
@@ -352,7 +354,7 @@ def describe_status(report: dict, config: Config, now: float) -> str:
             text += f" ({_count(withdrawn)} withdrawn: forgotten, or earlier versions of rewritten files)"
         rate = h.get("tokens_per_s")
         if queued and rate:  # the share of a batch that is new text: the rest is replay
-            seconds = queued / (rate * (1.0 - config.daemon.replay_fraction))
+            seconds = seconds_to_train(queued, rate, config.daemon.replay_fraction)
             text += f" (about {_duration(seconds)} to train at the current rate)"
         lines.append(text)
         last = report["last_checkpoint"]
@@ -444,28 +446,6 @@ def _source_lines(evaluation: dict) -> list[str]:
             line += f"; {same[-1] - same[0]:+.3f} over the last {len(same)} evaluations"
         lines.append(line)
     return lines
-
-
-def _count(value: float) -> str:
-    """4,071,523 -> 4.07M; 24360.2 -> 24.4k."""
-    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= size:
-            return f"{value / size:.3g}{unit}" if value / size < 100 else f"{value / size:.0f}{unit}"
-    return f"{value:.0f}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, seconds = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    if minutes:
-        return f"{minutes} min" + (f" {seconds} s" if minutes < 10 and seconds else "")
-    return f"{seconds} s"
 
 
 def _age(timestamp: Any, now: float) -> str | None:

@@ -5,10 +5,11 @@ flags and handler from its module: `train` (train.py), `grow` (grow.py), `genera
 `export` (model.py), `tokenizer train` (tokenizer.py), `ingest`, `status`, `forget` (corpus.py), `show`
 (show.py), `run`, `pause`, `resume`, `init` (service.py), `repair`, `reset`, `backup`
 (state.py), `plot` (plot.py); `bench` is crawler/bench/throughput.py's, whose flags are
-parsed only when it runs. Every command finds its state directory as the daemon does
-(opener.py). Every expected failure (a missing file, no or an incompatible checkpoint, a bad
-flag value, a store error) ends as ONE line `crystalline: error: ...` on stderr and a non-zero
-exit status, never a traceback; a traceback means a bug.
+parsed only when it runs (its `--state-dir` and `--config` are opener.py's). Every command
+finds its state directory as the daemon does (opener.py). Every expected failure (a missing
+file, no or an incompatible checkpoint, a bad flag value, a store error) ends as ONE line
+`crystalline: error: ...` on stderr and a non-zero exit status, never a traceback; a traceback
+means a bug.
 
 State layout: STATE_DIR/corpus.db (the corpus, the cursor, checkpoint rows, the evaluation
 history), STATE_DIR/checkpoints/ckpt-*.safetensors (rolling) and best.safetensors, and an
@@ -43,6 +44,7 @@ from ..state.health import DaemonAlreadyRunning
 from .corpus import add_commands as add_corpus_commands
 from .grow import add_commands as add_grow_commands
 from .model import add_commands as add_model_commands
+from .opener import add_state_flags, command_config
 from .parsing import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, PROG, CliError, Parser
 from .plot import add_commands as add_plot_commands
 from .progress import SHOWN_BY_BARS, BarSafeStream, on_terminal
@@ -91,14 +93,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     bench_parser = Parser(prog=f"{PROG} bench", description=(bench.__doc__ or "").split("\n")[0])
     bench.add_arguments(bench_parser)
+    add_state_flags(bench_parser)  # the state directory whose model bench also times
     return bench_parser.parse_args(rest, namespace=args)
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    """Hand the parsed flags to crawler.bench.throughput, imported only when asked for."""
+    """Hand the parsed flags, and unless --skip-your-model the state directory's configuration
+    (resolved as every command resolves it), to crawler.bench.throughput, imported only when
+    asked for."""
     from ..bench import throughput as bench
 
-    status = bench.main(args)
+    config = None if args.skip_your_model else command_config(args)
+    status = bench.main(args, config)
     return 0 if status is None else int(status)
 
 

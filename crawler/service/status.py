@@ -6,7 +6,9 @@ evaluations); `status_report` opens the store of a configuration itself (without
 creating one). Both add the disk use by part and what the checkpoints will take at the deepest
 shape growth reaches (crawler/training/forecast.py, for the model training goes on with). The
 CLI prints them; the daemon's page serves the same dict, with the live figures of the running
-trainer beside it.
+trainer beside it. Also the one estimate of how long the text not yet trained takes at a rate
+(`seconds_to_train`), and the words for counts and durations that `crystalline status` and
+`crystalline bench` (its "your model" line) print them in.
 """
 
 from __future__ import annotations
@@ -150,6 +152,35 @@ def tokens_untrained(report: dict) -> int:
     if isinstance(live, int) and not isinstance(live, bool):
         queued = min(queued, max(0, live))
     return queued
+
+
+def seconds_to_train(tokens: int, tokens_per_s: float, replay_fraction: float) -> float:
+    """Training seconds until `tokens` of text not yet trained are trained at `tokens_per_s`: a
+    share `replay_fraction` of every batch rereads trained text, so new text goes at the rest."""
+    return tokens / (tokens_per_s * (1.0 - replay_fraction))
+
+
+def count_text(value: float) -> str:
+    """4,071,523 -> 4.07M; 24360.2 -> 24.4k."""
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{unit}" if value / size < 100 else f"{value / size:.0f}{unit}"
+    return f"{value:.0f}"
+
+
+def duration_text(seconds: float) -> str:
+    """3725 -> "1 h 2 min"; 95 -> "1 min 35 s": the two largest units, rounded to the second."""
+    seconds = max(0, int(round(seconds)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h"
+    if hours:
+        return f"{hours} h {minutes} min"
+    if minutes:
+        return f"{minutes} min" + (f" {seconds} s" if minutes < 10 and seconds else "")
+    return f"{seconds} s"
 
 
 def status_report(config: Config) -> dict:

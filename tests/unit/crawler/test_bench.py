@@ -1,12 +1,14 @@
 """crawler.bench.throughput: the FLOP count against an independent count of every matmul, the peak and
-timing helpers on tiny inputs, `main --json` on the hidden tiny config, and its configs against the
-one table of named sizes (engine.sizes)."""
+timing helpers on tiny inputs, `main --json` on the hidden tiny config with each phase's share of
+the step, its configs against the one table of named sizes (engine.sizes), and the state
+directory's own model (crawler.bench.your_model) on a tiny state with a few stored documents."""
 
 import argparse
 import json
 import math
 import sys
 
+import numpy as np
 import pytest
 
 from crawler.bench import throughput as bench
@@ -119,13 +121,46 @@ def test_main_json_on_the_tiny_config_has_every_measurement(capsys):
     assert [r["threads"] for r in config["results"]] == [1, 2]
     for r in config["results"]:
         for key in ("tokens_per_s", "parallel_efficiency", "gflops", "mfu", "memory_per_thread_mb",
-                    "update_ms_median", "compute_ms_median"):
+                    "forward_ms_median", "backward_ms_median", "update_ms_median", "compute_ms_median"):
             assert r[key] > 0, key
         # MFU counts the forward, backward and reduction only; the update is the rest of the step
         assert r["compute_ms_median"] < r["step_ms_median"]
-        assert r["update_share"] == pytest.approx(r["update_ms_median"] / r["step_ms_median"])
+        # each phase's share of the step, and the rest: they add up to the whole step
+        shares = r["shares"]
+        assert list(shares) == ["forward", "backward", "reduce", "update", "rest"]
+        assert all(0.0 <= share <= 1.0 for share in shares.values()), shares
+        assert sum(shares.values()) == pytest.approx(1.0)
+        assert shares["forward"] > 0 and shares["backward"] > 0 and shares["update"] > 0
+        assert (shares["reduce"] > 0) == (r["threads"] > 1)  # one thread sums nothing
     assert config["results"][0]["parallel_efficiency"] == 1.0
     assert report["arch"] == config["arch"] == "product"
+    assert report["your_model"] is None  # no state directory was given
+
+
+def test_phase_shares_are_each_phases_time_over_the_steps_time():
+    from engine.trainer import StepStats
+
+    def stats(seconds, forward, backward, reduce, update):
+        return StepStats(step=1, loss=0.0, crystalline_loss=0.0, objective=0.0, lr=0.0, grad_norm=0.0, tokens=1,
+                         seconds=seconds, forward_seconds=forward, backward_seconds=backward,
+                         reduce_seconds=reduce, update_seconds=update)
+
+    shares = bench.phase_shares([stats(1.0, 0.3, 0.4, 0.1, 0.1), stats(3.0, 1.0, 1.6, 0.0, 0.3)])
+    expected = {"forward": 1.3 / 4, "backward": 2.0 / 4, "reduce": 0.1 / 4, "update": 0.4 / 4, "rest": 0.2 / 4}
+    assert shares == pytest.approx(expected)
+
+
+def test_the_table_shows_each_phases_share_of_the_step(capsys):
+    args = parse_bench_args("--configs", "tiny", "--threads", "1", "--steps", "2", "--warmup", "1",
+                            "--peak-size", "32", "--skip-start-time")
+    assert bench.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("config")).split()
+    assert header[header.index("MFU") + 1 : header.index("MB/thread")] == ["fwd", "bwd", "reduce", "update", "rest"]
+    (row,) = [line.split() for line in lines if line.lstrip().startswith("tiny")]
+    cells = row[header.index("fwd") : header.index("MB/thread")]
+    assert all(cell.endswith("%") for cell in cells) and sum(int(cell[:-1]) for cell in cells) in range(97, 104)
+    assert not any(line.startswith("your model") for line in lines)
 
 
 @pytest.mark.parametrize("arch", ["product", "gpt2"])
@@ -157,15 +192,136 @@ def test_main_explains_how_to_install_torch_when_it_is_missing(capsys, monkeypat
     assert "pip install -e '.[bench]'" in capsys.readouterr().err
 
 
-def test_crystalline_bench_runs_through_the_command_line(capsys):
-    """`crystalline bench` as a user types it: the CLI finds the bench room and hands it its flags."""
+def test_crystalline_bench_runs_through_the_command_line(capsys, tmp_path):
+    """`crystalline bench` as a user types it: the CLI finds the bench room and hands it its flags,
+    and the state directory it resolves; one without a store yet adds no measurement."""
+    status, out, _ = run_bench_command(capsys, "--json", "--arch", "gpt2", "--steps", "1", "--warmup", "0",
+                                       "--state-dir", tmp_path / "empty")
+    assert status == 0
+    report = json.loads(out)
+    assert report["arch"] == "gpt2" and [c["name"] for c in report["configs"]] == ["tiny"]
+    assert report["your_model"] == {"state_dir": str(tmp_path / "empty"), "stored_tokens": 0}
+    assert not (tmp_path / "empty").exists()  # nothing created
+    status, out, _ = run_bench_command(capsys, "--state-dir", tmp_path / "empty")
+    assert out.splitlines()[-1] == (f"your model: no stored text in {tmp_path / 'empty'} yet "
+                                    "(crystalline ingest PATH, or --state-dir DIR for another state directory)")
+
+
+# ---------------------------------------------------------------------------------------------
+# your model: the one the state directory trains, and one pass over its stored text
+
+TINY_STATE = ("[model]\nd_model = 16\nn_layer = 1\nn_head = 2\ncontext_length = 16\n"
+              "[train]\nbatch_size = 4\nseq_len = 16\nthreads = 1\n")
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog():
+    """The CLI's main() points structlog at the captured stderr; leave no stale stream behind."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+
+
+def run_bench_command(capsys, *argv) -> tuple[int, str, str]:
+    """`crystalline bench` on the tiny config, one thread, through the command line."""
     from crawler.cli.main import main
 
-    status = main(["bench", "--json", "--configs", "tiny", "--threads", "1", "--steps", "1", "--warmup", "0",
-                   "--peak-size", "32", "--skip-start-time", "--arch", "gpt2"])
-    assert status == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["arch"] == "gpt2" and [c["name"] for c in report["configs"]] == ["tiny"]
+    status = main(["bench", "--configs", "tiny", "--threads", "1", "--steps", "2", "--warmup", "1",
+                   "--peak-size", "32", "--skip-start-time", *[str(a) for a in argv]])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def tiny_state(tmp_path, texts: dict[str, str], settings: str = TINY_STATE):
+    """A state directory with a tiny model's settings and `texts` ingested (byte tokens); returns
+    it, the store's figures and its configuration."""
+    from crawler.config import load_config
+    from crawler.ingest.pipeline import Ingestor
+    from crawler.ingest.tokenizer import ByteTokenizer
+    from crawler.service.opening import open_queue
+
+    state, files = tmp_path / "state", tmp_path / "files"
+    state.mkdir()
+    files.mkdir()
+    (state / "crystalline.toml").write_text(settings)
+    config = load_config(None, state_dir=state)
+    database, queue = open_queue(config)
+    try:
+        for name, text in texts.items():
+            (files / name).write_text(text)
+            assert Ingestor(queue, ByteTokenizer()).ingest_file(files / name).status == "ingested"
+        return state, queue.stats(), config
+    finally:
+        database.close()
+
+
+WORDS = "crystal lattice grows slowly in the cold dark cave and".split()
+
+
+def generated_texts(count: int = 3, words: int = 200) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    return {f"{i}.txt": " ".join(rng.choice(WORDS, size=words)) + "\n" for i in range(count)}
+
+
+def test_your_model_is_timed_on_the_state_directorys_settings_with_its_stored_text(capsys, tmp_path):
+    from dataclasses import replace
+
+    from crawler.service.status import count_text, duration_text
+    from engine import count_parameters
+
+    texts = generated_texts()
+    state, stats, config = tiny_state(tmp_path, texts)
+    stored = stats.tokens_total
+    assert stored >= sum(len(text.encode()) for text in texts.values())
+
+    status, out, err = run_bench_command(capsys, "--json", "--state-dir", state)
+    assert status == 0, err
+    yours = json.loads(out)["your_model"]
+    assert yours["state_dir"] == str(state)
+    assert yours["stored_tokens"] == yours["untrained_tokens"] == stored  # nothing trained yet
+    parameters = count_parameters(replace(config.model, vocab_size=257))  # the settings, byte vocabulary
+    assert yours["model"] == {"n_layer": 1, "d_model": 16, "n_head": 2, "vocab_size": 257, "from": "configuration",
+                              "parameters": parameters}
+    assert (yours["threads"], yours["batch_size"], yours["seq_len"]) == (1, 4, 16)
+    assert yours["tokens_per_s"] > 0 and 0 < yours["mfu"] and yours["trainer_running"] is False
+    assert sum(yours["shares"].values()) == pytest.approx(1.0)
+    rate = yours["tokens_per_s"]
+    assert yours["pass_seconds"] == pytest.approx(stored / rate)
+    # the part not yet trained shares each batch with replay, as `crystalline status` reckons it
+    assert yours["replay_fraction"] == 0.05
+    assert yours["untrained_seconds"] == pytest.approx(stored / (rate * 0.95))
+
+    status, out, _ = run_bench_command(capsys, "--state-dir", state)
+    line = next(line for line in out.splitlines() if line.startswith("your model: "))
+    assert line.startswith("your model: ") and " tokens/s; one pass over your " in line
+    assert f"one pass over your {count_text(stored)} stored tokens takes " in line
+    assert f", the {count_text(stored)} not yet trained " in line
+    assert duration_text(10_000) == "2 h 46 min"  # the words status uses for the durations
+
+    status, out, _ = run_bench_command(capsys, "--json", "--skip-your-model", "--state-dir", state)
+    assert status == 0 and json.loads(out)["your_model"] is None
+
+
+def test_your_model_is_the_checkpoints_when_there_is_one(capsys, tmp_path):
+    """After training, the checkpoint's model is timed, not a setting changed since, and the part
+    not yet trained is what the checkpoint has not reached."""
+    from crawler.cli.main import main
+
+    state, _, _ = tiny_state(tmp_path, generated_texts())
+    tiny = ["--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16", "--batch-size", "4",
+            "--threads", "1"]
+    assert main(["train", str(tmp_path / "files"), *tiny, "--steps", "3", "--state-dir", str(state)]) == 0, \
+        capsys.readouterr().err
+    capsys.readouterr()
+    (state / "crystalline.toml").write_text(TINY_STATE.replace("n_layer = 1", "n_layer = 2"))
+
+    status, out, err = run_bench_command(capsys, "--json", "--state-dir", state)
+    assert status == 0, err
+    yours = json.loads(out)["your_model"]
+    assert (yours["model"]["n_layer"], yours["model"]["from"]) == (1, "checkpoint")
+    assert 0 < yours["untrained_tokens"] < yours["stored_tokens"]
+    assert yours["untrained_seconds"] < yours["pass_seconds"] / 0.95
 
 
 # ---------------------------------------------------------------------------------------------

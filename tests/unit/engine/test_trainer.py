@@ -120,6 +120,61 @@ def test_micro_batches_accumulate_to_the_same_step():
     np.testing.assert_allclose(l_full, l_micro, rtol=1e-5)
 
 
+# ---------------------------------------------------------------------------------------------
+# where a step's time goes (StepStats' phases)
+
+PHASES = ("forward_seconds", "backward_seconds", "reduce_seconds", "update_seconds", "comm_seconds")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_step_reports_its_phases_and_they_fit_inside_it(threads):
+    x, y = batch(TINY, 4, 8)
+    tc = TrainConfig(batch_size=4, seq_len=8, threads=threads, micro_batch_size=1)
+    with Trainer(TINY, tc) as trainer:
+        for _ in range(3):
+            stats = trainer.step(x, y)
+            phases = [getattr(stats, name) for name in PHASES]
+            assert all(seconds >= 0.0 for seconds in phases), phases
+            # the phases are separated by barriers: their critical path fits inside the step
+            assert sum(phases) <= stats.seconds, (phases, stats.seconds)
+            assert stats.forward_seconds > 0 and stats.backward_seconds > 0 and stats.update_seconds > 0
+            # one worker has no one to sum with: the reduction tree has no level
+            assert (stats.reduce_seconds > 0) == (threads > 1)
+
+
+def test_each_phase_is_timed_where_it_runs_and_the_slowest_worker_counts(monkeypatch):
+    """A delay put into one kernel call shows in its own phase and no other: worker 1's backward
+    sleeps 200 ms, the reduction 100 ms a call, so the backward figure is the slow worker's; the
+    margins leave room for a busy machine's scheduling."""
+    import threading
+    import time
+
+    import engine.parallel
+    import engine.trainer
+
+    backward, reduce_rows = engine.trainer.backward, engine.parallel.reduce_rows
+
+    def slow_backward(*args):
+        if threading.current_thread().name.endswith("worker-1"):
+            time.sleep(0.2)
+        return backward(*args)
+
+    def slow_reduce_rows(*args):
+        time.sleep(0.1)
+        return reduce_rows(*args)
+
+    x, y = batch(TINY, 4, 8)
+    with Trainer(TINY, TrainConfig(batch_size=4, seq_len=8, threads=2)) as trainer:
+        trainer.step(x, y)  # compiled and warm before the delays go in
+        monkeypatch.setattr(engine.trainer, "backward", slow_backward)
+        monkeypatch.setattr(engine.parallel, "reduce_rows", slow_reduce_rows)
+        stats = trainer.step(x, y)
+    assert stats.backward_seconds >= 0.2
+    assert stats.reduce_seconds >= 0.1  # one tree level: each worker sums one call's segment
+    assert stats.forward_seconds < 0.1 and stats.update_seconds < 0.1
+    assert stats.forward_seconds + stats.backward_seconds + stats.reduce_seconds + stats.update_seconds <= stats.seconds
+
+
 @pytest.mark.parametrize("activation", ["gelu", "relu2"])
 def test_recomputing_the_activation_trains_the_same_bits_in_less_memory(activation):
     config = ModelConfig(vocab_size=11, context_length=8, d_model=16, n_layer=2, n_head=4, seed=3,
