@@ -7,8 +7,9 @@ import pytest
 
 from engine import ConfigError, ModelConfig, TrainConfig, Trainer, load_latest_checkpoint, parameter_table
 from engine.checkpoint import save_checkpoint
-from engine.muon import (NS_COEFFICIENTS, muon_matrices, muon_update, muon_update_reference, newton_schulz,
-                         newton_schulz_reference, orthogonalisation_flops, scratch_size)
+from engine.muon import (NS_COEFFICIENTS, direct_flops, gram_cheaper, gram_flops, muon_matrices, muon_update,
+                         muon_update_reference, newton_schulz, newton_schulz_gram, newton_schulz_reference,
+                         orthogonalisation_flops, scratch_size)
 from engine.parallel import split, update_plan
 from engine.trainer import limit_blas_threads
 
@@ -65,6 +66,48 @@ def test_newton_schulz_kernel_matches_the_float64_reference():
     for shape, steps in (((24, 40), 5), ((40, 24), 3), ((17, 17), 1), ((9, 31), 8)):
         G = rng.standard_normal(shape)
         np.testing.assert_allclose(orthogonalise(G, steps), newton_schulz_reference(G, steps), atol=1e-4)
+
+
+def gram(G, steps):
+    """newton_schulz_gram on G (wide or tall), as muon_update runs it for a wide matrix."""
+    X = (G.T if G.shape[0] > G.shape[1] else G) / (np.linalg.norm(G) + 1e-7)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    m, n = X.shape
+    A, B, Q, P = (np.zeros((m, m), np.float32) for _ in range(4))
+    newton_schulz_gram(X, A, B, Q, P, np.zeros((m, n), np.float32), steps)
+    return X.T if G.shape[0] > G.shape[1] else X
+
+
+@pytest.mark.parametrize("shape,steps", [((5, 41), 5), ((13, 40), 5), ((40, 13), 3), ((24, 100), 1), ((9, 31), 4)])
+def test_the_gram_domain_iteration_matches_the_float64_reference(shape, steps):
+    """Gaussian matrices, and one whose singular values fall from 1 to 1e-4 (as a trained
+    model's momentum's do): within 1e-3 of the largest entry, a few times the direct kernel's."""
+    rng = np.random.default_rng(sum(shape) + steps)
+    G = rng.standard_normal(shape)
+    m = min(shape)
+    U, _, Vt = np.linalg.svd(rng.standard_normal(shape), full_matrices=False)
+    decaying = U @ np.diag(np.geomspace(1.0, 1e-4, m)) @ Vt
+    for matrix in (G, decaying):
+        want = newton_schulz_reference(matrix, steps)
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(gram(matrix, steps), want, atol=1e-3 * scale)
+        np.testing.assert_allclose(orthogonalise(matrix, steps), want, atol=1e-4 * scale)
+
+
+def test_the_gram_domain_is_chosen_where_it_costs_less():
+    assert not gram_cheaper(128, 128, 5) and gram_cheaper(128, 512, 5) and gram_cheaper(64, 128, 5)
+    assert not gram_cheaper(128, 512, 6)  # P's rounding grows with the steps: direct beyond 5
+    assert orthogonalisation_flops(512, 128, 8) == direct_flops(128, 512, 8)
+    assert gram_flops(128, 512, 5) == 50 * 128**3 and direct_flops(128, 512, 5) == 90 * 128**3
+    for m, n, steps in ((128, 128, 5), (128, 512, 5), (7, 9, 3), (3, 40, 1)):
+        assert orthogonalisation_flops(n, m, steps) == min(direct_flops(m, n, steps), gram_flops(m, n, steps))
+        assert gram_cheaper(m, n, steps) == (gram_flops(m, n, steps) < direct_flops(m, n, steps))
+    # the reason for the limit: at 8 steps the Gram domain drifts far from the reference
+    rng = np.random.default_rng(0)
+    U, _, Vt = np.linalg.svd(rng.standard_normal((9, 31)), full_matrices=False)
+    G = U @ np.diag(np.geomspace(1.0, 1e-4, 9)) @ Vt  # small singular values: P grows along them
+    drift = np.abs(gram(G, 8) - newton_schulz_reference(G, 8)).max()
+    assert drift > 1e-2 > np.abs(gram(G, 5) - newton_schulz_reference(G, 5)).max()
 
 
 def test_fewer_steps_leave_small_singular_values_below_the_band():
@@ -165,11 +208,12 @@ def test_update_plan_owns_every_element_once_and_matrices_whole(n_workers):
 
 
 def test_update_plan_balances_orthogonalisation_cost():
-    # per layer: four (C, C) matrices of cost 6 and two (4C, C) of cost 18 (units of C^3 per step)
+    # per layer: four (C, C) matrices of 6 C^3 a step, directly (30 C^3 for 5 steps), and two
+    # (4C, C) ones in the Gram domain: 16 C^3 at the ends and 34 C^3 for 5 steps (not 90 directly)
     table = parameter_table(ModelConfig(d_model=128, n_layer=4, n_head=4))
     matrices = muon_matrices(table)
     costs = [orthogonalisation_flops(r, c, 5) for _, r, c in matrices]
-    assert sorted(set(costs)) == [5 * 6 * 128**3, 5 * 18 * 128**3]
+    assert sorted(set(costs)) == [30 * 128**3, 50 * 128**3]
     for n in (2, 3, 4):
         loads = [sum(costs[k] for k in task.matrices) for task in update_plan(n, table.size, matrices, costs)]
         assert max(loads) / (sum(costs) / n) <= 1.1, (n, loads)
