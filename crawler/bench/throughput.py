@@ -400,15 +400,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peak-size", type=int, default=2048, help=argparse.SUPPRESS)
 
 
-def main(args: argparse.Namespace, config=None) -> int:
-    """Run the benchmark and print the report; returns the process exit status. With `config`
-    (crawler.config.Config, as the CLI resolves it for the state directory) and without
-    --skip-your-model, the report ends with the model that state directory trains
-    (crawler/bench/your_model.py); its store is read first, so a store error stops the command
-    before the long part."""
+def main(args: argparse.Namespace, yours=None) -> int:
+    """Run the benchmark and print the report; returns the process exit status. With `yours`
+    (crawler/bench/your_model.py's YourModel for the state directory the CLI resolved, which the
+    CLI hands in so that this module does not import that one, which imports it), the report ends
+    with the model that state directory trains; its store is read first, so a store error stops
+    the command before the long part."""
     peak_size = getattr(args, "peak_size", 2048)
     skip_start = getattr(args, "skip_start_time", False)
-    yours = config is not None and not getattr(args, "skip_your_model", False)
+    if getattr(args, "skip_your_model", False):
+        yours = None
     try:
         names = parse_list(args.configs, {**CONFIGS, **HIDDEN_CONFIGS}, "config")
         threads = parse_list(args.threads, what="threads")
@@ -422,10 +423,8 @@ def main(args: argparse.Namespace, config=None) -> int:
         print(f"crystalline bench: {exc}", file=sys.stderr)
         return 2
 
-    if yours:
-        from .your_model import measure_your_model, stored_text
-
-        text = stored_text(config)
+    if yours is not None:
+        yours.read()
     peaks = {n: measure_matmul_peak(n, size=peak_size) for n in threads}
     report = {
         "machine": machine_info(),
@@ -441,8 +440,8 @@ def main(args: argparse.Namespace, config=None) -> int:
         bench = CONFIGS.get(name) or HIDDEN_CONFIGS[name]
         report["configs"].append(run_config(bench, threads, peaks, args))
     report["your_model"] = None
-    if yours:
-        report["your_model"] = measure_your_model(config, text, peaks, args.steps, args.warmup,
-                                                  lambda n: measure_matmul_peak(n, size=peak_size))
+    if yours is not None:
+        report["your_model"] = yours.measure(peaks, args.steps, args.warmup,
+                                             lambda n: measure_matmul_peak(n, size=peak_size))
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0

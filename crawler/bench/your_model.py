@@ -34,6 +34,21 @@ MAX_STEPS = 5  # timed steps, at most: enough for a median, few enough to stay q
 MAX_WARMUP = 1  # untimed steps, at most: the table's runs have compiled the kernels already
 
 
+class YourModel:
+    """What `crystalline bench` measures for one state directory, in the order it needs: `read()`
+    the store's figures first (a store error stops the command before the long part), then
+    `measure(...)` after the main table (measure_your_model)."""
+
+    def __init__(self, config: Config):
+        self.config, self.text = config, None
+
+    def read(self) -> None:
+        self.text = stored_text(self.config)
+
+    def measure(self, peaks: dict, steps: int, warmup: int, peak: Callable[[int], float]) -> dict:
+        return measure_your_model(self.config, self.text, peaks, steps, warmup, peak)
+
+
 def stored_text(config: Config) -> dict | None:
     """The store's figures: `tokens` training reads (the stream less withdrawn text), `untrained`
     (not reached yet: the store's count, or a running daemon's own where lower, as `status`

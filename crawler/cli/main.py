@@ -102,9 +102,10 @@ def command_bench(args: argparse.Namespace) -> int:
     (resolved as every command resolves it), to crawler.bench.throughput, imported only when
     asked for."""
     from ..bench import throughput as bench
+    from ..bench.your_model import YourModel
 
-    config = None if args.skip_your_model else command_config(args)
-    status = bench.main(args, config)
+    yours = None if args.skip_your_model else YourModel(command_config(args))
+    status = bench.main(args, yours)
     return 0 if status is None else int(status)
 
 
