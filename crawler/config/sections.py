@@ -49,7 +49,7 @@ class DaemonConfig:
     # arrives (an idle daemon costs almost nothing), or "replay": keep training regardless
     idle: str = "sleep"
     # evaluate held-out bits per byte every this many steps or seconds, whichever comes first,
-    # and at every checkpoint
+    # and at every checkpoint unless the last evaluation is recent enough to stand for it
     eval_every_steps: int = 1000
     eval_every_seconds: float = 120.0
     # plateau: this many evaluations in a row without improving on the reference by

@@ -2,7 +2,8 @@
 checkpoint and remembers when the last checkpoint and the last evaluation were taken.
 
 A checkpoint is due every `checkpoint_every_steps` steps or `checkpoint_every_seconds`; an
-evaluation every `eval_every_steps` steps or `eval_every_seconds`, and at every checkpoint. A
+evaluation every `eval_every_steps` steps or `eval_every_seconds`, and at every checkpoint unless
+the last one is recent enough to stand for it (`evaluation_fresh`). A
 checkpoint blocked by a full disk or a read-only state is deferred (`defer`), never fatal: it is
 due again as soon as writing works (the WriteState's `generation` grew) or a full interval later.
 
@@ -26,6 +27,7 @@ class Schedule:
         self.last_checkpoint_at = 0.0  # the clock's time of the last checkpoint (or of the start)
         self.last_eval_step = -1
         self.last_eval_at = clock()
+        self.last_eval_gap = 0  # steps between the last two evaluations (0: fewer than two yet)
         self._deferred: tuple[int, int, float] | None = None  # a blocked checkpoint: (generation, step, time)
 
     def start(self, now: float, step: int, evaluated: bool) -> None:
@@ -42,7 +44,20 @@ class Schedule:
         self.since_checkpoint += 1
 
     def evaluated(self, now: float, step: int) -> None:
+        if 0 <= self.last_eval_step < step:
+            self.last_eval_gap = step - self.last_eval_step
         self.last_eval_at, self.last_eval_step = now, step
+
+    def evaluation_fresh(self, step: int) -> bool:
+        """Whether the last evaluation stands for the model at `step`: taken at it, or fewer steps
+        ago than half the gap between the last two. A checkpoint due just after a timed
+        evaluation (one step after it, when both intervals fall together) is not evaluated again:
+        its cool-down, a share of the steps since the last one, would be a few steps long, and the
+        figure of a barely cooled copy (0.3 bits per byte above the cooled ones on the desk) would
+        enter the history and count against the plateau rule and the growth policy."""
+        if step == self.last_eval_step:
+            return True
+        return 0 <= self.last_eval_step and 0 < self.last_eval_gap and step - self.last_eval_step < self.last_eval_gap / 2
 
     def checkpointed(self, now: float) -> None:
         self.since_checkpoint, self._deferred = 0, None

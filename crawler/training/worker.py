@@ -259,7 +259,9 @@ class TrainingWorker:
             self.steps.report(now, stats, f, self.log, new_windows=batch.fresh,
                               replay_windows=windows.shape[0] - batch.fresh)
         checkpoint_due, growths = self._checkpoint_due(now), self.grower.count
-        if checkpoint_due or schedule.evaluation_due(now, stats.step, daemon):
+        # a checkpoint is evaluated unless the last evaluation still stands for it (evaluation_fresh)
+        if (checkpoint_due and not schedule.evaluation_fresh(stats.step)) or schedule.evaluation_due(
+                now, stats.step, daemon):
             self.evaluate(now)
         grown = self.grower.count > growths
         if (checkpoint_due or grown) and schedule.since_checkpoint:  # (a plateau found above checkpoints itself)
@@ -380,20 +382,21 @@ class TrainingWorker:
             **self.batches.state(),  # "fresh", "replay_credit"
             **self.evaluation.state(),  # "plateau", "last_cooldown_step"
             **self.grower.state(),  # "growth_history": the growth policy's evaluations
-            "evaluated": self.schedule.last_eval_step == self.trainer.step_count,
+            "evaluated": self.schedule.evaluation_fresh(self.trainer.step_count),
             "val_bits_per_byte": f.val_bits_per_byte,
             "stream_digest": stream_digest(self.queue, f.position),
         }
 
     def checkpoint(self, reason: str) -> Path | None:
-        """Evaluate (unless just done), write the checkpoint file durably, then commit it with the
+        """Evaluate (unless the last evaluation still stands: Schedule.evaluation_fresh), write the
+        checkpoint file durably, then commit it with the
         cursor in one transaction, then delete this loop's rolling files beyond keep_checkpoints.
 
         A write blocked by a full disk or a read-only state (WriteState.report) defers it: no
         file is left behind (a file written but not committed is removed: the two go together),
         training goes on in memory, and run_once tries again once writing works or the next
         checkpoint is due. Returns the path, or None when deferred."""
-        if self.schedule.last_eval_step != self.trainer.step_count and reason != "shutdown":
+        if not self.schedule.evaluation_fresh(self.trainer.step_count) and reason != "shutdown":
             self.evaluate(self.clock())
         started = self.share.timer()
         try:

@@ -827,3 +827,31 @@ def test_operator_controls_checkpoint_now_and_pause_without_losing_a_step(tmp_pa
         assert logs[0]["event"] == "training_unpaused" and worker.figures.step == 5 and not worker.figures.paused
     finally:
         worker.shutdown()
+
+
+def test_a_checkpoint_just_after_an_evaluation_is_not_evaluated_again(tmp_path, store):
+    """Timed evaluations every 10 steps and checkpoints every 12: a checkpoint fewer steps after
+    an evaluation than half the gap between the last two takes that evaluation as its own (a
+    second one, a few steps later, would measure a barely cooled copy); one further on is
+    evaluated. The first two evaluations have no gap to compare yet."""
+    add_text(store, tmp_path, "a.txt", "abcdefghijklmnopqrstuvwxyz " * 300)
+    t = [0.0]
+    config = tiny_config(tmp_path / "state", eval_every_steps=1000, eval_every_seconds=10.0,
+                         checkpoint_every_steps=12, checkpoint_every_seconds=1e9, plateau_patience=1000)
+    worker = TrainingWorker(config, CorpusQueue(store), ByteTokenizer(), structlog.get_logger(), clock=lambda: t[0])
+    worker.initialize()
+    try:
+        with capture_logs() as logs:
+            for now in range(50):
+                t[0] = float(now)
+                worker.run_once(float(now))
+    finally:
+        worker.shutdown()
+    evals = [e["step"] for e in logs if e["event"] == "eval_finished"]
+    saved = [e["step"] for e in logs if e["event"] == "checkpoint_saved" and e["reason"] == "schedule"]
+    assert saved == [12, 24, 36, 48]
+    # 11 timed, 12 its checkpoint (no gap known yet); 24 and 36 stand on 22 and 32; 48 is 6 steps
+    # after 42, not fewer than half of 10: evaluated
+    assert evals == [11, 12, 22, 32, 42, 48]
+    extra = load_checkpoint(worker.checkpoints.directory / "ckpt-000000036.safetensors").extra
+    assert extra["evaluated"] is True  # a restart from it does not evaluate at once
