@@ -171,7 +171,9 @@ def test_each_phase_is_timed_where_it_runs_and_the_slowest_worker_counts(monkeyp
         stats = trainer.step(x, y)
     assert stats.backward_seconds >= 0.2
     assert stats.reduce_seconds >= 0.1  # one tree level: each worker sums one call's segment
-    assert stats.forward_seconds < 0.1 and stats.update_seconds < 0.1
+    # the delays land in their own phases only: each untouched phase is shorter than the delay
+    # next to it (a lower bound a busy machine cannot break by slowing the phases alike)
+    assert stats.forward_seconds < stats.backward_seconds and stats.update_seconds < stats.backward_seconds
     assert stats.forward_seconds + stats.backward_seconds + stats.reduce_seconds + stats.update_seconds <= stats.seconds
 
 
