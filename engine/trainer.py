@@ -350,11 +350,17 @@ class Trainer:
                          forward_seconds=float(phases[slowest, 0]), backward_seconds=float(phases[slowest, 1]),
                          reduce_seconds=float(self.pool.reduce_seconds.max()))
 
-    def evaluate(self, inputs: np.ndarray, targets: np.ndarray) -> tuple[float, int]:
+    def evaluate(self, inputs: np.ndarray, targets: np.ndarray,
+                 weights: np.ndarray | None = None) -> tuple[float, int]:
         """Forward only: summed cross-entropy in nats over all positions, and their count. Any
-        number of rows; the length must not exceed seq_len."""
+        number of rows; the length must not exceed seq_len. With `weights` (B,), each row's sum
+        counts that many times over (the count stays the positions')."""
         inputs, targets = self._batch(inputs, targets, self.train_config.seq_len)
         B = inputs.shape[0]
+        if weights is not None:
+            weights = np.asarray(weights, np.float64)  # (B,)
+            if weights.shape != (B,):
+                raise ValueError(f"weights {weights.shape} must be one per row ({B},)")
         rows = self._split_rows(B)
         cfg, p, cost = self.model_config, self.p_views, self.cost
         sums = self._sums
@@ -365,7 +371,10 @@ class Trainer:
             for a in range(start, stop, self.micro_batch):
                 b = min(stop, a + self.micro_batch)
                 acts = forward(cfg, p, self.workspaces[w], inputs[a:b], targets[a:b], cost, 0.0)
-                sums[w, 0] += acts.losses.sum(dtype=np.float64)
+                if weights is None:
+                    sums[w, 0] += acts.losses.sum(dtype=np.float64)
+                else:
+                    sums[w, 0] += acts.losses.reshape(b - a, -1).sum(axis=1, dtype=np.float64) @ weights[a:b]
 
         self.pool.run(compute)
         return float(sums[:, 0].sum()), int(inputs.size)

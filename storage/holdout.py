@@ -13,6 +13,14 @@ The LATTICE is the blocks k >= offset with (k - offset) % every == 0; lattice bl
   sources together (`choose_source_blocks`). Which blocks that makes depends on the documents,
   so the store decides it once per block, in stream order, and records it (holdout_blocks.py);
   only a block no model has read may be chosen, so a figure on it is one on unseen text.
+- spread over the whole stream (spread_blocks > 0): beyond the base, the lattice is cut into
+  tiers that double, tier j holding ranks [max_blocks * 2**j, max_blocks * 2**(j+1)), and
+  `spread_blocks` evenly spaced ranks of each tier are held out (`on_spread`), so the held-out
+  set samples all the text, however much arrives, while it grows only with the logarithm of
+  the stream. A rank's membership is arithmetic, but a block is held out by it only where no
+  model has read it, so the store records this choice too, with the per-source one. Each block
+  then stands for the stretch of stream nearest to it (`block_weights`): the overall figure is
+  one over the whole stream, not over its first 131,072 tokens where the base sits.
 
 Block k's held-out REGION is the S + 1 tokens [k*S, k*S + S + 1): the S targets k*S + 1 ..
 k*S + S, predicted from inputs that start at k*S. No training window may contain any token of a
@@ -64,12 +72,16 @@ class HoldoutSplit:
     # stays bounded however many sources arrive: at most max_blocks + extra_blocks blocks in all
     # (262,144 tokens, twice the base)
     extra_blocks: int = 256
+    # ... and this many lattice blocks of each doubling of the stream beyond the base (64: none
+    # within the base's first 2.6M tokens, 192 by 21M, 512 by 671M); 0: none, the split of
+    # releases before spread blocks
+    spread_blocks: int = 64
 
     def validate(self) -> "HoldoutSplit":
         """Returns self; raises ConfigError naming the field and its allowed range."""
         for field in fields(self):
             value = getattr(self, field.name)
-            low = 0 if field.name in ("offset", "source_blocks", "extra_blocks") else 1
+            low = 0 if field.name in ("offset", "source_blocks", "extra_blocks", "spread_blocks") else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"holdout {field.name} ({value!r}) must be an integer >= {low}")
         return self
@@ -79,32 +91,48 @@ class HoldoutSplit:
         """Whether blocks beyond the base may be held out (per source)."""
         return self.source_blocks > 0 and self.extra_blocks > 0
 
+    @property
+    def spread(self) -> bool:
+        """Whether blocks spread over the whole stream are held out beyond the base."""
+        return self.spread_blocks > 0
+
+    @property
+    def beyond_base(self) -> bool:
+        """Whether the store decides blocks beyond the base (per source or spread)."""
+        return self.per_source or self.spread
+
     def to_json(self) -> str:
-        """The fields as a JSON object with sorted keys: the form meta["holdout"] holds. A split
-        without per-source fields (both 0) is written as the four keys of earlier releases."""
+        """The fields as a JSON object with sorted keys: the form meta["holdout"] holds. Fields
+        that are 0 and that an earlier release did not have are left out: a split without spread
+        blocks is written as the six keys of the release before them, one without per-source
+        blocks either as the four keys of the releases before those."""
         values = asdict(self)
-        if self.source_blocks == 0 and self.extra_blocks == 0:
-            del values["source_blocks"], values["extra_blocks"]
+        if self.spread_blocks == 0:
+            del values["spread_blocks"]
+            if self.source_blocks == 0 and self.extra_blocks == 0:
+                del values["source_blocks"], values["extra_blocks"]
         return json.dumps(values, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "HoldoutSplit":
-        """The split to_json wrote: its six fields, or the four of a release before per-source
-        blocks (read with source_blocks = extra_blocks = 0: exactly the blocks it held out).
+        """The split to_json wrote: its seven fields, the six of a release before spread blocks
+        (read with spread_blocks = 0), or the four of a release before per-source blocks (read
+        with source_blocks = extra_blocks = spread_blocks = 0): exactly the blocks it held out.
         ConfigError for anything else, or a field out of its range."""
         try:
             values = json.loads(text)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"holdout split ({text!r}) is not JSON: {exc}") from None
         names = {field.name for field in fields(cls)}
-        earlier = names - {"source_blocks", "extra_blocks"}
-        if not isinstance(values, dict) or set(values) not in (names, earlier):
+        before_spread = names - {"spread_blocks"}
+        earlier = before_spread - {"source_blocks", "extra_blocks"}
+        if not isinstance(values, dict) or set(values) not in (names, before_spread, earlier):
             raise ConfigError(
                 f"holdout split ({text!r}) must be a JSON object with exactly the keys "
-                f"{', '.join(sorted(names))} (or, as written before per-source blocks, {', '.join(sorted(earlier))})"
+                f"{', '.join(sorted(names))} (or, as written by earlier releases, {', '.join(sorted(before_spread))}, "
+                f"or {', '.join(sorted(earlier))})"
             )
-        if set(values) == earlier:
-            values = values | {"source_blocks": 0, "extra_blocks": 0}
+        values = {"source_blocks": 0, "extra_blocks": 0, "spread_blocks": 0} | values
         return cls(**values).validate()
 
     # --- the lattice and the per-source rule --------------------------------------------------------
@@ -121,6 +149,23 @@ class HoldoutSplit:
     def in_base(self, blocks: np.ndarray) -> np.ndarray:
         """Whether each lattice block is one of the base's (rank < max_blocks): bool (n,)."""
         return (np.asarray(blocks, np.int64) - self.offset) // self.every < self.max_blocks
+
+    def on_spread(self, blocks: np.ndarray) -> np.ndarray:
+        """Whether each lattice block beyond the base has a spread rank: bool (n,). Tier j holds
+        ranks [t, 2t), t = max_blocks * 2**j; its ranks t + i * step are spread ones, step =
+        max(1, t // spread_blocks). False everywhere for a split without spread blocks."""
+        rank = (np.asarray(blocks, np.int64) - self.offset) // self.every  # (n,)
+        if not self.spread:
+            return np.zeros(rank.shape, bool)
+        beyond = rank >= self.max_blocks
+        tier = np.zeros(rank.shape, np.int64)  # (n,) j, where t = max_blocks << j <= rank < 2t
+        scaled = np.where(beyond, rank // self.max_blocks, 1)  # (n,) in [2**j, 2**(j+1))
+        while (moved := scaled > 1).any():
+            tier += moved
+            scaled >>= 1
+        first = self.max_blocks << tier  # (n,) t
+        step = np.maximum(first // self.spread_blocks, 1)  # (n,)
+        return beyond & ((rank - first) % step == 0)
 
     # --- which blocks of the base -------------------------------------------------------------------
 
@@ -178,24 +223,47 @@ class HoldoutSplit:
 
 
 def choose_source_blocks(split: HoldoutSplit, sources: list[str | None], counts: dict[str, int],
-                         extra: int) -> np.ndarray:
-    """The per-source rule over lattice blocks beyond the base, taken in stream order: bool (n,).
+                         extra: int, spread: np.ndarray | None = None) -> np.ndarray:
+    """The rule for lattice blocks beyond the base, taken in stream order: bool (n,).
 
     `sources[i]` names the source of the i-th block's first token, or is None for a block that
     may not be held out (a model has read it, or its text is withdrawn). Block i is held out
-    iff its source has fewer than split.source_blocks held-out blocks so far and fewer than
-    split.extra_blocks are held out beyond the base so far, counting the blocks before it that
-    this call holds out. `counts` (held-out blocks per source, base ones included) and `extra`
-    (held out beyond the base) are as recorded before the first block; `counts` is updated.
+    iff it may be and either `spread[i]` (a spread rank: split.on_spread) or its source has
+    fewer than split.source_blocks held-out blocks so far and fewer than split.extra_blocks are
+    held out by this per-source rule beyond the base so far, counting the blocks before it that
+    this call holds out. `counts` (held-out blocks per source, base and spread ones included)
+    and `extra` (held out by the per-source rule beyond the base) are as recorded before the
+    first block; `counts` is updated.
     """
     held = np.zeros(len(sources), bool)  # (n,)
+    spread = np.zeros(len(sources), bool) if spread is None else np.asarray(spread, bool)  # (n,)
     for i, source in enumerate(sources):
-        if source is None or extra >= split.extra_blocks or counts.get(source, 0) >= split.source_blocks:
+        if source is None:
             continue
+        if not spread[i]:
+            if not split.per_source or extra >= split.extra_blocks or counts.get(source, 0) >= split.source_blocks:
+                continue
+            extra += 1
         held[i] = True
         counts[source] = counts.get(source, 0) + 1
-        extra += 1
     return held
+
+
+def block_weights(blocks: np.ndarray) -> np.ndarray:
+    """How much of the stream each held-out block stands for, in blocks: float64 (B,).
+
+    Block i stands for the stretch nearer to it than to any other: half the gap to each
+    neighbour, the first from the stream's start, the last as far past it as half the gap
+    before it (so the weights depend only on the blocks, not on where the stream ends). On an
+    even lattice every block weighs the same; a spread block of a sparse tier weighs as much as
+    the stretch it samples. Ones for fewer than two blocks."""
+    blocks = np.asarray(blocks, np.float64)  # (B,) ascending
+    if blocks.size < 2:
+        return np.ones(blocks.size)
+    gaps = np.diff(blocks)  # (B - 1,)
+    left = np.concatenate([[2 * blocks[0]], gaps]) / 2  # (B,) to the midpoint before (the start, first)
+    right = np.concatenate([gaps, [gaps[-1]]]) / 2  # (B,) to the midpoint after
+    return np.maximum(left + right, 1.0)
 
 
 def region_overlaps(blocks: np.ndarray, block_tokens: int, starts: np.ndarray, length: int) -> np.ndarray:

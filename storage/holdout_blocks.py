@@ -1,8 +1,10 @@
-"""The held-out blocks per source: which lattice blocks beyond the split's base are held out,
-decided once each, in stream order, and recorded in `holdout_blocks`.
+"""The held-out blocks beyond the base, per source and spread over the stream: which lattice
+blocks beyond the split's base are held out, decided once each, in stream order, and recorded in
+`holdout_blocks`.
 
 The rule (holdout.py, `choose_source_blocks`) needs each block's source, which depends on the
-documents, so it cannot be pure arithmetic over offsets like the base: the training loop asks
+documents, and whether a model has read it, so it cannot be pure arithmetic over offsets like
+the base: the training loop asks
 for it (`settle_holdout`) before it reads text it has not read, and every lattice block whose
 first token is stored by then is decided and the decision recorded. A block is decided once:
 held out, it is recorded and stays so; passed over, it is training text for good (the frontier,
@@ -60,7 +62,7 @@ class HoldoutBlocks:
 
     def held_out_blocks(self, split: HoldoutSplit) -> HeldOut:
         """The per-source blocks recorded beyond `split`'s base, and the frontier's offset (None
-        for a split without per-source blocks: nothing to wait for). One read."""
+        for a split that holds out nothing beyond its base: nothing to wait for). One read."""
         with self.database.read() as connection:
             return HeldOut(recorded_blocks(connection, split), _decided_end(connection, split), {})
 
@@ -68,14 +70,14 @@ class HoldoutBlocks:
         """Decide every undecided lattice block whose first token is stored, and record it. Atomic.
 
         Base blocks are recorded as held out. A block beyond the base is held out by the
-        per-source rule (holdout.choose_source_blocks, sources named by `source_of` on document
+        per-source and spread rule (holdout.choose_source_blocks, sources named by `source_of` on document
         paths), unless a model has read it: its first token at or before `position` (the caller's
         furthest read) or the committed cursor; or its region meets withdrawn text. The frontier
         then moves past the last block whose first token is stored. Takes the stream lock (as
-        add_documents does) only when there is something to decide; a split without per-source
-        blocks decides nothing.
+        add_documents does) only when there is something to decide; a split that holds out
+        nothing beyond its base decides nothing.
         """
-        if not split.per_source:
+        if not split.beyond_base:
             return HeldOut(np.empty(0, np.int64), None, {})
         S = split.block_tokens
         with self.database.read() as connection:
@@ -122,9 +124,10 @@ def _decide(connection: sa.Connection, split: HoldoutSplit, blocks: np.ndarray, 
         for path in [path for _, path in recorded] + [paths[int(d)] for d in owners[base]]:
             name = source_of(path)
             counts[name] = counts.get(name, 0) + 1
-        extra = int((~split.in_base(np.array([block for block, _ in recorded], np.int64))).sum())
+        kept = np.array([block for block, _ in recorded], np.int64)  # (H,)
+        extra = int((~split.in_base(kept) & ~split.on_spread(kept)).sum())  # by the per-source rule
         names = [source_of(paths[int(d)]) if free else None for d, free in zip(ds.tolist(), open_.tolist())]
-        held = choose_source_blocks(split, names, counts, extra)  # (m,)
+        held = choose_source_blocks(split, names, counts, extra, split.on_spread(ks))  # (m,)
         for i in np.flatnonzero(held).tolist():
             rows.append({"block": int(ks[i]), "document_id": int(ds[i])})
             added[names[i]] = added.get(names[i], 0) + 1
@@ -214,7 +217,7 @@ def _frontier(connection: sa.Connection) -> int:
 
 
 def _decided_end(connection: sa.Connection, split: HoldoutSplit) -> int | None:
-    return _frontier(connection) * split.block_tokens if split.per_source else None
+    return _frontier(connection) * split.block_tokens if split.beyond_base else None
 
 
 def _set_frontier(connection: sa.Connection, block: int) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from .db import Database
-from .holdout import HoldoutSplit, draw_window_starts, evaluation_windows
+from .holdout import HoldoutSplit, block_weights, draw_window_starts, evaluation_windows
 from .holdout_blocks import block_paths, recorded_blocks
 from .mask import StreamMask
 from .models import documents, meta
@@ -51,11 +51,11 @@ class StreamReads:
         The first call records `default` in meta["holdout"] under the stream lock (as
         set_tokenizer does), so concurrent first calls agree; later calls, after restarts and
         config changes alike, return the recorded split unchanged, whatever `default` says, with
-        one exception: a split recorded without per-source blocks (by a release before them)
-        while `default` has them is extended once with `default`'s source_blocks and
-        extra_blocks. Its other four fields, and so its base blocks, stay as recorded; which
-        blocks beyond the base become held out is holdout_blocks.py's to decide, never one a
-        model has read. Raises ConfigError for an invalid `default` (nothing is written) or a
+        one exception: a split recorded without per-source or without spread blocks (by a
+        release before them) while `default` has them is extended once with `default`'s
+        source_blocks and extra_blocks, or spread_blocks. Its other fields, and so its base
+        blocks, stay as recorded; which blocks beyond the base become held out is
+        holdout_blocks.py's to decide, never one a model has read. Raises ConfigError for an invalid `default` (nothing is written) or a
         malformed recorded split. Only a call that records writes (and may block up to
         busy_timeout_ms for another writer).
         """
@@ -72,7 +72,7 @@ class StreamReads:
                 return default
             split = HoldoutSplit.from_json(recorded)
             if _extends(split, default):
-                split = replace(split, source_blocks=default.source_blocks, extra_blocks=default.extra_blocks)
+                split = _extended(split, default)
                 connection.execute(meta.update().where(meta.c.key == "holdout").values(value=split.to_json()))
             return split
 
@@ -218,8 +218,10 @@ class StreamReads:
         [k*S, k*S + S + 1) is cut as holdout.evaluation_windows says (n = S // seq_len windows of
         seq_len + 1 tokens, plus a tail window of r + 1 tokens when r = S % seq_len > 0), so every
         target of every region is scored exactly once; HoldoutSet.paths names each block's
-        document, for figures per source. One snapshot, one read per block (at most
-        max_blocks + extra_blocks of them). HoldoutSet.key names the blocks: a withdrawal can
+        document, for figures per source, and with a split that has spread blocks,
+        HoldoutSet.weights says how much of the stream each stands for (holdout.block_weights).
+        One snapshot, one read per block (max_blocks + extra_blocks of them at most, and
+        spread_blocks more for each doubling of the stream). HoldoutSet.key names the blocks: a withdrawal can
         change the set without changing its size.
         """
         if seq_len < 1:
@@ -240,13 +242,23 @@ class StreamReads:
         windows, tail = evaluation_windows(regions, seq_len)
         key = hashlib.sha256(np.ascontiguousarray(ks, "<i8").tobytes()).hexdigest()[:16]
         return HoldoutSet(blocks=len(ks), tokens=len(ks) * S, windows=windows, tail=tail, key=f"{len(ks)}-{key}",
-                          paths=tuple(paths))
+                          paths=tuple(paths), weights=block_weights(ks) if split.spread else None)
 
 
 def _extends(recorded: HoldoutSplit, default: HoldoutSplit) -> bool:
-    """Whether `holdout` extends the recorded split with `default`'s per-source blocks: a split of
-    a release before them, and a default that has them."""
-    return recorded.source_blocks == recorded.extra_blocks == 0 and default.per_source
+    """Whether `holdout` extends the recorded split with `default`'s per-source or spread blocks:
+    a split of a release before them, and a default that has them."""
+    return _extended(recorded, default) != recorded
+
+
+def _extended(recorded: HoldoutSplit, default: HoldoutSplit) -> HoldoutSplit:
+    """The recorded split with the blocks beyond the base that `default` has and it has not."""
+    split = recorded
+    if split.source_blocks == split.extra_blocks == 0 and default.per_source:
+        split = replace(split, source_blocks=default.source_blocks, extra_blocks=default.extra_blocks)
+    if not split.spread and default.spread:
+        split = replace(split, spread_blocks=default.spread_blocks)
+    return split
 
 
 def _with_held(connection: sa.Connection, holdout: HoldoutSplit | StreamMask | None):

@@ -130,6 +130,9 @@ class HoldoutSet:
     tail: np.ndarray  # int32 (blocks, r + 1) when r > 0; (0, 1) when r == 0
     key: str = ""  # names the set of blocks: equal keys, equal held-out text (withdrawals change it)
     paths: tuple[str, ...] = ()  # per block, the source path of the document holding its first token
+    # per block, the stretch of stream it stands for (holdout.block_weights), float64 (blocks,); None:
+    # every block weighs the same (a split without spread blocks)
+    weights: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

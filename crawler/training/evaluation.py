@@ -14,9 +14,11 @@ the loop plateaus (`plateau`): with `idle = "sleep"` it waits until new text arr
 (`stays_plateaued`). When the held-out set grows (new text) or changes (a withdrawal, or blocks
 held out for a new source), the best model is measured again on the new set, so the plateau rule
 always compares like with like. The best is judged on the overall figure over the whole held-out
-set as it stands (the split's base and the blocks per source), never on one source's: a model that
-learns a new source at the cost of an old one is better only if the whole set says so, and the
-figures per source show the trade.
+set as it stands (the split's base, the blocks per source and those spread over the stream, each
+weighted by the stretch of stream it stands for, so the figure is one over all the text stored
+and not over its first 2.6M tokens), never on one source's: a model that learns a new source at
+the cost of an old one is better only if the whole set says so, and the figures per source show
+the trade.
 
 Not when to evaluate (crawler/training/schedule.py), nor the rolling checkpoints (the worker
 commits them; this writes only best.safetensors). Relies on the engine's Trainer (`evaluate`,
@@ -65,23 +67,31 @@ class Evaluation:
     def measure(self, holdout, by_source: dict | None = None) -> float:
         """Bits per byte of the trainer's current parameters on a HoldoutSet. With `by_source`, it
         is filled with each source's {name: (bits per byte, held-out tokens)}: the windows are
-        scored source by source (batches of one source's rows), which sums to the same figure."""
+        scored source by source (batches of one source's rows), which sums to the same figure.
+        Where the set has weights (a split with spread blocks), each block's nats and bytes count
+        as often as its weight says: the figure is one over the whole stream."""
         B = self.train_config.batch_size
         n = holdout.windows.shape[0] // max(holdout.blocks, 1)  # windows per block (block i: rows i*n ..)
         S = holdout.tokens // max(holdout.blocks, 1)  # targets per block
+        weights = holdout.weights  # (blocks,) or None
         nats, n_bytes = 0.0, 0
         for name, blocks in self._groups(holdout).items():
             windows = (blocks[:, None] * n + np.arange(n)).ravel()  # (b*n,) this source's rows of windows
             tails = blocks if holdout.tail.shape[0] else blocks[:0]  # (b,) its rows of tail, if any
             source_nats, source_bytes = 0.0, 0
-            for group, rows in ((holdout.windows, windows), (holdout.tail, tails)):
+            for group, rows, owner in ((holdout.windows, windows, windows // max(n, 1)), (holdout.tail, tails, tails)):
                 for a in range(0, rows.size, B):
                     batch = group[rows[a : a + B]]  # (<= B, T + 1)
                     if batch.shape[1] < 2:
                         continue
-                    loss, _ = self.trainer.evaluate(batch[:, :-1], batch[:, 1:])
+                    if weights is None:
+                        loss, _ = self.trainer.evaluate(batch[:, :-1], batch[:, 1:])
+                        source_bytes += self.tokenizer.token_bytes(batch[:, 1:])
+                    else:
+                        w = weights[owner[a : a + B]]  # (<= B,) each row's block's weight
+                        loss, _ = self.trainer.evaluate(batch[:, :-1], batch[:, 1:], w)
+                        source_bytes += float(np.dot([self.tokenizer.token_bytes(row) for row in batch[:, 1:]], w))
                     source_nats += loss
-                    source_bytes += self.tokenizer.token_bytes(batch[:, 1:])
             nats, n_bytes = nats + source_nats, n_bytes + source_bytes
             if by_source is not None:
                 by_source[name] = (source_nats / LN2 / max(source_bytes, 1), int(blocks.size) * S)

@@ -84,9 +84,10 @@ def test_the_release_state_trains_with_blocks_per_source_and_none_it_trained_on(
         finally:
             worker.shutdown()
     split = queue.holdout(HoldoutSplit())
-    # the release's four fields, extended once with the per-source ones
+    # the release's four fields, extended once with the per-source and the spread ones
     assert json.loads(split.to_json()) == json.loads(RELEASE_SPLIT) | {
-        "source_blocks": HoldoutSplit().source_blocks, "extra_blocks": HoldoutSplit().extra_blocks}
+        "source_blocks": HoldoutSplit().source_blocks, "extra_blocks": HoldoutSplit().extra_blocks,
+        "spread_blocks": HoldoutSplit().spread_blocks}
     held = queue.held_out_blocks(split)
     S = split.block_tokens
     sources = {worker.batches.sources(path) for path in queue.holdout_set(split, 16).paths}

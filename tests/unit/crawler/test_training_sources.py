@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,12 +19,18 @@ from crawler.cli.corpus import describe_status
 from crawler.config import Config
 from crawler.ingest.pipeline import Ingestor
 from crawler.ingest.tokenizer import ByteTokenizer
+from crawler.training.evaluation import Evaluation
 from crawler.training.sources import SourceNames
+from engine import Trainer
+from engine.units import LN2
 from crawler.training.worker import TrainingWorker
 from storage import CorpusQueue, HoldoutSplit, StorageConfig, open_database
+from storage.holdout import block_weights, evaluation_windows
+from storage.records import HoldoutSet
 
 # the base ends with block 4 (tokens up to 121): everything after it is held out per source
-SPLIT = HoldoutSplit(block_tokens=24, every=3, offset=1, max_blocks=2, source_blocks=3, extra_blocks=8)
+SPLIT = HoldoutSplit(block_tokens=24, every=3, offset=1, max_blocks=2, source_blocks=3, extra_blocks=8,
+                     spread_blocks=0)
 
 
 @pytest.mark.parametrize("path, name", [
@@ -137,3 +144,30 @@ def test_status_shows_each_source_with_its_change():
     for e in recent:
         del e["sources"]["python3.11-doc"]
     assert not describe_status(report, Config(), now).splitlines()[at + 1].startswith("  plays")
+
+
+def test_a_spread_set_weighs_each_block_by_the_stretch_it_stands_for(tmp_path):
+    config = tiny_config(tmp_path)
+    rng = np.random.default_rng(5)
+    S, blocks = 20, np.array([10, 30, 50, 90, 170, 330])  # an even start, then sparser: weights 20 .. 160
+    regions = rng.integers(0, 256, size=(blocks.size, S + 1)).astype(np.int32)  # (B, S + 1)
+    regions[2, :7] = ByteTokenizer().eod_id  # separators count no bytes: bytes differ from block to block
+    windows, tail = evaluation_windows(regions, config.train.seq_len)  # 16: one window and a tail each
+    weights = block_weights(blocks)
+    tokenizer = ByteTokenizer()
+    with Trainer(config.model, config.train) as trainer:
+        evaluation = Evaluation(trainer, SimpleNamespace(sources=None), None, config.train, None, tokenizer,
+                                None, None, None, None, None, None)
+        plain = HoldoutSet(blocks=blocks.size, tokens=blocks.size * S, windows=windows, tail=tail)
+        spread = replace(plain, weights=weights)
+        nats, n_bytes = np.zeros(blocks.size), np.zeros(blocks.size)
+        for i in range(blocks.size):  # block by block, by hand
+            for rows in (windows[i : i + 1], tail[i : i + 1]):
+                nats[i] += trainer.evaluate(rows[:, :-1], rows[:, 1:])[0]
+                n_bytes[i] += tokenizer.token_bytes(rows[:, 1:])
+        assert evaluation.measure(plain) == pytest.approx(nats.sum() / LN2 / n_bytes.sum(), rel=1e-9)
+        by_source: dict = {}
+        weighted = evaluation.measure(spread, by_source)
+        assert weighted == pytest.approx((weights @ nats) / LN2 / (weights @ n_bytes), rel=1e-9)
+        assert abs(weighted - evaluation.measure(plain)) > 1e-4  # the sparse blocks count for more
+        assert by_source == {"all": (pytest.approx(weighted, rel=1e-9), blocks.size * S)}

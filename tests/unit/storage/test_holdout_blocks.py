@@ -23,7 +23,10 @@ from storage.holdout_blocks import FRONTIER
 from storage.models import holdout_blocks, meta
 
 BASE = 1000
-SPLIT = HoldoutSplit(block_tokens=8, every=3, offset=1, max_blocks=2, source_blocks=3, extra_blocks=5)
+SPLIT = HoldoutSplit(block_tokens=8, every=3, offset=1, max_blocks=2, source_blocks=3, extra_blocks=5,
+                     spread_blocks=0)
+# ... with spread blocks too: ranks 2, 4, 8, 16, ... (one a doubling tier)
+SPREAD = replace(SPLIT, spread_blocks=1)
 
 
 def folder(path: str) -> str:
@@ -52,11 +55,21 @@ def reference(split: HoldoutSplit, placed, read_to: int, end: int, withdrawn=())
     while k * S < end:
         rank = (k - split.offset) // split.every
         name = source(k * S)
+        spread = False
+        if split.spread and rank >= split.max_blocks:
+            first = split.max_blocks  # the doubling tier [first, 2 * first) holding the rank
+            while rank >= 2 * first:
+                first *= 2
+            spread = (rank - first) % max(first // split.spread_blocks, 1) == 0
+        open_ = k * S > read_to and not any(a < k * S + S + 1 and b > k * S for a, b in withdrawn)
         if rank < split.max_blocks:
             held.append(k)
             counts[name] = counts.get(name, 0) + 1
-        elif (k * S > read_to and not any(a < k * S + S + 1 and b > k * S for a, b in withdrawn)
-              and counts.get(name, 0) < split.source_blocks and extra < split.extra_blocks):
+        elif open_ and spread:  # held out whatever the caps, and not counted against extra_blocks
+            held.append(k)
+            counts[name] = counts.get(name, 0) + 1
+        elif (open_ and split.per_source and counts.get(name, 0) < split.source_blocks
+              and extra < split.extra_blocks):
             held.append(k)
             counts[name] = counts.get(name, 0) + 1
             extra += 1
@@ -154,8 +167,41 @@ def test_withdrawn_text_is_never_chosen(queue, add):
     assert held.blocks.size and not any(50 < k * 8 + 9 and k * 8 < 150 for k in held.blocks)
 
 
-def test_a_split_without_per_source_blocks_decides_nothing(queue, add):
-    earlier = HoldoutSplit(block_tokens=8, every=3, offset=1, max_blocks=2, source_blocks=0, extra_blocks=0)
+def test_spread_blocks_sample_the_whole_stream_past_the_caps(queue, add):
+    queue.holdout(SPREAD)
+    placed = fill(queue, add, [("/in/desk/a.html", 300), ("/in/desk/b.html", 500), ("/in/desk/c.html", 400)])
+    held = queue.settle_holdout(SPREAD, 0, folder)
+    assert recorded(queue) == reference(SPREAD, placed, 0, queue.stream_end())
+    ranks = [(k - 1) // 3 for k in recorded(queue)]
+    # the base (0, 1), the source's third block (2, also the first spread rank), then one rank a
+    # doubling: the caps alone would have stopped at rank 2, 48 tokens in
+    assert ranks == [0, 1, 2, 4, 8, 16, 32]
+    assert held.added == {"desk": 5}
+    # a spread rank a model has read is passed over for good (64: token 1544, read to 1600); the
+    # next one, beyond the read, is held
+    fill(queue, add, [("/in/desk/d.html", 1200)])
+    assert queue.settle_holdout(SPREAD, 1600, folder).added == {}
+    fill(queue, add, [("/in/desk/e.html", 1000)])
+    assert queue.settle_holdout(SPREAD, 1600, folder).added == {"desk": 1}
+    assert [(k - 1) // 3 for k in recorded(queue)] == [0, 1, 2, 4, 8, 16, 32, 128]
+
+
+def test_a_split_is_extended_with_spread_blocks_past_what_it_decided(queue, add):
+    queue.holdout(SPLIT)  # a state of the release before spread blocks
+    fill(queue, add, [("/in/desk/a.html", 400)])
+    before = queue.settle_holdout(SPLIT, 0, folder).blocks.tolist()
+    split = queue.holdout(HoldoutSplit())
+    assert split == SPREAD.__class__(**(json.loads(SPLIT.to_json()) | {"spread_blocks": HoldoutSplit().spread_blocks}))
+    assert queue.holdout(HoldoutSplit(spread_blocks=3)) == split  # extended once
+    fill(queue, add, [("/in/desk/b.html", 2000)])
+    after = queue.settle_holdout(split, 0, folder).blocks.tolist()
+    assert after[: len(before)] == before and len(after) > len(before)  # kept, and new ones past the caps
+    assert queue.holdout_set(split, 4).weights is not None and queue.holdout_set(SPLIT, 4).weights is None
+
+
+def test_a_split_without_blocks_beyond_its_base_decides_nothing(queue, add):
+    earlier = HoldoutSplit(block_tokens=8, every=3, offset=1, max_blocks=2, source_blocks=0, extra_blocks=0,
+                           spread_blocks=0)
     fill(queue, add, [("/in/plays/a.txt", 300)])
     held = queue.settle_holdout(earlier, 0, folder)
     assert held.blocks.size == 0 and held.decided_end is None and recorded(queue) == []
@@ -227,10 +273,10 @@ def test_an_earlier_release_split_is_extended_once_and_keeps_its_blocks(queue, a
     before = queue.holdout_set(earlier, 4)
     queue.commit_checkpoint(step=9, path="checkpoints/ckpt-000000009.safetensors", stream_position=180,
                             tokens_trained=180)
-    split = queue.holdout(HoldoutSplit(source_blocks=3, extra_blocks=5))
+    split = queue.holdout(HoldoutSplit(source_blocks=3, extra_blocks=5, spread_blocks=0))
     assert (split.block_tokens, split.every, split.offset, split.max_blocks) == (8, 3, 1, 2)
     assert (split.source_blocks, split.extra_blocks) == (3, 5)
-    assert queue.holdout(HoldoutSplit()) == split  # recorded: later defaults change nothing
+    assert queue.holdout(HoldoutSplit(spread_blocks=0)) == split  # recorded: later defaults change nothing
     with queue.database.read() as connection:
         value = connection.execute(sa.select(meta.c.value).where(meta.c.key == "holdout")).scalar()
     assert json.loads(value) == json.loads(written) | {"source_blocks": 3, "extra_blocks": 5}

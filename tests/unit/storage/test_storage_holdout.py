@@ -23,7 +23,7 @@ from storage import (
     HoldoutSplit,
     open_database,
 )
-from storage.holdout import evaluation_windows
+from storage.holdout import block_weights, evaluation_windows
 from storage.models import meta
 from storage.stream import read_range
 
@@ -165,21 +165,33 @@ def test_validate_names_the_field(field, value, message):
 
 
 def test_json_round_trip_and_refusals():
-    split = HoldoutSplit(block_tokens=64, every=7, offset=0, max_blocks=9, source_blocks=3, extra_blocks=5)
+    split = HoldoutSplit(block_tokens=64, every=7, offset=0, max_blocks=9, source_blocks=3, extra_blocks=5,
+                         spread_blocks=2)
     text = split.to_json()
     assert text == ('{"block_tokens": 64, "every": 7, "extra_blocks": 5, "max_blocks": 9, "offset": 0, '
-                    '"source_blocks": 3}')
+                    '"source_blocks": 3, "spread_blocks": 2}')
     assert HoldoutSplit.from_json(text) == split
+    # a split without spread blocks is written, and read, in the six keys of the release before them
+    six = HoldoutSplit(block_tokens=64, every=7, offset=0, max_blocks=9, source_blocks=3, extra_blocks=5,
+                       spread_blocks=0)
+    assert six.to_json() == ('{"block_tokens": 64, "every": 7, "extra_blocks": 5, "max_blocks": 9, "offset": 0, '
+                             '"source_blocks": 3}')
+    assert HoldoutSplit.from_json(six.to_json()) == six and not six.spread and six.beyond_base
     # a split without per-source blocks is written, and read, in the four keys of earlier releases
-    earlier = HoldoutSplit(block_tokens=64, every=7, offset=0, max_blocks=9, source_blocks=0, extra_blocks=0)
+    earlier = HoldoutSplit(block_tokens=64, every=7, offset=0, max_blocks=9, source_blocks=0, extra_blocks=0,
+                           spread_blocks=0)
     assert earlier.to_json() == '{"block_tokens": 64, "every": 7, "max_blocks": 9, "offset": 0}'
     assert HoldoutSplit.from_json(earlier.to_json()) == earlier and not earlier.per_source
+    assert not earlier.beyond_base
     for bad in ["", "[]", "not json", '{"block_tokens": 64}', None,
                 '{"block_tokens": 64, "every": 7, "max_blocks": 9, "offset": 0, "extra": 1}',
                 '{"block_tokens": 64, "every": 7, "max_blocks": 9, "offset": 0, "source_blocks": 1}',
                 '{"block_tokens": 64, "every": 7, "extra_blocks": -1, "max_blocks": 9, "offset": 0, '
                 '"source_blocks": 1}',
-                '{"block_tokens": 0, "every": 7, "max_blocks": 9, "offset": 0}']:
+                '{"block_tokens": 0, "every": 7, "max_blocks": 9, "offset": 0}',
+                '{"block_tokens": 64, "every": 7, "max_blocks": 9, "offset": 0, "spread_blocks": 2}',
+                '{"block_tokens": 64, "every": 7, "extra_blocks": 5, "max_blocks": 9, "offset": 0, '
+                '"source_blocks": 3, "spread_blocks": -1}']:
         with pytest.raises(ConfigError):
             HoldoutSplit.from_json(bad)
 
@@ -402,7 +414,7 @@ def test_the_first_split_is_recorded_and_kept(make_config):
             query = sa.select(meta.c.value).where(meta.c.key == "holdout")
             value = connection.execute(query).scalar()
         assert json.loads(value) == {"block_tokens": 64, "every": 5, "offset": 2, "max_blocks": 7,
-                                     "source_blocks": 32, "extra_blocks": 256}
+                                     "source_blocks": 32, "extra_blocks": 256, "spread_blocks": 64}
     with CorpusQueue(open_database(make_config())) as queue:  # after a restart
         assert queue.holdout(HoldoutSplit(block_tokens=8)) == first
 
@@ -495,3 +507,27 @@ def test_a_bad_evaluation_is_refused_and_not_written(queue, overrides):
     assert queue.evaluations() == []
     with pytest.raises(ValueError, match="limit"):
         queue.evaluations(limit=-1)
+
+
+def test_spread_ranks_are_even_within_each_doubling_tier():
+    split = HoldoutSplit(block_tokens=8, every=3, offset=2, max_blocks=8, spread_blocks=4)
+    ranks = np.arange(0, 8 * 2**5)  # the base and five tiers
+    held = ranks[split.on_spread(split.offset + split.every * ranks)]
+    assert held.min() == 8  # nothing in the base: its blocks are held out anyway
+    for j in range(5):
+        first = 8 << j
+        tier = held[(held >= first) & (held < 2 * first)]
+        assert tier.tolist() == list(range(first, 2 * first, max(first // 4, 1)))  # four, evenly spaced
+    assert not HoldoutSplit(spread_blocks=0).on_spread(np.arange(10**6, 10**6 + 100)).any()
+    # more blocks a tier than it has ranks: every rank of it
+    dense = HoldoutSplit(block_tokens=8, every=1, offset=0, max_blocks=2, spread_blocks=8)
+    assert dense.on_spread(np.arange(2, 16)).all()
+
+
+def test_block_weights_are_the_stretch_nearest_each_block():
+    # an even lattice from its offset: every block the same, as the unweighted figure counts them
+    np.testing.assert_allclose(block_weights(np.array([10, 30, 50, 70])), [20, 20, 20, 20])
+    # a sparse block stands for the stretch it samples
+    weights = block_weights(np.array([10, 30, 50, 130, 290]))
+    np.testing.assert_allclose(weights, [20, 20, 50, 120, 160])
+    assert block_weights(np.array([5])).tolist() == [1.0] and block_weights(np.array([], np.int64)).size == 0
