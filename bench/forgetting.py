@@ -108,6 +108,8 @@ def run(args) -> dict:
             finally:
                 daemon.kill()
             plays_run = event_figures([segment])
+            if args.keep_state is not None:
+                shutil.copytree(state, args.keep_state / "plays", symlinks=True)
         before = measure(state, plays / "val", args.foreign_val)
         print(f"forgetting: before the drop: plays best {figures_of(before['plays'])['best']}", file=sys.stderr,
               flush=True)
@@ -145,6 +147,8 @@ def run(args) -> dict:
                     start = daemon.first("daemon_ready")["_received"]
         finally:
             daemon.kill()
+        if args.keep_state is not None:
+            shutil.copytree(state, args.keep_state / "final", symlinks=True)
     return {"key": args.key, "state": None if args.state is None else str(args.state),
             "plays_minutes": None if args.state is not None else args.plays_minutes, "plays_run": plays_run,
             "foreign": str(foreign), "foreign_files": files, "minutes": args.minutes, "at": marks,
@@ -166,6 +170,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--at", default="10,30", help="daemon minutes after the drop to evaluate at")
     p.add_argument("--set", action="append", default=[], help="section.key=value for crystalline.toml (repeatable)")
     p.add_argument("--key", default="forgetting", help="the row's key (default forgetting)")
+    p.add_argument("--keep-state", type=Path, default=None,
+                   help="copy the state here: DIR/plays after the plays (when trained here), DIR/final at the end")
     add_result_flags(p, "forgetting.jsonl")
     return p.parse_args(argv)
 
@@ -177,6 +183,8 @@ def main(argv=None) -> int:
         for folder in (args.foreign, args.foreign_val, args.state):
             if folder is not None and not folder.is_dir():
                 raise ValueError(f"{folder} is not a folder")
+        if args.keep_state is not None and args.keep_state.exists():
+            raise ValueError(f"--keep-state {args.keep_state} exists already")
         args.at = [parse_minutes(m, "--at") for m in args.at.split(",") if m.strip()]
         args.set = [s for item in args.set for s in parse_settings(item)]
     except (CorpusMissing, ValueError) as exc:
