@@ -20,7 +20,7 @@ The LATTICE is the blocks k >= offset with (k - offset) % every == 0; lattice bl
   the stream. A rank's membership is arithmetic, but a block is held out by it only where no
   model has read it, so the store records this choice too, with the per-source one. Each block
   then stands for the stretch of stream nearest to it (`block_weights`): the overall figure is
-  one over the whole stream, not over its first 131,072 tokens where the base sits.
+  one over the whole stream, not over its first 2.6M tokens where the base sits.
 
 Block k's held-out REGION is the S + 1 tokens [k*S, k*S + S + 1): the S targets k*S + 1 ..
 k*S + S, predicted from inputs that start at k*S. No training window may contain any token of a
