@@ -70,8 +70,8 @@ class HoldoutBlocks:
         """Decide every undecided lattice block whose first token is stored, and record it. Atomic.
 
         Base blocks are recorded as held out. A block beyond the base is held out by the
-        per-source and spread rule (holdout.choose_source_blocks, sources named by `source_of` on document
-        paths), unless a model has read it: its first token at or before `position` (the caller's
+        per-source and spread rule (holdout.choose_source_blocks, sources named by `source_of`
+        on document paths), unless a model has read it: its first token at or before `position` (the caller's
         furthest read) or the committed cursor; or its region meets withdrawn text. The frontier
         then moves past the last block whose first token is stored. Takes the stream lock (as
         add_documents does) only when there is something to decide; a split that holds out

@@ -55,8 +55,8 @@ class StreamReads:
         release before them) while `default` has them is extended once with `default`'s
         source_blocks and extra_blocks, or spread_blocks. Its other fields, and so its base
         blocks, stay as recorded; which blocks beyond the base become held out is
-        holdout_blocks.py's to decide, never one a model has read. Raises ConfigError for an invalid `default` (nothing is written) or a
-        malformed recorded split. Only a call that records writes (and may block up to
+        holdout_blocks.py's to decide, never one a model has read. Raises ConfigError for an
+        invalid `default` (nothing is written) or a malformed recorded split. Only a call that records writes (and may block up to
         busy_timeout_ms for another writer).
         """
         default.validate()
