@@ -15,7 +15,8 @@ The map, one concern a module:
 - stream.py: tokens to chunk rows and a stream range back; rows.py: statements the parts share
 - cache.py: StreamCache, a copy of the stream in one flat file, derived from the store, for
   reading windows at any size (one pread a window)
-- holdout.py and mask.py: pure arithmetic over offsets (the held-out split; what training may read)
+- holdout.py, mask.py and replay.py: pure arithmetic over offsets (the held-out split; what
+  training may read; replay drawn source by source)
 - claims.py: which daemon ingests each file; locks.py: one training job per corpus
 - db.py: the engine, transactions, migrations on open (migrations/); models.py: the tables;
   config.py: StorageConfig; errors.py: the typed exceptions; records.py: the values returned
@@ -57,6 +58,7 @@ from .records import (
     QueueStats,
     StoredVersion,
 )
+from .replay import ReplayMix, draw_starts
 
 __all__ = [
     "AddResult",
@@ -72,10 +74,12 @@ __all__ = [
     "ForgetResult",
     "HoldoutSet",
     "HoldoutSplit",
+    "draw_starts",
     "draw_window_starts",
     "NewDocument",
     "PathVersion",
     "QueueStats",
+    "ReplayMix",
     "SchemaTooNew",
     "StorageConfig",
     "StorageError",

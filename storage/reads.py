@@ -28,11 +28,12 @@ import numpy as np
 import sqlalchemy as sa
 
 from .db import Database
-from .holdout import HoldoutSplit, block_weights, draw_window_starts, evaluation_windows
+from .holdout import HoldoutSplit, block_weights, evaluation_windows
 from .holdout_blocks import block_paths, recorded_blocks
 from .mask import StreamMask
 from .models import documents, meta
 from .records import HoldoutSet
+from .replay import ReplayMix, draw_starts
 from .rows import meta_value
 from .stream import lock_stream, read_range, stream_end
 from .training_state import read_cursor
@@ -183,6 +184,7 @@ class StreamReads:
         rng: np.random.Generator,
         end: int | None = None,
         holdout: HoldoutSplit | StreamMask | None = None,
+        mix: ReplayMix | None = None,
     ) -> np.ndarray:
         """`count` windows of the trained stream: int32 (count, seq_len + 1), for replay.
 
@@ -196,6 +198,9 @@ class StreamReads:
         block) are dropped and the missing ones redrawn the same way, in up to REPLAY_ROUNDS
         rounds (the first round draws what the call without `holdout` draws); if windows are
         still missing it returns fewer than `count`.
+
+        With `mix`, starts are drawn source by source instead (replay.ReplayMix), as the
+        in-memory copy and the token file draw them with the same generator.
         """
         if count < 0 or seq_len < 1:
             raise ValueError(f"count ({count}) must be >= 0 and seq_len ({seq_len}) >= 1")
@@ -204,11 +209,25 @@ class StreamReads:
             high = limit - seq_len  # window starts lie in [0, high)
             if count == 0 or high <= 0:
                 return np.empty((0, seq_len + 1), np.int32)
-            positions = draw_window_starts(rng, high, count, seq_len, _with_held(connection, holdout))  # (n,)
+            positions = draw_starts(rng, high, count, seq_len, _with_held(connection, holdout), mix)  # (n,)
             out = np.empty((len(positions), seq_len + 1), np.int32)  # (count, T + 1)
             for i, start in enumerate(positions.tolist()):
                 out[i] = read_range(connection, start, start + seq_len + 1)
         return out
+
+    def document_ranges(self, since: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The stored documents whose text starts at or after stream offset `since`, in stream
+        order: (source paths, starts int64 (n,), ends int64 (n,)), for the ranges a ReplayMix
+        draws from. A document keeps its range when its text is withdrawn (the mask skips it).
+        One query."""
+        query = (sa.select(documents.c.source_path, documents.c.stream_start, documents.c.stream_end)
+                 .where(documents.c.stream_start.is_not(None), documents.c.stream_start >= since,
+                        documents.c.stream_end > documents.c.stream_start)
+                 .order_by(documents.c.stream_start))
+        with self.database.read() as connection:
+            rows = connection.execute(query).all()
+        return ([r[0] for r in rows], np.array([r[1] for r in rows], np.int64),
+                np.array([r[2] for r in rows], np.int64))
 
     def holdout_set(self, holdout: HoldoutSplit | StreamMask, seq_len: int) -> HoldoutSet:
         """The evaluation windows of every complete held-out block, in stream order.

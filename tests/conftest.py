@@ -357,7 +357,7 @@ def database_url(request, tmp_path):
 
 class TrainingWindows:
     """Every window the training loop read (CorpusQueue.read_windows) or drew for replay
-    (crawler.training.batches' draw_window_starts) while the fixture is active: (start, length)."""
+    (crawler.training.batches' draw_starts) while the fixture is active: (start, length)."""
 
     def __init__(self) -> None:
         self.read: list[tuple[int, int]] = []
@@ -371,18 +371,18 @@ def training_windows(monkeypatch) -> TrainingWindows:
     from storage import CorpusQueue
 
     seen = TrainingWindows()
-    real_read, real_draw = CorpusQueue.read_windows, batches_module.draw_window_starts
+    real_read, real_draw = CorpusQueue.read_windows, batches_module.draw_starts
 
     def reading(self, position, count, seq_len, holdout=None, return_starts=False):
         out = real_read(self, position, count, seq_len, holdout=holdout, return_starts=True)
         seen.read.extend((int(s), seq_len + 1) for s in out[2])
         return out if return_starts else out[:2]
 
-    def drawing(rng, high, count, seq_len, holdout):
-        starts = real_draw(rng, high, count, seq_len, holdout)
+    def drawing(rng, high, count, seq_len, holdout, mix=None):
+        starts = real_draw(rng, high, count, seq_len, holdout, mix)
         seen.drawn.extend((int(s), seq_len + 1) for s in starts)
         return starts
 
     monkeypatch.setattr(CorpusQueue, "read_windows", reading)
-    monkeypatch.setattr(batches_module, "draw_window_starts", drawing)
+    monkeypatch.setattr(batches_module, "draw_starts", drawing)
     return seen

@@ -45,6 +45,11 @@ class DaemonConfig:
     # share of each batch drawn from already-trained data to limit forgetting (continual
     # pre-training: a few percent suffice for a mild shift, about a quarter for a strong one)
     replay_fraction: float = 0.05
+    # each source (a top-level folder of the inbox) weighs its tokens ** replay_balance in the
+    # batches: 1 is replay drawn uniformly over the stream (a source gets its size's share), 0 the
+    # same share for every source; while new text is read the other sources are replayed at
+    # their weights, so a large drop does not wash out what was learned before
+    replay_balance: float = 0.5
     # once the held-out measure has plateaued (or max_passes is reached): "sleep" until new text
     # arrives (an idle daemon costs almost nothing), or "replay": keep training regardless
     idle: str = "sleep"
@@ -118,6 +123,9 @@ class DaemonConfig:
     def validate(self) -> "DaemonConfig":
         if not 0.0 <= self.replay_fraction < 1.0:
             raise ConfigError(f"replay_fraction ({self.replay_fraction}) must be in [0, 1)")
+        if not 0.0 <= self.replay_balance <= 1.0:
+            raise ConfigError(f"replay_balance ({self.replay_balance}) must be in [0, 1]: 1 replays by size, "
+                              "0 gives every source the same share")
         if self.idle not in IDLE_MODES:
             raise ConfigError(f"idle ({self.idle!r}) must be one of {', '.join(IDLE_MODES)}")
         if self.after_ingest not in AFTER_INGEST:

@@ -29,6 +29,8 @@ exclude # name or relative-path globs
 
 [daemon]
 replay_fraction # share of each batch replayed from trained data (limits forgetting)
+replay_balance # each top-level folder weighs tokens ** this in the batches (1: by size,
+               # 0: equal); while new text is read the others are replayed at their weights
 idle # once training plateaus: "sleep" until new text, "replay" trains on
 eval_every_steps # held-out bits per byte every N steps or M seconds, and at checkpoints
 eval_every_seconds

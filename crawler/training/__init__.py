@@ -1,6 +1,6 @@
 """The one training loop (`worker`: the daemon's and `crystalline train`'s), composed of one part a
 concern: what each step trains on (`batches`: the shuffle buffer of new text, replay and further
-passes, withdrawals, the trained text in memory), how good the model is (`evaluation`: held-out
+passes, withdrawals, the trained text in memory; `mixing`: each source's share of them), how good the model is (`evaluation`: held-out
 bits per byte, the cool-down copy, the best model, the plateau rule; `sources`: which source a
 document belongs to, for the held-out blocks and figures per source), when to evaluate and
 checkpoint (`schedule`), what the loop reports (`figures`), when to deepen the model (`growth`,

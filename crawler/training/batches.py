@@ -5,10 +5,11 @@ storage.StreamCache), so drawing a window costs the same at any size.
 
 - New text first. The stream is read in order from the trainer's position into a shuffle
   buffer of up to FRESH_BUFFER windows, which is served in a permuted order (a batch of
-  consecutive windows from one place of one file learns less); `replay_fraction` of each batch
-  is drawn from text already trained, to limit forgetting.
-- Then further passes: with no new text, whole batches are drawn uniformly from everything
-  trained so far.
+  consecutive windows from one place of one file learns less); a share of each batch is drawn
+  from text already trained, to limit forgetting: `replay_fraction`, or more while a drop is
+  read beside sources read before, each source at its weight (`mixing`, mixing.py).
+- Then further passes: with no new text, whole batches are drawn from everything trained so
+  far, each source at its weight (uniformly where there is one source).
 - Never the held-out split: `storage.HoldoutSplit` reserves a fixed share of fixed-size blocks
   of the stream (recorded in the store on first use, so it never changes); every read here
   passes it, so no held-out token reaches a batch. Beyond the split's base, blocks are held out
@@ -29,7 +30,8 @@ a resumed run takes the same batches as an uninterrupted one.
 Not when to evaluate or checkpoint, nor the held-out measure (crawler/training/evaluation.py
 reads `mask`, `trained` and `trained_end` from here). Relies on storage's CorpusQueue for the
 stream, its windows and its withdrawals, on storage.StreamCache for the token file, and on
-storage.draw_window_starts for the one uniform draw that the store's own sample_replay makes too.
+storage.draw_starts for the one draw (uniform, or source by source with a storage.ReplayMix)
+that the store's own sample_replay makes too.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from storage import HoldoutSplit, StreamCache, StreamMask, draw_window_starts
+from storage import HoldoutSplit, ReplayMix, StreamCache, StreamMask, draw_starts
+
+from .mixing import ReplayPlan, SourceMix
 
 FRESH_BUFFER = 512  # windows of new text shuffled together (64k tokens at T=128)
 WITHDRAWAL_POLL_SECONDS = 1.0  # how often the loop asks the store for new withdrawals
@@ -55,7 +59,7 @@ class TrainedText:
     Drawing from the store costs a query a window, more than a small model's whole step: it is
     the fallback where no file can be kept (no `cache` given, or the file failed:
     `stream_cache_failed`). Draws exactly what CorpusQueue.sample_replay draws (the same
-    draw_window_starts), on all three. Grows by appending as the trained region grows; the
+    storage.draw_starts), on all three. Grows by appending as the trained region grows; the
     stream never changes behind it but by withdrawals, which `blank` takes up."""
 
     def __init__(self, queue, limit: int, vocab_size: int, cache: Path | None = None, log=None):
@@ -70,10 +74,12 @@ class TrainedText:
         """The tokens `memory_mb` megabytes hold at the width a vocabulary of `vocab_size` needs."""
         return memory_mb * 1_000_000 // (2 if vocab_size <= 1 << 16 else 4)
 
-    def sample(self, count: int, seq_len: int, rng: np.random.Generator, end: int, holdout) -> np.ndarray:
-        """`count` windows (int32 (n, seq_len + 1)) drawn uniformly from stream tokens [0, end)."""
+    def sample(self, count: int, seq_len: int, rng: np.random.Generator, end: int, holdout,
+               mix: ReplayMix | None = None) -> np.ndarray:
+        """`count` windows (int32 (n, seq_len + 1)) drawn from stream tokens [0, end): uniformly,
+        or source by source with `mix`."""
         if end > self.limit or self.file is not None:
-            return self._sample_beyond(count, seq_len, rng, end, holdout)
+            return self._sample_beyond(count, seq_len, rng, end, holdout, mix)
         high = end - seq_len  # window starts lie in [0, high)
         if count == 0 or high <= 0:
             return np.empty((0, seq_len + 1), np.int32)
@@ -85,10 +91,11 @@ class TrainedText:
             # forgotten text reads as 0: the mask keeps every draw away from it
             self._tokens[self.size : end] = self.queue.read_tokens(self.size, end, missing=0)
             self.size = end
-        starts = draw_window_starts(rng, high, count, seq_len, holdout)  # (n,)
+        starts = draw_starts(rng, high, count, seq_len, holdout, mix)  # (n,)
         return self._tokens[starts[:, None] + np.arange(seq_len + 1)].astype(np.int32)  # (n, T + 1)
 
-    def _sample_beyond(self, count: int, seq_len: int, rng: np.random.Generator, end: int, holdout) -> np.ndarray:
+    def _sample_beyond(self, count: int, seq_len: int, rng: np.random.Generator, end: int, holdout,
+                       mix: ReplayMix | None) -> np.ndarray:
         """sample() from the token file, or from the store where there is none."""
         high = end - seq_len
         file = self._open_file() if count and high > 0 else None
@@ -98,8 +105,8 @@ class TrainedText:
             except OSError as exc:
                 file = self._file_gone(exc)
         if file is None:
-            return self.queue.sample_replay(count, seq_len, rng, end=end, holdout=holdout)
-        starts = draw_window_starts(rng, high, count, seq_len, holdout)  # (n,)
+            return self.queue.sample_replay(count, seq_len, rng, end=end, holdout=holdout, mix=mix)
+        starts = draw_starts(rng, high, count, seq_len, holdout, mix)  # (n,)
         try:
             return file.windows(starts, seq_len)
         except OSError as exc:
@@ -166,8 +173,9 @@ class Batches:
     trained on: replay, further passes and cool-downs draw from there."""
 
     def __init__(self, queue, split: HoldoutSplit, mask: StreamMask, trained: TrainedText, seq_len: int,
-                 seed: int, log, sources=None, floor: int = 0, write=None):
+                 seed: int, log, sources=None, floor: int = 0, write=None, mixing: SourceMix | None = None):
         self.queue, self.trained, self.seq_len, self.seed, self.log = queue, trained, seq_len, seed, log
+        self.mixing = mixing  # each source's share of replay (mixing.py); None: uniform over the stream
         self.split = split
         # the split, its per-source blocks and where their choice stops, and the withdrawn ranges:
         # what no read may touch
@@ -210,15 +218,17 @@ class Batches:
         T = self.seq_len
         rng = np.random.default_rng([self.seed, 1, step])  # replay draws of this step
         can_replay = self._buffer_start > T
-        credit = self._replay_credit + replay_fraction * B
+        plan = self.plan(replay_fraction)
+        credit = self._replay_credit + plan.share * B
         want_replay = min(int(credit), B) if can_replay else 0
         fresh = self._take_fresh(B - want_replay, step)
         if fresh.shape[0] == 0 and new_text_required:
             return Batch(None, 0)
         shortfall = B - fresh.shape[0]
         # a refill above moved _buffer_start: everything before it is trained
-        replay = (self.trained.sample(shortfall, T, rng, end=self._buffer_start, holdout=self.mask) if shortfall
-                  else np.empty((0, T + 1), np.int32))
+        mix = plan.mix if fresh.shape[0] else plan.passes
+        replay = (self.trained.sample(shortfall, T, rng, end=self._buffer_start, holdout=self.mask, mix=mix)
+                  if shortfall else np.empty((0, T + 1), np.int32))
         if replay.shape[0] < shortfall:  # not enough data yet to fill a batch: wait for files
             self._taken = max(0, self._taken - fresh.shape[0])
             return Batch(None, int(fresh.shape[0]))
@@ -226,6 +236,12 @@ class Batches:
             self._replay_credit = max(0.0, credit - replay.shape[0])
         windows = np.concatenate([fresh, replay]) if replay.shape[0] else fresh  # (B, T + 1)
         return Batch(windows, int(fresh.shape[0]))
+
+    def plan(self, replay_fraction: float) -> ReplayPlan:
+        """How this step draws trained text: each source's share (mixing.py), or uniformly."""
+        if self.mixing is None:
+            return ReplayPlan(replay_fraction, None, None)
+        return self.mixing.plan(self._buffer_start, self.seq_len, replay_fraction)
 
     def _fill(self, windows: np.ndarray, start: int, starts: np.ndarray, taken: int = 0) -> None:
         self._buffer, self._buffer_start, self._taken, self._starts = windows, start, taken, starts
@@ -241,6 +257,8 @@ class Batches:
             if self._taken >= self._order.size:
                 position = self.position
                 self._stream_end = self.queue.stream_end()
+                if self.mixing is not None:
+                    self.mixing.refresh(self._stream_end)
                 if self._stream_end - position <= T:  # no complete window of new text: no read
                     self._buffer_start = position  # the buffer is used up: all before is trained
                     break
@@ -322,6 +340,8 @@ class Batches:
         self._replay_credit = float(extra.get("replay_credit", 0.0))
         self.position = self._buffer_start = position
         self._stream_end = self.queue.stream_end()
+        if self.mixing is not None:
+            self.mixing.refresh(self._stream_end)
         fresh = extra.get("fresh")
         if fresh and "pending" in fresh:  # the windows not yet served, in serving order
             starts = np.asarray(fresh["pending"], np.int64)  # (n,)

@@ -185,6 +185,7 @@ class Evaluation:
         if steps < 1 or batches.trained_end <= batches.seq_len:
             return None
         B, T = self.train_config.batch_size * self.ranks, batches.seq_len  # the batch of every rank
+        passes = batches.plan(0.0).passes  # each source its share, as further passes draw
         saved = t.state_copy()
         start = t.step_count
         lr = learning_rate(t.train_config, start)
@@ -197,7 +198,8 @@ class Evaluation:
                     done, self._cooldown_cut = 0, True
                     break
                 rng = np.random.default_rng([self.train_config.seed, 2, start, i])
-                windows = batches.trained.sample(B, T, rng, end=batches.trained_end, holdout=batches.mask)
+                windows = batches.trained.sample(B, T, rng, end=batches.trained_end, holdout=batches.mask,
+                                                 mix=passes)
                 if windows.shape[0] < B:
                     break
                 rate = lr * (1.0 - i / steps)

@@ -59,6 +59,7 @@ from .checkpoints import CheckpointStore, stream_digest
 from .evaluation import Evaluation
 from .figures import StepLog, TimeShare, TrainingFigures
 from .grower import Grower
+from .mixing import SourceMix
 from .resume import open_trainer
 from .schedule import Schedule
 from .sources import SourceNames
@@ -142,11 +143,12 @@ class TrainingWorker:
                                        last_checkpoint_path=None if checkpoint is None else str(checkpoint.path))
         if self.team is not None:
             self.team.share(self.trainer)  # every rank starts from this checkpoint
+        sources = SourceNames(self.config.watch.roots)
         # no block a model has read becomes held out: the resumed one's position, and the best
         # model's (evaluated again on every new block), which may lie beyond it after a crash
         self.batches = Batches(self.queue, split, mask, trained, self.seq_len, self.config.train.seed, self.log,
-                               sources=SourceNames(self.config.watch.roots),
-                               floor=max(start.position, self._best_position()), write=self._write)
+                               sources=sources, floor=max(start.position, self._best_position()), write=self._write,
+                               mixing=SourceMix(self.queue, sources, self.config.daemon.replay_balance, self.log))
         self.evaluation = Evaluation(self.trainer, self.batches, self.figures, self.config.train, self.queue,
                                      self.tokenizer, self.checkpoints, self.log, self.clock, write=self._write,
                                      checkpoint_extra=self.checkpoint_extra, stopping=self.stopping, team=self.team)

@@ -1,0 +1,142 @@
+"""Each source's share of the batches (crawler/training/mixing.py): a large drop beside a small
+folder does not wash the folder out of training, one folder alone trains as it always did."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import structlog
+from structlog.testing import capture_logs
+from test_replay_scale import Recording
+from test_training import tiny_config
+
+from crawler.config import WatchConfig
+from crawler.ingest.pipeline import Ingestor
+from crawler.ingest.tokenizer import ByteTokenizer
+from crawler.training.mixing import SourceMix
+from crawler.training.sources import SourceNames
+from crawler.training.worker import TrainingWorker
+from storage import CorpusQueue, StorageConfig, open_database
+
+
+class Ranges:
+    """A store's document ranges, for SourceMix alone."""
+
+    def __init__(self, docs):  # [(path, start, end)] in stream order
+        self.docs = docs
+
+    def document_ranges(self, since=0):
+        docs = [d for d in self.docs if d[1] >= since]
+        return [d[0] for d in docs], np.array([d[1] for d in docs], np.int64), np.array([d[2] for d in docs], np.int64)
+
+
+def mix_of(docs, balance=0.5):
+    mix = SourceMix(Ranges(docs), lambda p: p.split("/")[0], balance)
+    mix.refresh(max(d[2] for d in docs))
+    return mix
+
+
+PLAYS = [("plays/a", 0, 40_000), ("plays/b", 40_000, 100_000)]  # 100k tokens
+DESK = [("desk/x", 100_000, 900_000), ("desk/y", 900_000, 1_700_000)]  # 1.6M: 16 times the plays
+
+
+def test_weights_follow_tokens_to_the_power_balance():
+    mix = mix_of(PLAYS + DESK)
+    assert mix.names == ["plays", "desk"]
+    np.testing.assert_allclose(mix.weights(), [0.2, 0.8])  # sqrt: 1 to 4
+    np.testing.assert_allclose(mix_of(PLAYS + DESK, balance=0.0).weights(), [0.5, 0.5])
+    np.testing.assert_allclose(mix_of(PLAYS + DESK, balance=1.0).weights(), [1 / 17, 16 / 17])
+
+
+def test_one_source_replays_as_before():
+    plan = mix_of(PLAYS).plan(trained_end=60_000, seq_len=128, replay_fraction=0.05)
+    assert plan.share == 0.05 and plan.mix is None and plan.passes is None
+
+
+def test_the_folders_read_before_are_replayed_at_their_weight_while_a_drop_is_read():
+    mix = mix_of(PLAYS + DESK)
+    plan = mix.plan(trained_end=100_000, seq_len=128, replay_fraction=0.05)  # the desk not yet read
+    assert plan.share == pytest.approx(0.2) and plan.mix is None  # the plays alone are trained: the uniform draw is theirs
+    plan = mix.plan(trained_end=500_000, seq_len=128, replay_fraction=0.05)  # half-way through the desk
+    assert abs(plan.share - 0.2) < 1e-12
+    np.testing.assert_allclose(plan.mix.shares(500_000), [1.0, 0.0])  # replay is the plays'
+    np.testing.assert_allclose(plan.passes.shares(1_700_000), [0.2, 0.8])  # passes: every source's weight
+    done = mix.plan(trained_end=1_700_000 - 100, seq_len=128, replay_fraction=0.05)  # a sliver left
+    assert done.share == 0.05 and done.mix is done.passes
+    assert mix_of(PLAYS + DESK, balance=1.0).plan(500_000, 128, 0.05) == (0.05, None, None)
+
+
+def test_a_large_source_being_read_keeps_the_floor_and_shares_it():
+    notes = [("notes/n", 0, 1_000)]
+    mix = mix_of(notes + [("desk/x", 1_000, 1_001_000)])  # weights sqrt: about 3 % and 97 %
+    plan = mix.plan(trained_end=500_000, seq_len=128, replay_fraction=0.05)
+    assert plan.share == 0.05  # the floor: the notes' weight is less
+    w = mix.weights()
+    np.testing.assert_allclose(plan.mix.shares(500_000), [w[0] / 0.05, 1 - w[0] / 0.05])
+
+
+def test_folders_dropped_together_are_read_at_full_speed_until_one_is_through():
+    docs = [("python/a", 0, 200_000), ("pg/b", 200_000, 700_000), ("c/c", 700_000, 900_000),
+            ("python/d", 900_000, 950_000)]
+    mix = mix_of(docs)
+    assert mix.plan(trained_end=350_000, seq_len=128, replay_fraction=0.05).share == 0.05  # all three unread
+    w = mix.weights()
+    plan = mix.plan(trained_end=800_000, seq_len=128, replay_fraction=0.05)  # pg is through
+    assert plan.share == pytest.approx(w[1])
+    np.testing.assert_allclose(plan.mix.shares(800_000), [0.0, 1.0, 0.0])
+
+
+def test_training_replays_a_small_folder_at_its_share_while_a_large_one_is_read(tmp_path):
+    """The worker end to end: 2,000 tokens of plays trained, then 32,000 of a desk stored; while
+    the desk is read, a fifth of the windows are the plays' (weights sqrt: 1 to 4), against
+    about a twentieth of the replay with the uniform draw."""
+
+    def plays_share(balance: float) -> float:
+        root = tmp_path / f"b{balance}"
+        inbox = root / "inbox"
+        root.mkdir()
+        database = open_database(StorageConfig(url=f"sqlite:///{root / 'corpus.db'}").validate())
+        queue = CorpusQueue(database)
+        config = tiny_config(root / "state", replay_fraction=0.05, replay_balance=balance, eval_every_steps=10_000,
+                             checkpoint_every_steps=10_000, max_passes=0)
+        config = replace(config, watch=replace(WatchConfig(), roots=(str(inbox),)))
+
+        def drop(name, text):
+            path = inbox / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            assert Ingestor(queue, ByteTokenizer()).ingest_file(path).status == "ingested"
+
+        rng = np.random.default_rng(0)
+        drop("plays/p.txt", "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 2_000)))
+        worker = TrainingWorker(config, queue, ByteTokenizer(), structlog.get_logger())
+        try:
+            with capture_logs() as logs:
+                worker.initialize()
+                for now in range(60):  # the plays, read and replayed
+                    worker.run_once(float(now))
+                for i in range(4):
+                    drop(f"desk/d{i}.txt", "".join(rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"), 8_000)))
+                seen = Recording(worker)
+                for now in range(60, 260):  # 200 steps of 4 windows: the desk is read, not through
+                    worker.run_once(float(now))
+            windows = np.concatenate(seen.batches)
+            plays = (windows >= ord("a")).mean(axis=1) > 0.5  # (n,) a window mostly of lower case
+            if balance < 1:
+                assert [e["shares"] for e in logs if e["event"] == "replay_mix"] == [{"plays": 0.2, "desk": 0.8}]
+            assert (windows < ord("a")).mean() > 0.5  # the desk is still being read
+            return float(plays.mean())
+        finally:
+            worker.shutdown()
+            database.close()
+
+    balanced, uniform = plays_share(0.5), plays_share(1.0)
+    assert 0.17 < balanced < 0.23, balanced
+    assert uniform < 0.06, uniform
+
+
+def test_source_names_group_a_drop_by_its_top_level_folder(tmp_path):
+    names = SourceNames([str(tmp_path / "inbox")])
+    assert names(str(tmp_path / "inbox" / "desk" / "python" / "os.html")) == "desk"
