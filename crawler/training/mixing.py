@@ -53,6 +53,7 @@ class SourceMix:
         self._ends = np.empty(0, np.int64)
         self._source = np.empty(0, np.int64)  # (R,) its source's index in `names`
         self._known_end = 0  # documents starting before this offset have been read
+        self._checked_end = 0  # the stream's length at the last look: no new document below it
         self._first = np.empty(0, np.int64)  # (K,) where each source's stored text begins
         self._tokens = np.empty(0, np.int64)  # (K,) the tokens it has stored
         self._weights = np.empty(0, np.float64)  # (K,) its weight
@@ -60,9 +61,10 @@ class SourceMix:
 
     def refresh(self, stream_end: int) -> None:
         """Read the ranges of the documents stored since the last call (none when the stream has not grown)."""
-        if stream_end <= self._known_end:
+        if stream_end <= max(self._known_end, self._checked_end):
             return
         paths, starts, ends = self.queue.document_ranges(since=self._known_end)
+        self._checked_end = stream_end
         if not paths:
             return
         before = len(self.names)

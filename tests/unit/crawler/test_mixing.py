@@ -25,9 +25,10 @@ class Ranges:
     """A store's document ranges, for SourceMix alone."""
 
     def __init__(self, docs):  # [(path, start, end)] in stream order
-        self.docs = docs
+        self.docs, self.asked = docs, 0
 
     def document_ranges(self, since=0):
+        self.asked += 1
         docs = [d for d in self.docs if d[1] >= since]
         return [d[0] for d in docs], np.array([d[1] for d in docs], np.int64), np.array([d[2] for d in docs], np.int64)
 
@@ -48,6 +49,18 @@ def test_weights_follow_tokens_to_the_power_balance():
     np.testing.assert_allclose(mix.weights(), [0.2, 0.8])  # sqrt: 1 to 4
     np.testing.assert_allclose(mix_of(PLAYS + DESK, balance=0.0).weights(), [0.5, 0.5])
     np.testing.assert_allclose(mix_of(PLAYS + DESK, balance=1.0).weights(), [1 / 17, 16 / 17])
+
+
+def test_the_ranges_are_read_once_and_then_only_what_is_new():
+    store = Ranges(list(PLAYS))
+    mix = SourceMix(store, lambda p: p.split("/")[0], 0.5)
+    mix.refresh(100_005)  # a few tokens past the last document (a forgotten one's, say)
+    for _ in range(3):
+        mix.refresh(100_005)  # the stream has not grown: no query
+    assert store.asked == 1 and mix.names == ["plays"]
+    store.docs += DESK
+    mix.refresh(1_700_000)
+    assert store.asked == 2 and mix.names == ["plays", "desk"] and mix._starts.size == 4
 
 
 def test_one_source_replays_as_before():
