@@ -153,3 +153,51 @@ def test_training_replays_a_small_folder_at_its_share_while_a_large_one_is_read(
 def test_source_names_group_a_drop_by_its_top_level_folder(tmp_path):
     names = SourceNames([str(tmp_path / "inbox")])
     assert names(str(tmp_path / "inbox" / "desk" / "python" / "os.html")) == "desk"
+
+
+def test_a_resumed_run_takes_the_batches_of_an_uninterrupted_one_with_two_sources(tmp_path):
+    """The plan is read from the store and the checkpoint's replay credit: a stop and a start
+    while a drop is read beside a folder read before change no batch."""
+
+    def batches(name: str, stop_at: int | None) -> list[np.ndarray]:
+        root = tmp_path / name
+        root.mkdir()
+        inbox = root / "inbox"
+        database = open_database(StorageConfig(url=f"sqlite:///{root / 'corpus.db'}").validate())
+        queue = CorpusQueue(database)
+        config = tiny_config(root / "state", replay_fraction=0.05, eval_every_steps=10_000,
+                             checkpoint_every_steps=10_000, max_passes=0)
+        config = replace(config, watch=replace(WatchConfig(), roots=(str(inbox),)))
+        rng = np.random.default_rng(1)
+        for name_, letters, n in (("plays/p.txt", "abcdefghijklm", 2_000), ("desk/d.txt", "NOPQRSTUVWXYZ", 20_000)):
+            path = inbox / name_
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(rng.choice(list(letters), n)))
+            if name_.startswith("plays"):
+                assert Ingestor(queue, ByteTokenizer()).ingest_file(path).status == "ingested"
+        seen: list[np.ndarray] = []
+        worker = TrainingWorker(config, queue, ByteTokenizer(), structlog.get_logger())
+        try:
+            worker.initialize()
+            recording = Recording(worker)
+            for now in range(100):
+                if now == 40:
+                    assert Ingestor(queue, ByteTokenizer()).ingest_file(inbox / "desk/d.txt").status == "ingested"
+                if now == stop_at:
+                    seen += recording.batches
+                    worker.shutdown()
+                    worker = TrainingWorker(config, queue, ByteTokenizer(), structlog.get_logger())
+                    worker.initialize()
+                    recording = Recording(worker)
+                worker.run_once(float(now))
+            return seen + recording.batches
+        finally:
+            worker.shutdown()
+            database.close()
+
+    straight, split = batches("straight", None), batches("split", 70)
+    assert len(straight) == len(split) == 100
+    for a, b in zip(straight, split):
+        np.testing.assert_array_equal(a, b)
+    replayed = np.concatenate(straight[45:])
+    assert ((replayed < ord("n")).mean(axis=1) > 0.5).mean() > 0.15  # the plays are replayed at their share
