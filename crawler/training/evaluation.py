@@ -16,7 +16,8 @@ held out for a new source), the best model is measured again on the new set, so 
 always compares like with like. The best is judged on the overall figure over the whole held-out
 set as it stands (the split's base, the blocks per source and those spread over the stream, each
 weighted by the stretch of stream it stands for, so the figure is one over all the text stored
-and not over its first 2.6M tokens), never on one source's: a model that learns a new source at
+and not over its first 2.6M tokens; where there are several sources, each source's figure
+weighted by its weight in the batches, mixing.py), never on one source's: a model that learns a new source at
 the cost of an old one is better only if the whole set says so, and the figures per source show
 the trade.
 
@@ -69,12 +70,15 @@ class Evaluation:
         is filled with each source's {name: (bits per byte, held-out tokens)}: the windows are
         scored source by source (batches of one source's rows), which sums to the same figure.
         Where the set has weights (a split with spread blocks), each block's nats and bytes count
-        as often as its weight says: the figure is one over the whole stream."""
+        as often as its weight says: the figure is one over the whole stream. Where the batches
+        give each source a weight (mixing.py, `shares_of`), the figure is the sources' figures
+        weighted by it; otherwise the sum over every source, by bytes."""
         B = self.train_config.batch_size
         n = holdout.windows.shape[0] // max(holdout.blocks, 1)  # windows per block (block i: rows i*n ..)
         S = holdout.tokens // max(holdout.blocks, 1)  # targets per block
         weights = holdout.weights  # (blocks,) or None
         nats, n_bytes = 0.0, 0
+        figures: dict[str, float] = {}
         for name, blocks in self._groups(holdout).items():
             windows = (blocks[:, None] * n + np.arange(n)).ravel()  # (b*n,) this source's rows of windows
             tails = blocks if holdout.tail.shape[0] else blocks[:0]  # (b,) its rows of tail, if any
@@ -93,8 +97,13 @@ class Evaluation:
                         source_bytes += float(np.dot([self.tokenizer.token_bytes(row) for row in batch[:, 1:]], w))
                     source_nats += loss
             nats, n_bytes = nats + source_nats, n_bytes + source_bytes
+            figures[name] = source_nats / LN2 / max(source_bytes, 1)
             if by_source is not None:
-                by_source[name] = (source_nats / LN2 / max(source_bytes, 1), int(blocks.size) * S)
+                by_source[name] = (figures[name], int(blocks.size) * S)
+        mixing = getattr(self.batches, "mixing", None)
+        shares = mixing.shares_of(figures) if mixing is not None else None
+        if shares is not None:
+            return float(sum(shares[name] * bits for name, bits in figures.items()))
         return nats / LN2 / max(n_bytes, 1)
 
     def _groups(self, holdout) -> dict[str, np.ndarray]:

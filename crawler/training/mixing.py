@@ -17,6 +17,9 @@ multilingual models sample their languages.
   (0.7 % before). One source alone, or a whole desk of folders dropped at once before anything
   else: `replay_fraction` as before, and the new text is read at full speed.
 - Further passes and cool-downs: whole batches drawn by the weights of all sources.
+- The overall held-out figure, which chooses the best model, weighs each source's figure by its
+  weight too (`shares_of`; crawler/training/evaluation.py): the model is judged on the mix it is
+  trained for, not on the sizes.
 
 The ranges each source holds come from the store's documents (CorpusQueue.document_ranges), read
 once at the start and then only the documents stored since; the draw itself is storage.ReplayMix,
@@ -93,6 +96,17 @@ class SourceMix:
     def weights(self) -> np.ndarray:
         """Each source's weight, tokens ** balance normalised: float64 (K,)."""
         return self._weights
+
+    def shares_of(self, names) -> dict[str, float] | None:
+        """The weights of these sources, normalised over them: what the overall held-out figure
+        weighs each source's figure by, so the best model is judged on the mix it is trained for.
+        None where that is the figure by bytes anyway or cannot be had: balance 1, fewer than two
+        of them, or one not known here."""
+        names = list(names)
+        if self.balance >= 1.0 or len(names) < 2 or any(n not in self._index for n in names):
+            return None
+        w = np.array([self._weights[self._index[n]] for n in names])  # (n,)
+        return dict(zip(names, (w / w.sum()).tolist())) if w.sum() > 0 else None
 
     def reading(self, trained_end: int, seq_len: int) -> np.ndarray:
         """Which sources are being read: bool (K,), those with more than a sliver of text beyond

@@ -201,3 +201,32 @@ def test_a_resumed_run_takes_the_batches_of_an_uninterrupted_one_with_two_source
         np.testing.assert_array_equal(a, b)
     replayed = np.concatenate(straight[45:])
     assert ((replayed < ord("n")).mean(axis=1) > 0.5).mean() > 0.15  # the plays are replayed at their share
+
+
+def test_the_overall_figure_weighs_each_source_by_its_share_of_the_batches(tmp_path):
+    from types import SimpleNamespace
+
+    from crawler.training.evaluation import Evaluation
+    from engine import Trainer
+    from storage import HoldoutSet
+    from storage.holdout import evaluation_windows
+
+    config = tiny_config(tmp_path)
+    rng = np.random.default_rng(7)
+    S = 32
+    regions = rng.integers(97, 123, size=(4, S + 1)).astype(np.int32)  # (4, S + 1): 2 blocks of each source
+    windows, tail = evaluation_windows(regions, config.train.seq_len)
+    holdout = HoldoutSet(blocks=4, tokens=4 * S, windows=windows, tail=tail,
+                         paths=("plays/a", "plays/b", "desk/x", "desk/y"))
+    with Trainer(config.model, config.train) as trainer:
+        figures = {}
+        for balance in (0.5, 1.0):
+            batches = SimpleNamespace(sources=lambda p: p.split("/")[0], mixing=mix_of(PLAYS + DESK, balance))
+            evaluation = Evaluation(trainer, batches, None, config.train, None, ByteTokenizer(), None, None, None,
+                                    None, None, None)
+            by_source: dict = {}
+            figures[balance] = evaluation.measure(holdout, by_source)
+        plays, desk = by_source["plays"][0], by_source["desk"][0]
+        assert abs(plays - desk) > 1e-3  # the sources score differently: the weighting shows
+        assert figures[0.5] == pytest.approx(0.2 * plays + 0.8 * desk, rel=1e-12)
+        assert figures[1.0] == pytest.approx((plays + desk) / 2, rel=1e-6)  # by bytes: equal blocks
