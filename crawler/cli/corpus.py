@@ -317,6 +317,21 @@ def _time_share(share: dict | None) -> str | None:
             f"{pct('checkpoint')}, idle {pct('idle')}, the loop between steps {pct('other')})")
 
 
+def _mix_line(shares: dict | None, replay: float | None) -> str | None:
+    """"plays 28 %, desk 72 % (each source's weight); 28 % of each batch replayed": the daemon's
+    mix of sources (crawler/training/mixing.py); None with one source."""
+    if not shares or len(shares) < 2:
+        return None
+    ordered = sorted(shares.items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{name} {100 * w:.0f} %" for name, w in ordered[:6])
+    if len(ordered) > 6:
+        shown += f" and {len(ordered) - 6} more"
+    line = f"{shown} (each source's weight)"
+    if replay is not None:
+        line += f"; {100 * replay:.0f} % of each batch replayed"
+    return line
+
+
 def describe_status(report: dict, config: Config, now: float) -> str:
     """The status report for a person: rounded figures with units, what the daemon is doing,
     the held-out figure and its trend (and each source's), ages, and the time to drain the queue
@@ -339,6 +354,8 @@ def describe_status(report: dict, config: Config, now: float) -> str:
             lines.append("training   " + ", ".join(figures) + (f" (as of {updated} ago)" if updated else ""))
             if share := _time_share(h.get("time_share")):
                 lines.append("time       " + share)
+            if mix := _mix_line(h.get("source_shares"), h.get("replay_share")):
+                lines.append("batches    " + mix)
     else:
         lines.append("daemon     not running")
     if report.get("exists"):
@@ -354,7 +371,8 @@ def describe_status(report: dict, config: Config, now: float) -> str:
             text += f" ({_count(withdrawn)} withdrawn: forgotten, or earlier versions of rewritten files)"
         rate = h.get("tokens_per_s")
         if queued and rate:  # the share of a batch that is new text: the rest is replay
-            seconds = seconds_to_train(queued, rate, config.daemon.replay_fraction)
+            replay = h.get("replay_share")
+            seconds = seconds_to_train(queued, rate, replay if replay is not None else config.daemon.replay_fraction)
             text += f" (about {_duration(seconds)} to train at the current rate)"
         lines.append(text)
         last = report["last_checkpoint"]

@@ -55,6 +55,7 @@ class DaemonReports:
             "n_layer": f.n_layer if f else None, "parameters": f.parameters if f else None,
             "growths": len(f.growths) if f else None,
             "time_share": f.time_share if f else None,
+            "replay_share": f.replay_share if f else None, "source_shares": f.source_shares if f else None,
             "rss_mb": process_stats()["rss_mb"],
             "threads": trainer.trainer.threads if trainer and trainer.trainer else None,
             "workers": {name: t.is_alive() for name, t in self.workers.items()},

@@ -193,6 +193,7 @@ class Batches:
         self._buffer_start = 0
         self._taken = 0
         self._replay_credit = 0.0
+        self.replay_share = 0.0  # the share of trained text the last batch was planned with
         self._stream_end = 0  # the stream's length, read at each refill of the shuffle buffer
 
     @property
@@ -219,6 +220,7 @@ class Batches:
         rng = np.random.default_rng([self.seed, 1, step])  # replay draws of this step
         can_replay = self._buffer_start > T
         plan = self.plan(replay_fraction)
+        self.replay_share = plan.share
         credit = self._replay_credit + plan.share * B
         want_replay = min(int(credit), B) if can_replay else 0
         fresh = self._take_fresh(B - want_replay, step)

@@ -54,6 +54,8 @@ class TrainingFigures:
     # TimeShare.shares(): the share of the last ten minutes' wall time each part of the loop took
     # ({"window_s", "train", "evaluate", "checkpoint", "idle", "other"}); None before the first step
     time_share: dict | None = None
+    replay_share: float | None = None  # the part of the last batch drawn from trained text (mixing.py)
+    source_shares: dict | None = None  # each source's weight in the batches, where there are several
 
 
 class StepLog:

@@ -97,6 +97,12 @@ class SourceMix:
         """Each source's weight, tokens ** balance normalised: float64 (K,)."""
         return self._weights
 
+    def shares(self) -> dict[str, float] | None:
+        """Each source's weight by name, for health.json and `status`; None for fewer than two."""
+        if self.balance >= 1.0 or len(self.names) < 2:
+            return None
+        return {n: round(float(w), 4) for n, w in zip(self.names, self._weights)}
+
     def shares_of(self, names) -> dict[str, float] | None:
         """The weights of these sources, normalised over them: what the overall held-out figure
         weighs each source's figure by, so the best model is judged on the mix it is trained for.

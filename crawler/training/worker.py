@@ -258,6 +258,8 @@ class TrainingWorker:
         schedule.stepped()
         if stats.step % daemon.log_every == 0:
             f.time_share = self.share.shares()
+            f.replay_share = round(self.batches.replay_share, 4)
+            f.source_shares = self.batches.mixing.shares() if self.batches.mixing is not None else None
             self.steps.report(now, stats, f, self.log, new_windows=batch.fresh,
                               replay_windows=windows.shape[0] - batch.fresh)
         checkpoint_due, growths = self._checkpoint_due(now), self.grower.count

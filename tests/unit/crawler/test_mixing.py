@@ -136,6 +136,11 @@ def test_training_replays_a_small_folder_at_its_share_while_a_large_one_is_read(
                 for now in range(60, 260):  # 200 steps of 4 windows: the desk is read, not through
                     worker.run_once(float(now))
             windows = np.concatenate(seen.batches)
+            if balance < 1:  # what health.json and `status` say
+                assert worker.figures.source_shares == {"plays": 0.2, "desk": 0.8}
+                assert worker.figures.replay_share == pytest.approx(0.2, abs=1e-4)
+            else:
+                assert worker.figures.source_shares is None and worker.figures.replay_share == 0.05
             plays = (windows >= ord("a")).mean(axis=1) > 0.5  # (n,) a window mostly of lower case
             if balance < 1:
                 assert [e["shares"] for e in logs if e["event"] == "replay_mix"] == [{"plays": 0.2, "desk": 0.8}]
@@ -230,3 +235,24 @@ def test_the_overall_figure_weighs_each_source_by_its_share_of_the_batches(tmp_p
         assert abs(plays - desk) > 1e-3  # the sources score differently: the weighting shows
         assert figures[0.5] == pytest.approx(0.2 * plays + 0.8 * desk, rel=1e-12)
         assert figures[1.0] == pytest.approx((plays + desk) / 2, rel=1e-6)  # by bytes: equal blocks
+
+
+def test_status_names_each_sources_weight_and_the_replayed_share():
+    from datetime import UTC, datetime
+
+    from crawler.cli.corpus import describe_status
+    from crawler.config import Config
+
+    now = datetime(2026, 12, 8, 12, 0, tzinfo=UTC).timestamp()
+    health = {"state": "ready", "started_at": "2026-12-08T10:00:00Z", "updated_at": "2026-12-08T11:59:54Z",
+              "step": 5123, "loss": 1.5, "tokens_per_s": 20000.0, "idle": False, "plateaued": False, "paused": False,
+              "blocked": None, "source_shares": {"plays": 0.2837, "desk": 0.7163}, "replay_share": 0.2837}
+    report = {"exists": False, "state_dir": "s", "database": "sqlite:///x.db",
+              "daemon": {"running": True, "pid": 42, "health": health},
+              "disk": {"database": {"bytes": 0}, "checkpoints": {"bytes": 0, "cap_bytes": 0},
+                       "processed": {"bytes": 0, "cap_bytes": 0}, "quarantine": {"bytes": 0, "cap_bytes": 0},
+                       "free_bytes": 1}}
+    lines = describe_status(report, Config(), now).splitlines()
+    assert "batches    desk 72 %, plays 28 % (each source's weight); 28 % of each batch replayed" in lines
+    health["source_shares"] = None  # one source
+    assert not any(line.startswith("batches") for line in describe_status(report, Config(), now).splitlines())
