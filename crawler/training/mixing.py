@@ -61,6 +61,7 @@ class SourceMix:
         self._tokens = np.empty(0, np.int64)  # (K,) the tokens it has stored
         self._weights = np.empty(0, np.float64)  # (K,) its weight
         self._plans: dict[bytes, tuple[ReplayMix, ReplayMix]] = {}  # by the sources being read
+        self._logged = np.zeros(0)  # the weights the last replay_mix event gave
 
     def refresh(self, stream_end: int) -> None:
         """Read the ranges of the documents stored since the last call (none when the stream has not grown)."""
@@ -89,9 +90,12 @@ class SourceMix:
         w = np.where(self._tokens > 0, np.power(np.maximum(self._tokens, 1).astype(np.float64), self.balance), 0.0)
         self._weights = w / w.sum() if w.sum() > 0 else w
         self._plans.clear()
-        if self.log is not None and len(self.names) > before and len(self.names) > 1:
+        logged = self._logged
+        if self.log is not None and len(self.names) > 1 and (
+                len(self.names) > before or (logged.size and np.abs(self._weights[: logged.size] - logged).max() > 0.05)):
+            self._logged = self._weights.copy()
             self.log.info("replay_mix", balance=self.balance,
-                          shares={n: round(float(w), 4) for n, w in zip(self.names, self.weights())})
+                          shares={n: round(float(w), 4) for n, w in zip(self.names, self._weights)})
 
     def weights(self) -> np.ndarray:
         """Each source's weight, tokens ** balance normalised: float64 (K,)."""
@@ -115,13 +119,13 @@ class SourceMix:
         return dict(zip(names, (w / w.sum()).tolist())) if w.sum() > 0 else None
 
     def reading(self, trained_end: int, seq_len: int) -> np.ndarray:
-        """Which sources are being read: bool (K,), those with more than a sliver of text beyond
-        `trained_end` (what a read leaves behind, a held-out block or a last part window, is not
-        text to read: more than 16 windows and more than 1 % of the source)."""
+        """Which sources are being read: bool (K,), those with more than 16 windows of text
+        beyond `trained_end` (what a read leaves behind, a held-out block or a last part window,
+        is not text to read)."""
         i = int(np.searchsorted(self._ends, trained_end, side="right"))  # ranges ending after it
         unread = np.maximum(self._ends[i:] - np.maximum(self._starts[i:], trained_end), 0)  # (R - i,)
         left = np.bincount(self._source[i:], weights=unread, minlength=len(self.names))  # (K,)
-        return left > np.maximum(16 * (seq_len + 1), self._tokens / 100)
+        return left > 16 * (seq_len + 1)
 
     def plan(self, trained_end: int, seq_len: int, replay_fraction: float) -> ReplayPlan:
         """The plan for a step with the stream before `trained_end` trained: the sources with

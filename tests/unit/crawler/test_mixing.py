@@ -256,3 +256,16 @@ def test_status_names_each_sources_weight_and_the_replayed_share():
     assert "batches    desk 72 %, plays 28 % (each source's weight); 28 % of each batch replayed" in lines
     health["source_shares"] = None  # one source
     assert not any(line.startswith("batches") for line in describe_status(report, Config(), now).splitlines())
+
+
+def test_the_mix_is_logged_when_a_source_appears_and_when_a_weight_moves():
+    store = Ranges(list(PLAYS) + [("desk/x", 100_000, 110_000)])
+    mix = SourceMix(store, lambda p: p.split("/")[0], 0.5, structlog.get_logger())
+    with capture_logs() as logs:
+        mix.refresh(110_000)  # the desk's first file: it weighs little yet
+        store.docs.append(("desk/y", 110_000, 112_000))
+        mix.refresh(112_000)  # moved less than 0.05: quiet
+        store.docs.append(("desk/z", 112_000, 1_700_000))
+        mix.refresh(1_700_000)
+    shares = [e["shares"] for e in logs if e["event"] == "replay_mix"]
+    assert len(shares) == 2 and shares[0]["desk"] < 0.3 and shares[1] == {"plays": 0.2, "desk": 0.8}
