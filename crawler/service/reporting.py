@@ -31,6 +31,7 @@ class DaemonReports:
         self._unwatched: dict[str, str] = {}  # watch root -> why it cannot be watched
         self._reported_block: str | None = None  # writes.blocked as health.json last said it
         self._reported_store: str | None = None  # outage.cause as health.json last said it
+        self._reported_paused = False  # the trainer's pause as health.json last said it
         self.folder_caps = FolderCaps(self.config.state_dir, self.log)  # processed/ and quarantine/ caps
         self.metrics_server = None
 
@@ -136,6 +137,14 @@ class DaemonReports:
         self.writes.recheck(now)
         blocked = self.writes.blocked
         changed, self._reported_block = blocked != self._reported_block, blocked
+        return changed
+
+    def _check_pause(self) -> bool:
+        """True when the trainer was paused or resumed since health.json last said, so that
+        `crystalline status` says so at once rather than at the next interval."""
+        figures = getattr(self.training_worker(), "figures", None)
+        paused = bool(figures is not None and figures.paused)
+        changed, self._reported_paused = paused != self._reported_paused, paused
         return changed
 
     def _check_store(self, now: float) -> bool:

@@ -176,7 +176,7 @@ class Daemon(DaemonParts, DaemonReports):
         asks the trainer for a checkpoint, and a stop signal ends the pass (daemon_stopping):
         returns False, and the caller calls stop(). Then: restart the workers that died (with
         backoff), renew the ingest claims, follow the pause file, re-check blocked writes; every
-        status_interval_seconds, and at once when a block or a store outage begins or ends, the
+        status_interval_seconds, and at once when a block, a store outage or a pause begins or ends, the
         status event, health.json and the folder caps; then the systemd watchdog when due.
         Returns True."""
         while self.signals:
@@ -193,8 +193,8 @@ class Daemon(DaemonParts, DaemonReports):
         self._supervise(now)
         self._renew_claims(now)
         self._follow_pause()
-        store_changed = self._check_store(now)
-        if self._check_writes(now) or store_changed or now >= self._next_status:
+        store_changed, pause_changed = self._check_store(now), self._check_pause()
+        if self._check_writes(now) or store_changed or pause_changed or now >= self._next_status:
             self._next_status = now + self.config.daemon.status_interval_seconds
             self._report(now)
             self._trim_folders()

@@ -118,6 +118,7 @@ def test_image_ingests_trains_stops_with_a_checkpoint_and_resumes_as_uid_10001(i
     assert paused.returncode == 0, paused.stderr.decode()
     held = first_run.wait_event("training_paused")
     assert held["checkpoint_step"] > 0, held
+    first_run.wait_event("status", paused=True)  # health.json says so (at once, not at the next interval)
     shown = operator("status")
     assert shown.returncode == 0, shown.stderr.decode()
     assert "/data" in shown.stdout.decode() and "paused" in shown.stdout.decode(), shown.stdout.decode()

@@ -3,6 +3,7 @@ first), daemon_stopped on every exit path, blocked writes and unwatched roots in
 driven through its public steps (start, tick(now), stop) with injected clocks and stand-in parts."""
 
 import errno
+import json
 import os
 import queue as queue_module
 import signal
@@ -20,6 +21,7 @@ from crawler.service.exits import EXIT_FAILED, EXIT_STORAGE_FAILED, EXIT_WORKER_
 from crawler.service.supervisor import Daemon
 from crawler.service.threads import WorkerThread
 from crawler.state.health import HealthFile, read_health
+from crawler.training.figures import TrainingFigures
 
 WAIT = 10  # a failure guard for waits on events, never reached when the test passes
 
@@ -560,6 +562,26 @@ def test_the_pause_file_holds_the_trainer_and_resume_releases_it(tmp_path, capsy
         daemon.stop("signal", 0)
     assert main(["resume", "--state-dir", str(tmp_path)]) == 0
     assert "was not paused" in capsys.readouterr().out
+
+
+def test_health_says_a_pause_at_once_not_at_the_next_interval(tmp_path):
+    clock = Ticking(step=0.0)  # the clock stands still: no status interval passes
+    daemon = PartsDaemon(config_for(tmp_path, status_interval_seconds=3600), clock=clock)
+    daemon.start()
+    try:
+        trainer = daemon.training_worker()
+        trainer.figures = TrainingFigures()
+        assert daemon.tick(clock.now)
+        health = tmp_path / "health.json"
+        assert not json.loads(health.read_text())["paused"]
+        trainer.figures.paused = True  # the trainer took up `crystalline pause`
+        assert daemon.tick(clock.now)
+        assert json.loads(health.read_text())["paused"] is True
+        trainer.figures.paused = False
+        assert daemon.tick(clock.now)
+        assert json.loads(health.read_text())["paused"] is False
+    finally:
+        daemon.stop("signal", 0)
 
 
 def test_nice_lowers_the_priority_of_every_thread_started_after_it(tmp_path):
